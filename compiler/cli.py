@@ -1,0 +1,48 @@
+"""The `invc` command line. Each feature module adds its subcommands through `register(subparsers)`.
+
+Exit status: 0 success; 1 a check ran and failed (numbers out of tolerance);
+2 bad input (spec error, bad arguments, missing or unreadable file, refused model).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands; each exposes register(subparsers). Imported lazily at
+# registration so `invc check` never pays for torch.
+COMMAND_MODULES = [
+    "compiler.commands",
+]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="invc",
+        description="invc: a model-graph compiler that understands symmetry.",
+        epilog="Exit status: 0 ok, 1 a numeric check failed, 2 bad input. "
+               "Run `invc COMMAND --help` for each command.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("invc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - only errors that know their exit status are shown plainly
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            raise
+        print(f"invc: {e}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""A pass is a named function from a GraphModule to a GraphModule; a pipeline is a printable list of them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch.fx as fx
+
+
+class PassError(Exception):
+    """A pass refused the graph; the message names the node or module and the rule."""
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: Callable[[fx.GraphModule], fx.GraphModule]
+    doc: str = ""
+
+    def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
+        return self.fn(gm)
+
+    def __str__(self) -> str:
+        return f"{self.name:<18} {self.doc}"
+
+
+def graph_pass(doc: str):
+    """Decorator: turn `def name(gm) -> gm` into a Pass named after the function."""
+    def wrap(fn):
+        return Pass(fn.__name__, fn, doc)
+    return wrap
+
+
+@dataclass
+class Pipeline:
+    passes: list[Pass] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{i + 1:>2}. {p}" for i, p in enumerate(self.passes))
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def run(self, gm: fx.GraphModule, dump_after: Iterable[str] = (),
+            dump: Callable[[str, fx.GraphModule], None] | None = None) -> fx.GraphModule:
+        wanted = set(dump_after)
+        unknown = wanted - set(self.names())
+        if unknown:
+            raise PassError(f"--dump-after names no pass in the pipeline: {', '.join(sorted(unknown))} "
+                            f"(passes: {', '.join(self.names())})")
+        done: list[str] = []
+        for p in self.passes:
+            try:
+                gm = p(gm)
+            except PassError:
+                raise
+            except Exception as e:  # a bug in a pass must still say which pass and what ran before
+                raise PassError(f"pass {p.name!r} failed after [{', '.join(done)}]: {e}") from e
+            gm.graph.lint()
+            gm.recompile()
+            done.append(p.name)
+            if p.name in wanted and dump is not None:
+                dump(p.name, gm)
+        return gm
