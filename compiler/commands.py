@@ -1,0 +1,241 @@
+"""The core subcommands: check, compile, run, graph and demo."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from compiler.errors import CheckFailed, InvcError
+
+DEFAULT_DEMO = Path(__file__).resolve().parent.parent / "examples" / "deepsets.inv"
+
+
+def register(sub) -> None:
+    _check_cmd(sub)
+    _compile_cmd(sub)
+    _run_cmd(sub)
+    _graph_cmd(sub)
+    _demo_cmd(sub)
+
+
+def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("spec", nargs=None if required else "?", help="the .inv spec file")
+    p.add_argument("--model", help="which model of the spec (needed when it declares several)")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a model parameter, e.g. -p hidden=128 (repeatable)")
+
+
+def parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise InvcError(f"malformed --param {item!r}: expected NAME=VALUE, e.g. hidden=128")
+        params[name] = _literal(text)
+    return params
+
+
+def _literal(text: str):
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# -- check ---------------------------------------------------------------------------------------
+def _check_cmd(sub) -> None:
+    p = sub.add_parser("check", help="parse and type-check a spec (fast; needs no torch)",
+                       description="Parse and type-check a spec, and print its typed interface.")
+    _spec_args(p)
+    p.set_defaults(run=_check)
+
+
+def _check(args) -> int:
+    from compiler.driver import check
+    m = check(args.spec, args.model, **parse_params(args.param))
+    params = sum(_numel(s.shape) for n in m.nodes for s in n.params.values())
+    print(f"{m.file}: model {m.name} is well-typed: {len(m.nodes)} ops, {params:,} parameters")
+    for port in m.inputs:
+        print(f"  input  {port.name}: {port.type}" + (f" is {port.role}" if port.role else ""))
+    for port in m.outputs:
+        print(f"  output {port.name}: {port.value.type}" + (f" is {port.role}" if port.role else ""))
+    return 0
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# -- compile -------------------------------------------------------------------------------------
+def _compile_cmd(sub) -> None:
+    p = sub.add_parser("compile", help="compile a spec to ONNX",
+                       description="Compile a spec: check, lower to torch.fx, run the pass pipeline, "
+                                   "emit ONNX. The file is written atomically.")
+    _spec_args(p, required=False)
+    p.add_argument("-o", "--out", help="output file (default: SPEC's name with .onnx, here)")
+    p.add_argument("--target", default="onnx", choices=["onnx"], help="backend (default: onnx)")
+    p.add_argument("--seed", type=int, default=0, help="parameter initialisation seed (default 0)")
+    p.add_argument("--print-passes", action="store_true", help="print the pass pipeline and exit")
+    p.add_argument("--dump-after", action="append", default=[], metavar="PASS",
+                   help="print the fx graph after this pass (repeatable)")
+    p.set_defaults(run=_compile)
+
+
+def _compile(args) -> int:
+    from passes.cleanup import default_pipeline
+    pipeline = default_pipeline()
+    if args.print_passes:
+        print(pipeline)
+        return 0
+    if not args.spec:
+        raise InvcError("compile needs a spec file (or --print-passes)")
+    from compiler.driver import compile
+    out = Path(args.out) if args.out else Path(Path(args.spec).stem + ".onnx")
+    result = compile(args.spec, args.target, out, args.model, args.seed, pipeline, args.dump_after,
+                     _dump, **parse_params(args.param))
+    print(f"{result.spec}: model {result.model} -> {out} ({result.onnx_bytes / 1024:.1f} KiB, "
+          f"{result.onnx_nodes} ONNX nodes, {result.parameters:,} parameters, "
+          f"{result.seconds['total'] * 1000:.0f} ms)")
+    return 0
+
+
+def _dump(name: str, gm) -> None:
+    print(f"# graph after {name}")
+    print(gm.graph)
+
+
+# -- run -----------------------------------------------------------------------------------------
+def _run_cmd(sub) -> None:
+    p = sub.add_parser("run", help="run an ONNX file in onnxruntime",
+                       description="Run an ONNX file with onnxruntime (CUDA when present, else CPU).")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE",
+                   help="an input: NAME=x.npy, NAME=file.npz, or file.npz with every input (repeatable)")
+    p.add_argument("--random", metavar="DIM=SIZE,...",
+                   help="feed random inputs instead, with these symbolic dim sizes, e.g. B=2,N=16")
+    p.add_argument("-o", "--out", help="save the outputs to this .npz file")
+    p.add_argument("--provider", default="auto", help="auto (default), cpu or cuda")
+    p.set_defaults(run=_run)
+
+
+def _run(args) -> int:
+    import numpy as np
+    from runtime.session import Session, load_inputs
+    session = Session(args.model, args.provider)
+    feeds = random_inputs(session, _dims(args.random)) if args.random else load_inputs(args.input)
+    t0 = time.perf_counter()
+    outputs = session.run(feeds)
+    ms = (time.perf_counter() - t0) * 1000
+    print(f"{args.model}: ran on {session.provider} in {ms:.1f} ms")
+    for name, value in outputs.items():
+        preview = np.array2string(value.ravel()[:6], precision=4, separator=", ")
+        print(f"  {name}: {value.dtype} {list(value.shape)} {preview}{' ...' if value.size > 6 else ''}")
+    if args.out:
+        _save_npz(args.out, outputs)
+    return 0
+
+
+def _dims(text: str) -> dict:
+    dims = {}
+    for item in text.split(","):
+        name, sep, size = item.partition("=")
+        if not sep or not size.isdigit() or int(size) < 1:
+            raise InvcError(f"malformed --random {text!r}: expected DIM=SIZE,..., e.g. B=2,N=16")
+        dims[name.strip()] = int(size)
+    return dims
+
+
+def random_inputs(session, dims: dict, seed: int = 0) -> dict:
+    """Random feeds for a session's inputs, symbolic dims sized from `dims`."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in session.inputs:
+        missing = [d for d in info.shape if not isinstance(d, int) and d not in dims]
+        if missing:
+            raise InvcError(f"--random needs a size for dim {missing[0]!r} of input {info.name!r}")
+        shape = [d if isinstance(d, int) else dims[d] for d in info.shape]
+        feeds[info.name] = _random_array(rng, shape, info.dtype)
+    return feeds
+
+
+def _random_array(rng, shape, dtype):
+    import numpy as np
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.8
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    import os
+    import numpy as np
+    target = Path(path)
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent or ".", suffix=".npz", delete=False) as f:
+            np.savez(f, **arrays)
+        os.replace(f.name, target)
+    except OSError as e:
+        raise InvcError(f"cannot write outputs to {target}: {e.strerror or e}") from None
+
+
+# -- graph ---------------------------------------------------------------------------------------
+def _graph_cmd(sub) -> None:
+    p = sub.add_parser("graph", help="print the torch.fx graph of a spec",
+                       description="Print the fx graph lowered from a spec, with node and parameter counts.")
+    _spec_args(p)
+    p.add_argument("--optimized", action="store_true", help="after the compile pipeline")
+    p.set_defaults(run=_graph)
+
+
+def _graph(args) -> int:
+    from compiler.driver import build
+    from passes.cleanup import default_pipeline
+    gm = build(args.spec, args.model, **parse_params(args.param))
+    if args.optimized:
+        gm = default_pipeline().run(gm)
+    print(gm.graph)
+    ops = sum(1 for n in gm.graph.nodes if n.op == "call_function")
+    params = sum(p.numel() for p in gm.parameters()) + sum(b.numel() for b in gm.buffers())
+    print(f"# {len(gm.graph.nodes)} nodes ({ops} ops), {params:,} parameters")
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def _demo_cmd(sub) -> None:
+    p = sub.add_parser("demo", help="compile an example, run it in onnxruntime, compare with torch",
+                       description="The main job end to end: compile a shipped example spec to ONNX, "
+                                   "run it in onnxruntime on random inputs at sizes never seen while "
+                                   "compiling, and compare with the torch module built from the same spec.")
+    p.add_argument("spec", nargs="?", default=str(DEFAULT_DEMO), help="spec (default: examples/deepsets.inv)")
+    p.add_argument("--tol", type=float, default=1e-5, help="max absolute error allowed (default 1e-5)")
+    p.set_defaults(run=_demo)
+
+
+def _demo(args) -> int:
+    from compiler.verify import compare_with_torch
+    with tempfile.TemporaryDirectory() as tmp:
+        from compiler.driver import compile
+        out = Path(tmp) / (Path(args.spec).stem + ".onnx")
+        result = compile(args.spec, out=out)
+        report = compare_with_torch(args.spec, out, dims={"B": 3, "N": 7})
+    rows = [("spec", result.spec), ("model", result.model), ("parameters", f"{result.parameters:,}"),
+            ("fx nodes", str(len(result.module.graph.nodes))), ("ONNX nodes", str(result.onnx_nodes)),
+            ("ONNX size", f"{result.onnx_bytes / 1024:.1f} KiB"),
+            ("compile time", f"{result.seconds['total'] * 1000:.0f} ms"),
+            ("provider", report.provider), ("inputs", report.shapes),
+            ("max abs error", f"{report.max_error:.2e} (tolerance {args.tol:g})")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if report.max_error > args.tol:
+        raise CheckFailed(f"ONNX and torch differ by {report.max_error:.2e} > {args.tol:g}")
+    return 0

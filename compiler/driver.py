@@ -1,0 +1,76 @@
+"""The Python front door: check, build and compile a .inv spec.
+
+    module = compiler.build("my.inv", hidden=128)              # a trainable torch.nn.Module
+    result = compiler.compile("my.inv", out="my.onnx")         # parse -> fx -> passes -> ONNX
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsl.checker import check as _check
+from dsl.program import load
+from dsl.types import CheckedModel
+
+
+def check(spec: str | Path, model: str | None = None, **params) -> CheckedModel:
+    """Parse and type-check a spec; raises dsl.errors.SpecError. Needs no torch."""
+    return _check(load(spec), model, params)
+
+
+def build(spec: str | Path, model: str | None = None, seed: int = 0, **params):
+    """A trainable torch.fx.GraphModule built from the spec, parameters initialised from `seed`."""
+    from dsl.lower import lower
+    return lower(check(spec, model, **params), seed)
+
+
+@dataclass
+class CompileResult:
+    spec: str
+    model: str
+    out: Path | None
+    module: object            # the optimised fx.GraphModule
+    onnx: object              # the onnx.ModelProto
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters()) + sum(b.numel() for b in self.module.buffers())
+
+    @property
+    def onnx_nodes(self) -> int:
+        return len(self.onnx.graph.node)
+
+    @property
+    def onnx_bytes(self) -> int:
+        return self.onnx.ByteSize()
+
+
+def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = None,
+            model: str | None = None, seed: int = 0, pipeline=None, dump_after=(), dump=None,
+            **params) -> CompileResult:
+    """Compile a spec: check, lower to fx, run the pass pipeline, emit ONNX (written if `out`)."""
+    from dsl.lower import lower
+    from compiler.onnx_backend import save_onnx, to_onnx
+    from passes.cleanup import default_pipeline
+
+    if target != "onnx":
+        raise ValueError(f"unknown target {target!r}; targets: onnx")
+    times, t0 = {}, time.perf_counter()
+    checked = check(spec, model, **params)
+    times["check"] = time.perf_counter() - t0
+    gm = lower(checked, seed)
+    times["lower"] = time.perf_counter() - t0 - times["check"]
+    gm = (pipeline or default_pipeline()).run(gm, dump_after, dump)
+    times["passes"] = time.perf_counter() - t0 - times["check"] - times["lower"]
+    proto = to_onnx(gm, graph_name=checked.name, metadata=metadata(checked))
+    if out is not None:
+        save_onnx(proto, out)
+    times["total"] = time.perf_counter() - t0
+    return CompileResult(str(spec), checked.name, Path(out) if out else None, gm, proto, times)
+
+
+def metadata(checked: CheckedModel) -> dict[str, str]:
+    return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
+            **{f"invc.{k}": v for k, v in checked.declarations().items()}}

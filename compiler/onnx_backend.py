@@ -1,0 +1,170 @@
+"""ONNX backend: an invc fx GraphModule (docs/graph-contract.md) → onnx.ModelProto, built directly
+with onnx.helper from the per-op emitters of compiler/onnx_ops.py.
+
+Graph inputs and outputs keep the spec's names; symbolic dims become dim_params, so one file runs
+at every B and N. Parameters become initializers in their own dtype.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch.fx as fx
+from onnx import helper, numpy_helper
+
+from compiler.errors import InvcError
+from compiler.onnx_ops import DTYPES, EMITTERS
+
+__all__ = ["EMITTERS", "to_onnx", "save_onnx"]
+
+_SIGNATURES = {fn: inspect.signature(fn) for fn in EMITTERS}
+
+
+class GraphBuilder:
+    """Collects ONNX nodes and initializers while walking the fx graph; emitters call its methods."""
+
+    def __init__(self, gm: fx.GraphModule, reserved: set[str]):
+        self.gm = gm
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.used = set(reserved)
+        self.names: dict[fx.Node, str] = {}
+        self.transposes: dict[fx.Node, str] = {}
+        self.scope = ""
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        out = self.fresh(f"{self.scope}/{op_type}")
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def const(self, array: np.ndarray, base: str | None = None) -> str:
+        name = self.fresh(base or f"{self.scope}/const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def scalar(self, value, dtype: str) -> str:
+        return self.const(np.array(value, DTYPES[dtype][1]))
+
+    def ints(self, values) -> str:
+        return self.const(np.array(list(values), np.int64))
+
+    def value(self, node: fx.Node) -> str:
+        if node not in self.names:  # only get_attr nodes are named on first use
+            self.names[node] = self.const(self.tensor(node), node.target)
+        return self.names[node]
+
+    def tensor(self, node: fx.Node) -> np.ndarray:
+        return functools.reduce(getattr, node.target.split("."), self.gm).detach().cpu().numpy()
+
+    def transposed(self, node: fx.Node) -> str:
+        """W^T for MatMul: a pre-transposed initializer when W is a parameter, else a Transpose."""
+        if node.op != "get_attr":
+            return self.op("Transpose", self.value(node), perm=[1, 0])
+        if node not in self.transposes:
+            self.transposes[node] = self.const(self.tensor(node).T.copy(), f"{node.target}.T")
+        return self.transposes[node]
+
+    def operand(self, arg, dtype: str) -> str:
+        """A binary op's operand in `dtype`: Python scalars become typed constants, tensors a Cast."""
+        if not isinstance(arg, fx.Node):
+            return self.scalar(arg, dtype)
+        name = self.value(arg)
+        if arg.meta["dtype"] == dtype:
+            return name
+        return self.op("Cast", name, to=DTYPES[dtype][0])
+
+    def emit(self, node: fx.Node, name: str) -> None:
+        emitter = EMITTERS.get(node.target) if node.op == "call_function" else None
+        if emitter is None:
+            raise InvcError(f"ONNX backend: node {node.name!r} has unsupported target "
+                            f"{node.op} {_target_name(node.target)}; supported: runtime/ops.py")
+        bound = _SIGNATURES[node.target].bind(*node.args, **node.kwargs)
+        bound.apply_defaults()
+        self.scope = node.name
+        self.name_result(emitter(self, node, *bound.arguments.values()), name)
+        self.names[node] = name
+
+    def name_result(self, result: str, name: str) -> None:
+        last = self.nodes[-1] if self.nodes else None
+        # The emitter's final node writes straight to the fx name; anything else needs an Identity.
+        if last is not None and last.output[0] == result and result.startswith(f"{self.scope}/"):
+            self.used.discard(result)
+            last.output[0] = last.name = name
+        else:
+            self.nodes.append(helper.make_node("Identity", [result], [name], name=name))
+
+
+def _target_name(target) -> str:
+    return getattr(target, "__qualname__", None) or repr(target)
+
+
+def _value_info(name: str, node: fx.Node) -> onnx.ValueInfoProto:
+    # str entries of the shape (B, N, N*4) become dim_params.
+    return helper.make_tensor_value_info(name, DTYPES[node.meta["dtype"]][0], list(node.meta["shape"]))
+
+
+def _outputs(gm: fx.GraphModule) -> tuple[list[fx.Node], list[str]]:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    nodes = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    return list(nodes), list(out.meta["names"])
+
+
+def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
+            metadata: dict[str, str] | None = None, opset: int = 18) -> onnx.ModelProto:
+    if opset < 18:
+        raise InvcError(f"ONNX backend: opset {opset} is too old; the emitters use opset-18 forms "
+                        "(Reduce* axes as an input)")
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    out_nodes, out_names = _outputs(gm)
+    g = GraphBuilder(gm, {n.meta["name"] for n in inputs} | set(out_names))
+    g.names.update((n, n.meta["name"]) for n in inputs)
+    # A computed node returned once is written under its output name directly.
+    direct = {n: name for n, name in zip(out_nodes, out_names)
+              if n.op == "call_function" and out_nodes.count(n) == 1}
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method", "call_module"):
+            g.emit(node, direct.get(node) or g.fresh(node.name))
+    for node, name in zip(out_nodes, out_names):
+        if g.value(node) != name:
+            g.nodes.append(helper.make_node("Identity", [g.value(node)], [name], name=name))
+    graph = helper.make_graph(g.nodes, graph_name, [_value_info(n.meta["name"], n) for n in inputs],
+                              [_value_info(name, n) for n, name in zip(out_nodes, out_names)],
+                              initializer=g.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="invc",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    helper.set_model_props(model, dict(metadata or {}))
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path) -> Path:
+    """Write atomically: a temp file beside `path`, then os.replace, so no partial file is left."""
+    path = Path(path)
+    data = model.SerializeToString()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise InvcError(f"cannot write ONNX model {path}: {e.strerror} ({path.parent})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise InvcError(f"cannot write ONNX model {path}: {e.strerror}") from e
+        raise
+    return path

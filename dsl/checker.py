@@ -1,0 +1,472 @@
+"""The checker: resolves names, binds op arguments, checks dtypes and shapes, and elaborates a
+model (defs inlined, `repeat` unrolled, mlp expanded) into a flat list of op calls.
+
+Everything that can be wrong with a spec is found here and raised as a SpecError, so lowering
+never has to say no.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, replace
+
+from dsl import ast
+from dsl.errors import SpecError, did_you_mean
+from dsl.ops import BINARY, OPS, Axis, DefRef, Tensor, binary, neg
+from dsl.program import Program
+from dsl.types import DTYPES, CheckedModel, OpNode, Port, Sym, TensorType, Value, dim_product
+
+PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+@dataclass
+class Scope:
+    names: dict
+    prefix: str = ""              # parameter path of the enclosing def calls, e.g. "stack.0."
+    defs_active: tuple = ()       # the def calls being expanded, to refuse recursion
+    bound: set = field(default_factory=set)
+
+
+def check(program: Program, model: str | None = None, overrides: dict | None = None) -> CheckedModel:
+    m = _pick_model(program, model)
+    return _Elaborator(program, m).model(overrides or {})
+
+
+def _pick_model(program: Program, name: str | None) -> ast.Model:
+    models = program.models
+    if not models:
+        raise SpecError(f"no `model` block in {program.root.file}", program.root.file, 1, 1,
+                        program.root.source, "declare one: model name(...) { ... }")
+    if name is None:
+        if len(models) > 1:
+            raise SpecError(f"{program.root.file} declares several models: {', '.join(models)}",
+                            program.root.file, 1, 1, None, "choose one with --model NAME")
+        return next(iter(models.values()))
+    if name not in models:
+        raise SpecError(f"no model named `{name}` in {program.root.file}", program.root.file, 1, 1,
+                        None, did_you_mean(name, models) or f"models: {', '.join(models)}")
+    return models[name]
+
+
+class _Elaborator:
+    def __init__(self, program: Program, model: ast.Model):
+        self.program, self.ast = program, model
+        self.out = CheckedModel(model.name, program.root.file, program.source_hash(), {})
+        self.ids = 0
+        self.param_names: set[str] = set()
+
+    # -- the model -----------------------------------------------------------------------------
+    def model(self, overrides: dict) -> CheckedModel:
+        params = self._model_params(overrides)
+        self.out.params = params
+        scope = Scope(dict(params))
+        for stmt in self.ast.body:
+            self.statement(stmt, scope, in_model=True)
+        if not self.out.outputs:
+            raise SpecError.at(self.ast.pos, f"model `{self.ast.name}` declares no output",
+                               "add `output NAME` for the tensor it returns")
+        return self.out
+
+    def _model_params(self, overrides: dict) -> dict:
+        declared = {p.name: p for p in self.ast.params}
+        for key in overrides:
+            if key not in declared:
+                raise SpecError.at(self.ast.pos, f"model `{self.ast.name}` has no parameter `{key}`",
+                                   did_you_mean(key, declared) or f"parameters: {', '.join(declared) or 'none'}")
+        values = {}
+        for p in self.ast.params:
+            if p.type is None:
+                raise SpecError.at(p.pos, f"model parameter `{p.name}` needs a type",
+                                   f"write `{p.name}: int = ...` (int, float, bool or str)")
+            if p.name in overrides:
+                values[p.name] = self._param_value(p, overrides[p.name], p.pos)
+            elif p.default is None:
+                raise SpecError.at(p.pos, f"model parameter `{p.name}` has no default and was not given")
+            else:
+                values[p.name] = self._param_value(p, self.static(p.default, Scope(dict(values))), p.default.pos)
+        return values
+
+    def _param_value(self, p: ast.Param, v, pos):
+        if p.type not in PARAM_TYPES:
+            raise SpecError.at(p.pos, f"unknown parameter type `{p.type}`",
+                               did_you_mean(p.type, PARAM_TYPES) or "use int, float, bool or str")
+        ok = _fits(v, PARAM_TYPES[p.type])
+        if ok is None:
+            raise SpecError.at(pos, f"parameter `{p.name}` is {p.type}, got {_describe(v)}")
+        return ok
+
+    def statement(self, stmt, scope: Scope, in_model: bool):
+        if isinstance(stmt, ast.Assign):
+            self.assign(stmt, scope)
+        elif not in_model and not isinstance(stmt, ast.Return):
+            raise SpecError.at(stmt.pos, f"`{type(stmt).__name__.lower()}` belongs in a model, not in a def")
+        elif isinstance(stmt, ast.Input):
+            self.input(stmt, scope)
+        elif isinstance(stmt, ast.Output):
+            self.output(stmt, scope)
+        elif isinstance(stmt, ast.Symmetry):
+            self.out.symmetry += stmt.groups
+        elif isinstance(stmt, ast.Return):
+            raise SpecError.at(stmt.pos, "`return` belongs in a def; a model declares `output NAME`")
+
+    def input(self, stmt: ast.Input, scope: Scope):
+        if stmt.dtype not in DTYPES:
+            raise SpecError.at(stmt.pos, f"unknown dtype `{stmt.dtype}`",
+                               did_you_mean(stmt.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}")
+        dims = tuple(self._input_dim(d, scope) for d in stmt.dims)
+        value = self.new_value(stmt.name, TensorType(stmt.dtype, dims))
+        self.bind(scope, stmt.name, value, stmt.pos)
+        self.out.inputs.append(Port(stmt.name, value.type, stmt.role, stmt.pos, value))
+
+    def _input_dim(self, expr, scope: Scope):
+        v = self.static(expr, scope, expect=Axis)
+        if isinstance(v, Sym) and "*" not in v.name:
+            return v.name
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+        raise SpecError.at(expr.pos, f"an input dim must be a positive int or a plain symbolic name, got {_describe(v)}")
+
+    def output(self, stmt: ast.Output, scope: Scope):
+        value = scope.names.get(stmt.name)
+        if not isinstance(value, Value):
+            hint = did_you_mean(stmt.name, [k for k, v in scope.names.items() if isinstance(v, Value)])
+            what = "is not defined" if value is None else "is not a tensor"
+            raise SpecError.at(stmt.pos, f"output `{stmt.name}` {what}", hint)
+        if any(p.name == stmt.name for p in self.out.outputs):
+            raise SpecError.at(stmt.pos, f"output `{stmt.name}` is declared twice")
+        self.out.outputs.append(Port(stmt.name, value.type, stmt.role, stmt.pos, value))
+
+    def assign(self, stmt: ast.Assign, scope: Scope):
+        if stmt.repeat is not None:
+            value = self.repeat(stmt, scope)
+        else:
+            value = self.eval(stmt.value, scope, stmt.name)
+        self.bind(scope, stmt.name, self._named(value, stmt.name, scope), stmt.pos)
+
+    def bind(self, scope: Scope, name: str, value, pos):
+        if name in OPS or name in self.program.defs:
+            raise SpecError.at(pos, f"`{name}` is an op or def name and cannot be rebound",
+                               "pick another name")
+        scope.names[name] = value
+
+    def _named(self, value, name: str, scope: Scope):
+        """Give the statement's result its binding's name, so the fx graph reads like the spec."""
+        if not isinstance(value, Value) or not self.out.nodes or self.out.nodes[-1].value != value:
+            return value
+        named = replace(value, name=(scope.prefix + name).replace(".", "_"))
+        self.out.nodes[-1].value = named
+        return named
+
+    def repeat(self, stmt: ast.Assign, scope: Scope):
+        count = self.static(stmt.repeat, scope)
+        call = stmt.value
+        if not isinstance(call, ast.Call) or call.func not in self.program.defs:
+            raise SpecError.at(stmt.value.pos, "`repeat` applies to a call of a def",
+                               "write `h = block(h) repeat 4` with `def block(x) { ... }`")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise SpecError.at(stmt.repeat.pos, f"`repeat` needs a positive int, got {_describe(count)}")
+        if not call.args:
+            raise SpecError.at(call.pos, "`repeat` threads the first argument through each copy; pass one")
+        value = self.eval(call.args[0], scope, stmt.name)
+        for i in range(count):
+            inner = Scope(scope.names, f"{scope.prefix}{stmt.name}.{i}.", scope.defs_active)
+            value = self.call_def(self.program.defs[call.func], call, [value], scope, inner)
+        return value
+
+    # -- expressions ---------------------------------------------------------------------------
+    def new_value(self, name: str, type_: TensorType) -> Value:
+        self.ids += 1
+        return Value(self.ids, name.replace(".", "_"), type_)
+
+    def static(self, expr, scope: Scope, expect=None):
+        v = self.eval(expr, scope, "_", expect)
+        if isinstance(v, Value):
+            raise SpecError.at(expr.pos, f"expected a constant here, got tensor {v.type}")
+        return v
+
+    def eval(self, expr, scope: Scope, binding: str, expect=None):
+        if isinstance(expr, (ast.Num, ast.Str, ast.Bool)):
+            return expr.value
+        if isinstance(expr, ast.Name):
+            return self.lookup(expr, scope, expect)
+        if isinstance(expr, ast.List):
+            return [self.eval(i, scope, binding, Axis) for i in expr.items]
+        if isinstance(expr, ast.Neg):
+            v = self.eval(expr.operand, scope, binding)
+            if isinstance(v, Value):
+                return neg(_Ctx(self, "neg", expr.pos, binding, scope), v)
+            return self._static_arith("-", 0, v, expr)
+        if isinstance(expr, ast.BinOp):
+            return self.binop(expr, scope, binding, expect)
+        if isinstance(expr, ast.Call):
+            return self.call(expr, scope, binding)
+        raise SpecError.at(expr.pos, f"unexpected expression {type(expr).__name__}")
+
+    def lookup(self, expr: ast.Name, scope: Scope, expect):
+        if expr.id in scope.names:
+            return scope.names[expr.id]
+        if expect is Axis:
+            return Sym(expr.id)
+        if expr.id in self.program.defs:
+            raise SpecError.at(expr.pos, f"`{expr.id}` is a def; call it: {expr.id}(...)")
+        raise SpecError.at(expr.pos, f"`{expr.id}` is not defined",
+                           did_you_mean(expr.id, list(scope.names)))
+
+    def binop(self, expr: ast.BinOp, scope: Scope, binding: str, expect):
+        a = self.eval(expr.left, scope, binding, expect)
+        b = self.eval(expr.right, scope, binding, expect)
+        if isinstance(a, Value) or isinstance(b, Value):
+            ctx = _Ctx(self, "matmul" if expr.op == "@" else BINARY[expr.op], expr.pos, binding, scope)
+            ctx.symbol = expr.op
+            if expr.op == "@":
+                if not (isinstance(a, Value) and isinstance(b, Value)):
+                    ctx.error("`@` needs two tensors")
+                return OPS["matmul"](ctx, a, b)
+            if not all(isinstance(v, Value) or _is_number(v) for v in (a, b)):
+                ctx.error(f"cannot apply `{expr.op}` to {_describe(a)} and {_describe(b)}")
+            return binary(ctx, BINARY[expr.op], a, b)
+        return self._static_arith(expr.op, a, b, expr)
+
+    def _static_arith(self, op: str, a, b, expr):
+        if op == "*" and any(isinstance(v, Sym) for v in (a, b)) and all(
+                isinstance(v, Sym) or (isinstance(v, int) and not isinstance(v, bool)) for v in (a, b)):
+            return Sym(str(dim_product([v.name if isinstance(v, Sym) else v for v in (a, b)])))
+        if not (_is_number(a) and _is_number(b)):
+            raise SpecError.at(expr.pos, f"cannot apply `{op}` to {_describe(a)} and {_describe(b)}")
+        if op == "/" and b == 0:
+            raise SpecError.at(expr.pos, "division by zero")
+        if op == "@":
+            raise SpecError.at(expr.pos, "`@` needs two tensors")
+        result = {"+": a + b, "-": a - b, "*": a * b}.get(op)
+        if op == "/":
+            result = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        return result
+
+    def call(self, expr: ast.Call, scope: Scope, binding: str):
+        if expr.func in self.program.defs:
+            inner = Scope(scope.names, f"{scope.prefix}{binding}.", scope.defs_active)
+            return self.call_def(self.program.defs[expr.func], expr, None, scope, inner)
+        rule = OPS.get(expr.func)
+        if rule is None:
+            raise SpecError.at(expr.pos, f"unknown op `{expr.func}`",
+                               did_you_mean(expr.func, list(OPS) + list(self.program.defs)))
+        ctx = _Ctx(self, expr.func, expr.pos, binding, scope)
+        args, kwargs = self.bind_args(rule, expr, scope, binding, ctx)
+        return rule(ctx, *args, **kwargs)
+
+    def bind_args(self, rule, expr: ast.Call, scope: Scope, binding: str, ctx):
+        sig = inspect.signature(rule)
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+        try:
+            bound = sig.bind(*expr.args, **{k.name: k.value for k in expr.kwargs})
+        except TypeError as e:
+            raise _arity_error(expr, sig, e) from None
+        args, kwargs = [], {}
+        for name, given in bound.arguments.items():
+            param = sig.parameters[name]
+            if param.kind is param.VAR_POSITIONAL:
+                args.extend(self._arg(g, param, scope, binding) for g in given)
+            elif param.kind is param.KEYWORD_ONLY:
+                kwargs[name] = self._arg(given, param, scope, binding)
+            else:
+                args.append(self._arg(given, param, scope, binding))
+        return args, kwargs
+
+    def _arg(self, expr, param, scope: Scope, binding: str):
+        kind = param.annotation
+        if kind is DefRef:
+            if not isinstance(expr, ast.Name) or expr.id not in self.program.defs:
+                raise SpecError.at(expr.pos, f"argument `{param.name}` expects the name of a def",
+                                   did_you_mean(getattr(expr, "id", ""), self.program.defs))
+            return self.program.defs[expr.id]
+        v = self.eval(expr, scope, binding, kind if kind is Axis else None)
+        ok = _fits(v, kind)
+        if ok is None:
+            raise SpecError.at(expr.pos, f"argument `{param.name}` expects {_kind_name(kind)}, got {_describe(v)}")
+        return ok
+
+    def call_def(self, d: ast.Def, call: ast.Call | None, threaded, outer: Scope, inner: Scope):
+        if d.name in outer.defs_active:
+            raise SpecError.at(call.pos, f"def `{d.name}` calls itself; defs cannot recurse",
+                               "use `repeat` to stack copies")
+        call = call or ast.Call(d.name, (), (), d.pos)
+        given = list(threaded or []) + list(call.args[1:] if call.args and threaded else call.args)
+        names = {}
+        by_name = {p.name: p for p in d.params}
+        if len(given) > len(d.params):
+            raise SpecError.at(call.pos, f"`{d.name}` takes {len(d.params)} arguments, got {len(given)}",
+                               f"signature: {_def_signature(d)}")
+        for p, g in zip(d.params, given):
+            names[p.name] = g if isinstance(g, Value) else self.eval(g, outer, call.func)
+        for k in call.kwargs:
+            if k.name not in by_name:
+                raise SpecError.at(k.pos, f"`{d.name}` has no parameter `{k.name}`",
+                                   did_you_mean(k.name, by_name) or f"signature: {_def_signature(d)}")
+            if k.name in names:
+                raise SpecError.at(k.pos, f"`{k.name}` is given twice")
+            names[k.name] = self.eval(k.value, outer, call.func)
+        for p in d.params:
+            if p.name not in names:
+                if p.default is None:
+                    raise SpecError.at(call.pos, f"`{d.name}` is missing argument `{p.name}`",
+                                       f"signature: {_def_signature(d)}")
+                names[p.name] = self.static(p.default, Scope(dict(names)))
+            names[p.name] = self._def_arg(d, p, names[p.name], call.pos)
+        body_scope = Scope({**names}, inner.prefix, outer.defs_active + (d.name,))
+        return self._run_def(d, body_scope)
+
+    def _def_arg(self, d: ast.Def, p: ast.Param, v, pos):
+        if p.type is None:
+            if not isinstance(v, Value):
+                raise SpecError.at(pos, f"`{d.name}` argument `{p.name}` is a tensor, got {_describe(v)}")
+            return v
+        return self._param_value(p, v, pos)
+
+    def _run_def(self, d: ast.Def, scope: Scope):
+        result = None
+        for i, stmt in enumerate(d.body):
+            if isinstance(stmt, ast.Return):
+                if i != len(d.body) - 1:
+                    raise SpecError.at(stmt.pos, "`return` must be the last statement of a def")
+                result = self.eval(stmt.value, scope, "out")
+                result = self._named(result, "out", scope)
+            else:
+                self.statement(stmt, scope, in_model=False)
+        if result is None:
+            raise SpecError.at(d.pos, f"def `{d.name}` has no `return`")
+        return result
+
+
+class _Ctx:
+    """What an op rule sees: where the call is, and how to emit op calls and errors."""
+
+    def __init__(self, el: _Elaborator, op: str, pos, binding: str, scope: Scope):
+        self.el, self.op, self.pos, self.binding, self.scope = el, op, pos, binding, scope
+        self.symbol = op
+
+    def error(self, message: str, hint: str | None = None):
+        raise SpecError.at(self.pos, message, hint)
+
+    def emit(self, fn: str, args: tuple, type_: TensorType, kwargs: dict | None = None,
+             params: dict | None = None) -> Value:
+        value = self.el.new_value(f"{self.scope.prefix}{self.binding}_{fn}", type_)
+        prefix = self._param_prefix(params or {})
+        self.el.out.nodes.append(OpNode(value, fn, tuple(args), dict(kwargs or {}), dict(params or {}),
+                                        prefix, self.pos))
+        return value
+
+    def _param_prefix(self, params: dict) -> str:
+        """`scope.binding.`, numbered when a rebinding or a nested call would reuse a name."""
+        base, prefix, k = f"{self.scope.prefix}{self.binding}", f"{self.scope.prefix}{self.binding}.", 0
+        while any(prefix + p in self.el.param_names for p in params):
+            k += 1
+            prefix = f"{base}_{k}."
+        self.el.param_names.update(prefix + p for p in params)
+        return prefix
+
+    def call_def(self, d, tensors: list) -> Value:
+        """Expand def `d` on these tensors (its leading tensor arguments), parameters under this call."""
+        inner = Scope(self.scope.names, f"{self.scope.prefix}{self.binding}.{d.name}.", self.scope.defs_active)
+        result = self.el.call_def(d, None, list(tensors), self.scope, inner)
+        if not isinstance(result, Value):
+            self.error(f"{self.op}: def `{d.name}` must return a tensor")
+        return result
+
+    def axis(self, x: Value, axis) -> int:
+        shape = x.type.shape
+        if isinstance(axis, Sym):
+            hits = [i for i, d in enumerate(shape) if d == axis.name]
+            if len(hits) != 1:
+                self.error(f"{self.op}: axis `{axis.name}` is not a dim of {x.type}" if not hits else
+                           f"{self.op}: axis `{axis.name}` appears twice in {x.type}; use an index")
+            return hits[0]
+        if not -len(shape) <= axis < len(shape):
+            self.error(f"{self.op}: axis {axis} is out of range for {x.type}")
+        return axis % len(shape)
+
+    def dim(self, d):
+        if isinstance(d, Sym):
+            return d.name
+        if isinstance(d, int) and not isinstance(d, bool) and d >= 1:
+            return d
+        self.error(f"{self.op}: a dim must be a positive int or a symbolic name, got {_describe(d)}")
+
+    def reshape_spec(self, x: Value, target: tuple) -> tuple:
+        """ONNX-style spec: 0 keeps the input's dim at that position, -1 is the one inferred."""
+        src = x.type.shape
+        if dim_product(src) != dim_product(target):
+            self.error(f"{self.op}: cannot reshape {x.type} to {list(target)}: sizes differ")
+        spec = [0 if i < len(src) and src[i] == d and not isinstance(d, int) else d
+                for i, d in enumerate(target)]
+        unknown = [i for i, s in enumerate(spec) if isinstance(s, str)]
+        if len(unknown) > 1:
+            self.error(f"{self.op}: {list(target)} has {len(unknown)} symbolic dims that move; "
+                       "at most one can be inferred", "keep symbolic dims in place, or merge them into one")
+        for i in unknown:
+            spec[i] = -1
+        return tuple(spec)
+
+
+def _fits(v, kind):
+    """v converted to the annotated kind, or None when it does not fit."""
+    if kind is inspect.Parameter.empty:
+        return v
+    if kind is Tensor:
+        return v if isinstance(v, Value) else None
+    if kind is Axis:
+        return v if isinstance(v, Sym) or (isinstance(v, int) and not isinstance(v, bool)) else None
+    if kind is float:
+        return float(v) if _is_number(v) else None
+    if kind is int:
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return v if isinstance(v, kind) else None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _describe(v) -> str:
+    if isinstance(v, Value):
+        return f"tensor {v.type}"
+    if isinstance(v, Sym):
+        return f"undefined name `{v.name}`"
+    return f"{type(v).__name__} {v!r}"
+
+
+def _kind_name(kind) -> str:
+    return {Tensor: "a tensor", Axis: "an axis (index or dim name)"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _arity_error(expr: ast.Call, sig: inspect.Signature, e: TypeError) -> SpecError:
+    text = str(e)
+    hint = f"signature: {expr.func}{_op_signature(sig)}"
+    if "unexpected keyword argument" in text:
+        bad = text.split("'")[1]
+        where = next(k.pos for k in expr.kwargs if k.name == bad)
+        return SpecError.at(where, f"{expr.func} has no argument `{bad}`",
+                            did_you_mean(bad, sig.parameters) or hint)
+    if "missing a required argument" in text:
+        return SpecError.at(expr.pos, f"{expr.func} is missing argument `{text.split(chr(39))[1]}`", hint)
+    if "too many positional" in text:
+        return SpecError.at(expr.pos, f"{expr.func} takes at most {len(sig.parameters)} positional "
+                                      f"arguments, got {len(expr.args)}", hint)
+    if "multiple values" in text:
+        return SpecError.at(expr.pos, f"{expr.func}: argument `{text.split(chr(39))[1]}` is given twice", hint)
+    return SpecError.at(expr.pos, f"{expr.func}: {text}", hint)
+
+
+def _op_signature(sig: inspect.Signature) -> str:
+    parts = []
+    for p in sig.parameters.values():
+        star = "*" if p.kind is p.VAR_POSITIONAL else ""
+        default = "" if p.default is p.empty else f"={_literal(p.default)}"
+        parts.append(f"{star}{p.name}{default}")
+    return f"({', '.join(parts)})"
+
+
+def _literal(v) -> str:
+    return {True: "true", False: "false", None: "none"}.get(v, repr(v)) if isinstance(v, (bool, type(None))) else repr(v)
+
+
+def _def_signature(d: ast.Def) -> str:
+    return f"{d.name}({', '.join(p.name + (': ' + p.type if p.type else '') for p in d.params)})"

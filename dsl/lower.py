@@ -1,0 +1,106 @@
+"""Lowering: a checked model becomes a torch.fx GraphModule, built node by node (no tracing).
+
+Parameters are real nn.Parameters, each initialised from its own generator seeded by the model
+seed and the parameter's name, so adding a layer never changes the others' initial values.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from dsl.types import CheckedModel, OpNode, ParamSpec, Value
+from runtime import ops
+
+TORCH_DTYPES = {"f16": torch.float16, "f32": torch.float32, "f64": torch.float64,
+                "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
+
+
+def lower(model: CheckedModel, seed: int = 0) -> fx.GraphModule:
+    root, graph, env = nn.Module(), fx.Graph(), {}
+    for port in model.inputs:
+        node = graph.placeholder(port.name)
+        _type(node, port.value, name=port.name, pos=str(port.pos))
+        env[port.value.id] = node
+    for op in model.nodes:
+        env[op.value.id] = _call(graph, root, op, env, seed)
+    out = graph.output(tuple(env[p.value.id] for p in model.outputs))
+    out.meta["names"] = [p.name for p in model.outputs]
+    gm = fx.GraphModule(root, graph, class_name=_class_name(model.name))
+    gm.meta["invc"] = model
+    if len(model.outputs) == 1:
+        _return_lone_output(gm)
+    return gm
+
+
+def _call(graph: fx.Graph, root: nn.Module, op: OpNode, env: dict, seed: int) -> fx.Node:
+    weights = []
+    for short, spec in op.params.items():
+        target = op.param_prefix + short
+        _register(root, target, _init(spec, target, seed))
+        w = graph.get_attr(target)
+        w.meta.update(shape=tuple(spec.shape), dtype="f32")
+        weights.append(w)
+    args = tuple(_arg(a, env) for a in op.args) + tuple(weights)
+    kwargs = {k: _arg(v, env) for k, v in op.kwargs.items()}
+    node = graph.create_node("call_function", getattr(ops, op.op), args, kwargs, name=op.value.name)
+    _type(node, op.value, pos=str(op.pos))
+    return node
+
+
+def _arg(a, env: dict):
+    if isinstance(a, Value):
+        return env[a.id]
+    if isinstance(a, tuple):
+        return [_arg(x, env) for x in a]
+    return a
+
+
+def _type(node: fx.Node, value: Value, **extra) -> None:
+    node.meta.update(shape=value.type.shape, dtype=value.type.dtype, **extra)
+
+
+def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    if spec.init == "ones":
+        t = torch.ones(spec.shape)
+    elif spec.init == "zeros":
+        t = torch.zeros(spec.shape)
+    elif spec.init == "normal":
+        t = torch.randn(spec.shape, generator=g)
+    else:  # fan_in: the uniform bound nn.Linear uses
+        bound = 1.0 / math.sqrt(spec.shape[-1])
+        t = torch.empty(spec.shape).uniform_(-bound, bound, generator=g)
+    return nn.Parameter(t)
+
+
+def _register(root: nn.Module, target: str, param: nn.Parameter) -> None:
+    *path, leaf = target.split(".")
+    mod = root
+    for part in path:
+        if not hasattr(mod, part):
+            mod.add_module(part, nn.Module())
+        mod = getattr(mod, part)
+    mod.register_parameter(leaf, param)
+
+
+def _return_lone_output(gm: fx.GraphModule) -> None:
+    """A one-output model returns the tensor itself; meta keeps the output's name."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    names = out.meta["names"]
+    out.args = (out.args[0][0],)
+    out.meta["names"] = names
+    gm.recompile()
+
+
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_")) or "Model"
+
+
+def outputs_of(gm: fx.GraphModule) -> tuple:
+    """The output nodes as a tuple, whether the module returns one tensor or several."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    return out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)

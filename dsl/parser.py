@@ -1,0 +1,205 @@
+"""Text -> dsl.ast: a strict LALR parser, a Transformer to dataclasses, and errors by example."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from dsl import ast
+from dsl.errors import SpecError, remember_source
+
+GRAMMAR = Path(__file__).with_name("grammar.lark")
+
+# Known mistakes, each with the message it deserves. tests/test_parser.py loops over this table.
+KNOWN_MISTAKES = {
+    "a statement must bind a name: write `name = op(...)`": [
+        "model m() { relu(x) }",
+    ],
+    "missing `=` in a binding": [
+        "model m() { h relu(x) }",
+    ],
+    "unclosed parenthesis": [
+        "model m() { h = relu(x }",
+        "model m() { h = linear(x, 4 }",
+    ],
+    "missing `}` at the end of a block": [
+        "model m() { h = relu(x)",
+    ],
+    "a tensor type needs a dtype and dims, such as `f32[B, N, 3]`": [
+        "model m() { input x: f32 }",
+        "model m() { input x f32[B] }",
+    ],
+    "two arguments need a comma between them": [
+        "model m() { h = linear(x 4) }",
+    ],
+}
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(GRAMMAR.read_text(), parser="lalr", strict=True, propagate_positions=True,
+                maybe_placeholders=True)
+
+
+def parse(text: str, file: str = "<spec>") -> ast.Spec:
+    remember_source(file, text)
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, text, file) from None
+    try:
+        return ast.Spec(file, text, tuple(_ToAst(file).transform(tree).children))
+    except VisitError as e:
+        raise e.orig_exc from None
+
+
+def parse_file(path: str | Path) -> ast.Spec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}", str(path), 0, 0) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read spec {path}: {e}", str(path), 0, 0) from None
+    return parse(text, str(path))
+
+
+def _syntax_error(e: UnexpectedInput, text: str, file: str) -> SpecError:
+    # A stray character says so plainly; the table is for mistakes in the token stream.
+    label = None if isinstance(e, UnexpectedCharacters) else \
+        e.match_examples(_lark().parse, KNOWN_MISTAKES, use_accepts=True)
+    line, column = getattr(e, "line", 0) or 0, getattr(e, "column", 0) or 0
+    if isinstance(e, UnexpectedEOF) or line < 1:
+        line = max(text.count("\n") + 1, 1)
+        column = len(text.splitlines()[-1]) + 1 if text.splitlines() else 1
+    return SpecError(label or _describe(e), file, line, column, text, _expected_hint(e))
+
+
+def _describe(e: UnexpectedInput) -> str:
+    if isinstance(e, UnexpectedCharacters):
+        return f"unexpected character {e.char!r}"
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        return "unexpected end of spec" if tok.type == "$END" else f"unexpected {tok.value!r}"
+    return "unexpected end of spec"
+
+
+_READABLE = {"RPAR": "`)`", "LPAR": "`(`", "RBRACE": "`}`", "LBRACE": "`{`", "RSQB": "`]`",
+             "LSQB": "`[`", "COMMA": "`,`", "EQUAL": "`=`", "COLON": "`:`", "NAME": "a name",
+             "NUMBER": "a number", "STRING": "a string"}
+
+
+def _expected_hint(e: UnexpectedInput) -> str | None:
+    expected = sorted(_READABLE.get(t, None) or t.lower().strip('"') for t in (getattr(e, "expected", None) or ()))
+    expected = [x for x in expected if not x.startswith("__")]
+    return f"expected one of: {', '.join(expected)}" if 0 < len(expected) <= 8 else None
+
+
+class _ToAst(Transformer):
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _pos(self, meta_or_token) -> ast.Pos:
+        return ast.Pos(self.file, getattr(meta_or_token, "line", 0), getattr(meta_or_token, "column", 0))
+
+    # atoms
+    @v_args(inline=True)
+    def number(self, tok: Token):
+        text = str(tok)
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+        return ast.Num(value, self._pos(tok))
+
+    @v_args(inline=True)
+    def string(self, tok: Token):
+        return ast.Str(str(tok)[1:-1], self._pos(tok))
+
+    @v_args(meta=True)
+    def true(self, meta, _):
+        return ast.Bool(True, self._pos(meta))
+
+    @v_args(meta=True)
+    def false(self, meta, _):
+        return ast.Bool(False, self._pos(meta))
+
+    @v_args(inline=True)
+    def name(self, tok: Token):
+        return ast.Name(str(tok), self._pos(tok))
+
+    @v_args(meta=True)
+    def list(self, meta, items):
+        return ast.List(tuple(i for i in items if i is not None), self._pos(meta))
+
+    @v_args(meta=True, inline=True)
+    def neg(self, meta, operand):
+        return ast.Neg(operand, self._pos(meta))
+
+    def _binop(op):  # noqa: N805 - a factory used inside the class body
+        @v_args(meta=True, inline=True)
+        def make(self, meta, left, right):
+            return ast.BinOp(op, left, right, self._pos(meta))
+        return make
+
+    add, sub, mul, div, matmul = _binop("+"), _binop("-"), _binop("*"), _binop("/"), _binop("@")
+
+    @v_args(meta=True, inline=True)
+    def kwarg(self, meta, name, value):
+        return ast.Kwarg(str(name), value, self._pos(meta))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        func, *args = children
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, ast.Kwarg))
+        kwargs = tuple(a for a in args if isinstance(a, ast.Kwarg))
+        first_kw = next((i for i, a in enumerate(args) if isinstance(a, ast.Kwarg)), len(args))
+        if any(not isinstance(a, ast.Kwarg) for a in args[first_kw:]):
+            bad = next(a for a in args[first_kw:] if not isinstance(a, ast.Kwarg))
+            raise SpecError.at(bad.pos, "a positional argument follows a keyword argument",
+                               "put positional arguments first")
+        return ast.Call(str(func), positional, kwargs, self._pos(func))
+
+    # statements
+    @v_args(meta=True, inline=True)
+    def param(self, meta, name, type_, default):
+        return ast.Param(str(name), None if type_ is None else str(type_), default, self._pos(name))
+
+    @v_args(meta=True)
+    def input_decl(self, meta, children):
+        name, dtype, *dims, role = children
+        return ast.Input(str(name), str(dtype), tuple(d for d in dims if d is not None),
+                         None if role is None else str(role), self._pos(name))
+
+    @v_args(meta=True, inline=True)
+    def output_decl(self, meta, name, role):
+        return ast.Output(str(name), None if role is None else str(role), self._pos(name))
+
+    @v_args(meta=True)
+    def symmetry_decl(self, meta, groups):
+        return ast.Symmetry(tuple(groups), self._pos(meta))
+
+    @v_args(meta=True, inline=True)
+    def assign(self, meta, name, value, repeat):
+        return ast.Assign(str(name), value, repeat, self._pos(name))
+
+    @v_args(meta=True, inline=True)
+    def return_stmt(self, meta, value):
+        return ast.Return(value, self._pos(meta))
+
+    @v_args(meta=True, inline=True)
+    def import_stmt(self, meta, path):
+        return ast.Import(str(path)[1:-1], self._pos(meta))
+
+    def _block(kind):  # noqa: N805
+        @v_args(meta=True)
+        def make(self, meta, children):
+            name, *rest = children
+            params = tuple(c for c in rest if isinstance(c, ast.Param))
+            body = tuple(c for c in rest if c is not None and not isinstance(c, ast.Param))
+            return kind(str(name), params, body, self._pos(name))
+        return make
+
+    model = _block(ast.Model)
+    def_block = _block(ast.Def)

@@ -1,0 +1,71 @@
+"""Loading a spec with its imports: resolution, cycle detection and the directory-tree fence."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsl import ast
+from dsl.errors import SpecError
+from dsl.parser import parse, parse_file
+
+
+@dataclass
+class Program:
+    root: ast.Spec
+    defs: dict = field(default_factory=dict)      # name -> ast.Def, from the root and its imports
+    texts: dict = field(default_factory=dict)     # file -> source, for the source hash
+
+    @property
+    def models(self) -> dict:
+        return {m.name: m for m in self.root.of(ast.Model)}
+
+    def source_hash(self) -> str:
+        h = hashlib.sha256()
+        for file in sorted(self.texts):
+            h.update(self.texts[file].encode())
+        return h.hexdigest()
+
+
+def load(path: str | Path) -> Program:
+    root = parse_file(path)
+    program = Program(root)
+    _collect(program, root, Path(path).resolve().parent, [Path(path).resolve()])
+    return program
+
+
+def load_text(text: str, file: str = "<spec>") -> Program:
+    """A spec given as text; its imports resolve against the current directory."""
+    root = parse(text, file)
+    program = Program(root)
+    _collect(program, root, Path.cwd().resolve(), [Path(file).resolve()])
+    return program
+
+
+def _collect(program: Program, spec: ast.Spec, fence: Path, stack: list[Path]) -> None:
+    program.texts[spec.file] = spec.source
+    for d in spec.of(ast.Def):
+        if d.name in program.defs:
+            first = program.defs[d.name].pos
+            raise SpecError.at(d.pos, f"`{d.name}` is defined twice", f"first defined at {first}")
+        program.defs[d.name] = d
+    for imp in spec.of(ast.Import):
+        target = (stack[-1].parent / imp.path).resolve()
+        if not target.is_relative_to(fence):
+            raise SpecError.at(imp.pos, f"import {imp.path!r} leaves the spec's directory tree ({fence})",
+                               "keep imported specs inside the root spec's folder")
+        if target in stack:
+            chain = " -> ".join(_shown(p) for p in stack[stack.index(target):] + [target])
+            raise SpecError.at(imp.pos, f"cyclic import: {chain}")
+        if not target.is_file():
+            raise SpecError.at(imp.pos, f"imported spec not found: {_shown(target)}")
+        _collect(program, parse_file(_shown(target)), fence, stack + [target])
+
+
+def _shown(p: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)

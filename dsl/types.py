@@ -1,0 +1,116 @@
+"""Values of the checker: tensor types with symbolic dims, and the elaborated graph it produces.
+
+A dim is an int (static) or a str (symbolic): a plain name such as "N", or a product such as
+"4*N" when a reshape merges axes. Everything here is torch-free so `invc check` stays fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DTYPES = ("f16", "f32", "f64", "i32", "i64", "bool")
+FLOATS = ("f16", "f32", "f64")
+INTS = ("i32", "i64")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class Sym:
+    """A bare name used where an axis is expected: `sum(h, axis=N)`."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Value:
+    """A tensor in the elaborated graph."""
+    id: int
+    name: str
+    type: TensorType
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple
+    init: str  # "fan_in", "ones", "zeros" or "normal"
+
+
+@dataclass
+class OpNode:
+    """One call of a runtime/ops.py function: fn(*args, *params, **kwargs)."""
+    value: Value
+    op: str
+    args: tuple
+    kwargs: dict
+    params: dict  # short name -> ParamSpec, in call order
+    param_prefix: str
+    pos: object
+
+
+@dataclass
+class Port:
+    name: str
+    type: TensorType
+    role: str | None
+    pos: object
+    value: Value | None = None
+
+
+@dataclass
+class CheckedModel:
+    name: str
+    file: str
+    source_hash: str
+    params: dict
+    inputs: list = field(default_factory=list)   # of Port
+    nodes: list = field(default_factory=list)    # of OpNode
+    outputs: list = field(default_factory=list)  # of Port, value set
+    symmetry: tuple = ()                          # the model's `symmetry` declarations (ast exprs)
+
+    def declarations(self) -> dict[str, str]:
+        ins = ", ".join(f"{p.name}: {p.type}" + (f" is {p.role}" if p.role else "") for p in self.inputs)
+        outs = ", ".join(f"{p.name}: {p.value.type}" + (f" is {p.role}" if p.role else "")
+                         for p in self.outputs)
+        return {"model": self.name, "params": repr(self.params), "inputs": ins, "outputs": outs}
+
+
+def dim_product(dims) -> int | str:
+    """The product of dims, kept symbolic: 4 * N * 2 -> "8*N"."""
+    coeff, names = 1, []
+    for d in dims:
+        if isinstance(d, int):
+            coeff *= d
+        else:
+            for factor in str(d).split("*"):
+                if factor.isdigit():
+                    coeff *= int(factor)
+                else:
+                    names.append(factor)
+    if not names:
+        return coeff
+    return "*".join(([str(coeff)] if coeff != 1 else []) + sorted(names))
+
+
+def broadcast(a: tuple, b: tuple) -> tuple | str:
+    """Numpy broadcasting over symbolic dims; returns the shape, or a reason why not."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return f"dim {x} does not match dim {y} (axis {-i})"
+    return tuple(reversed(out))

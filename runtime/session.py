@@ -1,0 +1,166 @@
+"""Run an ONNX model with onnxruntime behind input checks whose messages name the input at fault.
+
+The runtime is the bottom layer: nothing here imports dsl/ or compiler/, and torch only arrives
+as tensors callers pass in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+_ORT_DTYPES = {
+    "tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+class InputError(Exception):
+    """Bad inputs for a model: a wrong name, shape or dtype, a missing file, a malformed argument."""
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output; shape entries are ints, symbolic names (str) or None (unnamed)."""
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[int | str | None, ...]
+
+    def __str__(self) -> str:
+        dtype = "?" if self.dtype is None else self.dtype.name
+        return f"{self.name}: {dtype} {_fmt(self.shape)}"
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _info(arg) -> TensorInfo:
+    dtype = _ORT_DTYPES.get(arg.type)
+    return TensorInfo(arg.name, None if dtype is None else np.dtype(dtype), tuple(arg.shape))
+
+
+def choose_providers(requested: str, available: list[str]) -> list[str]:
+    """'auto' takes CUDA when this onnxruntime has it; 'cpu', 'cuda' or a full provider name pin one."""
+    if requested == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    name = {"cpu": CPU, "cuda": CUDA}.get(requested, requested)
+    if name not in available:
+        raise InputError(f"execution provider {requested!r} is not available here; "
+                         f"available: {', '.join(available)}")
+    return [name] if name == CPU else [name, CPU]
+
+
+def _model_source(model):
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString()
+    path = Path(model)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    return str(path)
+
+
+class Session:
+    """An onnxruntime session that checks names, ranks, static dims, dtypes and symbolic dims first."""
+
+    def __init__(self, model, provider: str = "auto"):
+        providers = choose_providers(provider, ort.get_available_providers())
+        self._session = ort.InferenceSession(_model_source(model), providers=providers)
+        # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.
+        self.provider: str = self._session.get_providers()[0]
+        self.inputs = [_info(a) for a in self._session.get_inputs()]
+        self.outputs = [_info(a) for a in self._session.get_outputs()]
+
+    def run(self, inputs: dict | None = None, /, **kwargs) -> dict[str, np.ndarray]:
+        feeds = {name: _to_numpy(v) for name, v in {**(inputs or {}), **kwargs}.items()}
+        self.check(feeds)
+        results = self._session.run(None, feeds)
+        return {o.name: r for o, r in zip(self.outputs, results)}
+
+    def check(self, feeds: dict[str, np.ndarray]) -> None:
+        expected = [i.name for i in self.inputs]
+        unknown = [n for n in feeds if n not in expected]
+        missing = [n for n in expected if n not in feeds]
+        for kind, names in (("unknown", unknown), ("missing", missing)):
+            if names:
+                raise InputError(f"{kind} input {', '.join(map(repr, names))}; "
+                                 f"the model's inputs are: {', '.join(expected)}")
+        seen: dict[str, tuple[str, int, int]] = {}
+        for info in self.inputs:
+            _check_input(info, feeds[info.name], seen)
+
+
+def _to_numpy(value) -> np.ndarray:
+    if type(value).__module__.startswith("torch"):  # no torch import needed to accept its tensors
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value)
+
+
+def _check_input(info: TensorInfo, array: np.ndarray, seen: dict) -> None:
+    """`seen` maps each symbolic dim to its first (input, axis, size), to catch N=5 here, N=7 there."""
+    where = f"input {info.name!r}"
+    if info.dtype is not None and array.dtype != info.dtype:
+        raise InputError(f"{where}: expected dtype {info.dtype.name}, got {array.dtype.name}")
+    if array.ndim != len(info.shape):
+        raise InputError(f"{where}: expected rank {len(info.shape)} {_fmt(info.shape)}, "
+                         f"got rank {array.ndim} with shape {tuple(array.shape)}")
+    for axis, (want, got) in enumerate(zip(info.shape, array.shape)):
+        if isinstance(want, int) and want != got:
+            raise InputError(f"{where}: dim {axis} must be {want} (shape {_fmt(info.shape)}), "
+                             f"got {got} (shape {tuple(array.shape)})")
+        if isinstance(want, str):
+            first, axis0, size = seen.setdefault(want, (info.name, axis, got))
+            if size != got:
+                raise InputError(f"symbolic dim {want!r} is {size} in input {first!r} (dim {axis0}) "
+                                 f"but {got} in {where} (dim {axis})")
+
+
+_USAGE = "expected NAME=FILE.npy, NAME=FILE.npz (its array NAME) or FILE.npz (all its arrays)"
+
+
+def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    """Parse CLI input arguments into named arrays."""
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        for name, array in _load_arg(spec).items():
+            if name in arrays:
+                raise InputError(f"input {name!r} is given twice (again in {spec!r})")
+            arrays[name] = array
+    return arrays
+
+
+def _load_arg(spec: str) -> dict[str, np.ndarray]:
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = "", spec
+    path = Path(path)
+    if (sep and not name) or path.suffix not in (".npy", ".npz") or (not sep and path.suffix != ".npz"):
+        raise InputError(f"malformed input argument {spec!r}: {_USAGE}")
+    arrays = _read(path)
+    if not name:
+        return arrays
+    if path.suffix == ".npy":
+        return {name: arrays[""]}
+    if name not in arrays:
+        raise InputError(f"{path} holds no array {name!r}; it holds: {', '.join(arrays)}")
+    return {name: arrays[name]}
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    """The arrays in a .npy (under the key "") or .npz file."""
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"": loaded}
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read input file {path}: {e}") from e

@@ -1,0 +1,185 @@
+import inspect
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compiler.errors import InvcError
+from compiler.onnx_backend import EMITTERS, save_onnx, to_onnx
+from runtime import ops
+from runtime.session import Session
+from tests.graphs import build, run_torch, sample
+
+D = 8
+X = {"x": (("B", "N", D), "f32")}
+# Sizes the ONNX files run at: unlike each other and unlike the sizes graphs.build traces with.
+SIZES = [{"B": 2, "N": 5}, {"B": 3, "N": 7}]
+
+
+_GEN = torch.Generator().manual_seed(0)
+
+
+def p(*shape):
+    return torch.randn(*shape, generator=_GEN)
+
+
+def one(op, args, inputs=X, params=None, **kwargs):
+    """A graph computing y = op(*args, **kwargs)."""
+    return build(inputs, [("y", op, args, kwargs)], {"y": "y"}, params)
+
+
+ATTN = {"wqkv": p(3 * D, D), "bqkv": p(3 * D), "wo": p(D, D), "bo": p(D)}
+MASKED = {**X, "mask": (("B", "N"), "bool")}
+
+CASES = {
+    "linear": lambda: one(ops.linear, ["x", "w", "b"], params={"w": p(6, D), "b": p(6)}),
+    "linear_nobias": lambda: one(ops.linear, ["x", "w"], params={"w": p(6, D)}),
+    "embedding": lambda: one(ops.embedding, ["ids", "e"], {"ids": (("B", "N"), "i64")}, {"e": p(5, D)}),
+    "layernorm": lambda: one(ops.layernorm, ["x", "g", "b"], params={"g": p(D), "b": p(D)}),
+    "layernorm_plain": lambda: one(ops.layernorm, ["x"], eps=1e-3),
+    "rmsnorm": lambda: one(ops.rmsnorm, ["x", "g"], params={"g": p(D)}),
+    "rmsnorm_plain": lambda: one(ops.rmsnorm, ["x"], eps=1e-2),
+    "relu": lambda: one(ops.relu, ["x"]),
+    "gelu": lambda: one(ops.gelu, ["x"]),
+    "silu": lambda: one(ops.silu, ["x"]),
+    "tanh": lambda: one(ops.tanh, ["x"]),
+    "sigmoid": lambda: one(ops.sigmoid, ["x"]),
+    "softmax": lambda: one(ops.softmax, ["x"]),
+    "softmax_axis1": lambda: one(ops.softmax, ["x", 1]),
+    "add": lambda: one(ops.add, ["x", "v"], params={"v": p(D)}),
+    "add_scalar": lambda: one(ops.add, ["x", 2.5]),
+    "add_int_scalar": lambda: one(ops.add, ["ids", 3], {"ids": (("B", "N"), "i64")}),
+    "sub_scalar_first": lambda: one(ops.sub, [1.5, "x"]),
+    "mul": lambda: one(ops.mul, ["x", "s"], {**X, "s": (("B", "N", 1), "f32")}),
+    "div": lambda: one(ops.div, ["x", 3.0]),
+    "div_int_promotes": lambda: one(ops.div, ["i", "j"], {"i": (("N",), "i64"), "j": ((1,), "i64")}),
+    "neg": lambda: one(ops.neg, ["x"]),
+    "matmul": lambda: one(ops.matmul, ["x", "w"], params={"w": p(D, 5)}),
+    "matmul_batched": lambda: build(X, [("t", ops.permute, ["x", (0, 2, 1)]),
+                                        ("y", ops.matmul, ["x", "t"])], {"y": "y"}),
+    "attention": lambda: one(ops.attention, ["x", "wqkv", "bqkv", "wo", "bo", 2], params=ATTN),
+    "attention_nobias": lambda: one(ops.attention, ["x", "wqkv", None, "wo", None, 4], params=ATTN),
+    "attention_mask": lambda: one(ops.attention, ["x", "wqkv", "bqkv", "wo", "bo", 2], MASKED, ATTN,
+                                  mask="mask"),
+    "attention_causal": lambda: one(ops.attention, ["x", "wqkv", "bqkv", "wo", "bo", 2], params=ATTN,
+                                    causal=True),
+    "attention_mask_causal": lambda: one(ops.attention, ["x", "wqkv", "bqkv", "wo", "bo", 1], MASKED,
+                                         ATTN, mask="mask", causal=True),
+    "concat": lambda: one(ops.concat, [["x", "z"], -1], {**X, "z": (("B", "N", 3), "f32")}),
+    "reshape": lambda: one(ops.reshape, ["x", (0, 0, 2, 4)]),
+    "reshape_infer": lambda: one(ops.reshape, ["x", (0, -1)]),
+    "permute": lambda: one(ops.permute, ["x", (-1, 0, 1)]),
+    "reduce_sum": lambda: one(ops.reduce_sum, ["x", -1]),
+    "reduce_mean": lambda: one(ops.reduce_mean, ["x", (1, 2)], keepdim=True),
+    "reduce_max": lambda: one(ops.reduce_max, ["x", 1]),
+    "reduce_min": lambda: one(ops.reduce_min, ["x", (0,)], keepdim=True),
+}
+
+OPS = {f for f in vars(ops).values() if inspect.isfunction(f) and f.__module__ == ops.__name__}
+
+
+def assert_matches_torch(gm, path, seed=0):
+    """Runs the saved file at every size in SIZES and compares each output with the GraphModule's."""
+    session = Session(path)
+    for i, sizes in enumerate(SIZES):
+        inputs = sample(gm, sizes, seed + i)
+        expected, got = run_torch(gm, inputs), session.run(inputs)
+        assert list(got) == list(expected)
+        for info in session.outputs:  # declared static and plain symbolic dims hold at run time
+            declared = [sizes.get(d, d) for d in info.shape]
+            assert all(not isinstance(d, int) or d == n for d, n in zip(declared, got[info.name].shape))
+        for name, want in expected.items():
+            assert got[name].dtype == want.numpy().dtype, name
+            np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_every_op_has_an_emitter_and_a_case():
+    assert set(EMITTERS) == OPS
+    used = {n.target for case in CASES.values() for n in case().graph.nodes if n.op == "call_function"}
+    assert used == OPS
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_op_matches_torch(case, tmp_path):
+    gm = CASES[case]()
+    model = to_onnx(gm)
+    onnx.checker.check_model(model, full_check=True)
+    consumed = {name for node in model.graph.node for name in node.input}
+    assert {i.name for i in model.graph.initializer} <= consumed
+    assert_matches_torch(gm, save_onnx(model, tmp_path / "m.onnx"))
+
+
+def test_fully_masked_row_stays_finite_and_matches():
+    gm = CASES["attention_mask_causal"]()
+    session = Session(to_onnx(gm))
+    inputs = sample(gm, {"B": 3, "N": 6})
+    inputs["mask"][1] = False
+    got, want = session.run(inputs)["y"], run_torch(gm, inputs)["y"].numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_names_dims_initializers_and_metadata():
+    gm = build({"input": (("B", "N", D), "f32")},
+               [("h", ops.linear, ["input", "block_0.w"]), ("y", ops.relu, ["h"])],
+               {"out": "y", "again": "y", "echo": "input"}, {"block_0.w": p(D, D)})
+    assert next(iter(gm.graph.nodes)).name != "input"  # fx renamed it; the ONNX input must not be
+    model = to_onnx(gm, graph_name="tiny", metadata={"spec": "tiny.inv", "invc": "0.1"})
+    onnx.checker.check_model(model, full_check=True)
+    graph = model.graph
+    assert [i.name for i in graph.input] == ["input"]
+    assert [o.name for o in graph.output] == ["out", "again", "echo"]
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == ["B", "N", D]
+    (weight,) = graph.initializer
+    assert weight.name == "block_0.w.T" and weight.data_type == onnx.TensorProto.FLOAT
+    assert {p.key: p.value for p in model.metadata_props} == {"spec": "tiny.inv", "invc": "0.1"}
+    assert graph.name == "tiny" and model.opset_import[0].version == 18
+
+
+def test_tied_weight_is_stored_once_per_layout(tmp_path):
+    gm = build({"ids": (("B", "N"), "i64")},
+               [("h", ops.embedding, ["ids", "e"]), ("y", ops.linear, ["h", "e"])], {"logits": "y"},
+               {"e": p(6, D)})
+    model = to_onnx(gm)
+    assert sorted(i.name for i in model.graph.initializer) == ["e", "e.T"]
+    assert_matches_torch(gm, save_onnx(model, tmp_path / "tied.onnx"))
+
+
+def test_unknown_target_names_node_and_target():
+    gm = build(X, [("wave", torch.sin, ["x"])], {"y": "wave"})
+    with pytest.raises(InvcError, match=r"'wave'.*sin"):
+        to_onnx(gm)
+
+
+def test_old_opset_is_refused():
+    with pytest.raises(InvcError, match="opset 17 is too old"):
+        to_onnx(CASES["relu"](), opset=17)
+
+
+def test_save_is_atomic(tmp_path):
+    model = to_onnx(CASES["relu"]())
+    target = tmp_path / "m.onnx"
+    save_onnx(model, target)
+    save_onnx(model, target)  # replaces in place
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    assert onnx.load(target).graph == model.graph
+
+
+@pytest.mark.parametrize("where", ["missing/m.onnx", "file/m.onnx"])
+def test_save_refuses_bad_directory(tmp_path, where):
+    (tmp_path / "file").write_text("not a directory")
+    target = tmp_path / where
+    with pytest.raises(InvcError, match=str(target)):
+        save_onnx(to_onnx(CASES["relu"]()), target)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
+def test_save_refuses_unwritable_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(InvcError, match=str(locked / "m.onnx")):
+        save_onnx(to_onnx(CASES["relu"]()), locked / "m.onnx")
+    assert os.listdir(locked) == []
