@@ -177,15 +177,10 @@ def _random_array(rng, shape, dtype):
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    import os
     import numpy as np
-    target = Path(path)
-    try:
-        with tempfile.NamedTemporaryFile(dir=target.parent or ".", suffix=".npz", delete=False) as f:
-            np.savez(f, **arrays)
-        os.replace(f.name, target)
-    except OSError as e:
-        raise InvcError(f"cannot write outputs to {target}: {e.strerror or e}") from None
+    from compiler.files import atomic_file
+    with atomic_file(path, "outputs") as f:
+        np.savez(f, **arrays)
 
 
 # -- graph ---------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch.fx as fx
 from onnx import helper, numpy_helper
 
 from compiler.errors import InvcError
+from compiler.files import atomic_file
 from compiler.onnx_ops import DTYPES, EMITTERS
 
 __all__ = ["EMITTERS", "to_onnx", "save_onnx"]
@@ -124,6 +123,7 @@ def _outputs(gm: fx.GraphModule) -> tuple[list[fx.Node], list[str]]:
 
 def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
             metadata: dict[str, str] | None = None, opset: int = 18) -> onnx.ModelProto:
+    """The ONNX model of `gm`; every `metadata` entry lands in metadata_props."""
     if opset < 18:
         raise InvcError(f"ONNX backend: opset {opset} is too old; the emitters use opset-18 forms "
                         "(Reduce* axes as an input)")
@@ -151,20 +151,8 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
 
 
 def save_onnx(model: onnx.ModelProto, path) -> Path:
-    """Write atomically: a temp file beside `path`, then os.replace, so no partial file is left."""
-    path = Path(path)
+    """Write atomically, so a failed compile leaves no file behind."""
     data = model.SerializeToString()
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise InvcError(f"cannot write ONNX model {path}: {e.strerror} ({path.parent})") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise InvcError(f"cannot write ONNX model {path}: {e.strerror}") from e
-        raise
-    return path
+    with atomic_file(path, "ONNX model") as f:
+        f.write(data)
+    return Path(path)

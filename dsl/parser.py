@@ -71,9 +71,10 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> SpecError:
     label = None if isinstance(e, UnexpectedCharacters) else \
         e.match_examples(_lark().parse, KNOWN_MISTAKES, use_accepts=True)
     line, column = getattr(e, "line", 0) or 0, getattr(e, "column", 0) or 0
-    if isinstance(e, UnexpectedEOF) or line < 1:
-        line = max(text.count("\n") + 1, 1)
-        column = len(text.splitlines()[-1]) + 1 if text.splitlines() else 1
+    if isinstance(e, UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END" or line < 1:
+        # Point just past the last thing written, where the missing piece belongs.
+        body = text.rstrip()
+        line, column = body.count("\n") + 1, len(body.rsplit("\n", 1)[-1]) + 1
     return SpecError(label or _describe(e), file, line, column, text, _expected_hint(e))
 
 
