@@ -1,0 +1,49 @@
+"""Fuzzing: random and mutated specs end in a SpecError or a well-formed model, never another exception."""
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsl.checker import check
+from dsl.errors import SpecError
+from dsl.lower import lower
+from dsl.program import load_text
+
+EXAMPLES = [p.read_text() for p in sorted(Path(__file__).resolve().parent.parent.glob("examples/*.inv"))]
+TOKENS = ["model", "def", "input", "output", "import", "return", "repeat", "is", "symmetry", "m", "x", "y",
+          "h", "B", "N", "3", "0", "-1", "2.5", "f32", "i64", "bool", "linear", "mlp", "relu", "sum",
+          "attention", "reshape", "concat", "permute", "flatten", "softmax", "(", ")", "{", "}", "[", "]",
+          ",", "=", ":", "+", "-", "*", "/", "@", '"relu"', "true", "#", "\n", " "]
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def compile_or_refuse(text: str) -> None:
+    try:
+        model = check(load_text(text, "fuzz.inv"))
+    except SpecError as e:
+        assert e.line >= 0 and e.message
+        return
+    lower(model)  # a spec the checker accepts must lower without complaint
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(TOKENS), max_size=60))
+def test_random_token_soup(tokens):
+    compile_or_refuse(" ".join(tokens))
+
+
+@st.composite
+def mutated(draw):
+    text = draw(st.sampled_from(EXAMPLES))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(text)))
+        j = draw(st.integers(i, min(len(text), i + 12)))
+        insert = draw(st.one_of(st.just(""), st.sampled_from(TOKENS), st.text(max_size=3)))
+        text = text[:i] + insert + text[j:]
+    return text
+
+
+@FUZZ
+@given(mutated())
+def test_mutated_examples(text):
+    compile_or_refuse(text)
