@@ -13,6 +13,8 @@ import sys
 # registration so `invc check` never pays for torch.
 COMMAND_MODULES = [
     "compiler.commands",
+    "compiler.cli_slice",
+    "compiler.cli_symmetry",
 ]
 
 

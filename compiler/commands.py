@@ -64,6 +64,10 @@ def _check(args) -> int:
         print(f"  input  {port.name}: {port.type}" + (f" is {port.role}" if port.role else ""))
     for port in m.outputs:
         print(f"  output {port.name}: {port.value.type}" + (f" is {port.role}" if port.role else ""))
+    if len(m.groups):
+        from dsl.symmetry import render, verdicts
+        print(f"symmetry {m.groups}: every claimed output is proved")
+        print(render(m, verdicts(m)))
     return 0
 
 
@@ -80,8 +84,12 @@ def _compile_cmd(sub) -> None:
                        description="Compile a spec: check, lower to torch.fx, run the pass pipeline, "
                                    "emit ONNX. The file is written atomically.")
     _spec_args(p, required=False)
-    p.add_argument("-o", "--out", help="output file (default: SPEC's name with .onnx, here)")
-    p.add_argument("--target", default="onnx", choices=["onnx"], help="backend (default: onnx)")
+    p.add_argument("-o", "--out", help="output file, or directory for --target triton "
+                                        "(default: SPEC's name with .onnx, or SPEC's name + _triton/, here)")
+    p.add_argument("--target", default="onnx", choices=["onnx", "triton"], help="backend (default: onnx)")
+    p.add_argument("--explain", action="store_true",
+                   help="with --target triton: list the regions that became kernels and those that "
+                        "fell back to torch, with the reason")
     p.add_argument("--seed", type=int, default=0, help="parameter initialisation seed (default 0)")
     p.add_argument("--print-passes", action="store_true", help="print the pass pipeline and exit")
     p.add_argument("--dump-after", action="append", default=[], metavar="PASS",
@@ -98,9 +106,15 @@ def _compile(args) -> int:
     if not args.spec:
         raise InvcError("compile needs a spec file (or --print-passes)")
     from compiler.driver import compile
-    out = Path(args.out) if args.out else Path(Path(args.spec).stem + ".onnx")
+    default = Path(args.spec).stem + ("_triton" if args.target == "triton" else ".onnx")
+    out = Path(args.out) if args.out else Path(default)
     result = compile(args.spec, args.target, out, args.model, args.seed, pipeline, args.dump_after,
                      _dump, **parse_params(args.param))
+    if args.target == "triton":
+        print(result.triton.explain() if args.explain else
+              f"{result.spec}: model {result.model} -> {out}/model.py ({len(result.triton.regions)} "
+              f"kernel regions, {result.parameters:,} parameters, {result.seconds['total'] * 1000:.0f} ms)")
+        return 0
     print(f"{result.spec}: model {result.model} -> {out} ({result.onnx_bytes / 1024:.1f} KiB, "
           f"{result.onnx_nodes} ONNX nodes, {result.parameters:,} parameters, "
           f"{result.seconds['total'] * 1000:.0f} ms)")
@@ -164,7 +178,17 @@ def random_inputs(session, dims: dict, seed: int = 0) -> dict:
             raise InvcError(f"--random needs a size for dim {missing[0]!r} of input {info.name!r}")
         shape = [d if isinstance(d, int) else dims[d] for d in info.shape]
         feeds[info.name] = _random_array(rng, shape, info.dtype)
+    _valid_offsets(session, feeds, rng)
     return feeds
+
+
+def _valid_offsets(session, feeds: dict, rng) -> None:
+    """Ragged batches need CSR offsets the runtime accepts, not random integers."""
+    from runtime.session import is_offsets, ragged_rows, random_offsets
+    rows = ragged_rows(session.inputs)
+    for info in filter(is_offsets, session.inputs):
+        count = feeds[rows.name].shape[0] if rows is not None else 0
+        feeds[info.name] = random_offsets(rng, feeds[info.name].shape[0], count, info.dtype)
 
 
 def _random_array(rng, shape, dtype):
@@ -222,7 +246,7 @@ def _demo(args) -> int:
         from compiler.driver import compile
         out = Path(tmp) / (Path(args.spec).stem + ".onnx")
         result = compile(args.spec, out=out)
-        report = compare_with_torch(args.spec, out, dims={"B": 3, "N": 7})
+        report = compare_with_torch(args.spec, out, dims={"B": 3, "N": 7, "S": 4})
     rows = [("spec", result.spec), ("model", result.model), ("parameters", f"{result.parameters:,}"),
             ("fx nodes", str(len(result.module.graph.nodes))), ("ONNX nodes", str(result.onnx_nodes)),
             ("ONNX size", f"{result.onnx_bytes / 1024:.1f} KiB"),

@@ -31,8 +31,9 @@ class CompileResult:
     model: str
     out: Path | None
     module: object            # the optimised fx.GraphModule
-    onnx: object              # the onnx.ModelProto
+    onnx: object              # the onnx.ModelProto (None for the triton target)
     seconds: dict = field(default_factory=dict)
+    triton: object = None     # the Triton backend's Plan: kernels and fallbacks
 
     @property
     def parameters(self) -> int:
@@ -55,8 +56,8 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     from compiler.onnx_backend import save_onnx, to_onnx
     from passes.cleanup import default_pipeline
 
-    if target != "onnx":
-        raise ValueError(f"unknown target {target!r}; targets: onnx")
+    if target not in ("onnx", "triton"):
+        raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
     times, t0 = {}, time.perf_counter()
     checked = check(spec, model, **params)
     times["check"] = time.perf_counter() - t0
@@ -64,6 +65,11 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     times["lower"] = time.perf_counter() - t0 - times["check"]
     gm = (pipeline or default_pipeline()).run(gm, dump_after, dump)
     times["passes"] = time.perf_counter() - t0 - times["check"] - times["lower"]
+    if target == "triton":  # out is a directory: model.py + weights.pt
+        from compiler.triton_backend import emit
+        plan = emit(gm, out, checked.file, checked.name)
+        times["total"] = time.perf_counter() - t0
+        return CompileResult(str(spec), checked.name, Path(out) if out else None, gm, None, times, plan)
     proto = to_onnx(gm, graph_name=checked.name, metadata=metadata(checked))
     if out is not None:
         save_onnx(proto, out)

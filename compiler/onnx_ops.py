@@ -52,16 +52,18 @@ def _layernorm(g, node, x, weight, bias, eps):
 
 def _rmsnorm(g, node, x, weight, eps):
     xv, dt = g.value(x), x.meta["dtype"]
-    # x*x rather than Pow: exact like torch's pow(2), and no exponent constant.
-    mean_sq = g.op("ReduceMean", g.op("Mul", xv, xv), g.ints([-1]), keepdims=1)
+    # Pow(x, 2), not x*x: ORT's SimplifiedLayerNormFusion matches only Pow -> ReduceMean -> Add ->
+    # Sqrt -> Div (about 5% off transformer_block's latency); unfused, ORT's Pow by 2 is still x*x.
+    mean_sq = g.op("ReduceMean", g.op("Pow", xv, g.scalar(2.0, dt)), g.ints([-1]), keepdims=1)
     y = g.op("Div", xv, g.op("Sqrt", g.op("Add", mean_sq, g.scalar(eps, dt))))
     return y if weight is None else g.op("Mul", y, g.value(weight))
 
 
 def _gelu(g, node, x):
-    # Exact erf form, as torch's default F.gelu: x/2 * (1 + erf(x/sqrt 2)).
+    # Exact erf form, as torch's default F.gelu: x/2 * (1 + erf(x/sqrt 2)). Div, not Mul by
+    # sqrt(0.5): ORT's GeluFusion matches only the Div form, and the fused Gelu is 1.3x faster on mlp.
     xv, dt = g.value(x), x.meta["dtype"]
-    erf = g.op("Erf", g.op("Mul", xv, g.scalar(math.sqrt(0.5), dt)))
+    erf = g.op("Erf", g.op("Div", xv, g.scalar(math.sqrt(2.0), dt)))
     return g.op("Mul", g.op("Mul", xv, g.scalar(0.5, dt)), g.op("Add", erf, g.scalar(1.0, dt)))
 
 
@@ -170,3 +172,6 @@ EMITTERS = {
     ops.reduce_max: _reduce("ReduceMax"),
     ops.reduce_min: _reduce("ReduceMin"),
 }
+
+
+from compiler import onnx_sets  # noqa: E402,F401 - registers set and frame emitters

@@ -1,6 +1,9 @@
-"""Numeric checks of a compiled model against the torch module built from the same spec."""
+"""Numeric checks: a compiled model against the torch module built from the same spec
+(`compare_with_torch`, for `invc demo`), and a spec's declared symmetries measured on both
+(`verify` and `plot_orbits`, for `invc verify`; `assert_equivariant`, for the tests)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,3 +35,351 @@ def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed
     error = max(float(np.max(np.abs(g - w.numpy()), initial=0.0)) for g, w in zip(got.values(), want))
     shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
     return Agreement(session.provider, shapes, error)
+
+
+# -- equivariance ----------------------------------------------------------------------------
+# A claim is measured by acting with sampled group elements on the inputs and comparing
+# f(g·x) with g·f(x): permutations; Haar rotations, with and without a reflection;
+# translations of magnitude TRANSLATION. Errors are relative to the largest |g·f(x)|.
+
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}  # pass marks, per dtype
+TRANSLATION = 10.0
+SIZES = {"B": 2, "N": 9}  # other symbolic dims get OTHER_SIZE
+OTHER_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Element:
+    """One group element, and how it acts on a tensor whose fact is known."""
+    label: str
+    perm: torch.Tensor | None = None
+    rotation: torch.Tensor | None = None  # [3, 3], float64
+    shift: torch.Tensor | None = None     # [3], float64
+
+    def act(self, fact, x: torch.Tensor) -> torch.Tensor:
+        from dsl.groups import Permuted, Rotated, Translated
+        if isinstance(fact, Permuted):
+            for axis in fact.axes:
+                x = x.index_select(axis, self.perm)
+        elif isinstance(fact, (Rotated, Translated)):
+            moved = x.movedim(fact.axis, -1) @ self.rotation.to(x.dtype).T
+            if isinstance(fact, Translated):
+                moved = moved + self.shift.to(x.dtype)
+            x = moved.movedim(-1, fact.axis)
+        return x
+
+
+def random_rotation(gen: torch.Generator, reflect: bool = False) -> torch.Tensor:
+    """Haar-random in SO(3) (times -I, a reflection, when `reflect`): QR of a Gaussian matrix with
+    R's diagonal made positive, so Q is uniform rather than biased by the QR sign convention."""
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return -q if reflect else q
+
+
+def random_translation(gen: torch.Generator, size: float = TRANSLATION) -> torch.Tensor:
+    v = torch.randn(3, generator=gen, dtype=torch.float64)
+    return v * (size / v.norm())
+
+
+def elements(group, sizes: dict, trials: int, gen: torch.Generator) -> list[Element]:
+    """`trials` sampled elements of `group`; O(3) and E(3) alternate proper and improper ones."""
+    from dsl.groups import Permutations
+    if isinstance(group, Permutations):
+        return [Element("permutation", perm=torch.randperm(sizes.get(group.dim, OTHER_SIZE), generator=gen))
+                for _ in range(trials)]
+    out = []
+    for i in range(trials):
+        reflect = group.reflects and i % 2 == 1
+        rotation = random_rotation(gen, reflect) if group.rotates else torch.eye(3, dtype=torch.float64)
+        shift = random_translation(gen) if group.translates else torch.zeros(3, dtype=torch.float64)
+        words = [w for w, on in (("reflection" if reflect else "rotation", group.rotates),
+                                 ("translation", group.translates)) if on]
+        out.append(Element("+".join(words), rotation=rotation, shift=shift))
+    return out
+
+
+def relative_error(want: torch.Tensor, got: torch.Tensor) -> float:
+    want, got = want.double(), torch.as_tensor(got).double()
+    scale = want.abs().max().clamp_min(1e-30) if want.numel() else 1.0
+    return float((got - want).abs().max() / scale) if want.numel() else 0.0
+
+
+def _as_tuple(y) -> tuple:
+    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+
+
+def orbit_errors(fn, inputs: list, in_facts: list, out_facts: list, orbit: list[Element]) -> list[list[float]]:
+    """For each element g: the relative error of each output with a fact (None: skipped)."""
+    with torch.no_grad():
+        base = _as_tuple(fn(*inputs))
+        rows = []
+        for g in orbit:
+            moved = _as_tuple(fn(*(g.act(f, x) for f, x in zip(in_facts, inputs))))
+            rows.append([relative_error(g.act(f, y), z) for f, y, z in zip(out_facts, base, moved)
+                         if f is not None])
+    return rows
+
+
+@dataclass(frozen=True)
+class Measurement:
+    output: str
+    group: str
+    claim: str
+    backend: str      # "torch fp32", "torch fp64", "onnx fp32"
+    error: float      # the max relative error over the sampled elements
+    tol: float
+    claimed: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.claimed or self.error <= self.tol
+
+
+def table(rows: list[Measurement]) -> str:
+    head = ("output", "group", "claim", "backend", "max rel error", "pass mark", "")
+    body = [(m.output, m.group, m.claim, m.backend, f"{m.error:.2e}", f"{m.tol:.0e}",
+             "ok" if m.ok and m.claimed else "unclaimed" if m.ok else "FAILED") for m in rows]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body])
+
+
+def assert_equivariant(fn, inputs, group=None, in_facts=None, out_facts=None, trials: int = 3,
+                       tol: float | None = None, seed: int = 0) -> list[Measurement]:
+    """The one equivariance check of the test suite: act on `inputs` with sampled elements of
+    `group`, print a table of errors per output (e3nn style) and assert each is within `tol`.
+
+    `fn` is any callable; a module built from a spec may leave out group and facts, which then come
+    from its `symmetry` declaration, input roles and output claims (every declared group).
+    Facts may be given as role strings ("position", "vector", "scalar") for a Euclidean group."""
+    inputs = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    tol = tol if tol is not None else TOLERANCE[next((x.dtype for x in inputs if x.is_floating_point()), torch.float32)]
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for g, ins, outs, names in _claims(fn, inputs, group, in_facts, out_facts):
+        orbit = elements(g, _sizes(g, ins, inputs), trials, gen)
+        errors = orbit_errors(fn, inputs, ins, outs, orbit)
+        named = [(n, f) for n, f in zip(names, outs) if f is not None]
+        rows += [Measurement(n, str(g), str(f), "torch", max((e[i] for e in errors), default=0.0), tol)
+                 for i, (n, f) in enumerate(named)]
+    print(table(rows))
+    failed = [m for m in rows if not m.ok]
+    assert not failed, f"not equivariant: {', '.join(f'{m.output} under {m.group}' for m in failed)}"
+    return rows
+
+
+def _claims(fn, inputs: list, group, in_facts, out_facts):
+    """(group, input facts, output facts, output names) for each group to check."""
+    model = getattr(fn, "meta", {}).get("invc")
+    if in_facts is None:
+        for g in ([group] if group is not None else list(model.groups)):
+            yield (g, [g.input_fact(p.type.shape, p.role) for p in model.inputs],
+                   [g.claim(p.value.type.shape, p.role) for p in model.outputs], [p.name for p in model.outputs])
+        return
+    ins = [group.input_fact(tuple(x.shape), f) if isinstance(f, str) else f for f, x in zip(in_facts, inputs)]
+    with torch.no_grad():
+        shapes = [tuple(y.shape) for y in _as_tuple(fn(*inputs))]
+    outs = [group.claim(s, f) if isinstance(f, str) else f for f, s in zip(out_facts, shapes)]
+    yield group, ins, outs, [f"output {i}" for i in range(len(outs))]
+
+
+def _sizes(group, in_facts: list, inputs: list) -> dict:
+    """The size of the permuted dim, read off an input it acts on."""
+    from dsl.groups import Permuted
+    sizes = {}
+    for f, x in zip(in_facts, inputs):
+        if isinstance(f, Permuted):
+            sizes[getattr(group, "dim", "")] = x.shape[f.axes[0]]
+    return sizes
+
+
+@dataclass
+class Report:
+    """`invc verify`: the static verdict, and every claim measured on torch (fp32, fp64) and ONNX."""
+    spec: str
+    groups: str
+    static: str                 # "proved", or the refusal
+    rows: list
+    notes: list                        # backends that could not run
+    conditioning: float | None = None  # the worst frame conditioning of the sampled clouds
+
+    @property
+    def ok(self) -> bool:
+        return all(m.ok for m in self.rows)
+
+    def __str__(self) -> str:
+        lines = [f"{self.spec}: symmetry {self.groups}", f"static: {self.static}", table(self.rows), *self.notes]
+        if self.conditioning is not None:
+            lines.append(f"frames: worst conditioning of the sampled clouds {self.conditioning:.2e} "
+                         "(0: a tied spectrum, where frame averaging is only approximate)")
+        return "\n".join(lines)
+
+
+def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None = None, trials: int = 4,
+           tol: float = TOLERANCE[torch.float32], seed: int = 0, sizes: dict | None = None, **params) -> Report:
+    """Measure every declared symmetry of a spec's outputs on its torch module (fp32 and fp64) and
+    on its ONNX file (compiled in memory when not given). The spec's claims are measured even when
+    the static proof refuses them, so both halves can be compared."""
+    checked, gm, inputs, backends = _prepare(spec, model, onnx, seed, sizes, params)
+    rows, notes, gen = [], [], torch.Generator().manual_seed(seed)
+    for group in checked.groups:
+        ins, outs = _facts(checked, group)
+        orbit = elements(group, {**SIZES, **(sizes or {})}, trials, gen)
+        claimed = [(p, f) for p, f in zip(checked.outputs, outs) if f is not None]
+        for backend, fn, dtype in backends:
+            try:
+                errors = orbit_errors(fn, [_cast(x, dtype) for x in inputs], ins, outs, orbit)
+            except RuntimeError as e:  # e.g. an op without a float64 kernel: say so, measure the rest
+                notes.append(f"{backend} under {group} not measured: {str(e).splitlines()[0]}")
+                continue
+            rows += [Measurement(p.name, str(group), str(f), backend, max(e[i] for e in errors),
+                                 tol if dtype == torch.float32 else TOLERANCE[torch.float64])
+                     for i, (p, f) in enumerate(claimed)]
+    return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
+                  _conditioning(gm, checked, inputs))
+
+
+def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
+    """The checked model (claims not enforced), its torch module, sampled inputs and backends."""
+    from compiler.errors import InvcError
+    from dsl.checker import check
+    from dsl.lower import lower
+    from dsl.program import load
+
+    checked = check(load(spec), model, params, prove=False)
+    if not len(checked.groups):
+        raise InvcError(f"{spec}: model {checked.name} declares no symmetry, so there is nothing to verify "
+                        "(add `symmetry S(N)` or `symmetry E(3)` and claims such as `output y is invariant`)")
+    gm = lower(checked, seed)
+    inputs = sample_inputs(checked, {**SIZES, **(sizes or {})}, seed)
+    return checked, gm, inputs, _backends(gm, checked, onnx)
+
+
+def _facts(checked, group) -> tuple[list, list]:
+    """The inputs' facts from their roles, and the outputs' claims (None: unclaimed)."""
+    return ([group.input_fact(p.type.shape, p.role) for p in checked.inputs],
+            [group.claim(p.value.type.shape, p.role) for p in checked.outputs])
+
+
+def _static(checked) -> str:
+    from dsl.errors import SpecError
+    from dsl.symmetry import enforce
+    try:
+        enforce(checked)
+    except SpecError as e:
+        return f"refused: {e.message} ({e.file}:{e.line}:{e.column})"
+    return "proved"
+
+
+def sample_inputs(checked, sizes: dict, seed: int = 0) -> list[torch.Tensor]:
+    """Random inputs for a checked model: Gaussian floats, ints in [0, 2), masks 80% true."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for p in checked.inputs:
+        shape = [d if isinstance(d, int) else sizes.get(d, OTHER_SIZE) for d in p.type.shape]
+        if p.type.dtype == "bool":
+            out.append(torch.rand(shape, generator=gen) < 0.8)
+        elif p.type.dtype in ("i32", "i64"):
+            out.append(torch.randint(0, 2, shape, generator=gen, dtype=getattr(torch, "int" + p.type.dtype[1:])))
+        else:
+            out.append(torch.randn(shape, generator=gen, dtype=torch.float32))
+    return out
+
+
+def _cast(x: torch.Tensor, dtype) -> torch.Tensor:
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+def _backends(gm, checked, onnx) -> list:
+    """(name, fn, dtype): the torch module in fp32 and fp64, and the ONNX model in onnxruntime."""
+    import copy
+
+    from compiler.onnx_backend import to_onnx
+    from passes.cleanup import CLEANUP
+    from passes.base import Pipeline
+    from runtime.session import Session
+
+    if onnx is None:  # the compile pipeline, less the symmetry pass: a refused claim is measured too
+        onnx = to_onnx(Pipeline(list(CLEANUP)).run(copy.deepcopy(gm)), graph_name=checked.name)
+    session = Session(onnx)
+    names = [i.name for i in session.inputs]
+
+    def run_onnx(*xs):
+        return tuple(torch.from_numpy(v) for v in session.run(dict(zip(names, xs))).values())
+
+    return [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
+            ("onnx fp32", run_onnx, torch.float32)]
+
+
+def _conditioning(gm, checked, inputs) -> float | None:
+    """Where frame averaging loses exactness: the frames' conditioning on the sampled clouds."""
+    from runtime import ops
+    node = next((n for n in gm.graph.nodes if n.op == "call_function" and n.target is ops.frame_basis), None)
+    if node is None:
+        return None
+    names = [p.name for p in checked.inputs]
+    pos = inputs[names.index(node.args[0].meta["name"])] if node.args[0].op == "placeholder" else None
+    mask = node.kwargs.get("mask")
+    mask = inputs[names.index(mask.meta["name"])] if mask is not None and mask.op == "placeholder" else None
+    return None if pos is None else float(ops.frame_conditioning(pos, mask).min())
+
+
+# -- orbits ----------------------------------------------------------------------------------
+
+def orbit(group, steps: int, gen: torch.Generator, sizes: dict) -> list[tuple[float, Element]]:
+    """One-parameter orbit, as (angle, element): rotations by 0..2π about a random axis;
+    translations out to TRANSLATION along a random direction; powers of a cyclic shift of N."""
+    from dsl.groups import Permutations
+    if isinstance(group, Permutations):
+        n = sizes.get(group.dim, OTHER_SIZE)
+        return [(2 * math.pi * k / n, Element("shift", perm=torch.arange(n).roll(k))) for k in range(n)]
+    axis = random_translation(gen, 1.0)
+    angles = [2 * math.pi * i / (steps - 1) for i in range(steps)]
+    if not group.rotates:
+        return [(a, Element("translation", rotation=torch.eye(3, dtype=torch.float64),
+                            shift=axis * TRANSLATION * a / (2 * math.pi))) for a in angles]
+    return [(a, Element("rotation", rotation=_rotation_about(axis, a), shift=torch.zeros(3, dtype=torch.float64)))
+            for a in angles]
+
+
+def _rotation_about(axis: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rodrigues: I + sin θ K + (1 - cos θ) K², K the cross-product matrix of the unit axis."""
+    x, y, z = axis.tolist()
+    k = torch.tensor([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def plot_orbits(spec: str | Path, path: str | Path, model: str | None = None, onnx=None, axes: int = 3,
+                steps: int = 73, seed: int = 0, sizes: dict | None = None, **params) -> Path:
+    """NERO-style polar plot: the relative error of each claimed output along orbits of each
+    declared group (angle: the orbit parameter; radius: the error), torch and ONNX in fp32."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsl.groups import Euclidean
+
+    checked, _, inputs, backends = _prepare(spec, model, onnx, seed, sizes, params)
+    groups, gen = list(checked.groups), torch.Generator().manual_seed(seed)
+    fig, panels = plt.subplots(1, len(groups), subplot_kw={"projection": "polar"},
+                               figsize=(5 * len(groups), 5), squeeze=False)
+    for group, ax in zip(groups, panels[0]):
+        ins, outs = _facts(checked, group)
+        names = [p.name for p, f in zip(checked.outputs, outs) if f is not None]
+        for i in range(axes if isinstance(group, Euclidean) else 1):  # one cyclic-shift orbit for S(N)
+            points = orbit(group, steps, gen, {**SIZES, **(sizes or {})})
+            for backend, fn, dtype in (b for b in backends if b[2] == torch.float32):
+                errors = orbit_errors(fn, inputs, ins, outs, [g for _, g in points])
+                for j, name in enumerate(names):
+                    ax.plot([a for a, _ in points], [e[j] for e in errors], marker=".", linewidth=0.8,
+                            linestyle="--" if backend.startswith("onnx") else "-",
+                            label=f"{name} ({backend}, orbit {i + 1})")
+        ax.set_title(f"{group}: relative error along orbits", pad=18)
+        ax.legend(fontsize=6, loc="lower left", bbox_to_anchor=(-0.1, -0.25))
+    fig.suptitle(f"{Path(spec).name}: equivariance error, NERO-style")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

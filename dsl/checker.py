@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from dsl import ast
 from dsl.errors import SpecError, did_you_mean
+from dsl.groups import declare
 from dsl.ops import BINARY, OPS, Axis, DefRef, Tensor, binary, neg
 from dsl.program import Program
 from dsl.types import DTYPES, CheckedModel, OpNode, Port, Sym, TensorType, Value, dim_product
@@ -26,9 +27,15 @@ class Scope:
     bound: set = field(default_factory=set)
 
 
-def check(program: Program, model: str | None = None, overrides: dict | None = None) -> CheckedModel:
+def check(program: Program, model: str | None = None, overrides: dict | None = None,
+          prove: bool = True) -> CheckedModel:
+    """The checked model; with `prove`, its claimed output symmetries are proved or refused."""
     m = _pick_model(program, model)
-    return _Elaborator(program, m).model(overrides or {})
+    checked = _Elaborator(program, m).model(overrides or {})
+    if prove and len(checked.groups):
+        from dsl.symmetry import enforce  # only specs that declare a symmetry load the rule table
+        enforce(checked)
+    return checked
 
 
 def _pick_model(program: Program, name: str | None) -> ast.Model:
@@ -64,6 +71,7 @@ class _Elaborator:
         if not self.out.outputs:
             raise SpecError.at(self.ast.pos, f"model `{self.ast.name}` declares no output",
                                "add `output NAME` for the tensor it returns")
+        self.out.groups = declare(self.out)
         return self.out
 
     def _model_params(self, overrides: dict) -> dict:
@@ -261,14 +269,16 @@ class _Elaborator:
         except TypeError as e:
             raise _arity_error(expr, sig, e) from None
         args, kwargs = [], {}
+        star_given = any(sig.parameters[n].kind is inspect.Parameter.VAR_POSITIONAL and g
+                         for n, g in bound.arguments.items())
         for name, given in bound.arguments.items():
             param = sig.parameters[name]
             if param.kind is param.VAR_POSITIONAL:
                 args.extend(self._arg(g, param, scope, binding) for g in given)
-            elif param.kind is param.KEYWORD_ONLY:
+            elif star_given and param.kind is param.POSITIONAL_OR_KEYWORD:
+                args.append(self._arg(given, param, scope, binding))  # must precede the *args
+            else:  # by keyword, so a skipped default in between cannot shift the rest
                 kwargs[name] = self._arg(given, param, scope, binding)
-            else:
-                args.append(self._arg(given, param, scope, binding))
         return args, kwargs
 
     def _arg(self, expr, param, scope: Scope, binding: str):

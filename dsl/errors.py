@@ -36,6 +36,12 @@ def remember_source(file: str, text: str) -> None:
     _SOURCES[file] = text
 
 
+def source_line(file: str, line: int) -> str:
+    """Line `line` (1-based) of a remembered spec, or "" when unknown."""
+    rows = _SOURCES.get(file, "").splitlines()
+    return rows[line - 1] if 0 < line <= len(rows) else ""
+
+
 def _excerpt(source: str | None, line: int, column: int) -> str:
     if not source or line < 1:
         return ""

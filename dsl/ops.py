@@ -143,7 +143,7 @@ def attention(ctx, x: Tensor, heads: int = 1, mask: Tensor = None, causal: bool 
     if heads < 1 or d % heads:
         ctx.error(f"attention: width {d} does not split into {heads} heads")
     if mask is not None and (mask.type.dtype != "bool" or mask.type.shape != x.type.shape[:-1]):
-        ctx.error(f"attention mask must be bool{list(x.type.shape[:-1])}, got {mask.type}")
+        ctx.error(f"attention mask must be {TensorType('bool', x.type.shape[:-1])}, got {mask.type}")
     params = {"w_qkv": ParamSpec((3 * d, d), "fan_in"), "b_qkv": ParamSpec((3 * d,), "zeros"),
               "w_out": ParamSpec((d, d), "fan_in"), "b_out": ParamSpec((d,), "zeros")}
     kwargs = {"heads": heads, "mask": mask, "causal": causal} if mask is not None else \
@@ -244,3 +244,6 @@ def binary(ctx, fn: str, a, b):
 
 def neg(ctx, a: Value):
     return ctx.emit("neg", (a,), a.type)
+
+
+from dsl import ops_sets  # noqa: E402,F401 - registers set and frame ops

@@ -39,7 +39,8 @@ KNOWN_MISTAKES = {
 
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark(GRAMMAR.read_text(), parser="lalr", strict=True, propagate_positions=True,
+    # cache=True keeps the LALR tables in the temp dir: building them is most of `invc check`.
+    return Lark(GRAMMAR.read_text(), parser="lalr", strict=True, propagate_positions=True, cache=True,
                 maybe_placeholders=True)
 
 

@@ -76,6 +76,7 @@ class CheckedModel:
     nodes: list = field(default_factory=list)    # of OpNode
     outputs: list = field(default_factory=list)  # of Port, value set
     symmetry: tuple = ()                          # the model's `symmetry` declarations (ast exprs)
+    groups: object = ()                           # those parsed and validated: a dsl.groups.Product
 
     def declarations(self) -> dict[str, str]:
         ins = ", ".join(f"{p.name}: {p.type}" + (f" is {p.role}" if p.role else "") for p in self.inputs)

@@ -4,6 +4,7 @@ cse first, so fold_linear counts the users a value really has and fold_constants
 materializes one constant twice (two buffers with equal contents that cse could no longer merge);
 fold_linear then leaves matmuls of parameters that fold_constants turns into buffers; dce last
 removes what the others orphaned, parameters included. Later passes slot into this list.
+Checks run after them, on the graph that will be emitted.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from passes.cse import cse
 from passes.dce import dce
 from passes.fold_constants import fold_constants
 from passes.fold_linear import fold_linear
+from passes.symmetry import symmetry
 
 CLEANUP: list[Pass] = [cse, fold_linear, fold_constants, dce]
+CHECKS: list[Pass] = [symmetry]
 
 
 def default_pipeline() -> Pipeline:
-    return Pipeline(list(CLEANUP))
+    return Pipeline(CLEANUP + CHECKS)

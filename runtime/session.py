@@ -94,6 +94,7 @@ class Session:
         seen: dict[str, tuple[str, int, int]] = {}
         for info in self.inputs:
             _check_input(info, feeds[info.name], seen)
+        check_offsets(self.inputs, feeds)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -119,6 +120,44 @@ def _check_input(info: TensorInfo, array: np.ndarray, seen: dict) -> None:
             if size != got:
                 raise InputError(f"symbolic dim {want!r} is {size} in input {first!r} (dim {axis0}) "
                                  f"but {got} in {where} (dim {axis})")
+
+
+def is_offsets(info: TensorInfo) -> bool:
+    """CSR offsets of a ragged batch: an integer vector input whose name ends in `offsets`."""
+    return (info.name.endswith("offsets") and len(info.shape) == 1 and info.dtype is not None
+            and np.issubdtype(info.dtype, np.integer))
+
+
+def ragged_rows(inputs: list[TensorInfo]) -> TensorInfo | None:
+    """The input whose dim 0 counts a ragged batch's rows: by convention, the first float input."""
+    return next((i for i in inputs if i.dtype is not None and np.issubdtype(i.dtype, np.floating)
+                 and len(i.shape) >= 1), None)
+
+
+def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray]) -> None:
+    """Offsets start at 0, never decrease and end at the row count, or the run is refused: a bad
+    offset would otherwise index rows that are not there, or silently drop some."""
+    rows_info = ragged_rows(inputs)
+    for info in filter(is_offsets, inputs):
+        offsets = feeds[info.name]
+        rows = feeds[rows_info.name].shape[0] if rows_info is not None else None
+        where = f"input {info.name!r} (CSR offsets, S+1 entries)"
+        if offsets.size == 0 or offsets[0] != 0:
+            raise InputError(f"{where} must start at 0, got {offsets[:1].tolist() or 'nothing'}")
+        drops = np.flatnonzero(np.diff(offsets) < 0)
+        if drops.size:
+            k = int(drops[0])
+            raise InputError(f"{where} must never decrease: offsets[{k + 1}] = {offsets[k + 1]} < "
+                             f"offsets[{k}] = {offsets[k]}")
+        if rows is not None and offsets[-1] != rows:
+            raise InputError(f"{where} must end at the row count {rows} (dim 0 of input "
+                             f"{rows_info.name!r}), got {offsets[-1]}")
+
+
+def random_offsets(rng: np.random.Generator, length: int, rows: int, dtype) -> np.ndarray:
+    """Valid CSR offsets: `length - 1` sets over `rows` rows, some possibly empty."""
+    cuts = np.sort(rng.integers(0, rows + 1, max(length - 2, 0)))
+    return np.concatenate([[0], cuts, [rows]])[:length].astype(dtype)
 
 
 _USAGE = "expected NAME=FILE.npy, NAME=FILE.npz (its array NAME) or FILE.npz (all its arrays)"

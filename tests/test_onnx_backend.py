@@ -96,7 +96,8 @@ def assert_matches_torch(gm, path, seed=0):
 
 
 def test_every_op_has_an_emitter_and_a_case():
-    assert set(EMITTERS) == OPS
+    # The set and frame ops (runtime/sets.py, runtime/frames.py) are covered by their own tests.
+    assert {f for f in EMITTERS if f.__module__ == ops.__name__} == OPS
     used = {n.target for case in CASES.values() for n in case().graph.nodes if n.op == "call_function"}
     assert used == OPS
 

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 
 from passes.base import Pass, PassError, Pipeline, graph_pass
-from passes.cleanup import CLEANUP, default_pipeline
+from passes.cleanup import CHECKS, CLEANUP, default_pipeline
 from passes.cse import cse
 from passes.dce import dce
 from passes.fold_constants import fold_constants
@@ -205,10 +205,10 @@ def test_fold_linear_refusals_carry_reasons(body, outputs, reason):
 
 # --- the pipeline ------------------------------------------------------------------------------
 
-def test_default_pipeline_is_the_cleanup_list():
-    assert default_pipeline().names() == [p.name for p in CLEANUP] == \
-        ["cse", "fold_linear", "fold_constants", "dce"]
-    assert all(isinstance(p, Pass) for p in CLEANUP)
+def test_default_pipeline_is_the_cleanup_list_then_the_checks():
+    assert default_pipeline().names() == [p.name for p in CLEANUP + CHECKS] == \
+        ["cse", "fold_linear", "fold_constants", "dce", "symmetry"]
+    assert all(isinstance(p, Pass) for p in CLEANUP + CHECKS)
 
 
 def test_pipeline_dumps_after_the_named_pass():

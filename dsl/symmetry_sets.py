@@ -1,0 +1,172 @@
+"""Symmetry rules of the set aggregators (runtime/sets.py) and of frame averaging
+(runtime/frames.py), added to the one table of dsl/symmetry_rules.py.
+
+Frame averaging, as facts: under a rotating group, frame_basis is a FrameBasis (rotated along
+its rows, its F frames relabeled); frame_in turns positions (with their centroid) and vectors into
+canonical coordinates, which a rotation only relabels: Permuted along the folded B*F axis, `by`
+that basis; frame_tile copies invariants into every frame (Permuted "*"). Per-row ops of the
+backbone keep that fact, and frame_out's mean over frames turns it back into an invariant, a
+vector or a position. A backbone that mixes rows of different frames breaks it, as it should.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Rotated, Translated
+from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, arithmetic, axes_of, merged, reduced, rule,
+                                what)
+
+FRAMES_HINT = "frame_in takes positions with their centroid, or vectors without; invariants go through frame_tile"
+
+
+def _mask_refused(call: Call, x: Operand, mask) -> Broken | None:
+    """A mask over x's leading axes must be permuted exactly where x is."""
+    if mask is None:
+        return None
+    axes = tuple(k for k in axes_of(x.fact) if k < len(mask.shape)) if isinstance(x.fact, Permuted) else ()
+    expected = replace(x.fact, axes=axes) if axes else Invariant()
+    if merged((mask.fact, expected)) is not None:
+        return None
+    return call.broken(f"{call.spelled} with a mask not permuted like its input", "mask along the same set axes")
+
+
+def _relative(call: Call, x: Operand, centroid) -> Fact:
+    """The fact of x - centroid (of x itself without a centroid)."""
+    if centroid is None:
+        return x.fact
+    return arithmetic(replace(call, op="sub", args=(x, centroid), kwargs={}, shape=x.shape))
+
+
+# Aggregators --------------------------------------------------------------------------------
+
+@rule("masked_reduce")
+def masked_reduce(call: Call) -> Fact:
+    x, mask = call.arg(0), call.arg(1, "mask")
+    return _mask_refused(call, x, mask) or reduced(call, x, call.arg(2, "axis"), False, call.arg(3, "kind"))
+
+
+@rule("attention_pool")
+def attention_pool(call: Call) -> Fact:
+    """Softmax weights over the set axis (-2) are permuted with it, so the weighted sum is a pool."""
+    x, query, mask = call.arg(0), call.arg(1, "query"), call.arg(2, "mask")
+    last = len(x.shape) - 1
+    if not isinstance(query.fact, Invariant) or not isinstance(x.fact, Permuted) or last in x.fact.axes:
+        return call.broken(f"attention_pool of {what(x)}" if isinstance(query.fact, Invariant) else
+                           f"attention_pool with a query computed from {what(query)}", COORD_HINT)
+    return _mask_refused(call, x, mask) or reduced(call, x, last - 1, False, "sum")
+
+
+@rule("segment_reduce")
+def segment_reduce(call: Call) -> Fact:
+    """Rows stay in their set: permuting rows across sets breaks it; within-set order is not a
+    declared group, so only the other axes' facts carry over."""
+    x, offsets = call.arg(0), call.arg(1, "offsets")
+    if not isinstance(offsets.fact, Invariant) or (isinstance(x.fact, Permuted) and 0 in x.fact.axes):
+        return call.broken(f"{call.spelled} of rows permuted across sets",
+                           "permute segment ids with the rows and use scatter_reduce")
+    return reduced(call, x, 0, True, call.arg(2, "kind"))
+
+
+@rule("scatter_reduce")
+def scatter_reduce(call: Call) -> Fact:
+    """Rows permuted together with their segment ids reduce to the same sets; `like` gives a size."""
+    x, ids = call.arg(0), call.arg(1, "segment_ids")
+    rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
+    expected = replace(x.fact, axes=(0,)) if rows_permuted else Invariant()
+    if merged((ids.fact, expected)) is None:
+        return call.broken(f"{call.spelled} with segment ids not permuted like its rows",
+                           "permute the ids with the rows")
+    return x.fact if isinstance(x.fact, Invariant) else reduced(call, x, 0, True, call.arg(3, "kind"))
+
+
+# Frames -------------------------------------------------------------------------------------
+
+@rule("frame_centroid")
+def frame_centroid(call: Call) -> Fact:
+    pos, mask = call.arg(0), call.arg(1, "mask")
+    return _mask_refused(call, pos, mask) or reduced(call, pos, 1, True, "mean")
+
+
+def _cloud(call: Call, pos: Operand, centered: Fact, mask) -> Fact | None:
+    """What a frame built from this cloud is: invariant under S(N), a FrameBasis under rotations."""
+    refused = _mask_refused(call, pos, mask)
+    if refused or isinstance(centered, Broken):
+        return refused or centered
+    if isinstance(centered, Permuted) and centered.axes == (1,) and not centered.by:
+        return Invariant()  # the covariance sums over the set axis
+    if centered == Rotated(len(pos.shape) - 1):
+        return FrameBasis(call.node)
+    return call.broken(f"{call.spelled} of {what(pos)}", "build frames from positions [B, N, 3]")
+
+
+@rule("frame_basis")
+def frame_basis(call: Call) -> Fact:
+    pos, centroid, mask = call.arg(0), call.arg(1, "centroid"), call.arg(2, "mask")
+    fact = _cloud(call, pos, _relative(call, pos, centroid), mask)
+    if isinstance(fact, FrameBasis) and call.arg(3, "proper") and call.group.reflects:
+        return call.broken(f"{call.spelled} with proper (det +1) frames",
+                           f"the reflections of {call.group} need all 8 sign patterns: group=\"E3\" or "
+                           "\"O3\"; or declare SE(3)/SO(3)")
+    return fact
+
+
+@rule("frame_conditioning")
+def frame_conditioning(call: Call) -> Fact:
+    pos, mask = call.arg(0), call.arg(1, "mask")
+    centered = Rotated(pos.fact.axis) if isinstance(pos.fact, Translated) else pos.fact
+    fact = _cloud(call, pos, centered, mask)
+    return Invariant() if isinstance(fact, FrameBasis) else fact  # eigen-gaps do not turn
+
+
+@rule("frame_in")
+def frame_in(call: Call) -> Fact:
+    x, basis, centroid = call.arg(0), call.arg(1, "basis"), call.arg(2, "centroid")
+    rel = _relative(call, x, centroid)
+    if isinstance(rel, Broken):
+        return rel
+    if isinstance(basis.fact, FrameBasis):
+        if rel == Rotated(len(x.shape) - 1):
+            return Permuted((0,), basis.fact.node)  # canonical coordinates, frames relabeled
+        return call.broken(f"frame_in of {what(x)}", FRAMES_HINT)
+    if isinstance(rel, COORDINATES) and call.group.rotates:
+        return call.broken(f"frame_in of {what(x)} in a fixed frame", FRAMES_HINT)
+    return Invariant() if isinstance(rel, COORDINATES) else _unfolded(call, rel)
+
+
+def _unfolded(call: Call, fact: Fact) -> Fact:
+    """Frames fold into axis 0; a fact on the other axes keeps its place."""
+    if 0 in axes_of(fact):
+        return call.broken(f"{call.spelled} of a tensor permuted along its batch axis")
+    return fact
+
+
+@rule("frame_tile", sees_invariants=True)
+def frame_tile(call: Call) -> Fact:
+    x = call.arg(0)
+    if isinstance(x.fact, Invariant):
+        return Permuted((0,), "*") if call.group.rotates else x.fact
+    if isinstance(x.fact, Permuted) and not x.fact.by:
+        return _unfolded(call, x.fact)
+    return call.broken(f"frame_tile of {what(x)}", FRAMES_HINT)
+
+
+OUT_KINDS = {"invariant": Invariant, "vector": Rotated, "position": Translated}
+
+
+@rule("frame_out")
+def frame_out(call: Call) -> Fact:
+    y, basis, centroid, kind = call.arg(0), call.arg(1, "basis"), call.arg(2, "centroid"), call.arg(3, "kind")
+    last = len(call.shape) - 1
+    moving = centroid is not None and not isinstance(centroid.fact, Invariant)
+    if not isinstance(basis.fact, FrameBasis):  # S(N) or T(3): each row's frames do not move
+        if kind == "position" and moving:  # T(3): F·y + c moves with c when y does not move
+            return Translated(last) if isinstance(y.fact, Invariant) else call.broken(
+                f"frame_out of {what(y)} around a moving centroid", FRAMES_HINT)
+        return _unfolded(call, y.fact)
+    follows = isinstance(y.fact, Permuted) and y.fact.axes == (0,) and y.fact.by in (basis.fact.node, "*")
+    if not follows:
+        return call.broken(f"frame_out of {what(y)} that does not follow the frames of {basis.fact.node}",
+                           "compute it from frame_in and frame_tile outputs with per-row ops")
+    if kind == "position" and not (centroid is not None and isinstance(centroid.fact, (Translated, Rotated))):
+        return call.broken("frame_out of a position without the centroid", "pass the cloud's centroid")
+    return OUT_KINDS[kind](last) if kind != "invariant" else Invariant()

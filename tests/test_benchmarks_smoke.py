@@ -1,0 +1,73 @@
+"""Smoke tests of benchmarks/core.py: each benchmark runs in --quick mode and prints a full table."""
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.inv"))
+
+
+def run_bench(*args: str) -> dict[str, list[list[str]]]:
+    """The printed table's data rows, keyed by example name (one row per batch for inference)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "core.py"), *args, "--quick"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("\n## ", 1)[1].splitlines()[2:]  # after the title and header lines
+    rows: dict[str, list[list[str]]] = {}
+    for line in table:
+        if line and not line.startswith("heavy import:"):
+            cells = line.split()
+            rows.setdefault(cells[0], []).append(cells)
+    return rows
+
+
+def usable(cells: list[str]) -> bool:
+    """Whether a row has numbers; only a spec the checker rejects (an error example) may lack them."""
+    if "FAILED:" not in cells:
+        return True
+    assert cells[cells.index("FAILED:") + 1] == "SpecError:", cells
+    return False
+
+
+def assert_ratios(cells: list[str], columns: list[int]) -> None:
+    for i in columns:
+        found = re.fullmatch(r"(\S+)x", cells[i])
+        assert found, f"column {i} of {cells} is no ratio"
+        value = float(found.group(1))
+        assert math.isfinite(value) and value > 0, cells
+
+
+def test_check_bench_is_torch_free():
+    rows = run_bench("check")
+    assert sorted(rows) == EXAMPLES
+    for (cells,) in rows.values():
+        assert cells[1] in ("0", "2"), cells
+        assert cells[4] == "none", f"the check path imports torch, numpy or onnx: {cells}"
+        assert_ratios(cells, [5])
+
+
+def test_compile_bench():
+    rows = run_bench("compile", "--no-export")
+    assert sorted(rows) == EXAMPLES
+    for (cells,) in rows.values():
+        if usable(cells):
+            assert float(cells[3]) > 0 and cells[5] == "-"
+
+
+@pytest.mark.parametrize("extra, ratio_columns", [
+    (["--no-export"], [5]),
+    # One small example with torch.onnx.export too: its file is what the last column compares to.
+    (["--examples", "mlp"], [5, 6]),
+])
+def test_inference_bench(extra, ratio_columns):
+    rows = run_bench("inference", *extra)
+    assert sorted(rows) == (["mlp"] if "mlp" in extra else EXAMPLES)
+    for per_batch in rows.values():
+        assert [cells[1] for cells in per_batch] == ["1", "4"]
+        for cells in per_batch:
+            if usable(cells):
+                assert_ratios(cells, ratio_columns)

@@ -1,0 +1,244 @@
+"""Frame averaging: the eigensolver against torch.linalg.eigh, the frames, degenerate clouds, the
+examples' symmetry, the Python API, the checker's refusals, and ONNX against torch for every op."""
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import compiler
+from compiler.onnx_backend import EMITTERS, to_onnx
+from compiler.verify import assert_equivariant
+from dsl.errors import SpecError
+from dsl.groups import Euclidean
+from runtime import frames, ops, sets
+from runtime.session import Session
+from tests.graphs import build
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def rotations(b: int, reflect: bool = True) -> torch.Tensor:
+    q = torch.linalg.qr(torch.randn(b, 3, 3, generator=GEN, dtype=torch.float64))[0]
+    if not reflect:
+        q = q * torch.linalg.det(q)[:, None, None]  # det(-Q) = -det(Q) in 3D
+    return q
+
+
+def clouds(b: int, n: int, dtype=torch.float64) -> torch.Tensor:
+    """Well-conditioned clouds: distinct spreads along random axes, off the origin."""
+    spread = torch.tensor([3.0, 1.5, 0.5], dtype=torch.float64)
+    pts = torch.randn(b, n, 3, generator=GEN, dtype=torch.float64) * spread
+    return (pts @ rotations(b) + 2.0).to(dtype)
+
+
+def test_eigensolver_matches_eigh():
+    pos = clouds(300, 12)
+    cov = frames.covariance(frames.TORCH, pos, frames.frame_centroid(pos), None)
+    axes, gaps = frames.principal_axes(frames.TORCH, cov)
+    values, vectors = torch.linalg.eigh(cov)
+    trace = values.sum(-1, keepdim=True)
+    lam = frames.eigenvalues(frames.TORCH, cov / trace[..., None], torch.full((300, 1, 1), 1 / 3, dtype=cov.dtype))
+    torch.testing.assert_close(lam, values.flip(-1) / trace, rtol=0, atol=1e-5)
+    # eigenvectors are unique up to sign
+    torch.testing.assert_close(axes.abs(), vectors.flip(-1).abs(), rtol=0, atol=1e-5)
+    assert (gaps > 0).all()
+
+
+@pytest.mark.parametrize("proper, canonical, count", [(False, False, 8), (True, False, 4),
+                                                      (False, True, 1), (True, True, 1)])
+def test_frames_are_orthogonal_with_the_right_determinants(proper, canonical, count):
+    pos = clouds(20, 9, torch.float32)
+    basis = frames.frame_basis(pos, frames.frame_centroid(pos), None, proper, canonical)
+    assert basis.shape == (20, count, 3, 3)
+    eye = torch.eye(3).expand_as(basis)
+    torch.testing.assert_close(basis.transpose(-1, -2) @ basis, eye, rtol=0, atol=1e-5)
+    det = torch.linalg.det(basis)
+    if proper:
+        torch.testing.assert_close(det, torch.ones_like(det), rtol=0, atol=1e-5)
+    elif count == 8:
+        assert ((det > 0).sum(-1) == 4).all()
+
+
+def degenerate_clouds():
+    t = torch.linspace(-1.0, 1.0, 7)
+    ring = torch.linspace(0, 2 * math.pi, 13)[:-1]
+    cube = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)])
+    return {"collinear": torch.stack([t, 2 * t, -t], -1),
+            "planar ring": torch.stack([ring.cos(), ring.sin(), 0 * ring], -1),
+            "cube": cube, "one point": torch.ones(1, 3), "two points": torch.tensor([[0.0, 1, 2], [3, 1, 0]]),
+            "coincident": torch.ones(5, 3)}
+
+
+@pytest.mark.parametrize("name", list(degenerate_clouds()))
+def test_degenerate_clouds_give_finite_frames_and_zero_conditioning(name):
+    pos = degenerate_clouds()[name][None]
+    for proper in (False, True):
+        for canonical in (False, True):
+            basis = frames.frame_basis(pos, frames.frame_centroid(pos), None, proper, canonical)
+            assert torch.isfinite(basis).all()
+            torch.testing.assert_close(basis.transpose(-1, -2) @ basis, torch.eye(3).expand_as(basis),
+                                       rtol=0, atol=1e-5)
+    assert frames.frame_conditioning(pos).item() < 1e-6
+    assert frames.frame_conditioning(clouds(1, 10, torch.float32)).item() > 1e-2
+
+
+def test_empty_masked_cloud_is_finite():
+    pos = torch.randn(2, 4, 3, generator=GEN)
+    mask = torch.tensor([[False] * 4, [True, False, False, False]])
+    c = frames.frame_centroid(pos, mask)
+    assert torch.equal(c[0], torch.zeros(1, 3)) and torch.equal(c[1], pos[1, :1])
+    assert torch.isfinite(frames.frame_basis(pos, c, mask)).all()
+
+
+def spec_module(name: str):
+    return compiler.build(f"examples/{name}.inv")
+
+
+def test_pointcloud_classifier_is_invariant():
+    gm = spec_module("pointcloud_classifier")
+    pos, mask = clouds(4, 10, torch.float32), torch.rand(4, 10, generator=GEN) < 0.8
+    mask[:, :4] = True
+    assert_equivariant(gm, [pos, mask])  # E(3) and S(N), from the spec's declarations
+
+
+def test_nbody_is_equivariant():
+    gm = spec_module("nbody")
+    pos = clouds(3, 5, torch.float32)
+    vel, charge = torch.randn(3, 5, 3, generator=GEN), torch.randn(3, 5, 1, generator=GEN).sign()
+    assert_equivariant(gm, [pos, vel, charge])
+
+
+def test_padding_changes_nothing():
+    gm = spec_module("pointcloud_classifier")
+    pos = clouds(2, 6, torch.float32)
+    padded = torch.cat([pos, 1e3 * torch.randn(2, 3, 3, generator=GEN)], 1)
+    mask = torch.arange(9) < 6
+    with torch.no_grad():
+        torch.testing.assert_close(gm(padded, mask.expand(2, 9)), gm(pos, torch.ones(2, 6, dtype=torch.bool)),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_nan_in_nan_out_and_degenerate_out_finite():
+    gm = spec_module("nbody")
+    pos, vel, charge = torch.zeros(2, 5, 3), torch.randn(2, 5, 3, generator=GEN), torch.ones(2, 5, 1)
+    pos[1, 2, 0] = float("nan")
+    with torch.no_grad():
+        out = gm(pos, vel, charge)
+    assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()
+
+
+class Backbone(torch.nn.Module):
+    """Not equivariant on its own: an MLP on raw coordinates, summed over points."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+        self.out = out
+
+    def forward(self, pos, vel, charge, mask=None):
+        y = self.net(torch.cat([pos, vel, charge], -1))
+        return y.sum(1) if self.out == "vector" else y
+
+
+@pytest.mark.parametrize("group, out, canonical", [("E3", "position", False), ("SE3", "position", False),
+                                                   ("E3", "vector", False), ("E3", "position", True)])
+def test_python_api_wraps_any_module(group, out, canonical):
+    model = frames.frame_average(Backbone(out), ["position", "vector", "scalar"], out, group, canonical).double()
+    pos, vel = clouds(3, 6), torch.randn(3, 6, 3, generator=GEN, dtype=torch.float64)
+    charge = torch.randn(3, 6, 1, generator=GEN, dtype=torch.float64)
+    assert_equivariant(model, [pos, vel, charge], Euclidean(group[:-1]), ["position", "vector", "scalar"],
+                       [out], tol=1e-9)
+
+
+def test_python_api_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="unknown group 'E2'"):
+        frames.frame_average(Backbone("vector"), ["position"], "vector", "E2")
+    with pytest.raises(ValueError, match="one at least a position"):
+        frames.frame_average(Backbone("vector"), ["vector"], "vector")
+
+
+def check_text(tmp_path, text: str):
+    spec = tmp_path / "m.inv"
+    spec.write_text(text)
+    return compiler.check(spec)
+
+
+MODEL = """def net(p) {{ return linear(p, 3) }}
+model m() {{
+  input pos: f32[B, N, {d}] is position
+  input q: f32[B, N, 1]
+  y = frame_average(net, {args})
+  output y
+}}"""
+
+
+@pytest.mark.parametrize("d, args, message", [
+    (3, '[pos], group="E(2)"', "unknown group 'E\\(2\\)'"),
+    (2, '[pos], group="E(3)"', "positions must be a float \\[B, N, 3\\]"),
+    (3, "[pos, q]", "no role for tensor f32\\[B, N, 1\\]"),
+    (3, '[q], roles=["scalar"]', "needs a position tensor"),
+    (3, '[pos], out="rotation"', "unknown out='rotation'"),
+    (3, '[pos], mask=q', "the mask must be bool\\[B, N\\]"),
+])
+def test_frame_average_errors_point_at_the_call(tmp_path, d, args, message):
+    with pytest.raises(SpecError, match=message) as e:
+        check_text(tmp_path, MODEL.format(d=d, args=args))
+    assert (e.value.line, e.value.column) == (5, 7)
+
+
+EXAMPLE_INPUTS = {
+    "pointcloud_classifier": lambda b, n: [clouds(b, n, torch.float32), torch.rand(b, n, generator=GEN) < 0.8],
+    "nbody": lambda b, n: [clouds(b, n, torch.float32), torch.randn(b, n, 3, generator=GEN),
+                           torch.randn(b, n, 1, generator=GEN)],
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_INPUTS))
+def test_examples_match_torch_in_onnxruntime(name):
+    result = compiler.compile(f"examples/{name}.inv")
+    onnx.checker.check_model(result.onnx, full_check=True)
+    session = Session(result.onnx)
+    for b, n in [(2, 5), (3, 9)]:
+        inputs = EXAMPLE_INPUTS[name](b, n)
+        with torch.no_grad():
+            want = result.module(*inputs).numpy()
+        got = session.run({i.name: x.numpy() for i, x in zip(session.inputs, inputs)})
+        np.testing.assert_allclose(next(iter(got.values())), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("proper, canonical", [(False, False), (True, False), (False, True), (True, True)])
+def test_every_frame_op_matches_torch_in_onnxruntime(proper, canonical):
+    rows = [("c", frames.frame_centroid, ["pos"], {"mask": "mask"}),
+            ("f", frames.frame_basis, ["pos", "c"], {"mask": "mask", "proper": proper, "canonical": canonical}),
+            ("p", frames.frame_in, ["pos", "f", "c"]), ("v", frames.frame_in, ["vel", "f"]),
+            ("t", frames.frame_tile, ["mask", 1 if canonical else 4 if proper else 8]),
+            ("o", frames.frame_out, ["p", "f", "c"]), ("w", frames.frame_out, ["v", "f"]),
+            ("k", frames.frame_conditioning, ["pos", "mask"])]
+    gm = build({"pos": (("B", "N", 3), "f32"), "vel": (("B", "N", 3), "f32"), "mask": (("B", "N"), "bool")},
+               rows, {name: name for name, *_ in rows})
+    for node in gm.graph.nodes:  # build() reads strings as names: set the output kinds here
+        if node.name in ("o", "w"):
+            node.kwargs = {"kind": "position" if node.name == "o" else "vector"}
+    gm.recompile()
+    session = Session(to_onnx(gm))
+    for b, n in [(2, 5), (3, 7)]:
+        inputs = {"pos": clouds(b, n, torch.float32), "vel": torch.randn(b, n, 3, generator=GEN),
+                  "mask": torch.rand(b, n, generator=GEN) < 0.9}
+        with torch.no_grad():
+            want = gm(*inputs.values())
+        got = session.run({k: v.numpy() for k, v in inputs.items()})
+        for (name, *_), w in zip(rows, want):
+            np.testing.assert_allclose(got[name], w.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+        # frame_out undoes frame_in: positions and vectors come back
+        np.testing.assert_allclose(got["o"], inputs["pos"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(got["w"], inputs["vel"].numpy(), atol=1e-5)
+
+
+def test_every_set_and_frame_op_has_an_emitter_and_lowers_by_name():
+    fx_ops = {sets.masked_reduce, sets.attention_pool, sets.segment_reduce, sets.scatter_reduce,
+              frames.frame_centroid, frames.frame_basis, frames.frame_in, frames.frame_tile,
+              frames.frame_out, frames.frame_conditioning}
+    assert fx_ops <= set(EMITTERS)
+    assert all(getattr(ops, f.__name__) is f for f in fx_ops)  # dsl/lower.py finds ops by name

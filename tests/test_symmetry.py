@@ -1,0 +1,272 @@
+"""Static symmetry inference, rule by rule and both ways: a true claim is proved (and then measured
+by the one assert_equivariant helper), a false one is refused at the exact line and column of the
+op that broke it. Then the fx pass of the compile pipeline, and `invc check`."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compiler.verify import SIZES, assert_equivariant, sample_inputs
+from dsl.checker import check
+from dsl.errors import SpecError
+from dsl.groups import Broken, Euclidean, Invariant, Permuted
+from dsl.lower import lower
+from dsl.program import load_text
+from dsl.symmetry import render, verdicts
+from dsl.symmetry_rules import Call, Operand, apply
+from passes.base import PassError, Pipeline, graph_pass
+from passes.cleanup import CLEANUP
+from passes.symmetry import symmetry
+from runtime import ops
+
+ROOT = Path(__file__).resolve().parent.parent
+SN, E3, T3, SN_E3 = "symmetry S(N)", "symmetry E(3)", "symmetry T(3)", "symmetry S(N), E(3)"
+X, POS, VEL = "input x: f32[B, N, 4]", "input pos: f32[B, N, 3] is position", "input vel: f32[B, N, 3] is vector"
+VECS = "input v: f32[B, 4, 3] is vector"
+
+
+# Frame-averaging backbones, after the model so line numbers in the tests start at `model`.
+# `mixing` alone breaks E(3): its MLP mixes raw coordinates; `causal` also orders the frames.
+BACKBONES = """
+def mixing(p, v, h) {
+  x = mlp(concat(p, v, h, axis=-1), widths=[16, 16])
+  return linear(pool(x, axis=N, kind="mean"), 3)
+}
+def moving(p, v, h, mask) { return p + linear(relu(concat(p, v, h, axis=-1)), 3) }
+def causal(p, v, h) {
+  x = transpose(linear(concat(p, v, h, axis=-1), 8), 0, 1)
+  return linear(pool(transpose(attention(x, causal=true), 0, 1), axis=N), 3)
+}
+"""
+FA = ["input vel: f32[B, N, 3] is vector", "input q: f32[B, N, 1] is scalar"]
+
+
+def spec(*lines: str) -> str:
+    return "\n".join(["model m() {", *lines, "}"]) + "\n" + BACKBONES
+
+
+def checked(*lines: str, prove: bool = True):
+    return check(load_text(spec(*lines), "s.inv"), prove=prove)
+
+
+PROVED = {
+    "relu per element keeps S(N)": [SN, X, "y = sum(relu(x), axis=N)", "output y is invariant"],
+    "linear per element keeps S(N)": [SN, X, "y = mean(linear(x, 8), axis=N)", "output y is invariant"],
+    "per-element output is permuted": [SN, X, "y = relu(linear(x, 8))", "output y is scalar"],
+    "linear on channels keeps vectors": [E3, VECS, "t = transpose(v, 1, 2)",
+                                         "y = transpose(linear(t, 5, bias=false), 1, 2)", "output y is vector"],
+    "norm over coordinates is invariant": [E3, VEL, "y = sum(vel * vel, axis=-1)", "output y is invariant"],
+    "centering makes positions T(3) invariant": [T3, POS, "d = pos - mean(pos, axis=N, keepdim=true)",
+                                                 "y = relu(d)", "output y is invariant"],
+    "the centroid is a position": [E3, POS, "c = mean(pos, axis=N)", "output c is position"],
+    "sum mean max min over N": [SN, X, "y = sum(x, axis=N) + mean(x, axis=N) + max(x, axis=N) + min(x, axis=N)",
+                                "output y is invariant"],
+    "reshape keeping N": [SN, X, "r = reshape(x, [B, N, 2, 2])", "y = sum(r, axis=N)", "output y is invariant"],
+    "pairs by broadcasting": [SN, X, "p = relu(unsqueeze(x, 1) - unsqueeze(x, 2))", "y = sum(sum(p, axis=1), axis=1)",
+                              "output y is invariant"],
+    "concat features": [SN, X, "y = sum(concat(x, relu(x), axis=-1), axis=N)", "output y is invariant"],
+    "transpose moves the coordinate axis": [E3, VECS, "t = transpose(v, 1, 2)", "y = sum(t, axis=2)",
+                                            "output y is vector"],
+    "position minus centroid is a vector": [E3, POS, "d = pos - mean(pos, axis=N, keepdim=true)", "output d is vector"],
+    "position plus vector is a position": [E3, POS, VEL, "y = pos + vel * 0.5", "output y is position"],
+    "vectors scaled by invariants": [E3, VEL, "n = sum(vel * vel, axis=-1, keepdim=true)", "y = vel / (n + 1.0)",
+                                     "output y is vector"],
+    "gram matrix": [SN_E3, POS, "d = pos - mean(pos, axis=N, keepdim=true)", "g = relu(d @ transpose(d, 1, 2))",
+                    "y = sum(sum(g, axis=-1), axis=-1)", "output y is invariant"],
+    "matmul by a fixed matrix on channels": [SN, X, "input w: f32[4, 6]", "y = sum(x @ w, axis=N)",
+                                             "output y is invariant"],
+    "attention with a mask": [SN, X, "input m: bool[B, N]", "y = sum(attention(x, heads=2, mask=m), axis=N)",
+                              "output y is invariant"],
+    "layernorm per element": [SN, X, "y = sum(layernorm(x), axis=N)", "output y is invariant"],
+    "rmsnorm of a vector": [E3, VEL, "y = rmsnorm(vel, affine=false)", "output y is vector"],
+    "softmax over N": [SN, X, "y = sum(softmax(x, axis=N) * x, axis=N)", "output y is invariant"],
+    "embedding per element": [SN, "input ids: i64[B, N]", "y = sum(embedding(ids, num=4, dim=8), axis=N)",
+                              "output y is invariant"],
+    "negated vector": [E3, VEL, "y = -vel", "output y is vector"],
+    "masked pool": [SN, X, "input m: bool[B, N]", "y = pool(x, axis=N, kind=\"max\", mask=m)", "output y is invariant"],
+    "attention pool": [SN, X, "y = attention_pool(x, axis=N)", "output y is invariant"],
+    "frame averaging restores E(3)": [SN_E3, POS, *FA, "y = frame_average(mixing, [pos, vel, q], out=\"vector\")",
+                                      "output y is vector"],
+    "frame averaged positions": [SN_E3, POS, *FA, "input m: bool[B, N]",
+                                 "y = frame_average(moving, [pos, vel, q], out=\"position\", mask=m)",
+                                 "output y is position"],
+    "proper frames for SE(3)": ["symmetry SE(3)", POS, *FA,
+                                "y = frame_average(mixing, [pos, vel, q], group=\"SE3\")", "output y is invariant"],
+    "scatter pool with ids permuted alike": ["symmetry S(R)", "input x: f32[R, 4]", "input ids: i64[R]",
+                                             "input sets: f32[S, 1]", "y = scatter_pool(x, ids, like=sets)",
+                                             "output y is invariant"],
+}
+
+
+def randomized(m):
+    """The torch module with every parameter random: a proof holds for all weights, and a zero
+    initial bias must not hide a broken claim."""
+    gm = lower(m)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in gm.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return gm
+
+
+@pytest.mark.parametrize("lines", PROVED.values(), ids=PROVED.keys())
+def test_true_claim_is_proved_and_measured(lines):
+    m = checked(*lines)
+    assert all(v.holds for v in verdicts(m))
+    assert_equivariant(randomized(m), sample_inputs(m, SIZES))
+
+
+REFUSED = {  # lines, the text where the breaking op starts, message
+    "flatten over N": ([SN, X, "f = flatten(x, start=1)", "output f is invariant"], "flatten",
+                       "flatten over N breaks S(N) invariance of output `f`"),
+    "concat along N": ([SN, X, "c = concat(x, x, axis=N)", "output c is invariant"], "concat",
+                       "concat along N breaks S(N) invariance"),
+    "causal attention": ([SN, X, "y = sum(attention(x, heads=2, causal=true), axis=N)", "output y is invariant"],
+                         "attention", "causal attention over N breaks S(N)"),
+    "linear over coordinates": ([E3, POS, "y = sum(linear(pos, 8), axis=N)", "output y is invariant"], "linear",
+                                "linear over the 3 coordinates breaks E(3) invariance"),
+    "mlp over coordinates": ([SN_E3, POS, "h = mlp(pos, widths=[8])", "output h is invariant"], "mlp",
+                             "mlp over the 3 coordinates breaks E(3)"),
+    "relu of a vector": ([E3, VEL, "y = relu(vel)", "output y is vector"], "relu",
+                         "relu of a vector breaks E(3) equivariance of output `y`"),
+    "relu after centering, under rotations": ([E3, POS, "d = pos - mean(pos, axis=N, keepdim=true)", "y = relu(d)",
+                                               "output y is invariant"], "relu", "relu of a vector"),
+    "sum over coordinates": ([E3, VEL, "y = sum(vel, axis=-1)", "output y is invariant"], "sum",
+                             "sum over the 3 coordinates of a vector"),
+    "max of vectors": ([E3, VEL, "y = max(vel, axis=N)", "output y is vector"], "max", "max of a vector over N"),
+    "sum of positions": ([E3, POS, "y = sum(pos, axis=N)", "output y is position"], "sum",
+                         "sum of a position over N"),
+    "position plus position": ([E3, POS, "y = pos + pos", "output y is position"], "pos + pos",
+                               "`+` of a position and a position"),
+    "constant offset": ([E3, VEL, "y = vel + 1.0", "output y is vector"], "vel + 1.0",
+                        "`+` of a vector and a constant"),
+    "per-coordinate scale": ([E3, VEL, "input w: f32[3]", "y = vel * w", "output y is vector"], "vel * w",
+                             "`*` treats the 3 coordinates separately"),
+    "bias on a vector": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(linear(t, 5), 1, 2)",
+                          "output y is vector"], "linear", "linear with a bias on a vector"),
+    "matmul over coordinates": ([E3, POS, "input w: f32[3, 3]", "y = sum(pos @ w, axis=N)",
+                                 "output y is invariant"], "pos @ w", "matmul over the 3 coordinates"),
+    "layernorm of a vector": ([E3, VEL, "y = layernorm(vel, affine=false)", "output y is vector"], "layernorm",
+                              "layernorm of a vector over the 3 coordinates"),
+    "rmsnorm with a per-coordinate scale": ([E3, VEL, "y = rmsnorm(vel)", "output y is vector"], "rmsnorm",
+                                            "rmsnorm of a vector over the 3 coordinates"),
+    "softmax of a vector": ([E3, VEL, "y = softmax(vel)", "output y is vector"], "softmax", "softmax of a vector"),
+    "negated position": ([E3, POS, "y = -pos", "output y is position"], "-pos", "neg of a position"),
+    "flatten over coordinates": ([E3, VEL, "f = flatten(vel, start=1)", "output f is invariant"], "flatten",
+                                 "flatten over the 3 coordinates"),
+    "pool over coordinates": ([E3, VEL, "y = pool(vel, axis=2, kind=\"max\")", "output y is invariant"], "pool",
+                              "max over the 3 coordinates of a vector"),
+    "attention pool of vectors": ([E3, VECS, "y = attention_pool(v, axis=1)", "output y is vector"],
+                                  "attention_pool", "attention_pool of a vector"),
+    "segments across a permuted axis": (["symmetry S(R)", "input x: f32[R, 4]", "input o: i64[S]",
+                                         "y = segment_pool(x, o)", "output y is invariant"], "segment_pool",
+                                        "segment_pool of rows permuted across sets"),
+    "proper frames under reflections": ([E3, POS, *FA, "y = frame_average(mixing, [pos, vel, q], group=\"SE3\")",
+                                         "output y is invariant"], "frame_average",
+                                        "frame_average with proper (det +1) frames breaks E(3) invariance"),
+    "a backbone that orders the frames": ([E3, POS, *FA, "y = frame_average(causal, [pos, vel, q])",
+                                           "output y is invariant"], "attention", "causal attention over 8*B"),
+    "an invariant claimed a vector": ([E3, VEL, "input ids: i64[B, N]", "e = sum(embedding(ids, num=4, dim=3), axis=N)",
+                                       "output e is vector"], "e is",
+                                      "output `e` is invariant under E(3), but is claimed rotated like a vector"),
+}
+
+
+@pytest.mark.parametrize("lines, where, message", REFUSED.values(), ids=REFUSED.keys())
+def test_false_claim_is_refused_at_the_breaking_op(lines, where, message):
+    with pytest.raises(SpecError) as e:
+        checked(*lines)
+    rows = spec(*lines).splitlines()
+    row = next(i for i, line in enumerate(rows) if where in line and not line.startswith("input"))
+    assert (e.value.line, e.value.column) == (row + 1, rows[row].index(where) + 1), e.value.render()
+    assert message in e.value.message and e.value.hint
+    if "segment_pool" not in where:  # random offsets are no valid CSR; the rest is measured
+        assert_refused_claim_is_false(lines)
+
+
+def assert_refused_claim_is_false(lines):
+    """The refusal is no false alarm: measured, the claim fails."""
+    m = checked(*lines, prove=False)
+    with pytest.raises(AssertionError, match="not equivariant"):
+        assert_equivariant(randomized(m), sample_inputs(m, SIZES))
+
+
+def test_the_first_breaking_op_is_reported():
+    with pytest.raises(SpecError) as e:
+        checked(E3, POS, "a = relu(pos)", "b = linear(pos, 3)", "y = b + a", "output y is position")
+    assert (e.value.line, e.value.column) == (4, 5) and "relu of a position" in e.value.message
+
+
+def test_unclaimed_outputs_are_reported_not_enforced():
+    m = checked(SN_E3, POS, "y = relu(pos)", "z = mean(pos, axis=N)", "output y", "output z is position")
+    table = render(m, verdicts(m))
+    assert "broken: relu of a position (line 4)" in table and "equivariant (moved like a position)" in table
+    assert "equivariant (permuted along N)" in table
+
+
+def test_an_op_without_a_rule_is_broken_even_on_invariants():
+    call = Call("mystery", (Operand(Invariant(), (2,)),), {}, (2,), "m", "s.inv:1:1", 0, "mystery")
+    fact = apply(call, Euclidean("E"))
+    assert isinstance(fact, Broken) and fact.reason == "no symmetry rule for op `mystery`"
+
+
+def test_every_runtime_op_has_a_rule():
+    from dsl.symmetry_rules import RULES
+    names = [n for n, f in vars(ops).items() if callable(f) and getattr(f, "__module__", "").startswith("runtime")]
+    assert sorted(set(names) - set(RULES) - {"segment_counts", "segment_ids"}) == []
+
+
+# -- the fx pass -------------------------------------------------------------------------------
+
+def pipeline_on(lines, *extra):
+    gm = lower(checked(*lines))
+    return Pipeline([*CLEANUP, *extra, symmetry]).run(gm)
+
+
+def test_the_pass_annotates_every_node_after_optimization():
+    gm = pipeline_on([SN, X, "h = linear(linear(x, 4), 4)", "y = sum(h, axis=N)", "output y is invariant"])
+    facts = {n.name: n.meta["symmetry"]["S(N)"] for n in gm.graph.nodes if "symmetry" in n.meta}
+    assert facts["x"] == facts["h"] == Permuted((1,)) and facts["y"] == Invariant()
+
+
+def _unknown_sum(x, axis, keepdim=False):
+    return x.sum(axis, keepdim=keepdim)
+
+
+@graph_pass("a rewrite the symmetry rules do not know")
+def swap_sum(gm):
+    for n in gm.graph.nodes:
+        if n.target is ops.reduce_sum:
+            n.target = _unknown_sum
+    return gm
+
+
+def test_the_pass_refuses_a_rewrite_it_cannot_prove_naming_node_and_position():
+    with pytest.raises(PassError, match=r"symmetry: node `y` \(s.inv:5:5\): no symmetry rule for op `_unknown_sum`"):
+        pipeline_on([SN, X, "h = relu(x)", "y = sum(h, axis=N)", "output y is invariant"], swap_sum)
+
+
+# -- invc check --------------------------------------------------------------------------------
+
+def invc(*args):
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_check_prints_the_symmetry_table_without_importing_torch():
+    probe = ("import sys, compiler.cli; compiler.cli.main(['check', 'examples/deepsets.inv']); "
+             "assert 'torch' not in sys.modules, 'check imported torch'")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "symmetry S(N): every claimed output is proved" in r.stdout
+    assert "logits  invariant  invariant" in r.stdout
+
+
+def test_check_refuses_the_broken_example_at_its_line():
+    r = invc("check", "examples/broken_symmetry.inv")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("examples/broken_symmetry.inv:10:7: error: mlp over the 3 coordinates breaks E(3) invariance of "
+            "output `logits`") in r.stderr
+    assert "hint: build invariants first" in r.stderr

@@ -1,0 +1,100 @@
+"""The numeric verifier: group samplers, the assert_equivariant helper in fp32 and fp64, the
+verify() API on torch and ONNX, and `invc verify` end to end."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import compiler
+from compiler.cli import main
+from compiler.verify import TOLERANCE, assert_equivariant, elements, random_rotation, random_translation, verify
+from dsl.groups import Euclidean, Invariant, Permutations, Permuted
+
+ROOT = Path(__file__).resolve().parent.parent
+DEEPSETS, BROKEN = ROOT / "examples" / "deepsets.inv", ROOT / "examples" / "broken_symmetry.inv"
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["fp32", "fp64"])
+def dtype(request):
+    return request.param
+
+
+def test_rotations_are_haar_orthogonal_and_reflections_flip_the_determinant():
+    gen = torch.Generator().manual_seed(0)
+    rotations = torch.stack([random_rotation(gen) for _ in range(400)])
+    eye = torch.eye(3, dtype=torch.float64).expand(400, 3, 3)
+    assert torch.allclose(rotations @ rotations.transpose(1, 2), eye, atol=1e-12)
+    assert torch.allclose(torch.linalg.det(rotations), torch.ones(400, dtype=torch.float64))
+    assert rotations.mean(0).abs().max() < 0.15  # Haar measure: no preferred direction
+    assert torch.linalg.det(random_rotation(gen, reflect=True)) == pytest.approx(-1.0)
+    assert random_translation(gen).norm() == pytest.approx(10.0)
+
+
+def test_elements_cover_each_group():
+    gen = torch.Generator().manual_seed(0)
+    perms = elements(Permutations("N"), {"N": 6}, 2, gen)
+    assert all(sorted(g.perm.tolist()) == list(range(6)) for g in perms)
+    e3 = elements(Euclidean("E"), {}, 2, gen)
+    assert [g.label for g in e3] == ["rotation+translation", "reflection+translation"]
+    assert [g.label for g in elements(Euclidean("SO"), {}, 2, gen)] == ["rotation", "rotation"]
+    assert elements(Euclidean("T"), {}, 1, gen)[0].rotation.equal(torch.eye(3, dtype=torch.float64))
+
+
+def test_helper_passes_equivariant_functions(dtype):
+    x = torch.randn(2, 7, 3, dtype=dtype)
+    assert_equivariant(lambda v: v * (v * v).sum(-1, keepdim=True), [x], Euclidean("O"), ["vector"], ["vector"])
+    assert_equivariant(lambda v: v.sum(1), [x], Permutations("N"), [Permuted((1,))], [Invariant()])
+    rows = assert_equivariant(lambda p: p.mean(1), [x], Euclidean("E"), ["position"], ["position"])
+    assert rows[0].tol == TOLERANCE[dtype] and rows[0].error < TOLERANCE[dtype]
+
+
+def test_helper_catches_functions_that_break_the_symmetry(dtype):
+    x = torch.randn(2, 7, 3, dtype=dtype)
+    w = torch.randn(3, 3, dtype=dtype)
+    with pytest.raises(AssertionError, match="not equivariant: output 0 under O\\(3\\)"):
+        assert_equivariant(lambda v: v @ w, [x], Euclidean("O"), ["vector"], ["vector"])
+    with pytest.raises(AssertionError, match="under S\\(N\\)"):
+        assert_equivariant(lambda v: v.cumsum(1)[:, -2], [x], Permutations("N"), [Permuted((1,))], [Invariant()])
+    with pytest.raises(AssertionError, match="under T\\(3\\)"):
+        assert_equivariant(lambda p: p.sum(1), [x], Euclidean("T"), ["position"], ["position"])
+
+
+def test_verify_measures_torch_and_onnx_in_both_precisions():
+    report = verify(DEEPSETS, trials=2, hidden=16)
+    assert report.ok and report.static == "proved"
+    assert {(m.backend, m.group) for m in report.rows} == {
+        ("torch fp32", "S(N)"), ("torch fp64", "S(N)"), ("onnx fp32", "S(N)")}
+    assert all(m.error < 1e-5 for m in report.rows if m.backend != "torch fp64")
+    assert all(m.error < 1e-12 for m in report.rows if m.backend == "torch fp64")
+
+
+def test_verify_measures_what_the_static_check_refused():
+    report = verify(BROKEN, trials=2)
+    assert not report.ok
+    assert report.static.startswith("refused: mlp over the 3 coordinates breaks E(3) invariance")
+    assert all(m.ok for m in report.rows if m.group == "S(N)")
+    assert all(m.error > 1e-2 for m in report.rows if m.group == "E(3)")
+
+
+def invc(*args):
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_cli_verify_passes_a_proved_spec_on_its_onnx_file_and_plots(tmp_path):
+    onnx_file, png = tmp_path / "ds.onnx", tmp_path / "orbits.png"
+    compiler.compile(DEEPSETS, out=onnx_file, hidden=16)
+    r = invc("verify", DEEPSETS, "--onnx", onnx_file, "-p", "hidden=16", "--trials", "2", "--plot", png)
+    assert r.returncode == 0, r.stderr
+    assert "static: proved" in r.stdout and "onnx fp32" in r.stdout and "FAILED" not in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_verify_exits_1_when_a_claim_fails_and_2_without_symmetry(capsys):
+    r = invc("verify", BROKEN, "--trials", "2")
+    assert r.returncode == 1, r.stderr
+    assert "FAILED" in r.stdout and "symmetry not kept: logits under E(3)" in r.stderr
+    assert main(["verify", str(ROOT / "examples" / "mlp.inv")]) == 2
+    assert "declares no symmetry" in capsys.readouterr().err
