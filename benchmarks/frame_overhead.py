@@ -34,7 +34,7 @@ from compiler.onnx_backend import save_onnx, to_onnx  # noqa: E402
 from dsl.checker import check  # noqa: E402
 from dsl.lower import lower  # noqa: E402
 from dsl.program import load_text  # noqa: E402
-from passes.cleanup import default_pipeline  # noqa: E402
+from passes.cleanup import default_pipeline, for_target  # noqa: E402
 
 FA_SPEC = ROOT / "examples" / "pointcloud_classifier.inv"
 BARE = """import "examples/pointcloud_classifier.inv"
@@ -60,7 +60,7 @@ def _in(directory: Path):
 def bare_backbone():
     """The backbone alone: the fx module and its ONNX model, through invc's compile pipeline."""
     with _in(ROOT):  # the spec text imports the example by a path relative to the repository
-        gm = default_pipeline().run(lower(check(load_text(BARE, "bare.inv"))))
+        gm = for_target(default_pipeline(), "onnx").run(lower(check(load_text(BARE, "bare.inv"))))
     return gm, to_onnx(gm)
 
 

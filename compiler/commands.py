@@ -101,7 +101,8 @@ def _compile(args) -> int:
     from passes.cleanup import default_pipeline
     pipeline = default_pipeline()
     if args.print_passes:
-        print(pipeline)
+        from passes.cleanup import for_target
+        print(for_target(pipeline, args.target))
         return 0
     if not args.spec:
         raise InvcError("compile needs a spec file (or --print-passes)")

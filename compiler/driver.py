@@ -54,7 +54,7 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     """Compile a spec: check, lower to fx, run the pass pipeline, emit ONNX (written if `out`)."""
     from dsl.lower import lower
     from compiler.onnx_backend import save_onnx, to_onnx
-    from passes.cleanup import default_pipeline
+    from passes.cleanup import default_pipeline, for_target
 
     if target not in ("onnx", "triton"):
         raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
@@ -63,7 +63,7 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     times["check"] = time.perf_counter() - t0
     gm = lower(checked, seed)
     times["lower"] = time.perf_counter() - t0 - times["check"]
-    gm = (pipeline or default_pipeline()).run(gm, dump_after, dump)
+    gm = for_target(pipeline or default_pipeline(), target).run(gm, dump_after, dump)
     times["passes"] = time.perf_counter() - t0 - times["check"] - times["lower"]
     if target == "triton":  # out is a directory: model.py + weights.pt
         from compiler.triton_backend import emit

@@ -134,6 +134,12 @@ def _reshape(g, node, x, shape):
     return g.op("Reshape", g.value(x), g.ints(shape))
 
 
+def _unflatten_rows(g, node, y, like):
+    # like's leading dims and y's width, both read at run time: one Reshape serves every B and N.
+    shape = g.op("Concat", g.op("Shape", g.value(like), end=-1), g.op("Shape", g.value(y), start=-1), axis=0)
+    return g.op("Reshape", g.value(y), shape)
+
+
 def _permute(g, node, x, perm):
     return g.op("Transpose", g.value(x), perm=[p % len(perm) for p in perm])
 
@@ -166,6 +172,7 @@ EMITTERS = {
     ops.attention: _attention,
     ops.concat: _concat,
     ops.reshape: _reshape,
+    ops.unflatten_rows: _unflatten_rows,
     ops.permute: _permute,
     ops.reduce_sum: _reduce("ReduceSum"),
     ops.reduce_mean: _reduce("ReduceMean"),

@@ -42,11 +42,12 @@ def _masked(g, x: str, mask: str | None, axis: int, kind: str, rank: int, dtype:
         return out if kind in ("sum", "mean") else g.op("Add", out, _nan_term(g, x, axes, dtype))
     keep = _trailing(g, mask, axis + 1, rank)
     real = g.op("Where", keep, x, g.scalar(0.0, dtype))
+    if kind == "sum":  # no count: onnxruntime runs nodes whose results nobody reads
+        return g.op("ReduceSum", real, axes, keepdims=0)
     count = _trailing(g, g.op("ReduceSum", g.op("Cast", mask, to=DTYPES[dtype][0]), axes, keepdims=0),
                       axis, rank - 1)
-    if kind in ("sum", "mean"):
-        total = g.op("ReduceSum", real, axes, keepdims=0)
-        return total if kind == "sum" else g.op("Div", total, g.op("Max", count, g.scalar(1.0, dtype)))
+    if kind == "mean":
+        return g.op("Div", g.op("ReduceSum", real, axes, keepdims=0), g.op("Max", count, g.scalar(1.0, dtype)))
     out = g.op(REDUCE[kind], g.op("Where", keep, x, g.scalar(IDENTITY[kind], dtype)), axes, keepdims=0)
     out = g.op("Add", out, _nan_term(g, real, axes, dtype))
     return g.op("Where", g.op("Greater", count, g.scalar(0.0, dtype)), out, g.scalar(0.0, dtype))
@@ -94,9 +95,9 @@ def _scatter(g, x: str, ids: str, count: str, kind: str, rank: int, dtype: str) 
     shape = g.op("Concat", g.op("Shape", count), g.op("Shape", x, start=1), axis=0)
     index = g.op("Unsqueeze", ids, g.ints([1]))
     out = g.op("ScatterND", _fill(g, shape, IDENTITY[kind], dtype), index, x, reduction=SCATTER[kind])
-    count = _trailing(g, g.op("Cast", count, to=DTYPES[dtype][0]), 1, rank)
-    if kind == "sum":
+    if kind == "sum":  # before the count's cast: onnxruntime runs nodes whose results nobody reads
         return out
+    count = _trailing(g, g.op("Cast", count, to=DTYPES[dtype][0]), 1, rank)
     if kind == "mean":
         return g.op("Div", out, g.op("Max", count, g.scalar(1.0, dtype)))
     nans = g.op("Where", g.op("IsNaN", x), x, g.scalar(0.0, dtype))

@@ -359,6 +359,14 @@ def reshape(call: Call) -> Fact:
     return moved(x.fact, axes)
 
 
+@rule("unflatten_rows")
+def unflatten_rows(call: Call) -> Fact:
+    """Rows flattened from a set or from coordinates no longer say which axis moved (passes/rows.py
+    runs after the symmetry check for that reason), so only invariant rows (handled by `apply`)
+    keep a fact."""
+    return call.broken(f"{call.spelled} of {what(call.arg(0))}", "flattened rows lose their axes")
+
+
 @rule("permute")
 def permute(call: Call) -> Fact:
     x, perm = call.arg(0), list(call.arg(1, "perm"))

@@ -201,9 +201,10 @@ def eigenvalues(m, a, q):
 
 
 def _unit(m, v):
-    """v / |v| along the last axis, and whether |v| was above TOL (False: v is undetermined)."""
+    """v / |v| along the last axis, and |v| (at most TOL: v is undetermined). The caller compares,
+    so no unread comparison lands in the ONNX graph, where onnxruntime would still run it."""
     norm = m.sqrt(m.sum(m.mul(v, v), (-1,), True))
-    return m.div(v, m.maximum(norm, m.const(1e-300, v))), m.gt(norm, m.const(TOL, v))
+    return m.div(v, m.maximum(norm, m.const(1e-300, v))), norm
 
 
 def _cross(m, a, b):
@@ -246,7 +247,8 @@ def principal_axes(m, cov):
     clear = m.unsqueeze(m.gt(m.maximum(g12, g23), m.const(GAP_TOL, a)), -1)   # one end is simple
     both = m.unsqueeze(m.gt(m.minimum(g12, g23), m.const(GAP_TOL, a)), -1)   # all three distinct
     u = m.where(clear, m.where(top, v1, v3), m.where(top, m.const(EYE[:1], a), m.const(EYE[2:], a)))
-    w, ok = _unit(m, _reject(m, m.where(top, v3, v1), u))
+    w, w_norm = _unit(m, _reject(m, m.where(top, v3, v1), u))
+    ok = m.gt(w_norm, m.const(TOL, a))
     fallback = _complement(m, u)
     w = m.where(both, m.where(ok, w, fallback), fallback)
     first, last = m.where(top, u, w), m.where(top, w, u)

@@ -104,6 +104,12 @@ def reshape(x, shape):
     return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
 
 
+def unflatten_rows(y, like):
+    """y [rows, F] back to like's leading dims: [*like.shape[:-1], F]. The rows pass flattens a
+    row-wise chain once; the leading dims are read from `like` at run time, so symbolic ones work."""
+    return y.reshape(*like.shape[:-1], y.shape[-1])
+
+
 def permute(x, perm):
     return x.permute(perm)
 

@@ -70,6 +70,8 @@ CASES = {
     "concat": lambda: one(ops.concat, [["x", "z"], -1], {**X, "z": (("B", "N", 3), "f32")}),
     "reshape": lambda: one(ops.reshape, ["x", (0, 0, 2, 4)]),
     "reshape_infer": lambda: one(ops.reshape, ["x", (0, -1)]),
+    "unflatten_rows": lambda: build(X, [("f", ops.reshape, ["x", (-1, D)]), ("y", ops.unflatten_rows, ["f", "x"])],
+                                    {"y": "y"}),
     "permute": lambda: one(ops.permute, ["x", (-1, 0, 1)]),
     "reduce_sum": lambda: one(ops.reduce_sum, ["x", -1]),
     "reduce_mean": lambda: one(ops.reduce_mean, ["x", (1, 2)], keepdim=True),

@@ -15,6 +15,8 @@ from passes.cse import cse
 from passes.dce import dce
 from passes.fold_constants import fold_constants
 from passes.fold_linear import explain, fold_linear
+from passes import rows as rows_pass
+from passes.cleanup import ONNX_LOWERING, for_target
 from runtime import ops
 from tests.graphs import DTYPE_NAMES, TRACE, build, run_torch, sample
 
@@ -201,6 +203,49 @@ def test_fold_linear_refusals_carry_reasons(body, outputs, reason):
     size = len(gm.graph.nodes)
     gm = apply([fold_linear], gm)
     assert len(gm.graph.nodes) == size
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+def test_rows_flattens_a_per_element_mlp_once():
+    gm = model({"w1": w(6, 8), "b1": w(6), "w2": w(5, 6)},
+               [("h", ops.linear, ("x", "w1", "b1")), ("a", ops.relu, ("h",)), ("g", ops.gelu, ("a",)),
+                ("o", ops.linear, ("g", "w2")), ("y", ops.reduce_sum, ("o", 1))], ["y"])
+    size = len(gm.graph.nodes)
+    gm = apply([rows_pass.rows], gm)
+    assert len(gm.graph.nodes) == size + 2  # one reshape before the chain, one unflatten after
+    assert count(gm, target=ops.reshape) == count(gm, target=ops.unflatten_rows) == 1
+    h = next(n for n in gm.graph.nodes if n.name == "h")
+    assert h.args[0].target is ops.reshape and h.meta["shape"] == ("B*N", 6)
+
+
+def test_rows_stops_the_chain_at_a_shared_value():
+    gm = model({"w1": w(6, 8), "w2": w(6, 6)},
+               [("h", ops.linear, ("x", "w1")), ("a", ops.relu, ("h",)), ("o", ops.linear, ("a", "w2")),
+                ("y", ops.add, ("a", "o"))], ["y"])
+    gm = apply([rows_pass.rows], gm)
+    # h..a is one chain (a has two users), o another: each flattened on its own.
+    assert count(gm, target=ops.unflatten_rows) == 2
+
+
+@pytest.mark.parametrize("rows, reason", [
+    ([("p", ops.reduce_sum, ("x", 1)), ("h", ops.linear, ("p", "w")), ("y", ops.relu, ("h",))],
+     "chain h..y is on rank-2 rows already"),
+    ([("a", ops.relu, ("x",)), ("y", ops.tanh, ("a",))],
+     "chain a..y holds no linear with a 2-D parameter weight"),
+])
+def test_rows_leaves_2d_rows_and_chains_without_a_linear(rows, reason):
+    gm = model({"w": w(6, 8)}, rows, ["y"])
+    assert rows_pass.explain(gm) == [reason]
+    code = gm.code
+    gm = apply([rows_pass.rows], gm)
+    assert gm.code == code
+
+
+def test_rows_runs_for_the_onnx_target_only_after_the_checks():
+    assert ONNX_LOWERING == [rows_pass.rows]
+    assert for_target(default_pipeline(), "onnx").names() == default_pipeline().names() + ["rows"]
+    assert for_target(default_pipeline(), "triton").names() == default_pipeline().names()
 
 
 # --- the pipeline ------------------------------------------------------------------------------

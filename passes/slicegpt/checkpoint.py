@@ -1,0 +1,130 @@
+"""Saving and loading sliced models: safetensors weights, the HF config, and `invc_slice.json` with the
+plan (width, kept dims, replaced norms, shortcuts, head map), so loading needs no sparsity flag.
+
+A directory is written to a temporary sibling and renamed into place: a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from compiler.errors import InvcError
+from passes.slicegpt.modules import SliceAdapters, StreamRMSNorm
+from passes.slicegpt.rotation import _assign
+
+PLAN = "invc_slice.json"
+WEIGHTS = "model.safetensors"
+
+
+def atomic_dir(out: Path, write) -> Path:
+    """Run write(tmp) on a fresh sibling directory, then move it to `out`, replacing an older one."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_sliced(model: nn.Module, out: Path, tokenizer=None, standard: nn.Module | None = None) -> Path:
+    """Write a sliced model. With `standard` (a plain model of the family at the smaller width) the
+    directory is an ordinary HF checkpoint that the family's own class loads."""
+    def write(tmp: Path) -> None:
+        if standard is not None:
+            standard.save_pretrained(tmp)
+            (tmp / PLAN).write_text(json.dumps({**model.invc_slice.plan, "standard": True}, indent=1))
+        else:
+            model.config.save_pretrained(tmp)
+            save_file(_unique_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+            (tmp / PLAN).write_text(json.dumps({**model.invc_slice.plan, "standard": False}, indent=1))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return atomic_dir(out, write)
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """One entry per tensor: safetensors refuses shared storage, and tied weights are re-tied on load."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters()}
+
+
+def load(path: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load a sliced directory (or a dense HF one) as a ready model in eval mode."""
+    import transformers
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InvcError(f"{path}: not a model directory (no config.json)")
+    plan_file = path / PLAN
+    try:
+        plan = json.loads(plan_file.read_text()) if plan_file.exists() else None
+    except json.JSONDecodeError as e:
+        raise InvcError(f"{plan_file}: corrupt slice plan: {e}") from e
+    try:
+        if plan is None or plan.get("standard"):
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            return model.eval()
+        config = transformers.AutoConfig.from_pretrained(path)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise InvcError(f"{path}: cannot load the model: {e}") from e
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError, FileNotFoundError) as e:
+        raise InvcError(f"{path / WEIGHTS}: missing or corrupt weights: {e}") from e
+    return restore(model, plan, state, dtype).eval()
+
+
+def restore(model: nn.Module, plan: dict, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """Give a freshly built dense model the sliced shapes, norms and adapters the plan describes."""
+    for n in plan["norms"]:
+        path, _, attr = n["module"].rpartition(".")
+        setattr(model.get_submodule(path) if path else model, attr, StreamRMSNorm(plan["width"], n["eps"], plan["dim"]))
+    adapters = SliceAdapters(plan)
+    model.invc_slice = adapters
+    for key, value in state.items():
+        if key.startswith("invc_slice.shortcuts."):
+            adapters.shortcuts[key.rsplit(".", 1)[1]] = nn.Parameter(value.to(dtype))
+        elif key.startswith("invc_slice."):
+            setattr(adapters, key.split(".", 1)[1], nn.Parameter(value.to(dtype)))
+    tied = _tied_names(model)
+    missing = set(dict(model.named_parameters(remove_duplicate=False))) - set(state) - tied.keys()
+    if missing:
+        raise InvcError(f"the checkpoint lacks {len(missing)} parameters, e.g. {sorted(missing)[0]}")
+    for key, value in state.items():
+        if not key.startswith("invc_slice."):
+            _assign(model, key, nn.Parameter(value.to(dtype)))
+    for alias, source in tied.items():
+        if alias not in state:
+            _assign(model, alias, model.get_parameter(source))
+    adapters.install(model)
+    return model
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """Parameter names that share a tensor with an earlier name, mapped to that name."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied

@@ -1,0 +1,180 @@
+"""Fusion, rotation and slicing of the residual stream, applied to the model's own parameters by name.
+
+Stream positions: 0 is the embedding output, k is the output of residual add k. Each position lies in
+one rotation group; readers of branch k use the rotation of position k-1, its writers that of
+position k, and where the two differ the residual path carries a shortcut. All arithmetic is float64.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from passes.slicegpt.modules import SliceAdapters, StreamRMSNorm
+from passes.slicegpt.structure import Linear, Norm, Structure
+
+
+class ParamStore:
+    """Float64 working copies of parameters, written back once with tied parameters kept tied."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.params = dict(model.named_parameters(remove_duplicate=False))
+        self.work: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str | None) -> torch.Tensor | None:
+        if name is None:
+            return None
+        if name not in self.work:
+            self.work[name] = self.params[name].detach().to(torch.float64).clone()
+        return self.work[name]
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        self.work[name] = value
+
+    def commit(self) -> None:
+        """Write back and drop the float64 copies; committing often keeps the peak near one model."""
+        dtype = next(self.model.parameters()).dtype
+        for name, value in self.work.items():
+            old = self.params.get(name)
+            new = nn.Parameter(value.to(dtype).contiguous())
+            for alias in [a for a, p in self.params.items() if p is old] if old is not None else [name]:
+                _assign(self.model, alias, new)
+                self.params[alias] = new
+        self.work.clear()
+
+
+def _assign(model: nn.Module, name: str, value: nn.Parameter) -> None:
+    path, _, attr = name.rpartition(".")
+    mod = model.get_submodule(path)
+    setattr(mod, attr, value)
+    # Keep the modules' size attributes truthful: GPT-2's Conv1D shapes its output from `nf`.
+    sizes = {"in_features": ("weight", 1), "out_features": ("weight", 0), "nf": ("weight", 1),
+             "embedding_dim": ("weight", 1)}
+    for key, (pname, axis) in sizes.items():
+        if hasattr(mod, key) and isinstance(getattr(mod, key), int) and attr == pname:
+            setattr(mod, key, value.shape[axis])
+
+
+def along(w: torch.Tensor, axis: int, q: torch.Tensor) -> torch.Tensor:
+    """Transform the stream axis of a weight by q (D x d): v -> v·q along that axis."""
+    return torch.movedim(torch.movedim(w, axis, -1) @ q, -1, axis)
+
+
+def scale_of(store: ParamStore, norm: Norm, width: int) -> torch.Tensor:
+    w = store.get(norm.weight)
+    return (w + norm.offset) if w is not None else torch.ones(width, dtype=torch.float64)
+
+
+def fold_norm(store: ParamStore, norm: Norm, width: int, skip: str | None = None) -> None:
+    """Move the norm's scale and LayerNorm bias into each reader, leaving a bare norm behind."""
+    gamma, beta = scale_of(store, norm, width), store.get(norm.bias)
+    for r in norm.readers:
+        if r.weight == skip:
+            continue
+        w = store.get(r.weight)
+        if beta is not None:
+            _add_bias(store, r, torch.movedim(w, r.axis, -1) @ beta)
+        store.set(r.weight, along(w, r.axis, torch.diag(gamma)))
+
+
+def _add_bias(store: ParamStore, r: Linear, shift: torch.Tensor) -> None:
+    """A reader without a bias gets one: LayerNorm's bias has to land somewhere."""
+    if r.bias:
+        store.set(r.bias, store.get(r.bias) + shift)
+    else:
+        store.set(r.module + ".bias", shift)
+
+
+def center(store: ParamStore, lin: Linear) -> None:
+    """Make what a writer adds to the stream mean-free, so LayerNorm acts as RMSNorm."""
+    w = store.get(lin.weight)
+    store.set(lin.weight, w - w.mean(dim=lin.axis, keepdim=True))
+    if lin.bias:
+        b = store.get(lin.bias)
+        store.set(lin.bias, b - b.mean())
+
+
+def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int], dim: int) -> SliceAdapters:
+    """Fold, rotate and slice in place; returns the adapters (already installed) the result needs."""
+    store, D = ParamStore(model), s.width
+    q = [r[:, :dim] for r in rotations]
+    token = s.embeddings[0]
+    head = s.final
+    tied_head = [r for r in head.readers if r.weight == token.weight]
+    emb_orig = store.get(token.weight).clone() if tied_head else None
+    for e in s.embeddings:
+        if s.layer_norm:
+            center(store, e)
+        store.set(e.weight, along(store.get(e.weight), 1, q[groups[0]]))
+    store.commit()
+    plan = {"width": D, "dim": dim, "shortcuts": [], "head": None,
+            "embedding": token.module,
+            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset} for n in s.norms]}
+    cuts: dict[str, torch.Tensor] = {}
+    for k, b in enumerate(s.branches, start=1):
+        src, dst = groups[k - 1], groups[k]
+        for n in b.norms:
+            fold_norm(store, n, D)
+            for r in n.readers:
+                store.set(r.weight, along(store.get(r.weight), r.axis, q[src]))
+        for w in b.writers:
+            if s.layer_norm:
+                center(store, w)
+            store.set(w.weight, along(store.get(w.weight), w.axis, q[dst]))
+            if w.bias:
+                store.set(w.bias, store.get(w.bias) @ q[dst])
+        if src != dst:
+            key = f"s{k}"
+            cuts[key] = q[src].T @ q[dst]
+            plan["shortcuts"].append({"key": key, "norm": b.norms[0].module, "writer": b.writers[0].module})
+        store.commit()
+    last = groups[len(s.branches)]
+    fold_norm(store, head, D, skip=token.weight)
+    for r in head.readers:
+        if r.weight != token.weight:
+            store.set(r.weight, along(store.get(r.weight), r.axis, q[last]))
+    head_scale = 1.0
+    adapters = SliceAdapters(plan)
+    if tied_head:
+        head_scale = _tie_head(store, adapters, head, tied_head[0], emb_orig, q[groups[0]], q[last], s.layer_norm)
+    store.commit()
+    _replace_norms(model, s, dim, head_scale)
+    for key, m in cuts.items():
+        adapters.shortcuts[key] = nn.Parameter(m.to(token_dtype(model)))
+    model.invc_slice = adapters
+    adapters.install(model)
+    return adapters
+
+
+def token_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _tie_head(store, adapters, head: Norm, reader: Linear, emb, q_in, q_out, centered: bool) -> float:
+    """A tied head shares the rotated embedding; the final norm's scale goes into a small map before it.
+
+    logits = y·A·E_sᵀ (+ (y·u)·ē for LayerNorm models, whose shared table lost its row means)."""
+    gamma = scale_of(store, head, emb.shape[1])
+    beta = store.get(head.bias)
+    if beta is not None:
+        _add_bias(store, reader, emb @ beta)
+    amap = q_out.T @ torch.diag(gamma) @ q_in
+    dtype = token_dtype(store.model)
+    if not centered and torch.allclose(amap, amap[0, 0] * torch.eye(len(amap), dtype=amap.dtype), atol=1e-12):
+        return float(amap[0, 0])
+    adapters.plan["head"] = {"module": reader.module}
+    adapters.head_map = nn.Parameter(amap.to(dtype))
+    if centered:
+        adapters.head_u = nn.Parameter((q_out.T @ gamma).to(dtype))
+        adapters.head_mean = nn.Parameter(emb.mean(dim=1).to(dtype))
+    return 1.0
+
+
+def _replace_norms(model: nn.Module, s: Structure, dim: int, head_scale: float) -> None:
+    for n in s.norms:
+        path, _, attr = n.module.rpartition(".")
+        parent = model.get_submodule(path) if path else model
+        norm = StreamRMSNorm(s.width, n.eps, dim).to(token_dtype(model))
+        if n is s.final:
+            norm.weight.data.fill_(head_scale)
+        setattr(parent, attr, norm)

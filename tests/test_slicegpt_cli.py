@@ -1,0 +1,102 @@
+"""`invc slice`, `invc eval-ppl` and `invc export` end to end on a tiny model directory."""
+from __future__ import annotations
+
+import random
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+from compiler.cli import main
+from passes.slicegpt import load
+from test_slicegpt_models import VOCAB, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def char_tokenizer() -> T.PreTrainedTokenizerFast:
+    chars = string.ascii_letters + string.digits + " .,;:!?'-\n"
+    vocab = {"[UNK]": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    assert len(vocab) <= VOCAB
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def prose(seed: int, words: int) -> str:
+    rng = random.Random(seed)
+    lexicon = ["the", "king", "crown", "sword", "night", "love", "speak", "fair", "lord", "death", "sleep"]
+    return " ".join(rng.choice(lexicon) for _ in range(words)) + ".\n"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    for family, kwargs in (("llama", {}), ("opt", {"do_layer_norm_before": False})):
+        model = tiny_model(family, **kwargs)
+        model.save_pretrained(root / family)
+        char_tokenizer().save_pretrained(root / family)
+    (root / "calib.txt").write_text(prose(0, 800))
+    (root / "held.txt").write_text(prose(1, 400))
+    (root / "short.txt").write_text("the king")
+    return root
+
+
+def test_slice_eval_export(workdir, capsys):
+    out = workdir / "sliced"
+    code = main(["slice", str(workdir / "llama"), "--sparsity", "0.25", "--calib", str(workdir / "calib.txt"),
+                 "-o", str(out), "--seq-len", "32", "--samples", "8", "--mode", "shortcut"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "parameters:" in text and "stream 64 -> 48" in text and "time" in text
+    model = load(out)
+    assert model.invc_slice.plan["dim"] == 48
+    assert main(["eval-ppl", str(out), "--text", str(workdir / "held.txt"), "--seq-len", "32"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["export", str(out), "-o", str(workdir / "m.onnx")]) == 0
+    assert (workdir / "m.onnx").stat().st_size > 0
+
+
+def test_cli_runs_as_a_module_and_refuses_with_reason(workdir):
+    out = workdir / "never"
+    done = subprocess.run([sys.executable, "-m", "compiler.cli", "slice", str(workdir / "opt"), "--calib",
+                           str(workdir / "calib.txt"), "-o", str(out), "--seq-len", "32"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "norm" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sparsity", "1.2"], "sparsity"),
+    (["--calib", "{root}/short.txt"], "one sequence needs 32"),
+    (["--mode", "sideways"], "--mode"),
+])
+def test_cli_bad_input(workdir, capsys, argv, message):
+    argv = [a.format(root=workdir) for a in argv]
+    base = ["slice", str(workdir / "llama"), "-o", str(workdir / "bad"), "--seq-len", "32"]
+    if "--calib" not in argv:
+        base += ["--calib", str(workdir / "calib.txt")]
+    assert main(base + argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (workdir / "bad").exists()
+
+
+def test_cli_missing_model_dir(workdir, capsys):
+    assert main(["eval-ppl", str(workdir / "absent"), "--text", str(workdir / "held.txt")]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+
+
+def test_sliced_dir_loads_without_restating_sparsity(workdir):
+    out = workdir / "plain"
+    assert main(["slice", str(workdir / "llama"), "--sparsity", "0.25", "--calib", str(workdir / "calib.txt"),
+                 "-o", str(out), "--seq-len", "32", "--untie-head"]) == 0
+    plain = T.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, VOCAB, (1, 10))
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, load(out)(ids).logits, atol=1e-6)
