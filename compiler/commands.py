@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -248,7 +249,7 @@ def _demo(args) -> int:
         out = Path(tmp) / (Path(args.spec).stem + ".onnx")
         result = compile(args.spec, out=out)
         report = compare_with_torch(args.spec, out, dims={"B": 3, "N": 7, "S": 4})
-    rows = [("spec", result.spec), ("model", result.model), ("parameters", f"{result.parameters:,}"),
+    rows = [("spec", os.path.relpath(result.spec)), ("model", result.model), ("parameters", f"{result.parameters:,}"),
             ("fx nodes", str(len(result.module.graph.nodes))), ("ONNX nodes", str(result.onnx_nodes)),
             ("ONNX size", f"{result.onnx_bytes / 1024:.1f} KiB"),
             ("compile time", f"{result.seconds['total'] * 1000:.0f} ms"),
