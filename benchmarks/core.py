@@ -213,15 +213,14 @@ def _ort_session(path, threads: int):
 
 def _feeds(path: Path, batch: int, size: int) -> dict:
     import numpy as np
-    from compiler.commands import random_inputs
-    from runtime.session import Session
+    from runtime.session import Session, random_inputs
     session = Session(path, "cpu")  # only to read the input names, dtypes and symbolic dims
     # Every symbolic dim other than the batch B is a set or sequence length.
     dims = {d: batch if d == "B" else size for i in session.inputs for d in i.shape if isinstance(d, str)}
     if not any(i.name == "offsets" for i in session.inputs):
-        return random_inputs(session, dims)
+        return random_inputs(session.inputs, dims)
     # Ragged sets: `batch` sets of `size` rows stacked along N, delimited by CSR offsets [B+1].
-    feeds = random_inputs(session, {**dims, "B": batch + 1, "N": batch * size})
+    feeds = random_inputs(session.inputs, {**dims, "B": batch + 1, "N": batch * size})
     feeds["offsets"] = np.arange(0, batch * size + 1, size, dtype=np.int64)
     return feeds
 

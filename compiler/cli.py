@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from dsl.errors import SpecError
+
 # Modules that add subcommands; each exposes register(subparsers). Imported lazily at
 # registration so `invc check` never pays for torch.
 COMMAND_MODULES = [
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(e, "exit_code", None)
         if code is None:
             raise
-        print(f"invc: {e}", file=sys.stderr)
+        # A spec error starts with file:line:column, as compilers print them, so editors can jump there.
+        print(e if isinstance(e, SpecError) else f"invc: {e}", file=sys.stderr)
         return code
 
 

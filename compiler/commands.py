@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -22,6 +23,10 @@ def register(sub) -> None:
 
 def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("spec", nargs=None if required else "?", help="the .inv spec file")
+    _model_args(p)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="which model of the spec (needed when it declares several)")
     p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                    help="override a model parameter, e.g. -p hidden=128 (repeatable)")
@@ -35,6 +40,17 @@ def parse_params(items: list[str]) -> dict:
             raise InvcError(f"malformed --param {item!r}: expected NAME=VALUE, e.g. hidden=128")
         params[name] = _literal(text)
     return params
+
+
+def positive(kind):
+    """An argparse type: a `kind` above zero, so a bad count or tolerance is refused with exit 2."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError becomes argparse's "invalid int value"
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _literal(text: str):
@@ -59,7 +75,7 @@ def _check_cmd(sub) -> None:
 def _check(args) -> int:
     from compiler.driver import check
     m = check(args.spec, args.model, **parse_params(args.param))
-    params = sum(_numel(s.shape) for n in m.nodes for s in n.params.values())
+    params = sum(math.prod(s.shape) for n in m.nodes for s in n.params.values())
     print(f"{m.file}: model {m.name} is well-typed: {len(m.nodes)} ops, {params:,} parameters")
     for port in m.inputs:
         print(f"  input  {port.name}: {port.type}" + (f" is {port.role}" if port.role else ""))
@@ -70,13 +86,6 @@ def _check(args) -> int:
         print(f"symmetry {m.groups}: every claimed output is proved")
         print(render(m, verdicts(m)))
     return 0
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # -- compile -------------------------------------------------------------------------------------
@@ -144,9 +153,9 @@ def _run_cmd(sub) -> None:
 
 def _run(args) -> int:
     import numpy as np
-    from runtime.session import Session, load_inputs
+    from runtime.session import Session, load_inputs, random_inputs
     session = Session(args.model, args.provider)
-    feeds = random_inputs(session, _dims(args.random)) if args.random else load_inputs(args.input)
+    feeds = random_inputs(session.inputs, _dims(args.random)) if args.random else load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
     ms = (time.perf_counter() - t0) * 1000
@@ -163,43 +172,10 @@ def _dims(text: str) -> dict:
     dims = {}
     for item in text.split(","):
         name, sep, size = item.partition("=")
-        if not sep or not size.isdigit() or int(size) < 1:
+        if not sep or not name.strip().isidentifier() or not size.strip().isdigit() or int(size) < 1:
             raise InvcError(f"malformed --random {text!r}: expected DIM=SIZE,..., e.g. B=2,N=16")
         dims[name.strip()] = int(size)
     return dims
-
-
-def random_inputs(session, dims: dict, seed: int = 0) -> dict:
-    """Random feeds for a session's inputs, symbolic dims sized from `dims`."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for info in session.inputs:
-        missing = [d for d in info.shape if not isinstance(d, int) and d not in dims]
-        if missing:
-            raise InvcError(f"--random needs a size for dim {missing[0]!r} of input {info.name!r}")
-        shape = [d if isinstance(d, int) else dims[d] for d in info.shape]
-        feeds[info.name] = _random_array(rng, shape, info.dtype)
-    _valid_offsets(session, feeds, rng)
-    return feeds
-
-
-def _valid_offsets(session, feeds: dict, rng) -> None:
-    """Ragged batches need CSR offsets the runtime accepts, not random integers."""
-    from runtime.session import is_offsets, ragged_rows, random_offsets
-    rows = ragged_rows(session.inputs)
-    for info in filter(is_offsets, session.inputs):
-        count = feeds[rows.name].shape[0] if rows is not None else 0
-        feeds[info.name] = random_offsets(rng, feeds[info.name].shape[0], count, info.dtype)
-
-
-def _random_array(rng, shape, dtype):
-    import numpy as np
-    if dtype == np.bool_:
-        return rng.random(shape) < 0.8
-    if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 2, shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
 
 
 def _save_npz(path: str, arrays: dict) -> None:
@@ -238,17 +214,19 @@ def _demo_cmd(sub) -> None:
                                    "run it in onnxruntime on random inputs at sizes never seen while "
                                    "compiling, and compare with the torch module built from the same spec.")
     p.add_argument("spec", nargs="?", default=str(DEFAULT_DEMO), help="spec (default: examples/deepsets.inv)")
-    p.add_argument("--tol", type=float, default=1e-5, help="max absolute error allowed (default 1e-5)")
+    _model_args(p)
+    p.add_argument("--tol", type=positive(float), default=1e-5, help="max absolute error allowed (default 1e-5)")
     p.set_defaults(run=_demo)
 
 
 def _demo(args) -> int:
+    from compiler.driver import compile
     from compiler.verify import compare_with_torch
+    params = parse_params(args.param)
     with tempfile.TemporaryDirectory() as tmp:
-        from compiler.driver import compile
         out = Path(tmp) / (Path(args.spec).stem + ".onnx")
-        result = compile(args.spec, out=out)
-        report = compare_with_torch(args.spec, out, dims={"B": 3, "N": 7, "S": 4})
+        result = compile(args.spec, out=out, model=args.model, **params)
+        report = compare_with_torch(args.spec, out, {"B": 3, "N": 7, "S": 4}, model=args.model, **params)
     rows = [("spec", os.path.relpath(result.spec)), ("model", result.model), ("parameters", f"{result.parameters:,}"),
             ("fx nodes", str(len(result.module.graph.nodes))), ("ONNX nodes", str(result.onnx_nodes)),
             ("ONNX size", f"{result.onnx_bytes / 1024:.1f} KiB"),

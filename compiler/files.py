@@ -23,9 +23,17 @@ def atomic_file(path, what: str = "file"):
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would not
         os.replace(tmp, path)
     except BaseException as e:
         os.unlink(tmp)
         if isinstance(e, OSError):
             raise InvcError(f"cannot write {what} {path}: {e.strerror}") from e
         raise
+
+
+def current_umask() -> int:
+    """The process umask; reading it means setting it, so it is put straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -20,13 +20,13 @@ class Agreement:
 
 def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed: int = 0,
                        model: str | None = None, **params) -> Agreement:
-    """Run the ONNX file in onnxruntime and the spec's torch module on the same random inputs."""
-    from compiler.commands import random_inputs
+    """Run the ONNX file in onnxruntime and the spec's torch module on the same random inputs;
+    symbolic dims missing from `dims` get OTHER_SIZE."""
     from compiler.driver import build
-    from runtime.session import Session
+    from runtime.session import Session, random_inputs
 
     session = Session(onnx_path)
-    feeds = random_inputs(session, dims, seed)
+    feeds = random_inputs(session.inputs, dims, seed, default=OTHER_SIZE)
     got = session.run(feeds)
     module = build(spec, model, seed, **params)
     with torch.no_grad():
@@ -304,13 +304,32 @@ def _backends(gm, checked, onnx) -> list:
     if onnx is None:  # the compile pipeline, less the symmetry pass: a refused claim is measured too
         onnx = to_onnx(Pipeline(list(CLEANUP)).run(copy.deepcopy(gm)), graph_name=checked.name)
     session = Session(onnx)
-    names = [i.name for i in session.inputs]
+    names = [p.name for p in checked.inputs]
+    _same_ports(onnx, session, checked)
 
     def run_onnx(*xs):
         return tuple(torch.from_numpy(v) for v in session.run(dict(zip(names, xs))).values())
 
     return [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
             ("onnx fp32", run_onnx, torch.float32)]
+
+
+def _same_ports(onnx, session, checked) -> None:
+    """A given ONNX file must be this model's, or its errors would be measured against the wrong spec:
+    the same input and output names, ranks and static dims (symbolic dims may be named otherwise)."""
+    from compiler.errors import InvcError
+    theirs = _ports((i.name, i.shape) for i in [*session.inputs, *session.outputs])
+    ours = _ports([(p.name, p.type.shape) for p in checked.inputs] +
+                  [(p.name, p.value.type.shape) for p in checked.outputs])
+    if theirs != ours:
+        raise InvcError(f"{onnx} is not model {checked.name}'s: its inputs and outputs ({theirs}) differ "
+                        f"from the spec's ({ours}); compile the spec with the same parameters to make one")
+
+
+def _ports(ports) -> str:
+    """Sorted `name[dims]`, every symbolic dim shown as `?`."""
+    return ", ".join(sorted(f"{name}[{', '.join(str(d) if isinstance(d, int) else '?' for d in shape)}]"
+                            for name, shape in ports))
 
 
 def _conditioning(gm, checked, inputs) -> float | None:
@@ -358,9 +377,15 @@ def plot_orbits(spec: str | Path, path: str | Path, model: str | None = None, on
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
 
+    from compiler.errors import InvcError
+    from compiler.files import atomic_file
     from dsl.groups import Euclidean
 
+    image = Path(path).suffix.lstrip(".").lower() or "png"
+    if image not in FigureCanvasBase.get_supported_filetypes():  # refused before the slow part
+        raise InvcError(f"cannot plot to {path}: matplotlib writes no .{image} files; use .png")
     checked, _, inputs, backends = _prepare(spec, model, onnx, seed, sizes, params)
     groups, gen = list(checked.groups), torch.Generator().manual_seed(seed)
     fig, panels = plt.subplots(1, len(groups), subplot_kw={"projection": "polar"},
@@ -380,6 +405,7 @@ def plot_orbits(spec: str | Path, path: str | Path, model: str | None = None, on
         ax.legend(fontsize=6, loc="lower left", bbox_to_anchor=(-0.1, -0.25))
     fig.suptitle(f"{Path(spec).name}: equivariance error, NERO-style")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path, "plot") as f:
+        fig.savefig(f, format=image, dpi=110)
     plt.close(fig)
     return Path(path)

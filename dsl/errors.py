@@ -19,7 +19,8 @@ class SpecError(Exception):
         return cls(message, pos.file, pos.line, pos.column, source or _SOURCES.get(pos.file), hint)
 
     def render(self) -> str:
-        lines = [f"{self.file}:{self.line}:{self.column}: error: {self.message}"]
+        where = f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file  # a whole-file error
+        lines = [f"{where}: error: {self.message}"]
         excerpt = _excerpt(self.source, self.line, self.column)
         if excerpt:
             lines.append(excerpt)

@@ -59,11 +59,19 @@ def parse(text: str, file: str = "<spec>") -> ast.Spec:
 def parse_file(path: str | Path) -> ast.Spec:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise SpecError(f"spec file not found: {path}", str(path), 0, 0) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read spec {path}: {e}", str(path), 0, 0) from None
+        raise SpecError("spec file not found", str(path)) from None
+    except OSError as e:
+        raise SpecError(f"cannot read spec: {e.strerror}", str(path)) from None
+    try:
+        # Specs are UTF-8 whatever the locale says, so a spec reads the same on every machine.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError(f"not a UTF-8 text file (byte 0x{data[e.start]:02x})", str(path), line, column,
+                        hint="a spec is UTF-8 text; is this the right file?") from None
     return parse(text, str(path))
 
 

@@ -32,6 +32,13 @@ def graph_pass(doc: str):
     return wrap
 
 
+def typed_call(graph: fx.Graph, target, args: tuple, shape: tuple, dtype: str) -> fx.Node:
+    """A new call_function node carrying the shape and dtype the graph contract requires."""
+    node = graph.call_function(target, args)
+    node.meta.update(shape=shape, dtype=dtype)
+    return node
+
+
 @dataclass
 class Pipeline:
     passes: list[Pass] = field(default_factory=list)

@@ -14,7 +14,7 @@ import inspect
 
 import torch.fx as fx
 
-from passes.base import graph_pass
+from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
 from runtime import ops
 
@@ -57,24 +57,18 @@ def check(outer: fx.Node, inner: fx.Node, consts: set[fx.Node]) -> str | None:
     return None
 
 
-def _node(graph: fx.Graph, target, args: tuple, shape: tuple, dtype: str) -> fx.Node:
-    node = graph.call_function(target, args)
-    node.meta.update(shape=shape, dtype=dtype)
-    return node
-
-
 def _folded_bias(graph: fx.Graph, w2: fx.Node, b1, b2):
     # W2 @ b1 + b2 is linear(b1, W2, b2); with no b1 the bias is just b2 (maybe None).
     if b1 is None:
         return b2
-    return _node(graph, ops.linear, (b1, w2, b2), (w2.meta["shape"][0],), w2.meta["dtype"])
+    return typed_call(graph, ops.linear, (b1, w2, b2), (w2.meta["shape"][0],), w2.meta["dtype"])
 
 
 def replace(graph: fx.Graph, outer: fx.Node, inner: fx.Node) -> None:
     (x, w1, b1), (_, w2, b2) = _operands(inner), _operands(outer)
     with graph.inserting_before(outer):
-        w = _node(graph, ops.matmul, (w2, w1), (w2.meta["shape"][0], w1.meta["shape"][1]),
-                  w2.meta["dtype"])
+        w = typed_call(graph, ops.matmul, (w2, w1), (w2.meta["shape"][0], w1.meta["shape"][1]),
+                       w2.meta["dtype"])
         b = _folded_bias(graph, w2, b1, b2)
     # Rewriting outer in place keeps its name (the spec's binding), meta and users.
     outer.args, outer.kwargs = (x, w, b), {}

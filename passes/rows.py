@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from dsl.types import dim_product
-from passes.base import graph_pass
+from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
 from runtime import ops
 
@@ -64,25 +64,19 @@ def check(chain: list[fx.Node], consts: set[fx.Node]) -> str | None:
     return None
 
 
-def _call(graph: fx.Graph, target, args: tuple, shape: tuple, dtype: str) -> fx.Node:
-    node = graph.call_function(target, args)
-    node.meta.update(shape=shape, dtype=dtype)
-    return node
-
-
 def replace(graph: fx.Graph, chain: list[fx.Node]) -> None:
     x, last = chain[0].args[0], chain[-1]
     lead = x.meta["shape"][:-1]
     rows = dim_product(lead)
     with graph.inserting_before(chain[0]):
-        flat = _call(graph, ops.reshape, (x, (-1, x.meta["shape"][-1])),
-                     (rows, x.meta["shape"][-1]), x.meta["dtype"])
+        flat = typed_call(graph, ops.reshape, (x, (-1, x.meta["shape"][-1])),
+                          (rows, x.meta["shape"][-1]), x.meta["dtype"])
     chain[0].args = (flat, *chain[0].args[1:])
     for node in chain:  # the links keep their names and weights; only their rows change shape
         node.meta["shape"] = (rows, node.meta["shape"][-1])
     with graph.inserting_after(last):
-        out = _call(graph, ops.unflatten_rows, (last, x), (*lead, last.meta["shape"][-1]),
-                    last.meta["dtype"])
+        out = typed_call(graph, ops.unflatten_rows, (last, x), (*lead, last.meta["shape"][-1]),
+                         last.meta["dtype"])
     last.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
 
 

@@ -52,10 +52,6 @@ def _sign_patterns(proper: bool) -> np.ndarray:
     return np.array(signs, np.float32).reshape(len(signs), 1, 3)
 
 
-def frame_count(proper: bool, canonical: bool) -> int:
-    return 1 if canonical else len(_sign_patterns(proper))
-
-
 def _cofactor_index() -> np.ndarray:
     """Flat indices of the two products of each cofactor: with indices mod 3,
     cof[i][j] = a[i+1][j+1]·a[i+2][j+2] − a[i+1][j+2]·a[i+2][j+1], the sign included."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
@@ -57,13 +58,24 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
     return [name] if name == CPU else [name, CPU]
 
 
-def _model_source(model):
-    if hasattr(model, "SerializeToString"):
-        return model.SerializeToString()
+# What onnxruntime raises for a file that is not a loadable model (they derive from Exception only).
+_LOAD_ERRORS = (_ort_errors.InvalidProtobuf, _ort_errors.InvalidArgument, _ort_errors.InvalidGraph,
+                _ort_errors.NoModel, _ort_errors.Fail, _ort_errors.NotImplemented)
+
+
+def _load(model, providers: list[str]) -> ort.InferenceSession:
+    if hasattr(model, "SerializeToString"):  # built in memory: a failure is a bug, shown in full
+        return ort.InferenceSession(model.SerializeToString(), providers=providers)
     path = Path(model)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"model file not found: {path}")
-    return str(path)
+    if not path.is_file():
+        raise InputError(f"model {path} is not a file; expected an .onnx file")
+    try:
+        return ort.InferenceSession(str(path), providers=providers)
+    except _LOAD_ERRORS as e:
+        reason = str(e).rsplit(":", 1)[-1].strip()  # onnxruntime prefixes a code and the path
+        raise InputError(f"cannot load model {path}: not a valid ONNX file ({reason})") from None
 
 
 class Session:
@@ -71,7 +83,7 @@ class Session:
 
     def __init__(self, model, provider: str = "auto"):
         providers = choose_providers(provider, ort.get_available_providers())
-        self._session = ort.InferenceSession(_model_source(model), providers=providers)
+        self._session = _load(model, providers)
         # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.
         self.provider: str = self._session.get_providers()[0]
         self.inputs = [_info(a) for a in self._session.get_inputs()]
@@ -152,6 +164,36 @@ def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray]) -> Non
         if rows is not None and offsets[-1] != rows:
             raise InputError(f"{where} must end at the row count {rows} (dim 0 of input "
                              f"{rows_info.name!r}), got {offsets[-1]}")
+
+
+def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: int | None = None) -> dict:
+    """Random feeds that pass `Session.check`: Gaussian floats, ints in [0, 2), masks 80% true and
+    valid CSR offsets. A symbolic dim is sized from `dims`, else `default` (None: refused)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in inputs:
+        missing = [d for d in info.shape if not isinstance(d, int) and d not in dims]
+        if missing and default is None:
+            raise InputError(f"no size for dim {missing[0]!r} of input {info.name!r}; "
+                             f"give one, e.g. {missing[0]}=4")
+        shape = [d if isinstance(d, int) else dims.get(d, default) for d in info.shape]
+        try:
+            feeds[info.name] = _random_array(rng, shape, info.dtype)
+        except MemoryError:
+            raise InputError(f"a random input {info.name!r} of shape {shape} does not fit in memory") from None
+    rows = ragged_rows(inputs)
+    for info in filter(is_offsets, inputs):  # random integers would be refused as offsets
+        count = feeds[rows.name].shape[0] if rows is not None else 0
+        feeds[info.name] = random_offsets(rng, feeds[info.name].shape[0], count, info.dtype)
+    return feeds
+
+
+def _random_array(rng: np.random.Generator, shape: list[int], dtype) -> np.ndarray:
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.8
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def random_offsets(rng: np.random.Generator, length: int, rows: int, dtype) -> np.ndarray:

@@ -1,4 +1,5 @@
 """The invc command line end to end, through subprocesses, as a user runs it."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEEPSETS = ROOT / "examples" / "deepsets.inv"
 
 
-def invc(*args, cwd=None):
+def invc(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd or ROOT)
+                          text=True, cwd=cwd or ROOT, env=env)
 
 
 @pytest.mark.parametrize("command", ["", "check", "compile", "run", "graph", "demo"])
@@ -36,7 +37,7 @@ def test_bad_spec_exits_2_with_location_and_no_traceback(tmp_path):
     for command in ("check", "compile", "graph"):
         r = invc(command, bad, cwd=tmp_path)
         assert r.returncode == 2
-        assert f"{bad}:3:7: error: unknown op `layernrm`" in r.stderr
+        assert r.stderr.startswith(f"{bad}:3:7: error: unknown op `layernrm`")  # where editors look
         assert "did you mean `layernorm`?" in r.stderr and "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == [bad]  # nothing written
 
@@ -88,7 +89,9 @@ def test_run_with_inputs_and_its_errors(tmp_path):
         (["--input", f"x={tmp_path / 'missing.npy'}"], "input file not found"),
         (["--input", f"y={tmp_path / 'x.npy'}"], "unknown input 'y'"),
         (["--input", f"x={tmp_path / 'bad.npy'}"], "dim 2 must be 3"),
-        (["--random", "B=2"], "needs a size for dim 'N'"),
+        (["--random", "B=2"], "no size for dim 'N'"),
+        (["--random", "=2"], "malformed --random"),
+        (["--random", "B=99999999,N=99999999"], "does not fit in memory"),
     ]:
         r = invc("run", model, *args)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -114,3 +117,61 @@ def test_bad_param_is_a_clean_error():
     assert r.returncode == 2 and "malformed --param" in r.stderr
     r = invc("check", DEEPSETS, "-p", "hiden=3")
     assert r.returncode == 2 and "did you mean `hidden`?" in r.stderr
+
+
+def test_a_spec_is_utf8_whatever_the_locale(tmp_path):
+    spec = tmp_path / "u.inv"
+    spec.write_text("model m() {\n  input x: f32[B, 4]\n  h = relu(x)  # naïve ✓\n  output h\n}\n", encoding="utf-8")
+    r = invc("check", spec, env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"})
+    assert r.returncode == 0, r.stderr
+
+
+def test_unreadable_specs_are_file_errors_without_a_traceback(tmp_path):
+    (tmp_path / "bin.inv").write_bytes(b"model m() {\n  \xff\n}\n")
+    (tmp_path / "folder.inv").mkdir()
+    for spec, message in [("nope.inv", "nope.inv: error: spec file not found"),
+                          ("folder.inv", "folder.inv: error: cannot read spec: Is a directory"),
+                          ("bin.inv", "bin.inv:2:3: error: not a UTF-8 text file (byte 0xff)")]:
+        r = invc("check", spec, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.startswith(message) and "Traceback" not in r.stderr, r.stderr
+
+
+def test_run_refuses_files_that_are_not_onnx(tmp_path):
+    model = tmp_path / "ds.onnx"
+    compiler.compile(DEEPSETS, out=model)
+    (tmp_path / "cut.onnx").write_bytes(model.read_bytes()[:5000])
+    for path, message in [(tmp_path / "cut.onnx", "not a valid ONNX file"), (DEEPSETS, "not a valid ONNX file"),
+                          (tmp_path, "is not a file")]:
+        r = invc("run", path, "--random", "B=1,N=2")
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_outputs_get_the_mode_of_any_new_file(tmp_path):
+    old = os.umask(0o027)
+    try:
+        compiler.compile(DEEPSETS, out=tmp_path / "ds.onnx")
+        compiler.compile(DEEPSETS, "triton", tmp_path / "ds_triton")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ds.onnx").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "ds_triton").stat().st_mode & 0o777 == 0o750
+
+
+def test_triton_output_over_a_file_is_refused(tmp_path):
+    spec = tmp_path / "spec.inv"
+    spec.write_text(DEEPSETS.read_text())
+    for out, message in [(spec, "exists and is not a directory"), (spec / "sub", "part of its path is a file")]:
+        r = invc("compile", spec, "--target", "triton", "-o", out)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.inv"]
+
+
+def test_demo_takes_a_model_and_params_and_sizes_any_dim(tmp_path):
+    spec = tmp_path / "two.inv"
+    spec.write_text("model a() {\n  input x: f32[B, 4]\n  output x\n}\n"
+                    "model b(width: int = 4) {\n  input x: f32[M, width]\n  h = linear(x, 3)\n  output h\n}\n")
+    r = invc("demo", spec, "--model", "b", "-p", "width=6")
+    assert r.returncode == 0, r.stderr
+    assert "x[5, 6]" in r.stdout
+    r = invc("demo", "--tol", "-1")
+    assert r.returncode == 2 and "must be above 0" in r.stderr

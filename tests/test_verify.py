@@ -98,3 +98,18 @@ def test_cli_verify_exits_1_when_a_claim_fails_and_2_without_symmetry(capsys):
     assert "FAILED" in r.stdout and "symmetry not kept: logits under E(3)" in r.stderr
     assert main(["verify", str(ROOT / "examples" / "mlp.inv")]) == 2
     assert "declares no symmetry" in capsys.readouterr().err
+
+
+def test_cli_verify_refuses_bad_arguments_and_another_models_onnx_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["verify", str(DEEPSETS), "--trials", "0"])
+    assert e.value.code == 2
+    other = tmp_path / "mlp.onnx"
+    compiler.compile(ROOT / "examples" / "mlp.inv", out=other)
+    assert main(["verify", str(DEEPSETS), "--onnx", str(other)]) == 2
+    assert "is not model deepsets's" in capsys.readouterr().err
+    assert main(["verify", str(DEEPSETS), "-p", "hidden=8", "--trials", "1", "--plot", str(tmp_path / "x.txt")]) == 2
+    assert "matplotlib writes no .txt files" in capsys.readouterr().err
+    under_a_file = other / "orbits.png"
+    assert main(["verify", str(DEEPSETS), "-p", "hidden=8", "--trials", "1", "--plot", str(under_a_file)]) == 2
+    assert "cannot write plot" in capsys.readouterr().err
