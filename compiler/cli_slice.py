@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("model", type=Path, help="HF model directory (config, weights, tokenizer)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of stream dimensions to drop, in [0, 1) (default 0.25)")
-    p.add_argument("--schedule", type=_schedule, default=None,
+    p.add_argument("--schedule", default=None,
                    help="shortcut mode: one sparsity per block, comma-separated (e.g. 0.1,0.2,0.3), "
                         "for the stream each block writes; replaces --sparsity")
     p.add_argument("--calib", type=Path, nargs="+", required=True, help="calibration text files")
@@ -43,12 +43,14 @@ def register(sub) -> None:
     x.set_defaults(run=run_export)
 
 
-def _schedule(text: str) -> list[float]:
-    import argparse
+def _schedule(text: str | None) -> list[float] | None:
+    from compiler.errors import InvcError
+    if text is None:
+        return None
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sparsities") from None
+        raise InvcError(f"--schedule {text!r}: not a comma-separated list of sparsities") from None
 
 
 def _progress(desc: str):
@@ -75,16 +77,17 @@ def run_slice(args) -> int:
 
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
+    schedule = _schedule(args.schedule)
     model = checkpoint.load(args.model)
-    if args.schedule is None:
+    if schedule is None:
         kept_dims(model.config.hidden_size, 0.25 if args.sparsity is None else args.sparsity, args.multiple)
     tok = _tokenizer(args.model)
     rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
     report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,
-                         args.untie_head, progress=_progress("calibrating"), schedule=args.schedule)
+                         args.untie_head, progress=_progress("calibrating"), schedule=schedule)
     std, why = standard_model(model) if args.mode == "shortcut-free" else (None, "shortcut mode")
     checkpoint.save_sliced(model, args.output, tok, std)
-    level = f"schedule {args.schedule}" if args.schedule else f"sparsity {report.sparsity}"
+    level = f"schedule {schedule}" if schedule else f"sparsity {report.sparsity}"
     print(f"sliced {args.model} -> {args.output} ({report.mode}, {level})")
     print(f"  structure: {report.structure}")
     print(f"  parameters: {report.params_before:,} -> {report.params_after:,} "
