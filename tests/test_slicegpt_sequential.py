@@ -54,7 +54,7 @@ def test_each_rotation_is_the_pca_of_the_already_sliced_stream(family):
         want = leading_projector(observed_moment(model, s, batches, positions), cal.dims[g])
         kept = cal.rotations[g][:, :cal.dims[g]]
         got = kept @ kept.T
-        assert (want - got).abs().max() < 1e-4, f"group {g}"
+        assert (want - got).abs().max() < 1e-5, f"group {g}"
 
 
 def test_sequential_calibration_refuses_reuse_at_other_widths():
