@@ -55,7 +55,8 @@ def _schedule(text: str | None) -> list[float] | None:
 
 def _progress(desc: str):
     from tqdm import tqdm
-    return lambda it: tqdm(it, desc=desc, unit="batch", file=sys.stderr, leave=False)
+    # Shortcut-mode calibration steps through blocks, the rest through batches: no unit is named.
+    return lambda it: tqdm(it, desc=desc, file=sys.stderr, leave=False)
 
 
 def _tokenizer(path: Path):
@@ -72,7 +73,7 @@ def run_slice(args) -> int:
     from compiler.errors import InvcError
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
-    from passes.slicegpt.slicing import MODES, kept_dims, slice_model
+    from passes.slicegpt.slicing import DEFAULT_SPARSITY, MODES, kept_dims, slice_model
     from passes.slicegpt.standard import standard_model
 
     if args.mode not in MODES:
@@ -80,7 +81,8 @@ def run_slice(args) -> int:
     schedule = _schedule(args.schedule)
     model = checkpoint.load(args.model)
     if schedule is None:
-        kept_dims(model.config.hidden_size, 0.25 if args.sparsity is None else args.sparsity, args.multiple)
+        kept_dims(model.config.hidden_size, DEFAULT_SPARSITY if args.sparsity is None else args.sparsity,
+                  args.multiple)
     tok = _tokenizer(args.model)
     rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
     report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,

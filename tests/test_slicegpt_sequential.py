@@ -42,7 +42,7 @@ def leading_projector(h: torch.Tensor, dim: int) -> torch.Tensor:
 def test_each_rotation_is_the_pca_of_the_already_sliced_stream(family):
     """Group g's rotation must be the PCA of its positions in a model whose earlier groups are sliced
     with the calibrated rotations and whose later groups are left whole (identity rotations)."""
-    s, batches = structure_of(family), token_batches()
+    s, batches = structure_of(family), token_batches(2)
     cal = calibrate(tiny_model(family), batches, "shortcut", s, sparsity=0.25)
     eye = torch.eye(HIDDEN, dtype=torch.float64)
     for g in range(len(cal.rotations)):
@@ -58,7 +58,7 @@ def test_each_rotation_is_the_pca_of_the_already_sliced_stream(family):
 
 
 def test_sequential_calibration_refuses_reuse_at_other_widths():
-    s, batches = structure_of("llama"), token_batches(2)
+    s, batches = structure_of("llama"), token_batches(1)
     cal = calibrate(tiny_model("llama"), batches, "shortcut", s, sparsity=0.25)
     with pytest.raises(PassError, match="computed sequentially for stream widths .* calibrate again"):
         slice_model(tiny_model("llama"), sparsity=0.5, mode="shortcut", calibration=cal)
@@ -67,7 +67,7 @@ def test_sequential_calibration_refuses_reuse_at_other_widths():
 
 
 def test_shortcut_free_calibration_still_serves_a_sweep():
-    s, batches = structure_of("llama"), token_batches(2)
+    s, batches = structure_of("llama"), token_batches(1)
     cal = calibrate(tiny_model("llama"), batches, "shortcut-free", s)
     for sparsity, dim in ((0.25, 48), (0.5, 32)):
         assert slice_model(tiny_model("llama"), sparsity=sparsity, calibration=cal).dim == dim
@@ -75,8 +75,8 @@ def test_shortcut_free_calibration_still_serves_a_sweep():
 
 def test_uniform_schedule_equals_one_sparsity():
     a, b = tiny_model("llama"), tiny_model("llama")
-    slice_model(a, token_batches(), 0.25, "shortcut", structure=structure_of("llama"))
-    slice_model(b, token_batches(), mode="shortcut", structure=structure_of("llama"), schedule=[0.25, 0.25])
+    slice_model(a, token_batches(1), 0.25, "shortcut", structure=structure_of("llama"))
+    slice_model(b, token_batches(1), mode="shortcut", structure=structure_of("llama"), schedule=[0.25, 0.25])
     assert torch.equal(logits(a), logits(b))
 
 
@@ -86,7 +86,7 @@ def test_schedule_gives_each_block_its_width(family, schedule, dims, tmp_path):
     model = tiny_model(family)
     ref = logits(model)
     s = structure_of(family)
-    report = slice_model(model, token_batches(), mode="shortcut", structure=s, schedule=schedule)
+    report = slice_model(model, token_batches(2), mode="shortcut", structure=s, schedule=schedule)
     assert report.dims == dims and report.dim == max(dims)
     params = dict(model.named_parameters(remove_duplicate=False))
     written = dims[:1] + dims  # the embedding output shares the first block's width

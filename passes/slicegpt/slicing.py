@@ -16,11 +16,12 @@ from passes.slicegpt.sequential import sequential_rotations
 from passes.slicegpt.structure import Structure, discover
 
 MODES = ("shortcut", "shortcut-free")
+DEFAULT_SPARSITY = 0.25
 
 @dataclass
 class SliceReport:
     mode: str
-    sparsity: float
+    sparsity: float | None     # None when a per-layer schedule was given
     width: int
     dim: int                   # the widest kept width (every width without a schedule)
     params_before: int
@@ -69,7 +70,7 @@ def group_dims(s: Structure, mode: str, sparsity: float | None, schedule: list[f
     that block writes; the embedding output shares the first block's."""
     blocks = list(dict.fromkeys(b.block for b in s.branches))
     if schedule is None:
-        dim = kept_dims(s.width, 0.25 if sparsity is None else sparsity, multiple)
+        dim = kept_dims(s.width, DEFAULT_SPARSITY if sparsity is None else sparsity, multiple)
         return [dim] * (1 if mode == "shortcut-free" else len(blocks) + 1)
     if mode != "shortcut":
         raise PassError("a per-layer schedule needs mode 'shortcut': shortcut-free has one rotation for the "
@@ -157,7 +158,7 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
     calibration.check_reuse(dims)
     with torch.no_grad():
         adapters = apply(model, s, calibration.rotations, calibration.groups, dims)
-    level = 0.25 if sparsity is None and schedule is None else sparsity
+    level = DEFAULT_SPARSITY if sparsity is None and schedule is None else sparsity
     adapters.plan.update(mode=calibration.mode, sparsity=level)
     if schedule is not None:
         adapters.plan["schedule"] = list(schedule)
