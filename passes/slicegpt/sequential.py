@@ -45,6 +45,7 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
     blocks = block_names(s)
     captured: list[Batch] = []
     current: dict[str, BlockCall] = {}
+    first: list[torch.Tensor] = []
 
     def recorder(name: str):
         def hook(_mod, args, kwargs):
@@ -53,7 +54,7 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
                 raise PassError(f"block {name!r} is not called with the residual stream as its first "
                                 "argument or as hidden_states, so it cannot be replayed")
             if name == blocks[0]:
-                current["stream"] = stream
+                first.append(stream)
             current[name] = BlockCall(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
         return hook
 
@@ -65,13 +66,13 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
     try:
         for batch in batches:
             current.clear()
+            first.clear()
             mask = batch.get("attention_mask")
             try:
                 model(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False)
             except _Stop:
                 pass
-            stream = current.pop("stream")
-            captured.append(Batch(stream, mask, dict(current)))
+            captured.append(Batch(first[0], mask, dict(current)))
     finally:
         for h in handles:
             h.remove()
@@ -114,9 +115,9 @@ def sequential_rotations(model: nn.Module, s: Structure, batches: Iterable[dict]
         first = torch.zeros(s.width, s.width, dtype=torch.float64)
         for b in data:
             accumulate(first, b.stream, b.mask, centered, f"block {block_names(s)[0]!r}")
-        if float(first.trace()) == 0.0:
+        if float(all_ranks(first).trace()) == 0.0:
             raise PassError("calibration saw no tokens: give at least one batch with unmasked tokens")
-        rotations = [pca(all_ranks(first))]
+        rotations = [pca(first)]
         _advance(data, rotations[0], dims[0], centered)
         for g, block in enumerate(progress(block_names(s)), start=1):
             rotations.append(_block_rotation(model, s, block, data))
