@@ -85,8 +85,9 @@ def play_text(names: list[str]) -> str:
 def child(mode: str, sparsities: list[float]) -> list[dict]:
     """The dense model, or one mode at several sparsities, in this process.
 
-    The first sparsity is sliced from scratch and timed (wall, CPU, peak memory); rotations do not
-    depend on the sparsity, so the others reuse its calibration."""
+    The first sparsity is sliced from scratch and timed (wall, CPU, peak memory). Shortcut-free
+    rotations do not depend on the sparsity, so its other sparsities reuse that calibration;
+    shortcut mode calibrates sequentially on the sliced stream, so it calibrates for every sparsity."""
     import torch
     import transformers
 
@@ -105,11 +106,11 @@ def child(mode: str, sparsities: list[float]) -> list[dict]:
             cpu = _cpu_seconds()
             report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration)
             out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map)
-            if calibration is None:
+            if not rows:
                 # The machine is shared: CPU seconds show the work, wall seconds also show the neighbours.
                 out.update(seconds=report.seconds, cpu_seconds=_cpu_seconds() - cpu,
                            peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            calibration = report.calibration
+            calibration = report.calibration if report.calibration.dims is None else None
         out["params"] = count_parameters(model)
         out["ppl"] = perplexity(model, held, 4)
         if sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):

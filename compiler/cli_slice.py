@@ -10,7 +10,11 @@ def register(sub) -> None:
     p = sub.add_parser("slice", help="rotate and slice the residual stream of a HF causal LM (SliceGPT)",
                        description="SliceGPT on a Hugging Face causal LM directory; see passes/slicegpt/README.md.")
     p.add_argument("model", type=Path, help="HF model directory (config, weights, tokenizer)")
-    p.add_argument("--sparsity", type=float, default=0.25, help="fraction of stream dimensions to drop, in [0, 1)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of stream dimensions to drop, in [0, 1) (default 0.25)")
+    p.add_argument("--schedule", default=None,
+                   help="shortcut mode: one sparsity per block, comma-separated (e.g. 0.1,0.2,0.3), "
+                        "for the stream each block writes; replaces --sparsity")
     p.add_argument("--calib", type=Path, nargs="+", required=True, help="calibration text files")
     p.add_argument("-o", "--output", type=Path, required=True, help="directory to write (atomically)")
     p.add_argument("--mode", default="shortcut-free",
@@ -39,9 +43,20 @@ def register(sub) -> None:
     x.set_defaults(run=run_export)
 
 
+def _schedule(text: str | None) -> list[float] | None:
+    from compiler.errors import InvcError
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise InvcError(f"--schedule {text!r}: not a comma-separated list of sparsities") from None
+
+
 def _progress(desc: str):
     from tqdm import tqdm
-    return lambda it: tqdm(it, desc=desc, unit="batch", file=sys.stderr, leave=False)
+    # Shortcut-mode calibration steps through blocks, the rest through batches: no unit is named.
+    return lambda it: tqdm(it, desc=desc, file=sys.stderr, leave=False)
 
 
 def _tokenizer(path: Path):
@@ -58,27 +73,31 @@ def run_slice(args) -> int:
     from compiler.errors import InvcError
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
-    from passes.slicegpt.slicing import MODES, kept_dims, slice_model
+    from passes.slicegpt.slicing import DEFAULT_SPARSITY, MODES, kept_dims, slice_model
     from passes.slicegpt.standard import standard_model
 
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
+    schedule = _schedule(args.schedule)
     model = checkpoint.load(args.model)
-    kept_dims(model.config.hidden_size, args.sparsity, args.multiple)
+    if schedule is None:
+        kept_dims(model.config.hidden_size, DEFAULT_SPARSITY if args.sparsity is None else args.sparsity,
+                  args.multiple)
     tok = _tokenizer(args.model)
     rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
     report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,
-                         args.untie_head, progress=_progress("calibrating"))
+                         args.untie_head, progress=_progress("calibrating"), schedule=schedule)
     std, why = standard_model(model) if args.mode == "shortcut-free" else (None, "shortcut mode")
     checkpoint.save_sliced(model, args.output, tok, std)
-    print(f"sliced {args.model} -> {args.output} ({report.mode}, sparsity {report.sparsity})")
+    level = f"schedule {schedule}" if schedule else f"sparsity {report.sparsity}"
+    print(f"sliced {args.model} -> {args.output} ({report.mode}, {level})")
     print(f"  structure: {report.structure}")
     print(f"  parameters: {report.params_before:,} -> {report.params_after:,} "
           f"({100.0 * report.params_after / report.params_before:.1f}%), "
           f"{report.shortcuts} shortcut matrices, head map: {'yes' if report.head_map else 'no'}")
     print(f"  calibration: {len(rows)} x {args.seq_len} tokens; time {report.seconds:.1f} s")
-    for block in report.blocks:
-        print(f"  {block}: stream {report.width} -> {report.dim}")
+    for block, dim in zip(report.blocks, report.dims):
+        print(f"  {block}: stream {report.width} -> {dim}")
     print("  format: " + ("plain family checkpoint" if std is not None else f"invc sliced checkpoint ({why})"))
     if args.onnx:
         err = export_onnx(model, args.output / "model.onnx")

@@ -76,6 +76,9 @@ def test_cli_runs_as_a_module_and_refuses_with_reason(workdir):
     (["--sparsity", "1.2"], "sparsity"),
     (["--calib", "{root}/short.txt"], "one sequence needs 32"),
     (["--mode", "sideways"], "--mode"),
+    (["--schedule", "0.25,0.5"], "needs mode 'shortcut'"),
+    (["--mode", "shortcut", "--schedule", "0.25"], "one sparsity per block"),
+    (["--mode", "shortcut", "--schedule", "0.25,lots"], "comma-separated"),
 ])
 def test_cli_bad_input(workdir, capsys, argv, message):
     argv = [a.format(root=workdir) for a in argv]
@@ -85,6 +88,15 @@ def test_cli_bad_input(workdir, capsys, argv, message):
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
     assert not (workdir / "bad").exists()
+
+
+def test_slice_with_a_schedule(workdir, capsys):
+    out = workdir / "scheduled"
+    assert main(["slice", str(workdir / "llama"), "--mode", "shortcut", "--schedule", "0.25,0.5", "--calib",
+                 str(workdir / "calib.txt"), "-o", str(out), "--seq-len", "32", "--samples", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "schedule [0.25, 0.5]" in text and "stream 64 -> 48" in text and "stream 64 -> 32" in text
+    assert [n["dim"] for n in load(out).invc_slice.plan["norms"]] == [48, 48, 48, 32, 32]
 
 
 def test_cli_missing_model_dir(workdir, capsys):

@@ -49,28 +49,37 @@ def moments(model: nn.Module, s: Structure, batches: Iterable[dict], groups: lis
     finally:
         for h in handles:
             h.remove()
-    if dist.is_available() and dist.is_initialized():
-        for m in sums:
-            dist.all_reduce(m, op=dist.ReduceOp.SUM)
-    return sums
+    return [all_ranks(m) for m in sums]
 
 
 def _observer(acc: torch.Tensor, mask: list, name: str, pos: int, centered: bool, last: bool):
     def hook(_mod, args):
-        x = args[0].detach().to(torch.float64)
-        if not torch.isfinite(x).all():
-            raise PassError(f"calibration activations entering {name!r} (stream position {pos}) contain "
-                            "NaN or inf: the model overflows on this text in its current dtype")
-        x = x.reshape(-1, x.shape[-1])
-        if centered:
-            x = x - x.mean(dim=1, keepdim=True)
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        if mask[0] is not None:
-            x = x * mask[0].reshape(-1, 1).to(x.dtype)
-        acc.add_(x.T @ x)
+        accumulate(acc, args[0], mask[0], centered, f"{name!r} (stream position {pos})")
         if last:
             raise _Stop
     return hook
+
+
+def accumulate(acc: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, centered: bool, where: str) -> None:
+    """Add Σ x·xᵀ over the unit-length, unpadded token vectors of `x` to `acc` (float64)."""
+    x = x.detach().to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise PassError(f"calibration activations entering {where} contain "
+                        "NaN or inf: the model overflows on this text in its current dtype")
+    x = x.reshape(-1, x.shape[-1])
+    if centered:
+        x = x - x.mean(dim=1, keepdim=True)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    if mask is not None:
+        x = x * mask.reshape(-1, 1).to(x.dtype)
+    acc.add_(x.T @ x)
+
+
+def all_ranks(m: torch.Tensor) -> torch.Tensor:
+    """Under torch.distributed, the sum over every rank's calibration shard."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(m, op=dist.ReduceOp.SUM)
+    return m
 
 
 def pca(m: torch.Tensor) -> torch.Tensor:

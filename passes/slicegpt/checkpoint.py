@@ -96,7 +96,8 @@ def restore(model: nn.Module, plan: dict, state: dict[str, torch.Tensor], dtype:
     """Give a freshly built dense model the sliced shapes, norms and adapters the plan describes."""
     for n in plan["norms"]:
         path, _, attr = n["module"].rpartition(".")
-        setattr(model.get_submodule(path) if path else model, attr, StreamRMSNorm(plan["width"], n["eps"], plan["dim"]))
+        norm = StreamRMSNorm(plan["width"], n["eps"], n.get("dim", plan["dim"]))
+        setattr(model.get_submodule(path) if path else model, attr, norm)
     adapters = SliceAdapters(plan)
     model.invc_slice = adapters
     for key, value in state.items():

@@ -10,7 +10,8 @@ class StreamRMSNorm(nn.Module):
     """RMSNorm that keeps dividing by the original stream width D after slicing.
 
     On a rotated stream ‖xQ‖ = ‖x‖, so this equals the dense norm exactly; after slicing it drops
-    only the energy of the discarded directions."""
+    only the energy of the discarded directions. A stream tensor wider than `dim` (another group's
+    width, zero-padded) is read through its leading `dim` entries."""
 
     def __init__(self, width: int, eps: float, dim: int):
         super().__init__()
@@ -18,6 +19,8 @@ class StreamRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > self.weight.shape[0]:
+            x = x[..., :self.weight.shape[0]]
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / self.width + self.eps)
         return (h * self.weight.float()).to(x.dtype)
@@ -30,7 +33,8 @@ class SliceAdapters(nn.Module):
     """Shortcut matrices and the tied-head map, with the plan that says where they hook in.
 
     A shortcut S on a residual add turns `s + f` into `s·S + f`, written as `s + (f + s·S - s)`:
-    the norm reading s stashes it and the branch's writer adds `s·S - s` to its output."""
+    the norm reading s stashes it and the branch's writer adds `s·S - s` to its output. Outputs
+    narrower than the stream tensor (a per-layer schedule) are zero-padded to it first."""
 
     def __init__(self, plan: dict):
         super().__init__()
@@ -46,6 +50,8 @@ class SliceAdapters(nn.Module):
         for h in self._handles:
             h.remove()
         self._handles = []
+        for name in self.plan.get("padded", []):
+            self._hook(model.get_submodule(name).register_forward_hook(self._padder(self.plan["dim"])))
         for cut in self.plan.get("shortcuts", []):
             key = cut["key"]
             self._hook(model.get_submodule(cut["norm"]).register_forward_pre_hook(self._stasher(key)))
@@ -65,10 +71,19 @@ class SliceAdapters(nn.Module):
             self._stash[key] = args[0]
         return hook
 
+    @staticmethod
+    def _padder(wide: int):
+        def hook(_mod, _args, out):
+            return nn.functional.pad(out, (0, wide - out.shape[-1]))
+        return hook
+
     def _adder(self, key: str):
         def hook(_mod, _args, out):
-            s = self._stash.pop(key)
-            return out + (s @ self.shortcuts[key] - s).reshape(out.shape)
+            s, cut = self._stash.pop(key), self.shortcuts[key]
+            moved = s[..., :cut.shape[0]] @ cut
+            if moved.shape[-1] < s.shape[-1]:
+                moved = nn.functional.pad(moved, (0, s.shape[-1] - moved.shape[-1]))
+            return out + (moved - s).reshape(out.shape)
         return hook
 
     def _head_in(self, _mod, args):

@@ -3,6 +3,10 @@
 Stream positions: 0 is the embedding output, k is the output of residual add k. Each position lies in
 one rotation group; readers of branch k use the rotation of position k-1, its writers that of
 position k, and where the two differ the residual path carries a shortcut. All arithmetic is float64.
+
+Groups may keep different widths (a per-layer schedule). HF's forward code adds a block's residual
+and branch, so the stream tensor keeps one width, the widest; narrower groups are zero-padded to it
+and the norms read only their group's leading dims.
 """
 from __future__ import annotations
 
@@ -94,10 +98,11 @@ def center(store: ParamStore, lin: Linear) -> None:
         store.set(lin.bias, b - b.mean())
 
 
-def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int], dim: int) -> SliceAdapters:
-    """Fold, rotate and slice in place; returns the adapters (already installed) the result needs."""
+def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int],
+          dims: list[int]) -> SliceAdapters:
+    """Fold, rotate and slice in place, group g to dims[g]; returns the (installed) adapters the result needs."""
     store, D = ParamStore(model), s.width
-    q = [r[:, :dim] for r in rotations]
+    q = [r[:, :d] for r, d in zip(rotations, dims)]
     token = s.embeddings[0]
     head = s.final
     tied_head = [r for r in head.readers if r.weight == token.weight]
@@ -107,9 +112,12 @@ def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups:
             center(store, e)
         store.set(e.weight, along(store.get(e.weight), 1, q[groups[0]]))
     store.commit()
-    plan = {"width": D, "dim": dim, "shortcuts": [], "head": None,
+    reads = norm_dims(s, groups, dims)
+    plan = {"width": D, "dim": max(dims), "shortcuts": [], "head": None,
             "embedding": token.module,
-            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset} for n in s.norms]}
+            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset,
+                       "dim": reads[n.module]} for n in s.norms],
+            "padded": padded_modules(s, groups, dims)}
     cuts: dict[str, torch.Tensor] = {}
     for k, b in enumerate(s.branches, start=1):
         src, dst = groups[k - 1], groups[k]
@@ -138,7 +146,7 @@ def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups:
     if tied_head:
         head_scale = _tie_head(store, adapters, head, tied_head[0], emb_orig, q[groups[0]], q[last], s.layer_norm)
     store.commit()
-    _replace_norms(model, s, dim, head_scale)
+    _replace_norms(model, s, reads, head_scale)
     for key, m in cuts.items():
         adapters.shortcuts[key] = nn.Parameter(m.to(token_dtype(model)))
     model.invc_slice = adapters
@@ -160,7 +168,8 @@ def _tie_head(store, adapters, head: Norm, reader: Linear, emb, q_in, q_out, cen
         _add_bias(store, reader, emb @ beta)
     amap = q_out.T @ torch.diag(gamma) @ q_in
     dtype = token_dtype(store.model)
-    if not centered and torch.allclose(amap, amap[0, 0] * torch.eye(len(amap), dtype=amap.dtype), atol=1e-12):
+    square = amap.shape[0] == amap.shape[1]
+    if square and not centered and torch.allclose(amap, amap[0, 0] * torch.eye(len(amap), dtype=amap.dtype), atol=1e-12):
         return float(amap[0, 0])
     adapters.plan["head"] = {"module": reader.module}
     adapters.head_map = nn.Parameter(amap.to(dtype))
@@ -170,11 +179,26 @@ def _tie_head(store, adapters, head: Norm, reader: Linear, emb, q_in, q_out, cen
     return 1.0
 
 
-def _replace_norms(model: nn.Module, s: Structure, dim: int, head_scale: float) -> None:
+def norm_dims(s: Structure, groups: list[int], dims: list[int]) -> dict[str, int]:
+    """The width each norm reads: that of the stream position before its branch (the final norm: the last)."""
+    reads = {n.module: dims[groups[k - 1]] for k, b in enumerate(s.branches, start=1) for n in b.norms}
+    reads[s.final.module] = dims[groups[len(s.branches)]]
+    return reads
+
+
+def padded_modules(s: Structure, groups: list[int], dims: list[int]) -> list[str]:
+    """Embeddings and writers narrower than the stream tensor: their outputs get zero-padded to it."""
+    wide = max(dims)
+    found = [e.module for e in s.embeddings if dims[groups[0]] < wide]
+    found += [w.module for k, b in enumerate(s.branches, start=1) for w in b.writers if dims[groups[k]] < wide]
+    return list(dict.fromkeys(found))
+
+
+def _replace_norms(model: nn.Module, s: Structure, reads: dict[str, int], head_scale: float) -> None:
     for n in s.norms:
         path, _, attr = n.module.rpartition(".")
         parent = model.get_submodule(path) if path else model
-        norm = StreamRMSNorm(s.width, n.eps, dim).to(token_dtype(model))
+        norm = StreamRMSNorm(s.width, n.eps, reads[n.module]).to(token_dtype(model))
         if n is s.final:
             norm.weight.data.fill_(head_scale)
         setattr(parent, attr, norm)

@@ -12,16 +12,18 @@ from passes.base import PassError
 from passes.slicegpt.calibration import moments, pca
 from passes.slicegpt.modules import count_parameters
 from passes.slicegpt.rotation import apply
+from passes.slicegpt.sequential import sequential_rotations
 from passes.slicegpt.structure import Structure, discover
 
 MODES = ("shortcut", "shortcut-free")
+DEFAULT_SPARSITY = 0.25
 
 @dataclass
 class SliceReport:
     mode: str
-    sparsity: float
+    sparsity: float | None     # None when a per-layer schedule was given
     width: int
-    dim: int
+    dim: int                   # the widest kept width (every width without a schedule)
     params_before: int
     params_after: int
     seconds: float
@@ -30,6 +32,7 @@ class SliceReport:
     shortcuts: int = 0
     head_map: bool = False
     calibration: "Calibration | None" = None
+    dims: list[int] = field(default_factory=list)   # per block: the width of the stream it writes
 
 
 def kept_dims(width: int, sparsity: float, multiple: int = 8) -> int:
@@ -61,34 +64,80 @@ def rotation_groups(s: Structure, mode: str) -> list[int]:
     return groups
 
 
+def group_dims(s: Structure, mode: str, sparsity: float | None, schedule: list[float] | None,
+               multiple: int) -> list[int]:
+    """The width kept by each rotation group. A schedule has one sparsity per block, for the stream
+    that block writes; the embedding output shares the first block's."""
+    blocks = list(dict.fromkeys(b.block for b in s.branches))
+    if schedule is None:
+        dim = kept_dims(s.width, DEFAULT_SPARSITY if sparsity is None else sparsity, multiple)
+        return [dim] * (1 if mode == "shortcut-free" else len(blocks) + 1)
+    if mode != "shortcut":
+        raise PassError("a per-layer schedule needs mode 'shortcut': shortcut-free has one rotation for the "
+                        "whole stream, so every block keeps the same width")
+    if sparsity is not None:
+        raise PassError("give either a sparsity or a schedule, not both")
+    if len(schedule) != len(blocks):
+        raise PassError(f"the schedule has {len(schedule)} entries, the model has {len(blocks)} blocks: "
+                        "give one sparsity per block")
+    dims = []
+    for i, entry in enumerate(schedule):
+        try:
+            dims.append(kept_dims(s.width, entry, multiple))
+        except PassError as e:
+            raise PassError(f"schedule entry {i} (block {blocks[i]!r}): {e}") from e
+    return dims[:1] + dims
+
+
 @dataclass
 class Calibration:
     """What calibration learns: the structure, each position's rotation group and the rotations.
-    It does not depend on the sparsity, so one calibration serves a whole sweep."""
+    `dims` is None when the rotations do not depend on the widths (shortcut-free: one pass over the
+    dense model, so one calibration serves a whole sparsity sweep). Shortcut mode calibrates
+    sequentially on the sliced stream, so its rotations hold only for the widths in `dims`."""
     structure: Structure
     mode: str
     groups: list[int]
     rotations: list[torch.Tensor]
+    dims: list[int] | None = None
+
+    def check_reuse(self, dims: list[int]) -> None:
+        if self.dims is not None and self.dims != dims:
+            raise PassError(f"this calibration was computed sequentially for stream widths {self.dims}, "
+                            f"not {dims}: in shortcut mode each rotation depends on how the earlier blocks "
+                            "were sliced, so calibrate again for these widths")
 
 
 def calibrate(model: nn.Module, batches: Iterable[dict], mode: str = "shortcut-free",
               structure: Structure | None = None,
-              progress: Callable[[Iterable], Iterable] = lambda it: it) -> Calibration:
-    """Discover (unless `structure` is given for an identical model) and compute the PCA rotations."""
+              progress: Callable[[Iterable], Iterable] = lambda it: it,
+              sparsity: float | None = None, schedule: list[float] | None = None,
+              multiple: int = 8) -> Calibration:
+    """Discover (unless `structure` is given for an identical model) and compute the PCA rotations.
+    Shortcut mode learns each block's rotation on the stream already sliced to the widths that
+    `sparsity` or `schedule` give; shortcut-free ignores them."""
     model.eval()
     s = structure if structure is not None else discover(model)
     groups = rotation_groups(s, mode)
+    if mode == "shortcut":
+        dims = group_dims(s, mode, sparsity, schedule, multiple)
+        return Calibration(s, mode, groups, sequential_rotations(model, s, batches, dims, progress), dims)
+    group_dims(s, mode, sparsity, schedule, multiple)  # refuse a bad request before the long pass
     sums = moments(model, s, batches, groups, progress)
     if any(float(m.trace()) == 0.0 for m in sums):
         raise PassError("calibration saw no tokens: give at least one batch with unmasked tokens")
     return Calibration(s, mode, groups, [pca(m) for m in sums])
 
 
-def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsity: float = 0.25,
+def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsity: float | None = None,
                 mode: str = "shortcut-free", multiple: int = 8, untie_head: bool = False,
                 structure: Structure | None = None, calibration: Calibration | None = None,
-                progress: Callable[[Iterable], Iterable] = lambda it: it) -> SliceReport:
+                progress: Callable[[Iterable], Iterable] = lambda it: it,
+                schedule: list[float] | None = None) -> SliceReport:
     """Slice `model` in place. `batches` yields dicts with input_ids (and optionally attention_mask).
+
+    `sparsity` (default 0.25) applies to every block; `schedule` (shortcut mode only) instead gives one
+    sparsity per block, for the stream that block writes.
 
     `structure` skips discovery when an identical model was already discovered (names are reused);
     `calibration` skips calibration too, reusing one computed on an identical model.
@@ -103,16 +152,20 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
     if calibration is None:
         if batches is None:
             raise PassError("slice_model needs calibration batches or a calibration")
-        calibration = calibrate(model, batches, mode, structure, progress)
+        calibration = calibrate(model, batches, mode, structure, progress, sparsity, schedule, multiple)
     s = calibration.structure
-    dim = kept_dims(s.width, sparsity, multiple)
+    dims = group_dims(s, calibration.mode, sparsity, schedule, multiple)
+    calibration.check_reuse(dims)
     with torch.no_grad():
-        adapters = apply(model, s, calibration.rotations, calibration.groups, dim)
-    adapters.plan.update(mode=calibration.mode, sparsity=sparsity)
-    blocks = list(dict.fromkeys(b.block for b in s.branches))
-    return SliceReport(calibration.mode, sparsity, s.width, dim, before, count_parameters(model),
-                       time.perf_counter() - start, s.summary(), blocks,
-                       len(adapters.shortcuts), adapters.head_map is not None, calibration)
+        adapters = apply(model, s, calibration.rotations, calibration.groups, dims)
+    level = DEFAULT_SPARSITY if sparsity is None and schedule is None else sparsity
+    adapters.plan.update(mode=calibration.mode, sparsity=level)
+    if schedule is not None:
+        adapters.plan["schedule"] = list(schedule)
+    written = {b.block: dims[calibration.groups[k]] for k, b in enumerate(s.branches, start=1)}
+    return SliceReport(calibration.mode, level, s.width, max(dims), before, count_parameters(model),
+                       time.perf_counter() - start, s.summary(), list(written),
+                       len(adapters.shortcuts), adapters.head_map is not None, calibration, list(written.values()))
 
 
 def _untie(model: nn.Module) -> None:

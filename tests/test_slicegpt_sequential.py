@@ -1,0 +1,113 @@
+"""Shortcut mode: sequential calibration on the already sliced stream, and per-layer schedules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from passes.base import PassError
+from passes.slicegpt import calibrate, export_onnx, load, save_sliced, slice_model
+from passes.slicegpt.calibration import stream_readers
+from passes.slicegpt.rotation import apply
+from test_slicegpt_families import logits, relative
+from test_slicegpt_models import HIDDEN, structure_of, token_batches, tiny_model
+
+
+def observed_moment(model, s, batches, positions) -> torch.Tensor:
+    """Independent float64 Σ x·xᵀ of unit, (for LayerNorm models) mean-free stream vectors at `positions`."""
+    acc = torch.zeros(HIDDEN, HIDDEN, dtype=torch.float64)
+
+    def hook(_mod, args):
+        x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+        x = x - x.mean(1, keepdim=True) if s.layer_norm else x
+        x = x / x.norm(dim=1, keepdim=True)
+        acc.add_(x.T @ x)
+
+    readers = stream_readers(s)
+    handles = [model.get_submodule(readers[k]).register_forward_pre_hook(hook) for k in positions]
+    with torch.no_grad():
+        for b in batches:
+            model(**b, use_cache=False)
+    for h in handles:
+        h.remove()
+    return acc
+
+
+def leading_projector(h: torch.Tensor, dim: int) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(h)
+    kept = vectors[:, torch.argsort(values, descending=True)[:dim]]
+    return kept @ kept.T
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_each_rotation_is_the_pca_of_the_already_sliced_stream(family):
+    """Group g's rotation must be the PCA of its positions in a model whose earlier groups are sliced
+    with the calibrated rotations and whose later groups are left whole (identity rotations)."""
+    s, batches = structure_of(family), token_batches(2)
+    cal = calibrate(tiny_model(family), batches, "shortcut", s, sparsity=0.25)
+    eye = torch.eye(HIDDEN, dtype=torch.float64)
+    for g in range(len(cal.rotations)):
+        model = tiny_model(family)
+        rotations = cal.rotations[:g] + [eye] * (len(cal.rotations) - g)
+        with torch.no_grad():
+            apply(model, s, rotations, cal.groups, cal.dims[:g] + [HIDDEN] * (len(cal.dims) - g))
+        positions = [k for k, group in enumerate(cal.groups) if group == g]
+        want = leading_projector(observed_moment(model, s, batches, positions), cal.dims[g])
+        kept = cal.rotations[g][:, :cal.dims[g]]
+        got = kept @ kept.T
+        assert (want - got).abs().max() < 1e-5, f"group {g}"
+
+
+def test_sequential_calibration_refuses_reuse_at_other_widths():
+    s, batches = structure_of("llama"), token_batches(1)
+    cal = calibrate(tiny_model("llama"), batches, "shortcut", s, sparsity=0.25)
+    with pytest.raises(PassError, match="computed sequentially for stream widths .* calibrate again"):
+        slice_model(tiny_model("llama"), sparsity=0.5, mode="shortcut", calibration=cal)
+    report = slice_model(tiny_model("llama"), sparsity=0.25, mode="shortcut", calibration=cal)
+    assert report.dims == [48, 48]
+
+
+def test_shortcut_free_calibration_still_serves_a_sweep():
+    s, batches = structure_of("llama"), token_batches(1)
+    cal = calibrate(tiny_model("llama"), batches, "shortcut-free", s)
+    for sparsity, dim in ((0.25, 48), (0.5, 32)):
+        assert slice_model(tiny_model("llama"), sparsity=sparsity, calibration=cal).dim == dim
+
+
+def test_uniform_schedule_equals_one_sparsity():
+    a, b = tiny_model("llama"), tiny_model("llama")
+    slice_model(a, token_batches(1), 0.25, "shortcut", structure=structure_of("llama"))
+    slice_model(b, token_batches(1), mode="shortcut", structure=structure_of("llama"), schedule=[0.25, 0.25])
+    assert torch.equal(logits(a), logits(b))
+
+
+@pytest.mark.parametrize("family, schedule, dims", [("llama", [0.5, 0.25], [32, 48]),
+                                                    ("opt", [0.25, 0.5], [48, 32])])
+def test_schedule_gives_each_block_its_width(family, schedule, dims, tmp_path):
+    model = tiny_model(family)
+    ref = logits(model)
+    s = structure_of(family)
+    report = slice_model(model, token_batches(2), mode="shortcut", structure=s, schedule=schedule)
+    assert report.dims == dims and report.dim == max(dims)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    written = dims[:1] + dims  # the embedding output shares the first block's width
+    groups = report.calibration.groups
+    for k, b in enumerate(s.branches, start=1):
+        assert all(params[r.weight].shape[r.axis] == written[groups[k - 1]] for n in b.norms for r in n.readers)
+        assert all(params[w.weight].shape[w.axis] == written[groups[k]] for w in b.writers)
+    out = logits(model)
+    assert torch.isfinite(out).all() and relative(out, ref) < 1.0
+    loaded = load(save_sliced(model, tmp_path / "m"))
+    assert torch.equal(logits(loaded), out)
+    assert export_onnx(loaded, tmp_path / "m.onnx", tolerance=1e-4) <= 1e-4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mode="shortcut", schedule=[0.25]), "1 entries, the model has 2 blocks"),
+    (dict(mode="shortcut", schedule=[0.25, 1.2]), r"schedule entry 1 .*\[0, 1\)"),
+    (dict(mode="shortcut", schedule=[-0.1, 0.25]), r"schedule entry 0 .*\[0, 1\)"),
+    (dict(mode="shortcut", schedule=[0.25, 0.25], sparsity=0.25), "either a sparsity or a schedule"),
+    (dict(schedule=[0.25, 0.25]), "needs mode 'shortcut'"),
+])
+def test_bad_schedule_is_refused_with_reason(kwargs, message):
+    with pytest.raises(PassError, match=message):
+        slice_model(tiny_model("llama"), token_batches(1), structure=structure_of("llama"), **kwargs)
