@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from compiler.errors import InvcError
 from compiler.files import atomic_file
 from compiler.onnx_ops import DTYPES, EMITTERS
+from dsl.lower import named_outputs
 
 __all__ = ["EMITTERS", "to_onnx", "save_onnx"]
 
@@ -115,12 +116,6 @@ def _value_info(name: str, node: fx.Node) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, DTYPES[node.meta["dtype"]][0], list(node.meta["shape"]))
 
 
-def _outputs(gm: fx.GraphModule) -> tuple[list[fx.Node], list[str]]:
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    nodes = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
-    return list(nodes), list(out.meta["names"])
-
-
 def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
             metadata: dict[str, str] | None = None, opset: int = 18) -> onnx.ModelProto:
     """The ONNX model of `gm`; every `metadata` entry lands in metadata_props."""
@@ -128,7 +123,7 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
         raise InvcError(f"ONNX backend: opset {opset} is too old; the emitters use opset-18 forms "
                         "(Reduce* axes as an input)")
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    out_nodes, out_names = _outputs(gm)
+    out_names, out_nodes = map(list, zip(*named_outputs(gm)))
     g = GraphBuilder(gm, {n.meta["name"] for n in inputs} | set(out_names))
     g.names.update((n, n.meta["name"]) for n in inputs)
     # A computed node returned once is written under its output name directly.

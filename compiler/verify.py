@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsl.lower import TORCH_DTYPES
+
 
 @dataclass(frozen=True)
 class Agreement:
@@ -282,7 +284,7 @@ def sample_inputs(checked, sizes: dict, seed: int = 0) -> list[torch.Tensor]:
         if p.type.dtype == "bool":
             out.append(torch.rand(shape, generator=gen) < 0.8)
         elif p.type.dtype in ("i32", "i64"):
-            out.append(torch.randint(0, 2, shape, generator=gen, dtype=getattr(torch, "int" + p.type.dtype[1:])))
+            out.append(torch.randint(0, 2, shape, generator=gen, dtype=TORCH_DTYPES[p.type.dtype]))
         else:
             out.append(torch.randn(shape, generator=gen, dtype=torch.float32))
     return out

@@ -90,9 +90,7 @@ def _register(root: nn.Module, target: str, param: nn.Parameter) -> None:
 def _return_lone_output(gm: fx.GraphModule) -> None:
     """A one-output model returns the tensor itself; meta keeps the output's name."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    names = out.meta["names"]
     out.args = (out.args[0][0],)
-    out.meta["names"] = names
     gm.recompile()
 
 
@@ -100,7 +98,8 @@ def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) or "Model"
 
 
-def outputs_of(gm: fx.GraphModule) -> tuple:
-    """The output nodes as a tuple, whether the module returns one tensor or several."""
+def named_outputs(gm: fx.GraphModule) -> list[tuple[str, fx.Node]]:
+    """(spec name, node) of each output in order, whether the module returns one tensor or several."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    return out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    nodes = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    return list(zip(out.meta["names"], nodes))

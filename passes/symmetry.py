@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from dsl.groups import Fact, Invariant
-from dsl.lower import outputs_of
+from dsl.lower import named_outputs
 from dsl.symmetry import first_failure, refusal, spelled, verdicts
 from dsl.symmetry_rules import Call, Operand, apply
 from passes.base import PassError, graph_pass
@@ -45,8 +45,7 @@ def annotate(gm: fx.GraphModule, group) -> dict[str, Fact]:
         else:
             continue
         node.meta.setdefault("symmetry", {})[str(group)] = facts[node]
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    return {name: facts[n] for name, n in zip(out.meta["names"], outputs_of(gm))}
+    return {name: facts[n] for name, n in named_outputs(gm)}
 
 
 @graph_pass("re-prove the spec's claimed output symmetries on the optimized graph")

@@ -5,9 +5,9 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-DTYPE_NAMES = {torch.float16: "f16", torch.float32: "f32", torch.float64: "f64",
-               torch.int32: "i32", torch.int64: "i64", torch.bool: "bool"}
-TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+from dsl.lower import TORCH_DTYPES
+
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 # Shapes are found by running at these sizes; a dim of one of these sizes is read back as the
 # symbol, so static dims in tests must avoid multiples of 11 and 13.
