@@ -7,7 +7,7 @@ never has to say no.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from dsl import ast
 from dsl.errors import SpecError, did_you_mean
@@ -24,7 +24,6 @@ class Scope:
     names: dict
     prefix: str = ""              # parameter path of the enclosing def calls, e.g. "stack.0."
     defs_active: tuple = ()       # the def calls being expanded, to refuse recursion
-    bound: set = field(default_factory=set)
 
 
 def check(program: Program, model: str | None = None, overrides: dict | None = None,
