@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,6 +31,7 @@ DENSE = CACHE / "smollm2-135m-fp32"
 CALIB_PLAYS = ["antony_and_cleopatra", "as_you_like_it", "coriolanus", "cymbeline", "julius_caesar", "lear"]
 HELD_OUT_PLAYS = ["hamlet", "macbeth", "tempest", "twelfth_night"]
 SEQ, CALIB_ROWS, EVAL_ROWS = 512, 32, 32
+LATENCY_SEQ = 256
 REFERENCE = {0.0: 31.14, 0.1: 45.67, 0.2: 72.32, 0.25: 86.22}
 
 
@@ -104,22 +106,37 @@ def child(mode: str, sparsities: list[float]) -> list[dict]:
         out = {"mode": mode, "sparsity": sparsity, "params_dense": count_parameters(model)}
         if mode != "dense":
             calib = token_sequences(tok, play_text(CALIB_PLAYS), SEQ, CALIB_ROWS)
-            cpu = _cpu_seconds()
+            cpu, load_before = _cpu_seconds(), os.getloadavg()[0]
             report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration)
             out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map)
             if not rows:
                 # The machine is shared: CPU seconds show the work, wall seconds also show the neighbours.
                 out.update(seconds=report.seconds, cpu_seconds=_cpu_seconds() - cpu,
-                           peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                           peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                           load_1min=[load_before, os.getloadavg()[0]])
             calibration = report.calibration if report.calibration.dims is None else None
         out["params"] = count_parameters(model)
         out["ppl"] = perplexity(model, held, 4)
         if sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
             export_onnx(model, CACHE / f"{mode}-{sparsity}.onnx")
+            out["macs_per_token"] = macs_per_token(model, LATENCY_SEQ)
         print(json.dumps(out), file=sys.stderr, flush=True)
         rows.append(out)
         del model
     return rows
+
+
+def macs_per_token(model, seq: int) -> int:
+    """Multiply-accumulates per token of a 1 x seq forward: every linear map (the tied head included),
+    the slicing adapters, and the attention scores and their weighted sum, which slicing leaves alone."""
+    from torch import nn
+
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    adapters = sum(p.numel() for p in model.invc_slice.parameters()) if hasattr(model, "invc_slice") else 0
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    attention = 2 * seq * c.num_attention_heads * head_dim * c.num_hidden_layers
+    return linear + adapters + attention
 
 
 def _cpu_seconds() -> float:
@@ -127,7 +144,7 @@ def _cpu_seconds() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def ort_latency(names: list[str], seq: int = 256, runs: int = 20) -> dict[str, float]:
+def ort_latency(names: list[str], seq: int = LATENCY_SEQ, runs: int = 20) -> dict[str, float]:
     """Median ms per forward of 1 x seq tokens; the models take turns so that load from other
     processes on the machine hits them alike."""
     import numpy as np
@@ -197,9 +214,12 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True)
         rows += json.loads(done.stdout.strip().splitlines()[-1])
     if {"dense", "shortcut-free"} & set(modes):
+        load_before = os.getloadavg()[0]
         latency = ort_latency(["dense-0.0", "shortcut-free-0.25"])
         for r in rows:
             r["ort_ms"] = latency.get(f"{r['mode']}-{r['sparsity']}")
+            if r["ort_ms"] is not None:
+                r["ort_load_1min"] = [load_before, os.getloadavg()[0]]
     for r in rows:
         r.setdefault("ort_ms", None)
     order = ["dense", "shortcut-free", "shortcut"]
@@ -207,6 +227,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     plot(rows, RESULTS / "slicegpt_smollm2.png")
+    timed = {f"{r['mode']}-{r['sparsity']}": r for r in rows if r.get("ort_ms")}
+    if {"dense-0.0", "shortcut-free-0.25"} <= set(timed):
+        dense, sliced = timed["dense-0.0"], timed["shortcut-free-0.25"]
+        print(f"ORT latency sliced/dense {sliced['ort_ms'] / dense['ort_ms']:.3f}x; "
+              f"MACs per token {sliced['macs_per_token'] / dense['macs_per_token']:.3f}x")
     print(f"wrote {out} and .png")
 
 

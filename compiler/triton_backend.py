@@ -359,9 +359,9 @@ def emit(gm: fx.GraphModule, out: str | Path | None, spec: str, model: str) -> P
     if out.exists() and not out.is_dir():
         raise InvcError(f"cannot write Triton module to {out}: it exists and is not a directory")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        # Like ONNX output, never create missing parents: a mistyped path should fail, not sprout folders.
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    except FileExistsError:  # mkdir met a file where a folder of the path should be
+    except NotADirectoryError:
         raise InvcError(f"cannot write Triton module to {out}: part of its path is a file, "
                         "not a directory") from None
     except OSError as e:

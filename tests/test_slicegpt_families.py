@@ -74,7 +74,9 @@ def test_save_load_identical(family, sliced, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_matches_torch(family, sliced, tmp_path):
     model = sliced[family, "shortcut"][2]
+    attention = model.config._attn_implementation
     assert export_onnx(model, tmp_path / "m.onnx", tolerance=1e-4) <= 1e-4
+    assert model.config._attn_implementation == attention  # exported eager, given back as it was
 
 
 @pytest.mark.parametrize("family", RMS_FAMILIES)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (2, seq_len), generator=torch.Generator().manual_seed(0))
     batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=4096)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), eager_attention(model):
         # The TorchScript exporter cannot lower HF's mask code (aten::diff); the dynamo one can.
         warnings.simplefilter("ignore")
         try:
@@ -42,6 +43,21 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
         except Exception as e:  # noqa: BLE001 - the exporter's own message is the useful part
             raise InvcError(f"ONNX export of {type(model).__name__} to {path} failed: {e}") from e
     return check_onnx(model, path, tolerance) if check else 0.0
+
+
+@contextmanager
+def eager_attention(model: nn.Module):
+    """Export HF attention in its eager spelling: the decomposed SDPA adds a NaN guard and a mask
+    select over every score tensor, about a tenth of onnxruntime's CPU time on SmolLM2 at 256 tokens."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if before in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def check_onnx(model: nn.Module, path: Path | str, tolerance: float = 1e-4) -> float:

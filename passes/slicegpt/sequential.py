@@ -41,11 +41,16 @@ def block_names(s: Structure) -> list[str]:
 
 
 def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Batch]:
-    """Run the dense model once per batch, recording every block's call; the head is skipped."""
+    """Run the model once per batch, recording every block's call; the head is skipped.
+
+    Replaying already assumes that a block's arguments besides the stream do not depend on earlier
+    blocks. So from the second batch on, a block that returned just the stream is not computed
+    (it hands its input on): only the first block's input and the calls are kept."""
     blocks = block_names(s)
     captured: list[Batch] = []
     current: dict[str, BlockCall] = {}
     first: list[torch.Tensor] = []
+    plain: set[str] = set()
 
     def recorder(name: str):
         def hook(_mod, args, kwargs):
@@ -58,13 +63,26 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
             current[name] = BlockCall(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
         return hook
 
+    def returns_stream(name: str):
+        def hook(_mod, args, kwargs, out):
+            stream = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(out, torch.Tensor) and out.shape == stream.shape:
+                plain.add(name)
+        return hook
+
     def stop(_mod, _args):
         raise _Stop
 
     handles = [model.get_submodule(b).register_forward_pre_hook(recorder(b), with_kwargs=True) for b in blocks]
+    handles += [model.get_submodule(b).register_forward_hook(returns_stream(b), with_kwargs=True) for b in blocks]
     handles.append(model.get_submodule(s.final.module).register_forward_pre_hook(stop))
+    skipped: list[nn.Module] = []
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            if i == 1:
+                skipped = [model.get_submodule(b) for b in blocks if b in plain]
+                for block in skipped:
+                    block.forward = _hand_on
             current.clear()
             first.clear()
             mask = batch.get("attention_mask")
@@ -76,15 +94,26 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
     finally:
         for h in handles:
             h.remove()
+        for block in skipped:
+            del block.forward
     return captured
 
 
+def _hand_on(*args, **kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
 def project(x: torch.Tensor, q: torch.Tensor, dim: int, centered: bool) -> torch.Tensor:
-    """The sliced stream in the original basis: x (mean-free for LayerNorm models) onto q's first dim columns."""
-    h = x.to(torch.float64)
+    """The sliced stream in the original basis: x (mean-free for LayerNorm models) onto q's first dim columns.
+    In float32: this only prepares the next block's input, which the model computes in float32 anyway."""
+    h = x.float()
     if centered:
         h = h - h.mean(dim=-1, keepdim=True)
-    kept = q[:, :dim]
+    if 2 * dim >= q.shape[1]:
+        # Subtracting the dropped part is the same projection and cheaper when most dims stay.
+        dropped = q[:, dim:].float()
+        return (h - (h @ dropped) @ dropped.T).to(x.dtype)
+    kept = q[:, :dim].float()
     return ((h @ kept) @ kept.T).to(x.dtype)
 
 
@@ -100,53 +129,67 @@ def replay(model: nn.Module, block: str, batch: Batch, hooks: dict[str, Callable
     return out[0] if isinstance(out, tuple) else out
 
 
-def inner_norms(s: Structure, block: str) -> list[str]:
-    """Norms inside `block` that read the block's own rotation group (all but its first branch's)."""
-    branches = [b for b in s.branches if b.block == block]
-    return [n.module for b in branches[1:] for n in b.norms]
+def block_positions(s: Structure, block: str) -> list[int]:
+    """The stream positions written inside `block`, in order; the last one is the block's output."""
+    return [k for k, b in enumerate(s.branches, start=1) if b.block == block]
 
 
-def sequential_rotations(model: nn.Module, s: Structure, batches: Iterable[dict], dims: list[int],
-                         progress: Callable[[Iterable], Iterable] = lambda it: it) -> list[torch.Tensor]:
-    """One rotation for the embedding output and one per block, each on the already sliced stream."""
-    centered = s.layer_norm
+def readers_of(s: Structure, pos: int) -> list[str]:
+    """The norms that read stream position `pos` (those of the branch after it)."""
+    return [n.module for n in s.branches[pos].norms]
+
+
+def sequential_rotations(model: nn.Module, s: Structure, batches: Iterable[dict], groups: list[int],
+                         dims: list[int], progress: Callable[[Iterable], Iterable] = lambda it: it
+                         ) -> list[torch.Tensor]:
+    """One rotation per group, each learned on the stream already sliced by the groups before it."""
     with torch.no_grad():
         data = capture(model, s, batches)
         first = torch.zeros(s.width, s.width, dtype=torch.float64)
         for b in data:
-            accumulate(first, b.stream, b.mask, centered, f"block {block_names(s)[0]!r}")
+            accumulate(first, b.stream, b.mask, s.layer_norm, f"block {block_names(s)[0]!r}")
         if float(all_ranks(first).trace()) == 0.0:
             raise PassError("calibration saw no tokens: give at least one batch with unmasked tokens")
-        rotations = [pca(first)]
-        _advance(data, rotations[0], dims[0], centered)
-        for g, block in enumerate(progress(block_names(s)), start=1):
-            rotations.append(_block_rotation(model, s, block, data))
-            _slice_block(model, s, block, data, rotations[g], dims[g])
-    return rotations
+        rotations = {groups[0]: pca(first)}
+        for b in data:
+            b.stream = project(b.stream, rotations[groups[0]], dims[groups[0]], s.layer_norm)
+        for block in progress(block_names(s)):
+            positions = block_positions(s, block)
+            outputs = None
+            for g in dict.fromkeys(groups[p] for p in positions):
+                rotations[g], outputs = _learn(model, s, block, data, positions, groups, g, rotations, dims)
+            last = groups[positions[-1]]
+            if outputs is None:
+                outputs = [replay(model, block, b, _projections(s, positions[:-1], groups, rotations, dims))
+                           for b in data]
+            for b, out in zip(data, outputs):
+                b.stream = project(out, rotations[last], dims[last], s.layer_norm)
+    return [rotations[g] for g in sorted(rotations)]
 
 
-def _advance(data: list[Batch], q: torch.Tensor, dim: int, centered: bool) -> None:
-    for b in data:
-        b.stream = project(b.stream, q, dim, centered)
+def _projections(s: Structure, inner: list[int], groups: list[int], rotations: dict, dims: list[int]) -> dict:
+    """Pre-hooks that make the norms reading already calibrated inner positions see the sliced stream."""
+    def sliced(q: torch.Tensor, dim: int):
+        return lambda _mod, args: (project(args[0], q, dim, s.layer_norm),) + tuple(args[1:])
+    return {n: sliced(rotations[groups[p]], dims[groups[p]])
+            for p in inner if groups[p] in rotations for n in readers_of(s, p)}
 
 
-def _block_rotation(model: nn.Module, s: Structure, block: str, data: list[Batch]) -> torch.Tensor:
-    """PCA of the block's positions (inner residual adds and output) on its already sliced input."""
+def _learn(model: nn.Module, s: Structure, block: str, data: list[Batch], positions: list[int],
+           groups: list[int], g: int, rotations: dict, dims: list[int]):
+    """PCA of group g's positions in `block`, replayed with the earlier groups already sliced.
+    Also returns the block's outputs when they are already those of the sliced block."""
+    inner = positions[:-1]
+    observed = [p for p in inner if groups[p] == g]
     acc = torch.zeros(s.width, s.width, dtype=torch.float64)
+    outputs = []
     for b in data:
         def observe(_mod, args, mask=b.mask):
             accumulate(acc, args[0], mask, s.layer_norm, f"a norm of block {block!r}")
-        out = replay(model, block, b, {n: observe for n in inner_norms(s, block)})
-        accumulate(acc, out, b.mask, s.layer_norm, f"the output of block {block!r}")
-    return pca(all_ranks(acc))
-
-
-def _slice_block(model: nn.Module, s: Structure, block: str, data: list[Batch], q: torch.Tensor,
-                 dim: int) -> None:
-    """Replace each batch's stream by the sliced block's output: its inner norms read the projection."""
-    def sliced_input(_mod, args):
-        return (project(args[0], q, dim, s.layer_norm),) + tuple(args[1:])
-
-    for b in data:
-        b.stream = project(replay(model, block, b, {n: sliced_input for n in inner_norms(s, block)}),
-                           q, dim, s.layer_norm)
+        hooks = _projections(s, inner, groups, rotations, dims)
+        hooks.update({n: observe for p in observed for n in readers_of(s, p)})
+        out = replay(model, block, b, hooks)
+        if groups[positions[-1]] == g:
+            accumulate(acc, out, b.mask, s.layer_norm, f"the output of block {block!r}")
+        outputs.append(out)
+    return pca(all_ranks(acc)), (None if observed else outputs)

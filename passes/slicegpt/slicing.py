@@ -121,7 +121,7 @@ def calibrate(model: nn.Module, batches: Iterable[dict], mode: str = "shortcut-f
     groups = rotation_groups(s, mode)
     if mode == "shortcut":
         dims = group_dims(s, mode, sparsity, schedule, multiple)
-        return Calibration(s, mode, groups, sequential_rotations(model, s, batches, dims, progress), dims)
+        return Calibration(s, mode, groups, sequential_rotations(model, s, batches, groups, dims, progress), dims)
     group_dims(s, mode, sparsity, schedule, multiple)  # refuse a bad request before the long pass
     sums = moments(model, s, batches, groups, progress)
     if any(float(m.trace()) == 0.0 for m in sums):
