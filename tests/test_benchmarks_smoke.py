@@ -71,3 +71,25 @@ def test_inference_bench(extra, ratio_columns):
         for cells in per_batch:
             if usable(cells):
                 assert_ratios(cells, ratio_columns)
+
+
+def test_smollm2_mac_count_matches_torch_flop_counter():
+    """The MAC floor quoted next to the SliceGPT latency, checked against torch's own FLOP count
+    (eager attention, whose two matmuls the counter sees), dense and sliced."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from slicegpt_smollm2 import macs_per_token
+    from passes.slicegpt import slice_model
+    from test_slicegpt_models import tiny_model, token_batches
+
+    model, seq = tiny_model("llama"), 16
+    model.set_attn_implementation("eager")
+    ids = torch.randint(0, model.config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(0))
+    for sparsity in (None, 0.25):
+        if sparsity:
+            slice_model(model, token_batches(), sparsity, "shortcut-free")
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        assert macs_per_token(model, seq) == counter.get_total_flops() // (2 * seq)

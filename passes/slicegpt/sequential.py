@@ -1,5 +1,5 @@
-"""Sequential calibration for shortcut mode: each block's rotation is learned on the stream of a model
-whose earlier blocks are already rotated and sliced.
+"""Sequential calibration for shortcut mode: each rotation group (one per block in shortcut mode) is
+learned on the stream of a model whose earlier groups are already rotated and sliced.
 
 The model itself is not changed here. Slicing group g to d dims keeps the projection of its stream
 onto the leading d directions of Q_g, so the sliced model's stream, written in the original basis, is
