@@ -1,6 +1,7 @@
 """ONNX export of dense or sliced models (input_ids -> logits), checked against onnxruntime."""
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (2, seq_len), generator=torch.Generator().manual_seed(0))
     batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=4096)
-    with warnings.catch_warnings(), eager_attention(model):
+    with warnings.catch_warnings(), eager_attention(model), quiet(EXPORTER_REGISTRY_LOG):
         # The TorchScript exporter cannot lower HF's mask code (aten::diff); the dynamo one can.
         warnings.simplefilter("ignore")
         try:
@@ -43,6 +44,21 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
         except Exception as e:  # noqa: BLE001 - the exporter's own message is the useful part
             raise InvcError(f"ONNX export of {type(model).__name__} to {path} failed: {e}") from e
     return check_onnx(model, path, tolerance) if check else 0.0
+
+
+# Logs one line per torchvision op it skips when torchvision is absent, which a language model never uses.
+EXPORTER_REGISTRY_LOG = "torch.onnx._internal.exporter._registration"
+
+
+@contextmanager
+def quiet(logger_name: str):
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextmanager
