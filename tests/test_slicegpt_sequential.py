@@ -111,3 +111,25 @@ def test_schedule_gives_each_block_its_width(family, schedule, dims, tmp_path):
 def test_bad_schedule_is_refused_with_reason(kwargs, message):
     with pytest.raises(PassError, match=message):
         slice_model(tiny_model("llama"), token_batches(1), structure=structure_of("llama"), **kwargs)
+
+
+def test_capture_gives_each_block_its_own_forward_back():
+    """Capture hands blocks' inputs straight on after the first batch; a forward set on the instance
+    (as accelerate's offloading hooks do) must be the one in place afterwards."""
+    from passes.slicegpt.sequential import block_names, capture
+
+    model, s = tiny_model("llama"), structure_of("llama")
+    first, second = (model.get_submodule(b) for b in block_names(s))
+    calls = []
+
+    def wrapped(*args, own=first.forward, **kwargs):
+        calls.append(1)
+        return own(*args, **kwargs)
+
+    first.forward = wrapped
+    data = capture(model, s, token_batches(3))
+    assert len(data) == 3 and len(calls) == 1  # computed for the first batch only
+    assert first.__dict__["forward"] is wrapped and "forward" not in second.__dict__
+    with torch.no_grad():
+        model(**token_batches(1)[0], use_cache=False)
+    assert len(calls) == 2  # the model runs through the wrapper again

@@ -76,11 +76,13 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
     handles = [model.get_submodule(b).register_forward_pre_hook(recorder(b), with_kwargs=True) for b in blocks]
     handles += [model.get_submodule(b).register_forward_hook(returns_stream(b), with_kwargs=True) for b in blocks]
     handles.append(model.get_submodule(s.final.module).register_forward_pre_hook(stop))
-    skipped: list[nn.Module] = []
+    skipped: dict[nn.Module, object] = {}
     try:
         for i, batch in enumerate(batches):
             if i == 1:
-                skipped = [model.get_submodule(b) for b in blocks if b in plain]
+                # Remember any forward set on the instance (accelerate's offloading hooks live there).
+                skipped = {model.get_submodule(b): model.get_submodule(b).__dict__.get("forward")
+                           for b in blocks if b in plain}
                 for block in skipped:
                     block.forward = _hand_on
             current.clear()
@@ -94,8 +96,11 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
     finally:
         for h in handles:
             h.remove()
-        for block in skipped:
-            del block.forward
+        for block, own in skipped.items():
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
     return captured
 
 
