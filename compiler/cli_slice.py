@@ -71,6 +71,7 @@ def _tokenizer(path: Path):
 
 def run_slice(args) -> int:
     from compiler.errors import InvcError
+    from compiler.files import check_dir_target
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
     from passes.slicegpt.slicing import DEFAULT_SPARSITY, MODES, kept_dims, slice_model
@@ -79,6 +80,7 @@ def run_slice(args) -> int:
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
     schedule = _schedule(args.schedule)
+    check_dir_target(args.output, "sliced model", checkpoint.PLAN)
     model = checkpoint.load(args.model)
     if schedule is None:
         kept_dims(model.config.hidden_size, DEFAULT_SPARSITY if args.sparsity is None else args.sparsity,

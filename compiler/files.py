@@ -1,7 +1,9 @@
-"""Atomic output: write beside the target, then rename, so a failure never leaves a partial file."""
+"""Atomic output: write beside the target, then rename, so a failure never leaves a partial file or
+directory. Missing parent folders are refused, not created: a mistyped path should fail."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,48 @@ def atomic_file(path, what: str = "file"):
         os.unlink(tmp)
         if isinstance(e, OSError):
             raise InvcError(f"cannot write {what} {path}: {e.strerror}") from e
+        raise
+
+
+def check_dir_target(path, what: str, marker: str) -> Path:
+    """Refuse an output directory before any long work: a file, or a folder that is not an earlier output."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvcError(f"cannot write {what} {path}: it exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        raise InvcError(f"cannot write {what} {path}: it is a non-empty directory without {marker}, "
+                        f"so not an earlier {what}; not replacing it (choose another -o)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InvcError(f"cannot write {what} {path}: part of its path is a file, not a directory")
+    if not path.parent.exists():
+        raise InvcError(f"cannot write {what} {path}: no such directory {path.parent}")
+    return path
+
+
+@contextmanager
+def atomic_dir(path, what: str, marker: str):
+    """Yields a fresh sibling directory to fill; on success it replaces `path`, on any failure it
+    vanishes. A non-empty `path` is replaced only when it holds `marker`, i.e. it is an earlier output."""
+    path = check_dir_target(path, what, marker)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except NotADirectoryError:
+        raise InvcError(f"cannot write {what} {path}: part of its path is a file, not a directory") from None
+    except OSError as e:
+        raise InvcError(f"cannot write {what} {path}: {e.strerror or e} ({path.parent})") from None
+    try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would not
+        yield tmp
+        old = path.with_name(f".{path.name}.old.{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InvcError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -11,9 +11,6 @@ checks its inputs' shapes, dtypes and devices, and loads weights.pt with weights
 from __future__ import annotations
 
 import ast
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from compiler.errors import InvcError
-from compiler.files import current_umask
+from compiler.files import atomic_dir
 from runtime import frames, ops, sets
 from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS, bound_args, embedded_source
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, MAX_FUSED_WIDTH, Act,
@@ -355,40 +352,11 @@ def emit(gm: fx.GraphModule, out: str | Path | None, spec: str, model: str) -> P
     if out is None:
         return the_plan
     ast.parse(source)  # a generator bug must fail here, not in the user's import
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InvcError(f"cannot write Triton module to {out}: it exists and is not a directory")
-    try:
-        # Like ONNX output, never create missing parents: a mistyped path should fail, not sprout folders.
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    except NotADirectoryError:
-        raise InvcError(f"cannot write Triton module to {out}: part of its path is a file, "
-                        "not a directory") from None
-    except OSError as e:
-        raise InvcError(f"cannot write Triton module to {out}: {e.strerror or e} ({out.parent})") from None
-    try:
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would not
+    with atomic_dir(out, "Triton module", marker="model.py") as tmp:
         (tmp / "model.py").write_text(source, encoding="utf-8")
         torch.save(weights, tmp / "weights.pt")
         (tmp / "EXPLAIN.txt").write_text(the_plan.explain() + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise InvcError(f"cannot write Triton module to {out}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return the_plan
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.is_dir() and not (out / "model.py").exists() and any(out.iterdir()):
-        raise InvcError(f"{out} exists and is not an invc Triton output (no model.py); not replacing it")
-    old = out.with_name(f".{out.name}.old.{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["Plan", "Region", "emit", "generate", "plan"]

@@ -6,9 +6,6 @@ A directory is written to a temporary sibling and renamed into place: a failure 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compiler.errors import InvcError
+from compiler.files import atomic_dir
 from passes.slicegpt.modules import SliceAdapters, StreamRMSNorm
 from passes.slicegpt.rotation import _assign
 
@@ -24,40 +22,19 @@ PLAN = "invc_slice.json"
 WEIGHTS = "model.safetensors"
 
 
-def atomic_dir(out: Path, write) -> Path:
-    """Run write(tmp) on a fresh sibling directory, then move it to `out`, replacing an older one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 def save_sliced(model: nn.Module, out: Path, tokenizer=None, standard: nn.Module | None = None) -> Path:
     """Write a sliced model. With `standard` (a plain model of the family at the smaller width) the
     directory is an ordinary HF checkpoint that the family's own class loads."""
-    def write(tmp: Path) -> None:
+    with atomic_dir(out, "sliced model", marker=PLAN) as tmp:
         if standard is not None:
             standard.save_pretrained(tmp)
-            (tmp / PLAN).write_text(json.dumps({**model.invc_slice.plan, "standard": True}, indent=1))
         else:
             model.config.save_pretrained(tmp)
             save_file(_unique_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-            (tmp / PLAN).write_text(json.dumps({**model.invc_slice.plan, "standard": False}, indent=1))
+        (tmp / PLAN).write_text(json.dumps({**model.invc_slice.plan, "standard": standard is not None}, indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-    return atomic_dir(out, write)
+    return Path(out)
 
 
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
