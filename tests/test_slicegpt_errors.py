@@ -1,6 +1,8 @@
 """Bad input: each refusal is an error that says what is wrong and where, and writes nothing."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -64,3 +66,24 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         save_sliced(model, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_never_replaces_a_folder_that_is_not_a_sliced_model(tmp_path):
+    model = tiny_model("llama")
+    slice_model(model, token_batches(1), 0.25, structure=structure_of("llama"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(InvcError, match="not an earlier sliced model"):
+        save_sliced(model, notes)
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]
+    with pytest.raises(InvcError, match="no such directory"):
+        save_sliced(model, tmp_path / "missing" / "m")
+    old = os.umask(0o027)
+    try:
+        out = save_sliced(model, tmp_path / "m")
+        save_sliced(model, out)  # an earlier output is replaced
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "notes"]
