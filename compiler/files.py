@@ -12,26 +12,35 @@ from compiler.errors import InvcError
 
 
 @contextmanager
-def atomic_file(path, what: str = "file"):
-    """Yields an open binary file; on success it replaces `path`, on any failure it vanishes."""
+def atomic_path(path, what: str = "file"):
+    """Yields a temporary path beside `path` for writers that take a file name; on success it replaces
+    `path`, on any failure it vanishes."""
     path = Path(path)
     if path.exists() and not path.is_file():
         # os.replace would swap a device or directory for our file (-o /dev/null included).
         raise InvcError(f"cannot write {what} {path}: it exists and is not a regular file")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
     except OSError as e:
         raise InvcError(f"cannot write {what} {path}: {e.strerror} ({path.parent})") from e
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would not
         os.replace(tmp, path)
     except BaseException as e:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         if isinstance(e, OSError):
             raise InvcError(f"cannot write {what} {path}: {e.strerror}") from e
         raise
+
+
+@contextmanager
+def atomic_file(path, what: str = "file"):
+    """Yields an open binary file; on success it replaces `path`, on any failure it vanishes."""
+    with atomic_path(path, what) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def check_dir_target(path, what: str, marker: str) -> Path:

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from compiler.errors import InvcError
+from compiler.errors import CheckFailed, InvcError
 from passes.base import PassError
 from passes.slicegpt import kept_dims, load, save_sliced, slice_model, token_sequences
 from test_slicegpt_models import structure_of, token_batches, tiny_model
@@ -87,3 +87,17 @@ def test_save_never_replaces_a_folder_that_is_not_a_sliced_model(tmp_path):
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "notes"]
+
+
+def test_onnx_that_fails_its_check_is_not_written(tmp_path, monkeypatch):
+    from passes.slicegpt import export_onnx
+    from passes.slicegpt import onnx_export
+
+    model = tiny_model("llama")
+    with pytest.raises(InvcError, match="no such file or directory|No such file"):
+        export_onnx(model, tmp_path / "missing" / "m.onnx")
+    real = onnx_export.check_onnx
+    monkeypatch.setattr(onnx_export, "check_onnx", lambda model, tmp, _tol, **k: real(model, tmp, -1.0, **k))
+    with pytest.raises(CheckFailed, match="m.onnx: onnxruntime logits differ.*not written"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from compiler.errors import CheckFailed, InvcError
+from compiler.files import atomic_path
 
 
 class _Logits(nn.Module):
@@ -27,9 +28,8 @@ class _Logits(nn.Module):
 def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bool = True,
                 tolerance: float = 1e-4) -> float:
     """Write `path` (a single file, weights inside) and return the max |logit| difference to torch,
-    relative to the logit scale, on a random batch of a different shape than the trace used."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    relative to the logit scale, on a random batch of a different shape than the trace used.
+    The file appears only once it has passed that check."""
     wrapper = _Logits(model.eval())
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (2, seq_len), generator=torch.Generator().manual_seed(0))
@@ -38,12 +38,13 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
         # The TorchScript exporter cannot lower HF's mask code (aten::diff); the dynamo one can.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(wrapper, (ids,), str(path), input_names=["input_ids"], output_names=["logits"],
-                              dynamic_shapes=({0: batch, 1: seq},), external_data=False, dynamo=True,
-                              verbose=False)
+            program = torch.onnx.export(wrapper, (ids,), input_names=["input_ids"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch, 1: seq},), dynamo=True, verbose=False)
         except Exception as e:  # noqa: BLE001 - the exporter's own message is the useful part
             raise InvcError(f"ONNX export of {type(model).__name__} to {path} failed: {e}") from e
-    return check_onnx(model, path, tolerance) if check else 0.0
+    with atomic_path(path, "ONNX model") as tmp:
+        program.save(tmp, external_data=False)
+        return check_onnx(model, tmp, tolerance, label=path) if check else 0.0
 
 
 # Logs one line per torchvision op it skips when torchvision is absent, which a language model never uses.
@@ -76,7 +77,8 @@ def eager_attention(model: nn.Module):
         model.set_attn_implementation(before)
 
 
-def check_onnx(model: nn.Module, path: Path | str, tolerance: float = 1e-4) -> float:
+def check_onnx(model: nn.Module, path: Path | str, tolerance: float = 1e-4, label: Path | str | None = None) -> float:
+    """Max |logit| difference of onnxruntime on `path` to torch, relative; `label` names the file in errors."""
     import onnxruntime as ort
 
     ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
@@ -86,5 +88,6 @@ def check_onnx(model: nn.Module, path: Path | str, tolerance: float = 1e-4) -> f
     got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
     if err > tolerance:
-        raise CheckFailed(f"{path}: onnxruntime logits differ from torch by {err:.2e} relative (> {tolerance})")
+        raise CheckFailed(f"{label or path}: onnxruntime logits differ from torch by {err:.2e} relative "
+                          f"(> {tolerance}); the file was not written")
     return err
