@@ -18,6 +18,40 @@ from dsl.types import DTYPES, CheckedModel, OpNode, Port, Sym, TensorType, Value
 
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
+# Lowering turns each binding into a submodule attribute (`h.weight` is `gm.h.weight`), so a binding
+# named like an attribute every torch.fx.GraphModule has (`eval`, `forward`, `training`, ...) cannot
+# be lowered. dsl/ stays torch-free, so the names are listed here; tests/test_checker.py compares
+# them with the installed torch. Dunder names (`__init__`) are refused by rule.
+MODULE_ATTRIBUTES = frozenset("""
+    T_destination add_module add_submodule apply bfloat16 buffers call_super_init children code
+    compile cpu cuda delete_all_unused_submodules delete_submodule double dump_patches eval
+    extra_repr float forward get_buffer get_extra_state get_parameter get_submodule graph half ipu
+    load_state_dict meta modules mtia named_buffers named_children named_modules named_parameters
+    parameters print_readable recompile register_backward_hook register_buffer register_forward_hook
+    register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook
+    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+    register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_
+    set_extra_state set_submodule shape_env share_memory state_dict to to_empty to_folder train
+    training type xpu zero_grad
+    _apply _backward_hooks _backward_pre_hooks _boxed_call _buffers _call_impl _code
+    _compiled_call_impl _create_node_hooks _deepcopy_hooks _deepcopy_init _erase_node_hooks
+    _forward_hooks _forward_hooks_always_called _forward_hooks_with_kwargs _forward_pre_hooks
+    _forward_pre_hooks_with_kwargs _get_backward_hooks _get_backward_pre_hooks _get_name _graph
+    _is_full_backward_hook _lineno_map _load_from_state_dict _load_state_dict_post_hooks
+    _load_state_dict_pre_hooks _maybe_warn_non_full_backward_hook _modules _named_members
+    _non_persistent_buffers_set _parameters _prologue_start _recompile_submodules
+    _register_create_node_hook _register_deepcopy_hook _register_erase_node_hook
+    _register_load_state_dict_pre_hook _register_replace_node_hook _register_state_dict_hook
+    _replace_hooks _replicate_for_data_parallel _save_to_state_dict _set_replace_hook _slow_forward
+    _state_dict_hooks _state_dict_pre_hooks _tracer_cls _tracer_extras _unregister_create_node_hook
+    _unregister_deepcopy_hook _unregister_erase_node_hook _unregister_replace_node_hook _version
+    _wrapped_call _wrapped_call_impl
+""".split())
+
+
+def _module_attribute(name: str) -> bool:
+    return name in MODULE_ATTRIBUTES or (name.startswith("__") and name.endswith("__"))
+
 
 @dataclass
 class Scope:
@@ -104,7 +138,7 @@ class _Elaborator:
     def statement(self, stmt, scope: Scope, in_model: bool):
         if isinstance(stmt, ast.Assign):
             self.assign(stmt, scope)
-        elif not in_model and not isinstance(stmt, ast.Return):
+        elif not in_model:  # a def's `return` never gets here: _run_def takes it
             raise SpecError.at(stmt.pos, f"`{type(stmt).__name__.lower()}` belongs in a model, not in a def")
         elif isinstance(stmt, ast.Input):
             self.input(stmt, scope)
@@ -143,6 +177,10 @@ class _Elaborator:
         self.out.outputs.append(Port(stmt.name, value.type, stmt.role, stmt.pos, value))
 
     def assign(self, stmt: ast.Assign, scope: Scope):
+        if _module_attribute(stmt.name):
+            raise SpecError.at(stmt.pos, f"`{stmt.name}` cannot name a binding: every torch module has an "
+                                         f"attribute `{stmt.name}`, and the binding's parameters would hide it",
+                               f"rename it, e.g. `{stmt.name.strip('_')}_out`")
         if stmt.repeat is not None:
             value = self.repeat(stmt, scope)
         else:
@@ -175,8 +213,8 @@ class _Elaborator:
             raise SpecError.at(call.pos, "`repeat` threads the first argument through each copy; pass one")
         value = self.eval(call.args[0], scope, stmt.name)
         for i in range(count):
-            inner = Scope(scope.names, f"{scope.prefix}{stmt.name}.{i}.", scope.defs_active)
-            value = self.call_def(self.program.defs[call.func], call, [value], scope, inner)
+            value = self.call_def(self.program.defs[call.func], call, [value], scope,
+                                  f"{scope.prefix}{stmt.name}.{i}.")
         return value
 
     # -- expressions ---------------------------------------------------------------------------
@@ -250,8 +288,7 @@ class _Elaborator:
 
     def call(self, expr: ast.Call, scope: Scope, binding: str):
         if expr.func in self.program.defs:
-            inner = Scope(scope.names, f"{scope.prefix}{binding}.", scope.defs_active)
-            return self.call_def(self.program.defs[expr.func], expr, None, scope, inner)
+            return self.call_def(self.program.defs[expr.func], expr, None, scope, f"{scope.prefix}{binding}.")
         rule = OPS.get(expr.func)
         if rule is None:
             raise SpecError.at(expr.pos, f"unknown op `{expr.func}`",
@@ -293,7 +330,8 @@ class _Elaborator:
             raise SpecError.at(expr.pos, f"argument `{param.name}` expects {_kind_name(kind)}, got {_describe(v)}")
         return ok
 
-    def call_def(self, d: ast.Def, call: ast.Call | None, threaded, outer: Scope, inner: Scope):
+    def call_def(self, d: ast.Def, call: ast.Call | None, threaded, outer: Scope, prefix: str):
+        """Expand def `d` called from `outer`; its parameters go under `prefix` (e.g. "stack.0.")."""
         if d.name in outer.defs_active:
             raise SpecError.at(call.pos, f"def `{d.name}` calls itself; defs cannot recurse",
                                "use `repeat` to stack copies")
@@ -320,7 +358,7 @@ class _Elaborator:
                                        f"signature: {_def_signature(d)}")
                 names[p.name] = self.static(p.default, Scope(dict(names)))
             names[p.name] = self._def_arg(d, p, names[p.name], call.pos)
-        body_scope = Scope({**names}, inner.prefix, outer.defs_active + (d.name,))
+        body_scope = Scope({**names}, prefix, outer.defs_active + (d.name,))
         return self._run_def(d, body_scope)
 
     def _def_arg(self, d: ast.Def, p: ast.Param, v, pos):
@@ -374,8 +412,11 @@ class _Ctx:
 
     def call_def(self, d, tensors: list) -> Value:
         """Expand def `d` on these tensors (its leading tensor arguments), parameters under this call."""
-        inner = Scope(self.scope.names, f"{self.scope.prefix}{self.binding}.{d.name}.", self.scope.defs_active)
-        result = self.el.call_def(d, None, list(tensors), self.scope, inner)
+        if _module_attribute(d.name):
+            raise SpecError.at(d.pos, f"def `{d.name}` cannot be passed to {self.op}: its parameters would go "
+                                      f"under `{d.name}`, an attribute every torch module has",
+                               f"rename the def, e.g. `{d.name.strip('_')}_block`")
+        result = self.el.call_def(d, None, list(tensors), self.scope, f"{self.scope.prefix}{self.binding}.{d.name}.")
         if not isinstance(result, Value):
             self.error(f"{self.op}: def `{d.name}` must return a tensor")
         return result
@@ -474,7 +515,7 @@ def _op_signature(sig: inspect.Signature) -> str:
 
 
 def _literal(v) -> str:
-    return {True: "true", False: "false", None: "none"}.get(v, repr(v)) if isinstance(v, (bool, type(None))) else repr(v)
+    return {True: "true", False: "false", None: "none"}[v] if isinstance(v, (bool, type(None))) else repr(v)
 
 
 def _def_signature(d: ast.Def) -> str:

@@ -27,12 +27,12 @@ def lower(model: CheckedModel, seed: int = 0) -> fx.GraphModule:
         env[port.value.id] = node
     for op in model.nodes:
         env[op.value.id] = _call(graph, root, op, env, seed)
-    out = graph.output(tuple(env[p.value.id] for p in model.outputs))
+    results = tuple(env[p.value.id] for p in model.outputs)
+    # A one-output model returns the tensor itself; meta keeps the outputs' names either way.
+    out = graph.output(results[0] if len(results) == 1 else results)
     out.meta["names"] = [p.name for p in model.outputs]
     gm = fx.GraphModule(root, graph, class_name=_class_name(model.name))
     gm.meta["invc"] = model
-    if len(model.outputs) == 1:
-        _return_lone_output(gm)
     return gm
 
 
@@ -85,13 +85,6 @@ def _register(root: nn.Module, target: str, param: nn.Parameter) -> None:
             mod.add_module(part, nn.Module())
         mod = getattr(mod, part)
     mod.register_parameter(leaf, param)
-
-
-def _return_lone_output(gm: fx.GraphModule) -> None:
-    """A one-output model returns the tensor itself; meta keeps the output's name."""
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    out.args = (out.args[0][0],)
-    gm.recompile()
 
 
 def _class_name(name: str) -> str:

@@ -222,7 +222,8 @@ def _reduction(name):
     return op(rule)
 
 
-sum_, mean, max_, min_ = (_reduction(r) for r in ("sum", "mean", "max", "min"))
+KINDS = ("sum", "mean", "max", "min")  # the reductions; pool and friends take the same kinds
+sum_, mean, max_, min_ = (_reduction(r) for r in KINDS)
 
 
 BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div"}

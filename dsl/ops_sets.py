@@ -11,10 +11,9 @@ and frame averaging around a def. They emit the runtime/sets.py and runtime/fram
                                                           frame_centroid, frame_basis, frame_in,
                                                           frame_tile, the backbone, frame_out
 """
-from dsl.ops import Axis, DefRef, Tensor, _float, op
+from dsl.ops import KINDS, Axis, DefRef, Tensor, _float, op
 from dsl.types import FLOATS, INTS, ParamSpec, TensorType, Value, dim_product
 
-KINDS = ("sum", "mean", "max", "min")
 # Frame-averaging groups (spelled as in `symmetry`) -> proper, i.e. det = +1 frames only.
 # runtime/frames.py keeps the same table: dsl/ stays torch-free.
 FRAME_GROUPS = {"E3": False, "O3": False, "SE3": True, "SO3": True}

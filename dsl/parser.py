@@ -169,6 +169,11 @@ class _ToAst(Transformer):
             bad = next(a for a in args[first_kw:] if not isinstance(a, ast.Kwarg))
             raise SpecError.at(bad.pos, "a positional argument follows a keyword argument",
                                "put positional arguments first")
+        seen = set()
+        for k in kwargs:
+            if k.name in seen:
+                raise SpecError.at(k.pos, f"`{k.name}` is given twice", "keep one of the two")
+            seen.add(k.name)
         return ast.Call(str(func), positional, kwargs, self._pos(func))
 
     # statements

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Rotated, Squared, Translated
+from dsl.ops import ACTIVATIONS, BINARY
 from dsl.types import dim_product
 
 COORDINATES = (Rotated, Translated, Squared)
@@ -122,7 +123,7 @@ COORD_HINT = ("build invariants first (the squared norm sum(v * v, axis=-1), or 
 
 # Per-element ops ----------------------------------------------------------------------------
 
-@rule("relu", "gelu", "silu", "tanh", "sigmoid", "softmax", "neg")
+@rule(*ACTIVATIONS, "softmax", "neg")
 def pointwise(call: Call) -> Fact:
     """Per-element functions commute with permutations; only negation commutes with rotations."""
     x = call.arg(0)
@@ -166,7 +167,7 @@ ARITHMETIC = {  # (left kind, right kind) -> result kind, on one shared coordina
             (Invariant, Squared): Squared, (Rotated, Rotated): Squared},
     "div": {(Rotated, Invariant): Rotated, (Squared, Invariant): Squared},
 }
-SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+SYMBOLS = {fn: sym for sym, fn in BINARY.items()}  # "add" -> "+"
 
 
 @rule("add", "sub", "mul", "div")

@@ -42,6 +42,7 @@ def test_overrides_replace_defaults_and_are_type_checked():
     ("  input x: f32[B, 4]\n  y = linear(x, 4, bais=true)\n  output y", 3, 20, "linear has no argument `bais`", "did you mean `bias`?"),
     ("  input x: f32[B, 4]\n  y = linear(x)\n  output y", 3, 7, "linear is missing argument `out`", "signature: linear(x, out, bias=true)"),
     ("  input x: f32[B, 4]\n  y = relu(x, x)\n  output y", 3, 7, "relu takes at most 1 positional arguments, got 2", None),
+    ("  input x: f32[B, 4]\n  y = linear(x, out=4, out=8)\n  output y", 3, 24, "`out` is given twice", "keep one of the two"),
     ("  input x: f32[B, 4]\n  y = linear(x, 2.5)\n  output y", 3, 17, "argument `out` expects int, got float 2.5", None),
     ("  input x: f32[B, 4]\n  y = relu(z)\n  output y", 3, 12, "`z` is not defined", None),
     ("  input x: f32[B, 4]\n  y = relu(xx)\n  output y", 3, 12, "`xx` is not defined", "did you mean `x`?"),
@@ -97,6 +98,7 @@ model m(w: int = 4) {
     ("def b(x) { y = relu(x) }\nmodel m() { input x: f32[B, 4]\n y = b(x)\n output y }", "has no `return`"),
     ("def b(x, k: int) { return relu(x) }\nmodel m() { input x: f32[B, 4]\n y = b(x)\n output y }", "missing argument `k`"),
     ("def b(x) { return relu(x) }\nmodel m() { input x: f32[B, 4]\n y = b(x, q=1)\n output y }", "has no parameter `q`"),
+    ("def b(x, k: int) { return relu(x) }\nmodel m() { input x: f32[B, 4]\n y = b(x, 2, k=3)\n output y }", "`k` is given twice"),
     ("def b(x) { input z: f32[B]\n return x }\nmodel m() { input x: f32[B, 4]\n y = b(x)\n output y }", "belongs in a model"),
     ("def b(x) { return relu(x) }\nmodel m() { input x: f32[B, 4]\n y = relu(x) repeat 2\n output y }", "applies to a call of a def"),
     ("def b(x) { return relu(x) }\nmodel m() { input x: f32[B, 4]\n y = b(x) repeat 0\n output y }", "positive int"),
@@ -149,3 +151,41 @@ def test_checking_imports_no_torch():
             "compiler.cli.main(['check', 'examples/deepsets.inv'])\n"
             "assert 'torch' not in sys.modules, 'invc check imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["eval", "forward", "training", "_modules", "__init__"])
+def test_binding_names_that_torch_modules_use_are_refused(name):
+    # Lowering makes `name.weight` a submodule attribute; torch's own `eval` etc. would be in the way.
+    e = refused(f"  input x: f32[B, 4]\n  {name} = linear(x, 4)\n  y = relu({name})\n  output y")
+    assert (e.line, e.column) == (3, 3), str(e)
+    assert f"`{name}` cannot name a binding" in e.message and e.hint.startswith("rename it")
+
+
+def test_binding_names_inside_defs_and_passed_defs_are_refused_too():
+    with pytest.raises(SpecError) as e:
+        check(load_text("def b(x) {\n  forward = linear(x, 4)\n  return forward\n}\n"
+                        "model m() { input x: f32[B, 4]\n y = b(x)\n output y }", "t.inv"))
+    assert (e.value.line, e.value.column) == (2, 3) and "cannot name a binding" in e.value.message
+    with pytest.raises(SpecError) as e:
+        check(load_text("def eval(x) { return sum(linear(x, 4), axis=N) }\n"
+                        "model m() { symmetry E(3)\n input p: f32[B, N, 3] is position\n"
+                        " y = frame_average(eval, [p], group=\"E(3)\", out=\"invariant\")\n output y is invariant }",
+                        "t.inv"))
+    assert (e.value.line, e.value.column) == (1, 5) and "def `eval` cannot be passed" in e.value.message
+
+
+def test_reserved_binding_names_cover_every_torch_module_attribute():
+    import torch.fx as fx
+    import torch.nn as nn
+    from dsl.checker import MODULE_ATTRIBUTES
+    gm = fx.GraphModule(nn.Module(), fx.Graph())
+    have = {n for n in set(dir(gm)) | set(vars(gm)) if not (n.startswith("__") and n.endswith("__"))}
+    assert have <= MODULE_ATTRIBUTES, f"add to dsl/checker.py MODULE_ATTRIBUTES: {sorted(have - MODULE_ATTRIBUTES)}"
+
+
+def test_allowed_binding_names_lower_and_run():
+    import torch
+    from dsl.lower import lower
+    gm = lower(checked("  input eval: f32[B, 4]\n  _h = linear(eval, 4)\n  evaluate = relu(_h)\n  output evaluate"))
+    assert sorted(dict(gm.named_parameters())) == ["_h.bias", "_h.weight"]
+    assert gm(torch.randn(2, 4)).shape == (2, 4)

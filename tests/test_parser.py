@@ -52,6 +52,7 @@ def test_operator_precedence():
     ("model m() {\n  h = relu(x)\n", 2, 14, "missing `}`"),
     ("model m() {\n  input x: f32\n}", 3, 1, "a tensor type needs"),
     ("model m() {\n  h = f(a=1, x)\n}", 2, 14, "positional argument follows a keyword"),
+    ("model m() {\n  h = linear(x, out=4, out=8)\n}", 2, 24, "`out` is given twice"),
     ("model m() {\n  relu(x)\n}", 2, 7, "a statement must bind a name"),
 ])
 def test_bad_syntax_points_at_line_and_column(text, line, column, message):
