@@ -22,12 +22,15 @@ def register(sub) -> None:
 
 
 def _verify(args) -> int:
-    from compiler.verify import plot_orbits, verify
+    from compiler.verify import plot_format, plot_orbits, verify
     params = parse_params(args.param)
-    report = verify(args.spec, args.onnx, args.model, args.trials, args.tol, args.seed, **params)
+    if args.plot:
+        plot_format(args.plot)
+    report = verify(args.spec, args.onnx, args.model, args.trials, args.tol, args.seed, params=params)
     print(report)
     if args.plot:
-        print(f"orbits plotted to {plot_orbits(args.spec, args.plot, args.model, args.onnx, seed=args.seed, **params)}")
+        path = plot_orbits(args.spec, args.plot, args.model, args.onnx, seed=args.seed, params=params)
+        print(f"orbits plotted to {path}")
     if not report.ok:
         failed = sorted({f"{m.output} under {m.group}" for m in report.rows if not m.ok})
         raise CheckFailed(f"symmetry not kept: {', '.join(failed)}")

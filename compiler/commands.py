@@ -74,7 +74,7 @@ def _check_cmd(sub) -> None:
 
 def _check(args) -> int:
     from compiler.driver import check
-    m = check(args.spec, args.model, **parse_params(args.param))
+    m = check(args.spec, args.model, parse_params(args.param))
     params = sum(math.prod(s.shape) for n in m.nodes for s in n.params.values())
     print(f"{m.file}: model {m.name} is well-typed: {len(m.nodes)} ops, {params:,} parameters")
     for port in m.inputs:
@@ -120,7 +120,7 @@ def _compile(args) -> int:
     default = Path(args.spec).stem + ("_triton" if args.target == "triton" else ".onnx")
     out = Path(args.out) if args.out else Path(default)
     result = compile(args.spec, args.target, out, args.model, args.seed, pipeline, args.dump_after,
-                     _dump, **parse_params(args.param))
+                     _dump, params=parse_params(args.param))
     if args.target == "triton":
         print(result.triton.explain() if args.explain else
               f"{result.spec}: model {result.model} -> {out}/model.py ({len(result.triton.regions)} "
@@ -154,8 +154,9 @@ def _run_cmd(sub) -> None:
 def _run(args) -> int:
     import numpy as np
     from runtime.session import Session, load_inputs, random_inputs
+    dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
     session = Session(args.model, args.provider)
-    feeds = random_inputs(session.inputs, _dims(args.random)) if args.random else load_inputs(args.input)
+    feeds = random_inputs(session.inputs, dims) if args.random else load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
     ms = (time.perf_counter() - t0) * 1000
@@ -172,7 +173,7 @@ def _dims(text: str) -> dict:
     dims = {}
     for item in text.split(","):
         name, sep, size = item.partition("=")
-        if not sep or not name.strip().isidentifier() or not size.strip().isdigit() or int(size) < 1:
+        if not sep or not name.strip().isidentifier() or not size.strip().isdecimal() or int(size) < 1:
             raise InvcError(f"malformed --random {text!r}: expected DIM=SIZE,..., e.g. B=2,N=16")
         dims[name.strip()] = int(size)
     return dims
@@ -197,7 +198,7 @@ def _graph_cmd(sub) -> None:
 def _graph(args) -> int:
     from compiler.driver import build
     from passes.cleanup import default_pipeline
-    gm = build(args.spec, args.model, **parse_params(args.param))
+    gm = build(args.spec, args.model, params=parse_params(args.param))
     if args.optimized:
         gm = default_pipeline().run(gm)
     print(gm.graph)
@@ -225,8 +226,8 @@ def _demo(args) -> int:
     params = parse_params(args.param)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / (Path(args.spec).stem + ".onnx")
-        result = compile(args.spec, out=out, model=args.model, **params)
-        report = compare_with_torch(args.spec, out, {"B": 3, "N": 7, "S": 4}, model=args.model, **params)
+        result = compile(args.spec, out=out, model=args.model, params=params)
+        report = compare_with_torch(args.spec, out, {"B": 3, "N": 7, "S": 4}, model=args.model, params=params)
     rows = [("spec", os.path.relpath(result.spec)), ("model", result.model), ("parameters", f"{result.parameters:,}"),
             ("fx nodes", str(len(result.module.graph.nodes))), ("ONNX nodes", str(result.onnx_nodes)),
             ("ONNX size", f"{result.onnx_bytes / 1024:.1f} KiB"),

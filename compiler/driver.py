@@ -14,15 +14,17 @@ from dsl.program import load
 from dsl.types import CheckedModel
 
 
-def check(spec: str | Path, model: str | None = None, **params) -> CheckedModel:
-    """Parse and type-check a spec; raises dsl.errors.SpecError. Needs no torch."""
-    return _check(load(spec), model, params)
+def check(spec: str | Path, model: str | None = None, params: dict | None = None, **kw) -> CheckedModel:
+    """Parse and type-check a spec; raises dsl.errors.SpecError. Needs no torch.
+    Model parameters come as keywords (hidden=128) or, when a name is also one of these
+    functions' own arguments (model, seed, ...), in `params`."""
+    return _check(load(spec), model, {**(params or {}), **kw})
 
 
-def build(spec: str | Path, model: str | None = None, seed: int = 0, **params):
+def build(spec: str | Path, model: str | None = None, seed: int = 0, params: dict | None = None, **kw):
     """A trainable torch.fx.GraphModule built from the spec, parameters initialised from `seed`."""
     from dsl.lower import lower
-    return lower(check(spec, model, **params), seed)
+    return lower(check(spec, model, params, **kw), seed)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class CompileResult:
 
 def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = None,
             model: str | None = None, seed: int = 0, pipeline=None, dump_after=(), dump=None,
-            **params) -> CompileResult:
+            params: dict | None = None, **kw) -> CompileResult:
     """Compile a spec: check, lower to fx, run the pass pipeline, emit ONNX (written if `out`)."""
     from dsl.lower import lower
     from compiler.onnx_backend import save_onnx, to_onnx
@@ -59,7 +61,7 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     if target not in ("onnx", "triton"):
         raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
     times, t0 = {}, time.perf_counter()
-    checked = check(spec, model, **params)
+    checked = check(spec, model, params, **kw)
     times["check"] = time.perf_counter() - t0
     gm = lower(checked, seed)
     times["lower"] = time.perf_counter() - t0 - times["check"]

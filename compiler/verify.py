@@ -21,7 +21,7 @@ class Agreement:
 
 
 def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed: int = 0,
-                       model: str | None = None, **params) -> Agreement:
+                       model: str | None = None, params: dict | None = None, **kw) -> Agreement:
     """Run the ONNX file in onnxruntime and the spec's torch module on the same random inputs;
     symbolic dims missing from `dims` get OTHER_SIZE."""
     from compiler.driver import build
@@ -30,7 +30,7 @@ def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed
     session = Session(onnx_path)
     feeds = random_inputs(session.inputs, dims, seed, default=OTHER_SIZE)
     got = session.run(feeds)
-    module = build(spec, model, seed, **params)
+    module = build(spec, model, seed, params, **kw)
     with torch.no_grad():
         want = module(*(torch.from_numpy(feeds[i.name]) for i in session.inputs))
     want = want if isinstance(want, tuple) else (want,)
@@ -220,11 +220,12 @@ class Report:
 
 
 def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None = None, trials: int = 4,
-           tol: float = TOLERANCE[torch.float32], seed: int = 0, sizes: dict | None = None, **params) -> Report:
+           tol: float = TOLERANCE[torch.float32], seed: int = 0, sizes: dict | None = None,
+           params: dict | None = None, **kw) -> Report:
     """Measure every declared symmetry of a spec's outputs on its torch module (fp32 and fp64) and
     on its ONNX file (compiled in memory when not given). The spec's claims are measured even when
     the static proof refuses them, so both halves can be compared."""
-    checked, gm, inputs, backends = _prepare(spec, model, onnx, seed, sizes, params)
+    checked, gm, inputs, backends = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
     rows, notes, gen = [], [], torch.Generator().manual_seed(seed)
     for group in checked.groups:
         ins, outs = _facts(checked, group)
@@ -372,23 +373,32 @@ def _rotation_about(axis: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
 
 
+def plot_format(path: str | Path) -> str:
+    """The image format a plot path asks for; refused (before any slow work) when matplotlib lacks it."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from compiler.errors import InvcError
+
+    image = Path(path).suffix.lstrip(".").lower() or "png"
+    if image not in FigureCanvasBase.get_supported_filetypes():
+        raise InvcError(f"cannot plot to {path}: matplotlib writes no .{image} files; use .png")
+    return image
+
+
 def plot_orbits(spec: str | Path, path: str | Path, model: str | None = None, onnx=None, axes: int = 3,
-                steps: int = 73, seed: int = 0, sizes: dict | None = None, **params) -> Path:
+                steps: int = 73, seed: int = 0, sizes: dict | None = None, params: dict | None = None,
+                **kw) -> Path:
     """NERO-style polar plot: the relative error of each claimed output along orbits of each
     declared group (angle: the orbit parameter; radius: the error), torch and ONNX in fp32."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.backend_bases import FigureCanvasBase
 
-    from compiler.errors import InvcError
     from compiler.files import atomic_file
     from dsl.groups import Euclidean
 
-    image = Path(path).suffix.lstrip(".").lower() or "png"
-    if image not in FigureCanvasBase.get_supported_filetypes():  # refused before the slow part
-        raise InvcError(f"cannot plot to {path}: matplotlib writes no .{image} files; use .png")
-    checked, _, inputs, backends = _prepare(spec, model, onnx, seed, sizes, params)
+    image = plot_format(path)
+    checked, _, inputs, backends = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
     groups, gen = list(checked.groups), torch.Generator().manual_seed(seed)
     fig, panels = plt.subplots(1, len(groups), subplot_kw={"projection": "polar"},
                                figsize=(5 * len(groups), 5), squeeze=False)

@@ -177,3 +177,23 @@ def test_demo_takes_a_model_and_params_and_sizes_any_dim(tmp_path):
     assert "x[5, 6]" in r.stdout
     r = invc("demo", "--tol", "-1")
     assert r.returncode == 2 and "must be above 0" in r.stderr
+
+
+def test_model_parameters_may_share_names_with_the_api(tmp_path):
+    spec = tmp_path / "p.inv"
+    spec.write_text("model m(seed: int = 2) {\n  input x: f32[B, 4]\n  h = linear(x, seed)\n  output h\n}\n")
+    r = invc("check", spec, "-p", "seed=3")
+    assert r.returncode == 0 and "output h: f32[B, 3]" in r.stdout, r.stderr
+    r = invc("compile", spec, "-p", "seed=5", "-o", tmp_path / "p.onnx")
+    assert r.returncode == 0, r.stderr
+    assert ort.InferenceSession(str(tmp_path / "p.onnx")).get_outputs()[0].shape[-1] == 5
+    r = invc("check", spec, "-p", "model=3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "model" in r.stderr, r.stderr
+
+
+def test_malformed_flags_are_refused_before_slow_work(tmp_path):
+    compiler.compile(DEEPSETS, out=tmp_path / "ds.onnx")
+    r = invc("run", tmp_path / "ds.onnx", "--random", "B=²")
+    assert r.returncode == 2 and "malformed --random" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = invc("verify", DEEPSETS, "--plot", tmp_path / "orbits.xyz")
+    assert r.returncode == 2 and "matplotlib writes no .xyz" in r.stderr and r.stdout == "", r.stdout
