@@ -19,7 +19,11 @@ class Pass:
     doc: str = ""
 
     def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
-        return self.fn(gm)
+        """Run the pass, then check the graph and regenerate the module's code, once for every pass."""
+        gm = self.fn(gm)
+        gm.graph.lint()
+        gm.recompile()
+        return gm
 
     def __str__(self) -> str:
         return f"{self.name:<18} {self.doc}"
@@ -64,8 +68,6 @@ class Pipeline:
                 raise
             except Exception as e:  # a bug in a pass must still say which pass and what ran before
                 raise PassError(f"pass {p.name!r} failed after [{', '.join(done)}]: {e}") from e
-            gm.graph.lint()
-            gm.recompile()
             done.append(p.name)
             if p.name in wanted and dump is not None:
                 dump(p.name, gm)

@@ -32,6 +32,4 @@ def cse(gm: fx.GraphModule) -> fx.GraphModule:
         if first is not node:
             node.replace_all_uses_with(first)
             gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
     return gm
