@@ -6,7 +6,6 @@ at every B and N. Parameters become initializers in their own dtype.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from onnx import helper, numpy_helper
 from compiler.errors import InvcError
 from compiler.files import atomic_file
 from compiler.onnx_ops import DTYPES, EMITTERS
-from dsl.lower import named_outputs
+from dsl.lower import attribute, named_outputs
 
 __all__ = ["EMITTERS", "to_onnx", "save_onnx"]
 
@@ -67,7 +66,7 @@ class GraphBuilder:
         return self.names[node]
 
     def tensor(self, node: fx.Node) -> np.ndarray:
-        return functools.reduce(getattr, node.target.split("."), self.gm).detach().cpu().numpy()
+        return attribute(self.gm, node.target).detach().cpu().numpy()
 
     def transposed(self, node: fx.Node) -> str:
         """W^T for MatMul: a pre-transposed initializer when W is a parameter, else a Transpose."""

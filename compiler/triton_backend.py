@@ -19,6 +19,7 @@ import torch.fx as fx
 
 from compiler.errors import InvcError
 from compiler.files import atomic_dir
+from dsl.lower import attribute
 from runtime import frames, ops, sets
 from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS, bound_args, embedded_source
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, MAX_FUSED_WIDTH, Act,
@@ -234,10 +235,7 @@ def generate(gm: fx.GraphModule, the_plan: Plan) -> tuple[str, dict]:
 
 
 def _tensor(gm, target: str) -> torch.Tensor:
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value.detach().cpu().contiguous().clone()
+    return attribute(gm, target).detach().cpu().contiguous().clone()
 
 
 class _Names:

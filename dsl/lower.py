@@ -5,6 +5,7 @@ seed and the parameter's name, so adding a layer never changes the others' initi
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 
@@ -75,6 +76,11 @@ def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
         bound = 1.0 / math.sqrt(spec.shape[-1])
         t = torch.empty(spec.shape).uniform_(-bound, bound, generator=g)
     return nn.Parameter(t)
+
+
+def attribute(gm: nn.Module, target: str) -> torch.Tensor:
+    """The tensor a get_attr target (`h.weight`) names."""
+    return functools.reduce(getattr, target.split("."), gm)
 
 
 def _register(root: nn.Module, target: str, param: nn.Parameter) -> None:

@@ -6,12 +6,11 @@ left unused for `dce` to remove.
 """
 from __future__ import annotations
 
-from functools import reduce
-
 import torch
 import torch.fx as fx
 from torch.fx.node import map_arg
 
+from dsl.lower import attribute
 from passes.base import graph_pass
 
 
@@ -30,7 +29,7 @@ def _evaluate(gm: fx.GraphModule, consts: set[fx.Node]) -> dict[fx.Node, torch.T
     with torch.no_grad():
         for node in gm.graph.nodes:
             if node in consts and node.op == "get_attr":
-                values[node] = reduce(getattr, node.target.split("."), gm)
+                values[node] = attribute(gm, node.target)
             elif node in consts:
                 args, kwargs = map_arg((node.args, node.kwargs), values.__getitem__)
                 values[node] = node.target(*args, **kwargs)
