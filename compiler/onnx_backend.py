@@ -6,7 +6,6 @@ at every B and N. Parameters become initializers in their own dtype.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,10 @@ from onnx import helper, numpy_helper
 from compiler.errors import InvcError
 from compiler.files import atomic_file
 from compiler.onnx_ops import DTYPES, EMITTERS
-from dsl.lower import attribute, named_outputs
+from dsl.lower import attribute, bound_args, named_outputs
 
 __all__ = ["EMITTERS", "to_onnx", "save_onnx"]
 
-_SIGNATURES = {fn: inspect.signature(fn) for fn in EMITTERS}
 
 
 class GraphBuilder:
@@ -90,10 +88,8 @@ class GraphBuilder:
         if emitter is None:
             raise InvcError(f"ONNX backend: node {node.name!r} has unsupported target "
                             f"{node.op} {_target_name(node.target)}; supported: runtime/ops.py")
-        bound = _SIGNATURES[node.target].bind(*node.args, **node.kwargs)
-        bound.apply_defaults()
         self.scope = node.name
-        self.name_result(emitter(self, node, *bound.arguments.values()), name)
+        self.name_result(emitter(self, node, *bound_args(node).values()), name)
         self.names[node] = name
 
     def name_result(self, result: str, name: str) -> None:

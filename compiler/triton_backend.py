@@ -19,9 +19,9 @@ import torch.fx as fx
 
 from compiler.errors import InvcError
 from compiler.files import atomic_dir
-from dsl.lower import attribute
+from dsl.lower import attribute, bound_args
 from runtime import frames, ops, sets
-from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS, bound_args, embedded_source
+from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS, embedded_source
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, MAX_FUSED_WIDTH, Act,
                                       Linear, PCAFrames, RMSNormLinear, SegmentReduce)
 

@@ -6,6 +6,7 @@ seed and the parameter's name, so adding a layer never changes the others' initi
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import zlib
 
@@ -76,6 +77,18 @@ def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
         bound = 1.0 / math.sqrt(spec.shape[-1])
         t = torch.empty(spec.shape).uniform_(-bound, bound, generator=g)
     return nn.Parameter(t)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(fn) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+def bound_args(node: fx.Node) -> dict:
+    """A call_function node's arguments by parameter name, defaults filled in, in signature order."""
+    bound = _signature(node.target).bind(*node.args, **node.kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def attribute(gm: nn.Module, target: str) -> torch.Tensor:

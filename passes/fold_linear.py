@@ -10,22 +10,18 @@ The new weight and bias are graph nodes over parameters, so `fold_constants` mat
 """
 from __future__ import annotations
 
-import inspect
 
 import torch.fx as fx
 
+from dsl.lower import bound_args
 from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
 from runtime import ops
 
-_SIGNATURE = inspect.signature(ops.linear)
-
-
 def _operands(node: fx.Node) -> tuple:
     """(x, weight, bias) of a linear node, however its args were spelled."""
-    bound = _SIGNATURE.bind(*node.args, **node.kwargs)
-    bound.apply_defaults()
-    return bound.arguments["x"], bound.arguments["weight"], bound.arguments["bias"]
+    a = bound_args(node)
+    return a["x"], a["weight"], a["bias"]
 
 
 def _is_linear(a) -> bool:

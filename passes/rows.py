@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from dsl.lower import bound_args
+from dsl.ops import ACTIVATIONS
 from dsl.types import dim_product
 from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
 from runtime import ops
 
-ROW_WISE = {ops.linear, ops.relu, ops.gelu, ops.silu, ops.tanh, ops.sigmoid, ops.neg}
+ROW_WISE = {ops.linear, ops.neg, *(getattr(ops, a) for a in ACTIVATIONS)}
 
 
 def _row_wise(node) -> bool:
@@ -49,8 +51,10 @@ def pattern(node: fx.Node) -> list[fx.Node] | None:
 
 
 def _gemm(node: fx.Node, consts: set[fx.Node]) -> bool:
-    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
-    return node.target is ops.linear and weight in consts and len(weight.meta["shape"]) == 2
+    if node.target is not ops.linear:
+        return False
+    weight = bound_args(node)["weight"]
+    return weight in consts and len(weight.meta["shape"]) == 2
 
 
 def check(chain: list[fx.Node], consts: set[fx.Node]) -> str | None:

@@ -29,8 +29,6 @@ import math
 
 import torch
 
-KINDS = ("sum", "mean", "max", "min")
-
 
 def _mask_like(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mask over x's leading dims, given trailing singleton dims so it broadcasts against x."""

@@ -12,13 +12,6 @@ import sys
 from runtime import frames, ops, sets
 
 
-def bound_args(node) -> dict:
-    """A call_function node's arguments by parameter name, defaults filled in."""
-    bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
 def _reshape(x, shape):
     """The checker's ONNX-style spec resolved in source: 0 copies the input's dim."""
     spec = ast.literal_eval(shape)
