@@ -191,3 +191,13 @@ def test_unsqueeze_pairs_elements_by_broadcasting(tmp_path):
     want, got = run_both(gm, session, {"x": x})
     np.testing.assert_allclose(want, x[:, :, None] - x[:, None], rtol=0, atol=0)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("offsets, message", [([0, 3, 2, 5], r"never decrease: offsets\[1\] = 3 > offsets\[2\] = 2"),
+                                              ([0, 2, 7], r"end at the number of elements \(5\), got 0 ... 7")])
+def test_triton_segment_op_names_bad_offsets_on_its_torch_path(offsets, message):
+    pytest.importorskip("triton")
+    from runtime.triton import ops as triton_ops
+
+    with pytest.raises(ValueError, match=message):
+        triton_ops.segment_reduce(torch.randn(5, 4), torch.tensor(offsets), "sum")

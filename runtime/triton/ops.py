@@ -60,8 +60,9 @@ Tensor, Maybe = torch.Tensor, Optional[torch.Tensor]
 def segment_reduce(x: Tensor, offsets: Tensor, kind: str, deterministic: bool = False,
                    weight: Maybe = None, bias: Maybe = None, activation: str = "none") -> Tensor:
     if activation != "none" and activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be 'none' or one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        raise ValueError(f"invc::segment_reduce: activation must be 'none' or one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if not _kernels_for(x) or x.dim() != 2:
+        prelude.check_offsets(offsets, x.shape[0])  # torch's own errors would not name the offsets
         return sets.segment_reduce(_row_map(x, weight, bias, activation), offsets, kind, deterministic)
     config = SegmentReduce("segment_reduce", kind, "csr", x.shape[1], _steps(weight, bias, activation),
                            DTYPE_NAMES[x.dtype])

@@ -57,7 +57,6 @@ def check_inputs(signature: dict, tensors: dict) -> None:
 
 def check_offsets(offsets: torch.Tensor, rows: int) -> None:
     """CSR offsets of ragged sets: int, starting at 0, never decreasing, ending at `rows`."""
-    check_device("offsets", offsets)
     if offsets.dim() != 1 or offsets.dtype not in (torch.int32, torch.int64) or len(offsets) == 0:
         raise LaunchError(f"offsets must be a non-empty 1-d int32/int64 tensor, got "
                           f"{offsets.dtype} of shape {list(offsets.shape)}")
@@ -69,7 +68,6 @@ def check_offsets(offsets: torch.Tensor, rows: int) -> None:
     if first != 0 or last != rows:
         raise LaunchError(f"offsets must start at 0 and end at the number of elements ({rows}), "
                           f"got {first} ... {last}")
-
 
 
 def unbalanced(offsets: torch.Tensor, chunk_rows: int) -> bool:

@@ -199,6 +199,7 @@ class SegmentReduce:
         identity = {"max": 'float("-inf")', "min": 'float("inf")'}.get(self.kind, "0.0")
         weights = "".join(f"{w}, " for w in weight_args(self.steps))
         lines = [f'check_tensor("x", x, "{self.dtype}", (None, {self.d_in}))',
+                 'check_device("offsets", offsets)',
                  "check_offsets(offsets, x.shape[0])",
                  "x, sets = x.contiguous(), len(offsets) - 1",
                  f"if variant == \"auto\":",
