@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from core import _cpu_name, _loop, _ort_session, interleaved, print_table  # noqa: E402
+from core import _cpu_name, _ort_session, _per_call, print_table  # noqa: E402
 
 import compiler  # noqa: E402
 from compiler.onnx_backend import save_onnx, to_onnx  # noqa: E402
@@ -102,9 +102,7 @@ def row(batch: int, n: int, models: dict, args) -> list[str]:
                "bare8": _ort(models["bare_onnx"], wide, args.threads),
                "eager bare": _eager(models["bare"], feeds), "eager fa": _eager(models["fa"], feeds),
                "eager eigh fa": _eager(naive_fa(models["bare"]), feeds)}
-    loops = {name: _loop(run, args.budget) for name, run in runners.items()}
-    med = interleaved({name: loop for name, (loop, _) in loops.items()}, args.repeats)
-    t = {name: med[name] / loops[name][1] for name in med}
+    t = _per_call(runners, args)
     return [str(batch), f"{t['bare'] * 1e6:.1f}", f"{t['fa'] * 1e6:.1f}", f"{t['fa'] / t['bare']:.2f}x",
             f"{t['bare8'] / t['bare']:.2f}x", f"{t['eager fa'] / t['eager bare']:.2f}x",
             f"{t['eager eigh fa'] / t['eager bare']:.2f}x"]

@@ -100,12 +100,12 @@ def child(mode: str, sparsities: list[float]) -> list[dict]:
     torch.manual_seed(0)
     tok = transformers.AutoTokenizer.from_pretrained(DENSE)
     held = token_sequences(tok, play_text(HELD_OUT_PLAYS), SEQ, EVAL_ROWS)
+    calib = token_sequences(tok, play_text(CALIB_PLAYS), SEQ, CALIB_ROWS) if mode != "dense" else None
     rows, calibration = [], None
     for sparsity in sparsities:
         model = load(DENSE)
         out = {"mode": mode, "sparsity": sparsity, "params_dense": count_parameters(model)}
         if mode != "dense":
-            calib = token_sequences(tok, play_text(CALIB_PLAYS), SEQ, CALIB_ROWS)
             cpu, load_before = _cpu_seconds(), os.getloadavg()[0]
             report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration)
             out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map)
