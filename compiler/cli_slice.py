@@ -74,21 +74,21 @@ def run_slice(args) -> int:
     from compiler.files import check_dir_target
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
-    from passes.slicegpt.slicing import DEFAULT_SPARSITY, MODES, kept_dims, slice_model
+    from passes.slicegpt.slicing import MODES, group_dims, slice_model
     from passes.slicegpt.standard import standard_model
+    from passes.slicegpt.structure import discover
 
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
     schedule = _schedule(args.schedule)
     check_dir_target(args.output, "sliced model", checkpoint.PLAN)
     model = checkpoint.load(args.model)
-    if schedule is None:
-        kept_dims(model.config.hidden_size, DEFAULT_SPARSITY if args.sparsity is None else args.sparsity,
-                  args.multiple)
+    structure = discover(model)
+    group_dims(structure, args.mode, args.sparsity, schedule, args.multiple)  # refused before the long work
     tok = _tokenizer(args.model)
     rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
     report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,
-                         args.untie_head, progress=_progress("calibrating"), schedule=schedule)
+                         args.untie_head, structure, progress=_progress("calibrating"), schedule=schedule)
     std, why = standard_model(model) if args.mode == "shortcut-free" else (None, "shortcut mode")
     checkpoint.save_sliced(model, args.output, tok, std)
     level = f"schedule {schedule}" if schedule else f"sparsity {report.sparsity}"

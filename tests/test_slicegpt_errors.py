@@ -101,3 +101,16 @@ def test_onnx_that_fails_its_check_is_not_written(tmp_path, monkeypatch):
     with pytest.raises(CheckFailed, match="m.onnx: onnxruntime logits differ.*not written"):
         export_onnx(model, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plan_that_does_not_fit_the_model_names_the_file(tmp_path):
+    import json
+
+    model = tiny_model("llama")
+    slice_model(model, token_batches(1), 0.25, mode="shortcut", structure=structure_of("llama"))
+    out = save_sliced(model, tmp_path / "m")
+    plan = json.loads((out / "invc_slice.json").read_text())
+    plan["norms"][0]["module"] = "model.layers.7.input_layernorm"
+    (out / "invc_slice.json").write_text(json.dumps(plan))
+    with pytest.raises(InvcError, match=r"invc_slice.json does not fit the model in .*config.json.*slice the model again"):
+        load(out)

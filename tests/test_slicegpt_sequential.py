@@ -8,7 +8,7 @@ from passes.base import PassError
 from passes.slicegpt import calibrate, export_onnx, load, save_sliced, slice_model
 from passes.slicegpt.calibration import stream_readers
 from passes.slicegpt.rotation import apply
-from test_slicegpt_families import logits, relative
+from test_slicegpt_families import BEAT_NAIVE, logits, naive_sliced, relative, relative_mse
 from test_slicegpt_models import HIDDEN, structure_of, token_batches, tiny_model
 
 
@@ -96,6 +96,8 @@ def test_schedule_gives_each_block_its_width(family, schedule, dims, tmp_path):
         assert all(params[w.weight].shape[w.axis] == written[groups[k]] for w in b.writers)
     out = logits(model)
     assert torch.isfinite(out).all() and relative(out, ref) < 1.0
+    naive = relative_mse(logits(naive_sliced(family, "shortcut", None, schedule)), ref)
+    assert relative_mse(out, ref) < BEAT_NAIVE * naive, f"PCA slicing {relative_mse(out, ref):.4f} vs identity {naive:.4f}"
     loaded = load(save_sliced(model, tmp_path / "m"))
     assert torch.equal(logits(loaded), out)
     assert export_onnx(loaded, tmp_path / "m.onnx", tolerance=1e-4) <= 1e-4
@@ -116,10 +118,10 @@ def test_bad_schedule_is_refused_with_reason(kwargs, message):
 def test_capture_gives_each_block_its_own_forward_back():
     """Capture hands blocks' inputs straight on after the first batch; a forward set on the instance
     (as accelerate's offloading hooks do) must be the one in place afterwards."""
-    from passes.slicegpt.sequential import block_names, capture
+    from passes.slicegpt.sequential import capture
 
     model, s = tiny_model("llama"), structure_of("llama")
-    first, second = (model.get_submodule(b) for b in block_names(s))
+    first, second = (model.get_submodule(b) for b in s.blocks)
     calls = []
 
     def wrapped(*args, own=first.forward, **kwargs):

@@ -82,6 +82,13 @@ def all_ranks(m: torch.Tensor) -> torch.Tensor:
     return m
 
 
+def seen(m: torch.Tensor) -> torch.Tensor:
+    """A moment sum that saw at least one token; an all-padding calibration is refused."""
+    if float(m.trace()) == 0.0:
+        raise PassError("calibration saw no tokens: give at least one batch with unmasked tokens")
+    return m
+
+
 def pca(m: torch.Tensor) -> torch.Tensor:
     """Eigenvectors by decreasing eigenvalue, each with its largest entry positive so that every rank
     and every run picks the same signs."""

@@ -66,7 +66,11 @@ def load(path: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, FileNotFoundError) as e:
         raise InvcError(f"{path / WEIGHTS}: missing or corrupt weights: {e}") from e
-    return restore(model, plan, state, dtype).eval()
+    try:
+        return restore(model, plan, state, dtype).eval()
+    except (KeyError, AttributeError) as e:
+        raise InvcError(f"{plan_file} does not fit the model in {path / 'config.json'} ({type(e).__name__}: {e}); "
+                        "slice the model again to rewrite the directory") from e
 
 
 def restore(model: nn.Module, plan: dict, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
@@ -85,7 +89,7 @@ def restore(model: nn.Module, plan: dict, state: dict[str, torch.Tensor], dtype:
     tied = _tied_names(model)
     missing = set(dict(model.named_parameters(remove_duplicate=False))) - set(state) - tied.keys()
     if missing:
-        raise InvcError(f"the checkpoint lacks {len(missing)} parameters, e.g. {sorted(missing)[0]}")
+        raise KeyError(f"the weights lack {len(missing)} parameters, e.g. {sorted(missing)[0]}")
     for key, value in state.items():
         if not key.startswith("invc_slice."):
             _assign(model, key, nn.Parameter(value.to(dtype)))

@@ -31,11 +31,9 @@ class GraphView:
     """An exported graph with the lookups the discovery needs, in topological order."""
 
     def __init__(self, ep: torch.export.ExportedProgram):
-        self.graph = ep.graph
         self.nodes = list(ep.graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.params = dict(ep.graph_signature.inputs_to_parameters)
-        self.buffers = dict(ep.graph_signature.inputs_to_buffers)
 
     def module_of(self, node: fx.Node) -> str:
         stack = node.meta.get("nn_module_stack") or {}
@@ -89,9 +87,10 @@ class GraphView:
 
     def param(self, node) -> str | None:
         """The parameter name behind a node, looking through dtype casts."""
-        while isinstance(node, fx.Node) and self.is_carrier(node):
-            node = self.carried(node)
-        if isinstance(node, fx.Node) and node.op == "placeholder":
+        if not isinstance(node, fx.Node):
+            return None
+        node = self.back(node)
+        if node.op == "placeholder":
             return self.params.get(node.name)
         return None
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from passes.base import PassError
-from passes.slicegpt.calibration import _Stop, accumulate, all_ranks, pca
+from passes.slicegpt.calibration import _Stop, accumulate, all_ranks, pca, seen
 from passes.slicegpt.structure import Structure
 
 
@@ -36,17 +36,13 @@ class Batch:
     calls: dict[str, BlockCall]
 
 
-def block_names(s: Structure) -> list[str]:
-    return list(dict.fromkeys(b.block for b in s.branches))
-
-
 def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Batch]:
     """Run the model once per batch, recording every block's call; the head is skipped.
 
     Replaying already assumes that a block's arguments besides the stream do not depend on earlier
     blocks. So from the second batch on, a block that returned just the stream is not computed
     (it hands its input on): only the first block's input and the calls are kept."""
-    blocks = block_names(s)
+    blocks = s.blocks
     captured: list[Batch] = []
     current: dict[str, BlockCall] = {}
     first: list[torch.Tensor] = []
@@ -152,13 +148,11 @@ def sequential_rotations(model: nn.Module, s: Structure, batches: Iterable[dict]
         data = capture(model, s, batches)
         first = torch.zeros(s.width, s.width, dtype=torch.float64)
         for b in data:
-            accumulate(first, b.stream, b.mask, s.layer_norm, f"block {block_names(s)[0]!r}")
-        if float(all_ranks(first).trace()) == 0.0:
-            raise PassError("calibration saw no tokens: give at least one batch with unmasked tokens")
-        rotations = {groups[0]: pca(first)}
+            accumulate(first, b.stream, b.mask, s.layer_norm, f"block {s.blocks[0]!r}")
+        rotations = {groups[0]: pca(seen(all_ranks(first)))}
         for b in data:
             b.stream = project(b.stream, rotations[groups[0]], dims[groups[0]], s.layer_norm)
-        for block in progress(block_names(s)):
+        for block in progress(s.blocks):
             positions = block_positions(s, block)
             outputs = None
             for g in dict.fromkeys(groups[p] for p in positions):
@@ -188,12 +182,11 @@ def _learn(model: nn.Module, s: Structure, block: str, data: list[Batch], positi
     observed = [p for p in inner if groups[p] == g]
     acc = torch.zeros(s.width, s.width, dtype=torch.float64)
     outputs = []
+    sliced = _projections(s, inner, groups, rotations, dims)
     for b in data:
-        def observe(_mod, args, mask=b.mask):
-            accumulate(acc, args[0], mask, s.layer_norm, f"a norm of block {block!r}")
-        hooks = _projections(s, inner, groups, rotations, dims)
-        hooks.update({n: observe for p in observed for n in readers_of(s, p)})
-        out = replay(model, block, b, hooks)
+        def observer(norm: str, mask=b.mask):
+            return lambda _mod, args: accumulate(acc, args[0], mask, s.layer_norm, f"norm {norm!r} of block {block!r}")
+        out = replay(model, block, b, {**sliced, **{n: observer(n) for p in observed for n in readers_of(s, p)}})
         if groups[positions[-1]] == g:
             accumulate(acc, out, b.mask, s.layer_norm, f"the output of block {block!r}")
         outputs.append(out)

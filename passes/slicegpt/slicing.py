@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from passes.base import PassError
-from passes.slicegpt.calibration import moments, pca
+from passes.slicegpt.calibration import moments, pca, seen
 from passes.slicegpt.modules import count_parameters
 from passes.slicegpt.rotation import apply
 from passes.slicegpt.sequential import sequential_rotations
@@ -55,20 +55,14 @@ def rotation_groups(s: Structure, mode: str) -> list[int]:
         raise PassError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "shortcut-free":
         return [0] * (len(s.branches) + 1)
-    blocks: list[str] = []
-    groups = [0]
-    for b in s.branches:
-        if b.block not in blocks:
-            blocks.append(b.block)
-        groups.append(len(blocks))
-    return groups
+    return [0] + [s.blocks.index(b.block) + 1 for b in s.branches]
 
 
 def group_dims(s: Structure, mode: str, sparsity: float | None, schedule: list[float] | None,
                multiple: int) -> list[int]:
     """The width kept by each rotation group. A schedule has one sparsity per block, for the stream
     that block writes; the embedding output shares the first block's."""
-    blocks = list(dict.fromkeys(b.block for b in s.branches))
+    blocks = s.blocks
     if schedule is None:
         dim = kept_dims(s.width, DEFAULT_SPARSITY if sparsity is None else sparsity, multiple)
         return [dim] * (1 if mode == "shortcut-free" else len(blocks) + 1)
@@ -124,9 +118,7 @@ def calibrate(model: nn.Module, batches: Iterable[dict], mode: str = "shortcut-f
         return Calibration(s, mode, groups, sequential_rotations(model, s, batches, groups, dims, progress), dims)
     group_dims(s, mode, sparsity, schedule, multiple)  # refuse a bad request before the long pass
     sums = moments(model, s, batches, groups, progress)
-    if any(float(m.trace()) == 0.0 for m in sums):
-        raise PassError("calibration saw no tokens: give at least one batch with unmasked tokens")
-    return Calibration(s, mode, groups, [pca(m) for m in sums])
+    return Calibration(s, mode, groups, [pca(seen(m)) for m in sums])
 
 
 def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsity: float | None = None,

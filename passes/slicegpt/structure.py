@@ -57,6 +57,11 @@ class Structure:
         return [n for b in self.branches for n in b.norms] + [self.final]
 
     @property
+    def blocks(self) -> list[str]:
+        """The block modules, in stream order."""
+        return list(dict.fromkeys(b.block for b in self.branches))
+
+    @property
     def tied(self) -> bool:
         return any(r.weight == self.embeddings[0].weight for r in self.final.readers)
 
@@ -65,9 +70,8 @@ class Structure:
         return any(n.kind == "layer" for n in self.norms)
 
     def summary(self) -> str:
-        blocks = sorted({b.block for b in self.branches}, key=[b.block for b in self.branches].index)
         kinds = sorted({n.kind for n in self.norms})
-        return (f"stream width {self.width}, {len(blocks)} blocks, {len(self.branches)} residual adds, "
+        return (f"stream width {self.width}, {len(self.blocks)} blocks, {len(self.branches)} residual adds, "
                 f"norms: {'/'.join(kinds)}, head {'tied' if self.tied else 'untied'}")
 
 
