@@ -196,15 +196,14 @@ def _graph_cmd(sub) -> None:
 
 
 def _graph(args) -> int:
-    from compiler.driver import build
+    from compiler.driver import build, parameter_count
     from passes.cleanup import default_pipeline
     gm = build(args.spec, args.model, params=parse_params(args.param))
     if args.optimized:
         gm = default_pipeline().run(gm)
     print(gm.graph)
     ops = sum(1 for n in gm.graph.nodes if n.op == "call_function")
-    params = sum(p.numel() for p in gm.parameters()) + sum(b.numel() for b in gm.buffers())
-    print(f"# {len(gm.graph.nodes)} nodes ({ops} ops), {params:,} parameters")
+    print(f"# {len(gm.graph.nodes)} nodes ({ops} ops), {parameter_count(gm):,} parameters")
     return 0
 
 

@@ -39,7 +39,7 @@ class CompileResult:
 
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters()) + sum(b.numel() for b in self.module.buffers())
+        return parameter_count(self.module)
 
     @property
     def onnx_nodes(self) -> int:
@@ -77,6 +77,11 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
         save_onnx(proto, out)
     times["total"] = time.perf_counter() - t0
     return CompileResult(str(spec), checked.name, Path(out) if out else None, gm, proto, times)
+
+
+def parameter_count(module) -> int:
+    """Weights a module carries: parameters and buffers (constant folding leaves buffers)."""
+    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
 
 
 def metadata(checked: CheckedModel) -> dict[str, str]:

@@ -177,8 +177,7 @@ def _claims(fn, inputs: list, group, in_facts, out_facts):
     model = getattr(fn, "meta", {}).get("invc")
     if in_facts is None:
         for g in ([group] if group is not None else list(model.groups)):
-            yield (g, [g.input_fact(p.type.shape, p.role) for p in model.inputs],
-                   [g.claim(p.value.type.shape, p.role) for p in model.outputs], [p.name for p in model.outputs])
+            yield (g, *_facts(model, g), [p.name for p in model.outputs])
         return
     ins = [group.input_fact(tuple(x.shape), f) if isinstance(f, str) else f for f, x in zip(in_facts, inputs)]
     with torch.no_grad():
