@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.inv"))
+REFUSED = {"broken_symmetry"}  # shipped to show a refusal, as in tests/test_examples.py
 
 
 def run_bench(*args: str) -> dict[str, list[list[str]]]:
@@ -26,9 +27,11 @@ def run_bench(*args: str) -> dict[str, list[list[str]]]:
 
 
 def usable(cells: list[str]) -> bool:
-    """Whether a row has numbers; only a spec the checker rejects (an error example) may lack them."""
-    if "FAILED:" not in cells:
+    """Whether a row has numbers: the refused example must fail with a SpecError, every other must not."""
+    if cells[0] not in REFUSED:
+        assert "FAILED:" not in cells, f"example {cells[0]} failed in the benchmark: {cells}"
         return True
+    assert "FAILED:" in cells, f"{cells[0]} is shipped to be refused, yet it ran: {cells}"
     assert cells[cells.index("FAILED:") + 1] == "SpecError:", cells
     return False
 
@@ -46,6 +49,7 @@ def test_check_bench_is_torch_free():
     assert sorted(rows) == EXAMPLES
     for (cells,) in rows.values():
         assert cells[1] in ("0", "2"), cells
+        assert cells[1] == ("2" if cells[0] in REFUSED else "0"), cells
         assert cells[4] == "none", f"the check path imports torch, numpy or onnx: {cells}"
         assert_ratios(cells, [5])
 

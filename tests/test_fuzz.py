@@ -22,6 +22,12 @@ def compile_or_refuse(text: str) -> None:
         model = check(load_text(text, "fuzz.inv"))
     except SpecError as e:
         assert e.line >= 0 and e.message
+        # Every refusal of a text points into it: a 1-based line of the text and a column on that line
+        # (at most one past its end, where a missing piece belongs). Whole-file errors (line 0) come
+        # only from reading a file, which load_text never does.
+        lines = text.split("\n")
+        assert 1 <= e.line <= len(lines), (e.line, len(lines), e.message)
+        assert 1 <= e.column <= len(lines[e.line - 1]) + 1, (e.line, e.column, e.message)
         return
     lower(model)  # a spec the checker accepts must lower without complaint
 

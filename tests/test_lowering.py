@@ -18,6 +18,20 @@ def P(gm, name):
     return dict(gm.named_parameters())[name]
 
 
+def randomised(gm, seed: int = 1234):
+    """Overwrite every parameter with seeded random values: biases start at 0 and norm scales at
+    1, so without this a lowering that dropped them would still match the references."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(gm.named_parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if p.dim() == 1 else 0.0))
+    return gm
+
+
+def build_random(body: str, seed: int = 0):
+    return randomised(build(body, seed))
+
+
 x34 = torch.randn(2, 5, 4)
 ids = torch.randint(0, 7, (2, 5))
 
@@ -41,8 +55,8 @@ CASES = {
     "mlp": ('y = mlp(x, widths=[6, 3], act="tanh")',
             lambda gm, x: F.linear(torch.tanh(F.linear(x, P(gm, "y.0.weight"), P(gm, "y.0.bias"))),
                                    P(gm, "y.1.weight"), P(gm, "y.1.bias"))),
-    "layernorm": ("y = layernorm(x, eps=0.001)", lambda gm, x: F.layer_norm(x, (4,), eps=1e-3)),
-    "rmsnorm": ("y = rmsnorm(x)", lambda gm, x: F.rms_norm(x, (4,), eps=1e-6)),
+    "layernorm": ("y = layernorm(x, eps=0.001)", lambda gm, x: F.layer_norm(x, (4,), P(gm, "y.weight"), P(gm, "y.bias"), eps=1e-3)),
+    "rmsnorm": ("y = rmsnorm(x)", lambda gm, x: F.rms_norm(x, (4,), P(gm, "y.weight"), eps=1e-6)),
     "relu": ("y = relu(x)", lambda gm, x: F.relu(x)),
     "gelu": ("y = gelu(x)", lambda gm, x: F.gelu(x)),
     "silu": ("y = silu(x)", lambda gm, x: x * torch.sigmoid(x)),
@@ -68,15 +82,15 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_op_matches_torch(name):
     stmt, reference = CASES[name]
-    gm = build(f"  input x: f32[B, N, 4]\n  {stmt}\n  output y")
+    gm = build_random(f"  input x: f32[B, N, 4]\n  {stmt}\n  output y")
     with torch.no_grad():
         torch.testing.assert_close(gm(x34), reference(gm, x34), atol=1e-5, rtol=1e-5)
 
 
 def test_embedding_and_masked_attention_match_torch():
-    gm = build("  input ids: i64[B, N]\n  y = embedding(ids, num=7, dim=3)\n  output y")
+    gm = build_random("  input ids: i64[B, N]\n  y = embedding(ids, num=7, dim=3)\n  output y")
     torch.testing.assert_close(gm(ids), P(gm, "y.weight")[ids])
-    gm = build("  input x: f32[B, N, 4]\n  input mask: bool[B, N]\n  y = attention(x, heads=2, mask=mask)\n  output y")
+    gm = build_random("  input x: f32[B, N, 4]\n  input mask: bool[B, N]\n  y = attention(x, heads=2, mask=mask)\n  output y")
     mask = torch.rand(2, 5) < 0.7
     mask[:, 0] = True
     with torch.no_grad():

@@ -1,7 +1,9 @@
 """`invc slice`, `invc eval-ppl` and `invc export` end to end on a tiny model directory."""
 from __future__ import annotations
 
+import math
 import random
+import re
 import string
 import subprocess
 import sys
@@ -9,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers as T
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from compiler.cli import main
 from passes.slicegpt import load
+from passes.slicegpt.data import token_sequences
 from test_slicegpt_models import VOCAB, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +61,19 @@ def test_slice_eval_export(workdir, capfd, caplog):
     model = load(out)
     assert model.invc_slice.plan["dim"] == 48
     assert main(["eval-ppl", str(out), "--text", str(workdir / "held.txt"), "--seq-len", "32"]) == 0
-    assert "perplexity" in capfd.readouterr().out
+    text = capfd.readouterr().out
+    assert "perplexity" in text
+    found = re.search(r"perplexity (\S+) on (\d+) x 32 tokens", text)
+    assert found, text
+    # Independently: every non-overlapping 32-token row of the held text (no --samples: all rows),
+    # tokenised by the tokenizer saved with the model, one forward, exp of the mean next-token CE.
+    tok = T.AutoTokenizer.from_pretrained(out)
+    rows = token_sequences(tok, (workdir / "held.txt").read_text(), 32)
+    assert int(found.group(2)) == len(rows) > 1
+    with torch.no_grad():
+        logits = model(input_ids=rows, use_cache=False).logits[:, :-1].double()
+    want = math.exp(float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))))
+    assert float(found.group(1)) == pytest.approx(want, rel=1e-3)
     assert main(["export", str(out), "-o", str(workdir / "m.onnx")]) == 0
     assert (workdir / "m.onnx").stat().st_size > 0
     assert not [r for r in caplog.records if "torchvision" in r.getMessage()]  # exporter noise is silenced

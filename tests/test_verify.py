@@ -74,6 +74,9 @@ def test_verify_measures_what_the_static_check_refused():
     report = verify(BROKEN, trials=2)
     assert not report.ok
     assert report.static.startswith("refused: mlp over the 3 coordinates breaks E(3) invariance")
+    # The spec declares `symmetry S(N), E(3)`: both measured on every backend, so the all()s below see rows.
+    assert {(m.backend, m.group) for m in report.rows} == {
+        (backend, group) for backend in ("torch fp32", "torch fp64", "onnx fp32") for group in ("S(N)", "E(3)")}
     assert all(m.ok for m in report.rows if m.group == "S(N)")
     assert all(m.error > 1e-2 for m in report.rows if m.group == "E(3)")
 
@@ -104,6 +107,7 @@ def test_cli_verify_refuses_bad_arguments_and_another_models_onnx_file(tmp_path,
     with pytest.raises(SystemExit) as e:
         main(["verify", str(DEEPSETS), "--trials", "0"])
     assert e.value.code == 2
+    assert "argument --trials: must be above 0, got 0" in capsys.readouterr().err
     other = tmp_path / "mlp.onnx"
     compiler.compile(ROOT / "examples" / "mlp.inv", out=other)
     assert main(["verify", str(DEEPSETS), "--onnx", str(other)]) == 2
