@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from dsl.errors import SpecError
 from dsl.types import CheckedModel, OpNode, ParamSpec, Value
 from runtime import ops
 
@@ -42,7 +43,7 @@ def _call(graph: fx.Graph, root: nn.Module, op: OpNode, env: dict, seed: int) ->
     weights = []
     for short, spec in op.params.items():
         target = op.param_prefix + short
-        _register(root, target, _init(spec, target, seed))
+        _register(root, target, _init(spec, target, seed), op)
         w = graph.get_attr(target)
         w.meta.update(shape=tuple(spec.shape), dtype="f32")
         weights.append(w)
@@ -96,11 +97,16 @@ def attribute(gm: nn.Module, target: str) -> torch.Tensor:
     return functools.reduce(getattr, target.split("."), gm)
 
 
-def _register(root: nn.Module, target: str, param: nn.Parameter) -> None:
+def _register(root: nn.Module, target: str, param: nn.Parameter, op: OpNode) -> None:
     *path, leaf = target.split(".")
     mod = root
     for part in path:
-        if not hasattr(mod, part):
+        if part not in mod._modules and (hasattr(mod, part) or hasattr(fx.GraphModule, part)):
+            # The checker refuses torch's own names; this catches ones other libraries add (transformers'
+            # smart_apply), which a torch-free checker cannot know.
+            raise SpecError.at(op.pos, f"`{part}` cannot name a binding here: the torch module already has an "
+                                       f"attribute `{part}`", f"rename it, e.g. `{part.strip('_')}_out`")
+        if part not in mod._modules:
             mod.add_module(part, nn.Module())
         mod = getattr(mod, part)
     mod.register_parameter(leaf, param)

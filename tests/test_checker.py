@@ -175,12 +175,26 @@ def test_binding_names_inside_defs_and_passed_defs_are_refused_too():
 
 
 def test_reserved_binding_names_cover_every_torch_module_attribute():
-    import torch.fx as fx
-    import torch.nn as nn
+    import subprocess
+    import sys
     from dsl.checker import MODULE_ATTRIBUTES
-    gm = fx.GraphModule(nn.Module(), fx.Graph())
-    have = {n for n in set(dir(gm)) | set(vars(gm)) if not (n.startswith("__") and n.endswith("__"))}
+    # In a fresh process with torch alone: other libraries (transformers) add attributes that lowering
+    # refuses itself (test below), and a torch-free checker cannot list.
+    listed = subprocess.run([sys.executable, "-c", "import torch.fx as fx, torch.nn as nn\n"
+                             "gm = fx.GraphModule(nn.Module(), fx.Graph())\n"
+                             "print(*sorted(set(dir(gm)) | set(vars(gm))))"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    have = {n for n in listed if not (n.startswith("__") and n.endswith("__"))}
     assert have <= MODULE_ATTRIBUTES, f"add to dsl/checker.py MODULE_ATTRIBUTES: {sorted(have - MODULE_ATTRIBUTES)}"
+
+
+def test_lowering_refuses_a_binding_name_another_library_added(monkeypatch):
+    import torch.nn as nn
+    from dsl.lower import lower
+    monkeypatch.setattr(nn.Module, "smart_apply", lambda self: None, raising=False)
+    with pytest.raises(SpecError, match="`smart_apply` cannot name a binding") as e:
+        lower(checked("  input x: f32[B, 4]\n  smart_apply = linear(x, 4)\n  output smart_apply"))
+    assert (e.value.line, e.value.column) == (3, 17)
 
 
 def test_allowed_binding_names_lower_and_run():
