@@ -186,3 +186,15 @@ def test_save_refuses_unwritable_directory(tmp_path):
     with pytest.raises(InvcError, match=str(locked / "m.onnx")):
         save_onnx(to_onnx(CASES["relu"]()), locked / "m.onnx")
     assert os.listdir(locked) == []
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """What the root-skipped test above cannot reach here: the write succeeds, the final rename fails."""
+    def refuse(*_args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    target = tmp_path / "m.onnx"
+    with pytest.raises(InvcError, match=f"{target}: Permission denied"):
+        save_onnx(to_onnx(CASES["relu"]()), target)
+    assert os.listdir(tmp_path) == []
