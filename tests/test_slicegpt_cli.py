@@ -85,7 +85,7 @@ def test_cli_runs_as_a_module_and_refuses_with_reason(workdir):
                            str(workdir / "calib.txt"), "-o", str(out), "--seq-len", "32"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
-    assert "norm" in done.stderr and "Traceback" not in done.stderr
+    assert "reads the residual stream" in done.stderr and "post-norm" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
 
 

@@ -74,7 +74,8 @@ def test_discovery_finds_every_block(family):
 
 def test_post_norm_model_is_refused_with_reason():
     model = tiny_model("opt", do_layer_norm_before=False)
-    with pytest.raises(PassError, match="norm"):
+    with pytest.raises(PassError, match=r"module 'model\.decoder\.layers\.\d+\.fc1' reads the residual stream"
+                                        r".*neither LayerNorm nor RMSNorm.*post-norm"):
         discover(model)
 
 

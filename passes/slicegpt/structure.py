@@ -175,7 +175,9 @@ class _Discovery:
             norm = Norm(mod, "rms", v.param(rn.args[2]) if len(rn.args) > 2 else None, None, float(eps))
         else:
             names = ", ".join(sorted(str(o) for o in ops))
-            raise PassError(f"{where} computes [{names}], which is neither LayerNorm nor RMSNorm")
+            raise PassError(f"module {mod!r} reads the residual stream before {reader_of} and computes [{names}], "
+                            "which is neither LayerNorm nor RMSNorm: SliceGPT needs every reader of the stream "
+                            "behind a norm (a pre-norm transformer); post-norm or norm-free blocks cannot be rotated")
         norm.readers = self.readers(out[0], where)
         return norm
 
