@@ -34,7 +34,7 @@ def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed
     with torch.no_grad():
         want = module(*(torch.from_numpy(feeds[i.name]) for i in session.inputs))
     want = want if isinstance(want, tuple) else (want,)
-    error = max(float(np.max(np.abs(g - w.numpy()), initial=0.0)) for g, w in zip(got.values(), want))
+    error = worst(float(np.max(np.abs(g - w.numpy()), initial=0.0)) for g, w in zip(got.values(), want))
     shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
     return Agreement(session.provider, shapes, error)
 
@@ -103,6 +103,13 @@ def elements(group, sizes: dict, trials: int, gen: torch.Generator) -> list[Elem
     return out
 
 
+def worst(errors) -> float:
+    """The largest error, NaN if any is NaN: Python's max drops a NaN that is not first, and a NaN
+    error is a failure, never a pass."""
+    errors = list(errors)
+    return float("nan") if any(e != e for e in errors) else max(errors, default=0.0)
+
+
 def relative_error(want: torch.Tensor, got: torch.Tensor) -> float:
     want, got = want.double(), torch.as_tensor(got).double()
     scale = want.abs().max().clamp_min(1e-30) if want.numel() else 1.0
@@ -164,7 +171,7 @@ def assert_equivariant(fn, inputs, group=None, in_facts=None, out_facts=None, tr
         orbit = elements(g, _sizes(g, ins, inputs), trials, gen)
         errors = orbit_errors(fn, inputs, ins, outs, orbit)
         named = [(n, f) for n, f in zip(names, outs) if f is not None]
-        rows += [Measurement(n, str(g), str(f), "torch", max((e[i] for e in errors), default=0.0), tol)
+        rows += [Measurement(n, str(g), str(f), "torch", worst(e[i] for e in errors), tol)
                  for i, (n, f) in enumerate(named)]
     print(table(rows))
     failed = [m for m in rows if not m.ok]
@@ -236,7 +243,7 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
             except RuntimeError as e:  # e.g. an op without a float64 kernel: say so, measure the rest
                 notes.append(f"{backend} under {group} not measured: {str(e).splitlines()[0]}")
                 continue
-            rows += [Measurement(p.name, str(group), str(f), backend, max(e[i] for e in errors),
+            rows += [Measurement(p.name, str(group), str(f), backend, worst(e[i] for e in errors),
                                  tol if dtype == torch.float32 else TOLERANCE[torch.float64])
                      for i, (p, f) in enumerate(claimed)]
     return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
@@ -276,18 +283,67 @@ def _static(checked) -> str:
 
 
 def sample_inputs(checked, sizes: dict, seed: int = 0) -> list[torch.Tensor]:
-    """Random inputs for a checked model: Gaussian floats, ints in [0, 2), masks 80% true."""
+    """Random inputs for a checked model, valid for what reads them: Gaussian floats; masks 80%
+    true with at least 3 real points per set (frames stay generic) and the first set all padding;
+    CSR offsets with an empty set; segment ids that leave the last set empty; token ids in range."""
     gen = torch.Generator().manual_seed(seed)
+    size = _sizer(sizes)
+    readers = _index_readers(checked, size)
     out = []
     for p in checked.inputs:
-        shape = [d if isinstance(d, int) else sizes.get(d, OTHER_SIZE) for d in p.type.shape]
+        shape = [size(d) for d in p.type.shape]
+        dtype = TORCH_DTYPES[p.type.dtype]
         if p.type.dtype == "bool":
-            out.append(torch.rand(shape, generator=gen) < 0.8)
+            out.append(_mask(shape, gen))
+        elif p.value.id in readers:
+            out.append(readers[p.value.id](shape, gen).to(dtype))
         elif p.type.dtype in ("i32", "i64"):
-            out.append(torch.randint(0, 2, shape, generator=gen, dtype=TORCH_DTYPES[p.type.dtype]))
+            out.append(torch.randint(0, 2, shape, generator=gen, dtype=dtype))
         else:
             out.append(torch.randn(shape, generator=gen, dtype=torch.float32))
     return out
+
+
+def _sizer(sizes: dict):
+    def size(d):
+        if isinstance(d, int):
+            return d
+        if isinstance(d, str) and d.endswith("-1"):  # CSR offsets hold S+1 entries
+            return size(d[:-2]) - 1
+        return sizes.get(d, OTHER_SIZE)
+    return size
+
+
+def _mask(shape: list, gen: torch.Generator) -> torch.Tensor:
+    m = torch.rand(shape, generator=gen) < 0.8
+    if m.dim() >= 2:
+        m[:, :3] = True
+        m[0] = False  # an all-padding set: its claims must hold too
+    return m
+
+
+def _index_readers(checked, size) -> dict:
+    """Input value id -> sampler, for integer inputs that index: CSR offsets (sorted, from 0 to the
+    row count, one set empty), segment ids (in [0, S-1): the last set is empty), embedding ids."""
+    readers = {}
+    for node in checked.nodes:
+        if node.op == "segment_reduce":
+            rows = size(node.args[0].type.shape[0])
+            readers[node.args[1].id] = lambda shape, gen, rows=rows: _offsets(shape[0], rows, gen)
+        elif node.op == "scatter_reduce":
+            sets = size(node.value.type.shape[0])
+            readers[node.args[1].id] = lambda shape, gen, sets=sets: torch.randint(0, max(sets - 1, 1), shape,
+                                                                                   generator=gen)
+        elif node.op == "embedding":
+            num = next(iter(node.params.values())).shape[0]
+            readers[node.args[0].id] = lambda shape, gen, num=num: torch.randint(0, num, shape, generator=gen)
+    return readers
+
+
+def _offsets(length: int, rows: int, gen: torch.Generator) -> torch.Tensor:
+    inner = sorted(torch.randint(0, rows + 1, (max(length - 3, 0),), generator=gen).tolist())
+    middle = [*inner, inner[-1]] if inner else [rows // 2] * (length - 2)  # a repeat: one set is empty
+    return torch.tensor([0, *middle, rows][:length] if length > 1 else [0])
 
 
 def _cast(x: torch.Tensor, dtype) -> torch.Tensor:
@@ -313,7 +369,19 @@ def _backends(gm, checked, onnx) -> list:
         return tuple(torch.from_numpy(v) for v in session.run(dict(zip(names, xs))).values())
 
     return [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
-            ("onnx fp32", run_onnx, torch.float32)]
+            ("torch fp64, random weights", redrawn(gm), torch.float64), ("onnx fp32", run_onnx, torch.float32)]
+
+
+def redrawn(gm, seed: int = 1):
+    """A float64 copy with every parameter and float buffer drawn again, Gaussian: a claim must hold
+    for all weights, and zero biases or unit norm scales at init can hide a broken one."""
+    import copy
+    module = copy.deepcopy(gm).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]:
+            t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype))
+    return module
 
 
 def _same_ports(onnx, session, checked) -> None:

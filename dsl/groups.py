@@ -22,10 +22,27 @@ ROLES = ("position", "vector", "scalar", "invariant")  # scalar and invariant me
 
 # Facts --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Invariant:
+    """Unchanged by the group. Every invariant transforms alike, so all compare equal."""
     def __str__(self) -> str:
         return "invariant"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Invariant)
+
+    def __hash__(self) -> int:
+        return hash(Invariant)
+
+
+@dataclass(frozen=True, eq=False)
+class Simplex(Invariant):
+    """Invariant weights that sum to one along `axis` (a softmax): weighting positions by them and
+    summing over `axis` gives a convex combination, which is a position."""
+    axis: int = -1
+
+    def __str__(self) -> str:
+        return f"invariant weights summing to one along axis {self.axis}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,17 @@ class Squared:
 
 
 @dataclass(frozen=True)
+class Weighted:
+    """Positions (coordinates on `axis`) times Simplex weights along `over`: only their sum over
+    `over` means something, a position; every other op breaks it."""
+    axis: int
+    over: int
+
+    def __str__(self) -> str:
+        return f"positions weighted along axis {self.over}"
+
+
+@dataclass(frozen=True)
 class FrameBasis:
     """A frame basis [B, F, 3, 3]: rotated along its rows, its F frames relabeled by a rotation."""
     node: str
@@ -92,7 +120,7 @@ class Broken:
         return f"broken: {self.reason} ({self.pos})"
 
 
-Fact = Invariant | Permuted | Rotated | Translated | Squared | FrameBasis | Broken
+Fact = Invariant | Permuted | Rotated | Translated | Squared | Weighted | FrameBasis | Broken
 
 
 # Groups -------------------------------------------------------------------------------------
@@ -101,6 +129,7 @@ Fact = Invariant | Permuted | Rotated | Translated | Squared | FrameBasis | Brok
 class Permutations:
     """S(dim): reorders the symbolic dim `dim` of every tensor that has it."""
     dim: str
+    rotates = reflects = translates = False  # moves no coordinates: rules may ask any group
 
     def __str__(self) -> str:
         return f"S({self.dim})"
@@ -160,8 +189,8 @@ class Euclidean:
         """Without rotations a vector is invariant; without translations a position is a vector."""
         if not self.rotates and isinstance(fact, (Rotated, Squared, FrameBasis)):
             return Invariant()
-        if not self.translates and isinstance(fact, Translated):
-            return Rotated(fact.axis)
+        if not self.translates and isinstance(fact, (Translated, Weighted)):
+            return self.normalize(Rotated(fact.axis))
         return fact
 
     def input_fact(self, shape: tuple, role: str | None) -> Fact:

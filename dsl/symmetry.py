@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dsl import ast, symmetry_sets  # noqa: F401 - symmetry_sets adds the set and frame rules
 from dsl.errors import SpecError, source_line
-from dsl.groups import Broken, Fact, Invariant, Permuted, Rotated, Squared, Translated
+from dsl.groups import Broken, Fact, Invariant, Permuted, Rotated, Squared, Translated, Weighted
 from dsl.symmetry_rules import Call, Operand, apply
 from dsl.types import CheckedModel, Value
 
@@ -76,8 +76,9 @@ class Verdict:
 def describe(fact: Fact, shape: tuple) -> str:
     if isinstance(fact, Permuted):
         return "permuted along " + ", ".join(str(shape[k]) for k in fact.axes)
-    return {Invariant: "invariant", Rotated: "rotated like a vector", Translated: "moved like a position",
-            Squared: "coordinate products", Broken: "broken"}[type(fact)]
+    words = {Invariant: "invariant", Rotated: "rotated like a vector", Translated: "moved like a position",
+             Squared: "coordinate products", Weighted: "softmax-weighted positions", Broken: "broken"}
+    return next(w for kind, w in words.items() if isinstance(fact, kind))  # Simplex is an Invariant
 
 
 def verdicts(model: CheckedModel, facts_of=None) -> list[Verdict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Rotated, Squared, Translated
+from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Rotated, Simplex, Squared, Translated, Weighted
 from dsl.ops import ACTIVATIONS, BINARY
 from dsl.types import dim_product
 
@@ -20,6 +20,8 @@ COORDINATES = (Rotated, Translated, Squared)
 RULES: dict = {}
 SEES_INVARIANTS: set = set()  # ops whose result is not simply invariant when their inputs are
 FRAME_READERS = {"frame_in", "frame_out"}  # the only ops that may read a frame basis
+WEIGHTED_READERS = {"reduce_sum"}  # weighted positions mean something only once summed
+KEEPS_WEIGHTS = {"softmax", "reshape", "permute"}  # the only ops whose result may sum to one
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,15 @@ def apply(call: Call, group) -> Fact:
         return min(broken, key=lambda b: b.step)  # the earliest cause, not a downstream echo
     if any(isinstance(f, FrameBasis) for f in facts) and call.op not in FRAME_READERS:
         return call.broken(f"{call.spelled} reads a frame basis", "only frame_in and frame_out may")
+    if any(isinstance(f, Weighted) for f in facts) and call.op not in WEIGHTED_READERS:
+        return call.broken(f"{call.spelled} of softmax-weighted positions",
+                           "sum them over the softmax axis right away: a convex combination is a position")
     if all(isinstance(f, Invariant) for f in facts) and call.op not in SEES_INVARIANTS:
         return Invariant()  # a function of invariants is invariant, whatever the op
-    return group.normalize(fn(replace(call, group=group)))
+    fact = group.normalize(fn(replace(call, group=group)))
+    if isinstance(fact, Simplex) and call.op not in KEEPS_WEIGHTS:
+        return Invariant()  # a rule that passes its input's fact through keeps no sum-to-one
+    return fact
 
 
 # Helpers ------------------------------------------------------------------------------------
@@ -84,14 +92,16 @@ def apply(call: Call, group) -> Fact:
 def axes_of(fact: Fact) -> tuple:
     if isinstance(fact, Permuted):
         return fact.axes
-    return (fact.axis,) if isinstance(fact, COORDINATES) else ()
+    return (fact.axis,) if isinstance(fact, (*COORDINATES, Simplex)) else ()
 
 
 def moved(fact: Fact, axes) -> Fact:
-    """The same kind of fact on other axes."""
+    """The same kind of fact on other axes; weights whose axis is merged away are plain invariants."""
     axes = tuple(axes)
     if isinstance(fact, Permuted):
         return replace(fact, axes=axes) if axes else Invariant()
+    if isinstance(fact, Invariant):
+        return Simplex(axes[0]) if isinstance(fact, Simplex) and axes[0] is not None else Invariant()
     return type(fact)(axes[0])
 
 
@@ -100,9 +110,10 @@ def what(x) -> str:
     fact = x.fact if isinstance(x, Operand) else Invariant()
     if isinstance(fact, Permuted):
         return f"a tensor permuted along {', '.join(str(x.shape[k]) for k in fact.axes)}"
-    return {Rotated: "a vector", Translated: "a position", Squared: "coordinate products",
-            FrameBasis: "a frame basis",
-            Invariant: "an invariant" if isinstance(x, Operand) else "a constant"}[type(fact)]
+    words = {Rotated: "a vector", Translated: "a position", Squared: "coordinate products",
+             Weighted: "softmax-weighted positions", FrameBasis: "a frame basis",
+             Invariant: "an invariant" if isinstance(x, Operand) else "a constant"}
+    return next(w for kind, w in words.items() if isinstance(fact, kind))  # Simplex is an Invariant
 
 
 def axis_name(x: Operand, k: int) -> str:
@@ -123,7 +134,7 @@ COORD_HINT = ("build invariants first (the squared norm sum(v * v, axis=-1), or 
 
 # Per-element ops ----------------------------------------------------------------------------
 
-@rule(*ACTIVATIONS, "softmax", "neg")
+@rule(*ACTIVATIONS, "neg")
 def pointwise(call: Call) -> Fact:
     """Per-element functions commute with permutations; only negation commutes with rotations."""
     x = call.arg(0)
@@ -131,6 +142,15 @@ def pointwise(call: Call) -> Fact:
         return x.fact
     return call.broken(f"{call.spelled} of {what(x)}",
                        "negating a position is not a position" if call.op == "neg" else COORD_HINT)
+
+
+@rule("softmax", sees_invariants=True)
+def softmax(call: Call) -> Fact:
+    """A softmax of invariants is invariant weights that sum to one along its axis."""
+    x, axis = call.arg(0), call.arg(1, "axis")
+    if isinstance(x.fact, Invariant):
+        return Simplex(axis % len(x.shape))
+    return pointwise(call)
 
 
 def _placement(x: Operand, rank: int) -> dict:
@@ -164,7 +184,8 @@ ARITHMETIC = {  # (left kind, right kind) -> result kind, on one shared coordina
     "sub": {(Rotated, Rotated): Rotated, (Translated, Translated): Rotated,
             (Translated, Rotated): Translated, (Squared, Squared): Squared},
     "mul": {(Rotated, Invariant): Rotated, (Invariant, Rotated): Rotated, (Squared, Invariant): Squared,
-            (Invariant, Squared): Squared, (Rotated, Rotated): Squared},
+            (Invariant, Squared): Squared, (Rotated, Rotated): Squared,
+            (Simplex, Translated): Weighted, (Translated, Simplex): Weighted},
     "div": {(Rotated, Invariant): Rotated, (Squared, Invariant): Squared},
 }
 SYMBOLS = {fn: sym for sym, fn in BINARY.items()}  # "add" -> "+"
@@ -184,7 +205,9 @@ def _coordinate_arithmetic(call: Call, a, b, sym: str) -> Fact:
     rank = len(call.shape)
     tensors = [x for x in (a, b) if isinstance(x, Operand)]
     axes = {k + rank - len(x.shape) for x in tensors if isinstance(x.fact, COORDINATES) for k in axes_of(x.fact)}
-    result = ARITHMETIC[call.op].get(tuple(type(x.fact) if isinstance(x, Operand) else Invariant for x in (a, b)))
+    kinds = tuple(type(x.fact) if isinstance(x, Operand) else Invariant for x in (a, b))
+    table = ARITHMETIC[call.op]
+    result = table.get(kinds) or table.get(tuple(Invariant if k is Simplex else k for k in kinds))
     if result is None or len(axes) != 1:
         return call.broken(f"{sym} of {what(a)} and {what(b)}", _arithmetic_hint(call.op))
     (k,) = axes
@@ -192,7 +215,18 @@ def _coordinate_arithmetic(call: Call, a, b, sym: str) -> Fact:
         if isinstance(x.fact, Invariant) and _placement(x, rank).get(k, (1,))[0] != 1:
             return call.broken(f"{sym} treats the 3 coordinates separately",
                                "scale by one value per vector: size 1 on the coordinate axis")
-    return result(k)
+    return _weighted(call, tensors, k) if result is Weighted else result(k)
+
+
+def _weighted(call: Call, tensors: list, k: int) -> Fact:
+    """Positions times softmax weights, which a sum over the weights' axis makes a convex
+    combination: the translation then adds up to exactly one t."""
+    (w,) = [x for x in tensors if isinstance(x.fact, Simplex)]
+    over = w.fact.axis + len(call.shape) - len(w.shape)
+    if over == k or w.shape[w.fact.axis] != call.shape[over]:  # weights broadcast along the sum add past one
+        return call.broken("`*` of positions and weights that do not sum to one along the result's axis",
+                           "weight by a softmax over the full set axis, then sum over that axis")
+    return Weighted(k, over)
 
 
 def _arithmetic_hint(op: str) -> str:
@@ -267,8 +301,9 @@ def _coordinate_matmul(call: Call, a: Operand, b: Operand) -> Fact:
     x, inner = (a, inner_a) if isinstance(b.fact, Invariant) else (b, inner_b)
     if x.fact.axis == inner:
         return call.broken(f"matmul over {axis_name(x, inner)}", COORD_HINT)
-    if isinstance(x.fact, Translated):
-        return call.broken("matmul of positions", "subtract the centroid first")
+    convex = x is b and isinstance(a.fact, Simplex) and a.fact.axis == inner_a
+    if isinstance(x.fact, Translated) and not convex:  # softmax rows of a summing positions are convex
+        return call.broken("matmul of positions", "subtract the centroid first, or weight by a softmax along the contracted axis")
     k = x.fact.axis + len(call.shape) - len(x.shape)
     other = _matmul_places(call, a, b)[1 if x is a else 0]
     if other.get(k, (1,))[0] != 1:
@@ -348,10 +383,12 @@ def same_axis(src: tuple, dst: tuple, k: int) -> int | None:
     return next((j for j, d in enumerate(dst) if d == src[k] and dim_product(dst[:j]) == before), None)
 
 
-@rule("reshape")
+@rule("reshape", sees_invariants=True)
 def reshape(call: Call) -> Fact:
     x = call.arg(0)
     axes = [same_axis(x.shape, call.shape, k) for k in axes_of(x.fact)]
+    if isinstance(x.fact, Invariant):
+        return moved(x.fact, axes)
     if None in axes:
         k = axes_of(x.fact)[axes.index(None)]
         return call.broken(f"{call.spelled} over {axis_name(x, k)}",
@@ -368,7 +405,7 @@ def unflatten_rows(call: Call) -> Fact:
     return call.broken(f"{call.spelled} of {what(call.arg(0))}", "flattened rows lose their axes")
 
 
-@rule("permute")
+@rule("permute", sees_invariants=True)
 def permute(call: Call) -> Fact:
     x, perm = call.arg(0), list(call.arg(1, "perm"))
     return moved(x.fact, sorted(perm.index(k) for k in axes_of(x.fact)))
@@ -380,22 +417,34 @@ def reduce(call: Call) -> Fact:
                    call.op.removeprefix("reduce_"))
 
 
-def reduced(call: Call, x: Operand, axis: int, keep: bool, how: str) -> Fact:
+def reduced(call: Call, x: Operand, axis: int, keep: bool, how: str, subsets: bool = False) -> Fact:
     """sum/mean/max/min over a set forget its order; over the coordinates only a sum or mean of
-    coordinate products (a squared norm or a dot product) is invariant."""
+    coordinate products (a squared norm or a dot product) over all 3 is invariant. `subsets`: the
+    op reduces chosen parts of the axis (a mask, segments), any of which may be empty (giving 0)."""
     fact = x.fact
 
     def where(k):
         return k if k < axis or keep else k - 1
 
+    if isinstance(fact, Invariant):
+        return Invariant()
     if isinstance(fact, Permuted):
         rest = tuple(where(k) for k in fact.axes if k != axis)
         return replace(fact, axes=rest) if rest else Invariant()
+    if isinstance(fact, Weighted):
+        if axis == fact.over and how == "sum" and not subsets:
+            return Translated(where(fact.axis))
+        return call.broken(f"{how} of softmax-weighted positions over {x.shape[axis]}",
+                           f"sum over the softmax axis {x.shape[fact.over]}, whose weights add up to one")
     if fact.axis == axis:
-        if isinstance(fact, Squared) and how in ("sum", "mean"):
+        if isinstance(fact, Squared) and how in ("sum", "mean") and not subsets:
             return Invariant()
-        return call.broken(f"{how} over the 3 coordinates of {what(x)}",
-                           "the squared norm sum(v * v, axis=-1) is invariant")
+        return call.broken(f"{how} over {'some of ' if subsets else ''}the 3 coordinates of {what(x)}",
+                           "the squared norm sum(v * v, axis=-1), over all 3 coordinates, is invariant")
+    if isinstance(fact, Translated) and subsets:
+        return call.broken(f"{call.spelled} of positions over sets that may be empty",
+                           "an empty set pools to 0, which is not a position; pool differences of positions "
+                           "(vectors) instead, or take an unmasked mean")
     if how in ("max", "min") or (isinstance(fact, Translated) and how == "sum"):
         return call.broken(f"{how} of {what(x)} over {x.shape[axis]}",
                            "mean over N of positions is their centroid" if how == "sum" else

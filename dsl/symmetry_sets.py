@@ -42,7 +42,8 @@ def _relative(call: Call, x: Operand, centroid) -> Fact:
 @rule("masked_reduce")
 def masked_reduce(call: Call) -> Fact:
     x, mask = call.arg(0), call.arg(1, "mask")
-    return _mask_refused(call, x, mask) or reduced(call, x, call.arg(2, "axis"), False, call.arg(3, "kind"))
+    return _mask_refused(call, x, mask) or reduced(call, x, call.arg(2, "axis"), False, call.arg(3, "kind"),
+                                                   subsets=mask is not None)
 
 
 @rule("attention_pool")
@@ -63,8 +64,8 @@ def segment_reduce(call: Call) -> Fact:
     x, offsets = call.arg(0), call.arg(1, "offsets")
     if not isinstance(offsets.fact, Invariant) or (isinstance(x.fact, Permuted) and 0 in x.fact.axes):
         return call.broken(f"{call.spelled} of rows permuted across sets",
-                           "permute segment ids with the rows and use scatter_reduce")
-    return reduced(call, x, 0, True, call.arg(2, "kind"))
+                           "permute segment ids with the rows and use scatter_pool")
+    return reduced(call, x, 0, True, call.arg(2, "kind"), subsets=True)
 
 
 @rule("scatter_reduce")
@@ -76,14 +77,22 @@ def scatter_reduce(call: Call) -> Fact:
     if merged((ids.fact, expected)) is None:
         return call.broken(f"{call.spelled} with segment ids not permuted like its rows",
                            "permute the ids with the rows")
-    return x.fact if isinstance(x.fact, Invariant) else reduced(call, x, 0, True, call.arg(3, "kind"))
+    return x.fact if isinstance(x.fact, Invariant) else reduced(call, x, 0, True, call.arg(3, "kind"), subsets=True)
 
 
 # Frames -------------------------------------------------------------------------------------
 
 @rule("frame_centroid")
 def frame_centroid(call: Call) -> Fact:
+    """The centroid of the cloud given the position role, which must move like a position: the
+    frames and a position output are built around it. (runtime/frames.py builds the centroid of a
+    cloud with no real point from all its points, so the mask never empties it.)"""
     pos, mask = call.arg(0), call.arg(1, "mask")
+    want = call.group.normalize(Translated(len(pos.shape) - 1))
+    if (call.group.rotates or call.group.translates) and pos.fact != want:
+        return call.broken(f"{call.spelled}'s position argument is {what(pos)}, not a position",
+                           "pass the raw positions (an input `is position`); give a centred cloud or "
+                           "other vectors the vector role")
     return _mask_refused(call, pos, mask) or reduced(call, pos, 1, True, "mean")
 
 
@@ -105,8 +114,8 @@ def frame_basis(call: Call) -> Fact:
     fact = _cloud(call, pos, _relative(call, pos, centroid), mask)
     if isinstance(fact, FrameBasis) and call.arg(3, "proper") and call.group.reflects:
         return call.broken(f"{call.spelled} with proper (det +1) frames",
-                           f"the reflections of {call.group} need all 8 sign patterns: group=\"E3\" or "
-                           "\"O3\"; or declare SE(3)/SO(3)")
+                           f"the reflections of {call.group} need all 8 sign patterns: group=\"E(3)\" or "
+                           "\"O(3)\"; or declare SE(3)/SO(3)")
     return fact
 
 
@@ -128,9 +137,10 @@ def frame_in(call: Call) -> Fact:
         if rel == Rotated(len(x.shape) - 1):
             return Permuted((0,), basis.fact.node)  # canonical coordinates, frames relabeled
         return call.broken(f"frame_in of {what(x)}", FRAMES_HINT)
-    if isinstance(rel, COORDINATES) and call.group.rotates:
+    rel = call.group.normalize(rel)  # without rotations a difference of positions is invariant
+    if isinstance(rel, COORDINATES):  # coordinates in a frame that does not move with them
         return call.broken(f"frame_in of {what(x)} in a fixed frame", FRAMES_HINT)
-    return Invariant() if isinstance(rel, COORDINATES) else _unfolded(call, rel)
+    return _unfolded(call, rel)
 
 
 def _unfolded(call: Call, fact: Fact) -> Fact:

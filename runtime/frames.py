@@ -4,7 +4,7 @@ The fx call_function targets defined here (compiler/onnx_sets.py lowers each; th
 read these semantics). B is the batch, F the number of frames, coordinates are the last axis (3):
 
     frame_centroid(pos, mask)               pos [B, N, 3], mask bool [B, N] or None -> [B, 1, 3],
-                                            the mean of the real points (0 for an empty set).
+                                            the mean of the real points (of all, when none is real).
     frame_basis(pos, centroid, mask, proper, canonical)
                                             -> [B, F, 3, 3]; column j of basis[b, f] is frame axis j.
                                             PCA of the centered covariance: F = 8 sign patterns
@@ -143,10 +143,18 @@ TORCH = _Torch
 
 
 # -- kernels ---------------------------------------------------------------------------------------
+def real_points(m, pos, mask):
+    """bool [B, N, 1]: the points a frame is built from. A cloud whose mask keeps no point is built
+    from all its points, so that its frame and centroid still move with it: an empty set has no
+    frame of its own, and a fixed one would break every claim (LANGUAGE.md, empty sets)."""
+    keep = m.where(m.unsqueeze(mask, -1), m.const(1.0, pos), 0.0)
+    return m.gt(m.where(m.gt(m.sum(keep, (1,), True), 0.5), keep, 1.0), 0.5)
+
+
 def centroid_of(m, pos, mask):
     if mask is None:
         return m.mean(pos, (1,), True)
-    keep = m.unsqueeze(mask, -1)
+    keep = real_points(m, pos, mask)
     total = m.sum(m.where(keep, pos, 0.0), (1,), True)
     count = m.sum(m.where(keep, m.const(1.0, pos), 0.0), (1,), True)
     return m.div(total, m.maximum(count, m.const(1.0, pos)))
@@ -156,7 +164,7 @@ def covariance(m, pos, c, mask):
     """Σ (x - c)(x - c)ᵀ over the real points, in float64 [B, 3, 3]."""
     xc = m.sub(pos, c)
     if mask is not None:
-        xc = m.where(m.unsqueeze(mask, -1), xc, 0.0)  # padding, NaN included, must not count
+        xc = m.where(real_points(m, pos, mask), xc, 0.0)  # padding, NaN included, must not count
     xc = m.cast(xc, "f64")
     return m.matmul(m.transpose(xc, (0, 2, 1)), xc)
 
@@ -261,7 +269,7 @@ def _third_moment_signs(m, pos, c, mask, axes, proper):
     """±1 per axis [B, 1, 1, 3]: the sign making Σ y³ >= 0 along it (ties count as +)."""
     y = m.matmul(m.cast(m.sub(pos, c), "f64"), axes)
     if mask is not None:
-        y = m.where(m.unsqueeze(mask, -1), y, 0.0)
+        y = m.where(real_points(m, pos, mask), y, 0.0)
     positive = m.ge(m.sum(m.mul(m.mul(y, y), y), (1,), True), m.const(0.0, y))
     signs = m.where(positive, m.const(1.0, y), m.const(-1.0, y))                      # [B, 1, 3]
     if proper:  # the third axis follows the first two so det stays +1

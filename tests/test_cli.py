@@ -197,3 +197,11 @@ def test_malformed_flags_are_refused_before_slow_work(tmp_path):
     assert r.returncode == 2 and "malformed --random" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = invc("verify", DEEPSETS, "--plot", tmp_path / "orbits.xyz")
     assert r.returncode == 2 and "matplotlib writes no .xyz" in r.stderr and r.stdout == "", r.stdout
+
+
+def test_demo_fails_when_the_error_is_nan(tmp_path):
+    """NaN is never a pass: both backends give NaN, so their difference is NaN, and demo fails."""
+    spec = tmp_path / "nan.inv"
+    spec.write_text("model m() {\n  input x: f32[B, N, 3]\n  y = x / (x - x)\n  output y\n}\n")
+    r = invc("demo", spec)
+    assert r.returncode == 1 and "max abs error  nan" in r.stdout, r.stdout + r.stderr

@@ -84,12 +84,20 @@ def test_degenerate_clouds_give_finite_frames_and_zero_conditioning(name):
     assert frames.frame_conditioning(clouds(1, 10, torch.float32)).item() > 1e-2
 
 
-def test_empty_masked_cloud_is_finite():
-    pos = torch.randn(2, 4, 3, generator=GEN)
+def test_empty_masked_cloud_builds_its_frame_from_all_points():
+    """A cloud whose mask keeps nothing still has a frame that moves with it (LANGUAGE.md, empty
+    sets): its centroid and basis are those of the unmasked cloud, in torch and in ONNX alike."""
+    pos = torch.randn(2, 4, 3, generator=GEN, dtype=torch.float64)
     mask = torch.tensor([[False] * 4, [True, False, False, False]])
     c = frames.frame_centroid(pos, mask)
-    assert torch.equal(c[0], torch.zeros(1, 3)) and torch.equal(c[1], pos[1, :1])
-    assert torch.isfinite(frames.frame_basis(pos, c, mask)).all()
+    torch.testing.assert_close(c[0], pos[0].mean(0, keepdim=True), rtol=0, atol=1e-12)
+    assert torch.equal(c[1], pos[1, :1])
+    basis = frames.frame_basis(pos, c, mask)
+    torch.testing.assert_close(basis[0], frames.frame_basis(pos[:1], c[:1])[0], rtol=0, atol=1e-12)
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=GEN, dtype=torch.float64))[0]
+    moved = pos @ rotation.T + 10.0
+    c2 = frames.frame_centroid(moved, mask)
+    torch.testing.assert_close(c2[0], c[0] @ rotation.T + 10.0, rtol=0, atol=1e-9)
 
 
 def spec_module(name: str):

@@ -3,6 +3,7 @@ by the one assert_equivariant helper), a false one is refused at the exact line 
 op that broke it. Then the fx pass of the compile pipeline, and `invc check`."""
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ import torch
 from compiler.verify import SIZES, assert_equivariant, sample_inputs
 from dsl.checker import check
 from dsl.errors import SpecError
-from dsl.groups import Broken, Euclidean, Invariant, Permuted
+from dsl.groups import Broken, Euclidean, FrameBasis, Invariant, Permuted
 from dsl.lower import lower
 from dsl.program import load_text
-from dsl.symmetry import render, verdicts
+from dsl.symmetry import first_failure, render, verdicts
 from dsl.symmetry_rules import Call, Operand, apply
 from passes.base import PassError, Pipeline, graph_pass
 from passes.cleanup import CLEANUP
@@ -35,6 +36,7 @@ def mixing(p, v, h) {
   return linear(pool(x, axis=N, kind="mean"), 3)
 }
 def moving(p, v, h, mask) { return p + linear(relu(concat(p, v, h, axis=-1)), 3) }
+def withglobal(p, g) { return linear(pool(relu(linear(p, 8)), axis=1), 3) + linear(g, 3, bias=false) }
 def causal(p, v, h) {
   x = transpose(linear(concat(p, v, h, axis=-1), 8), 0, 1)
   return linear(pool(transpose(attention(x, causal=true), 0, 1), axis=N), 3)
@@ -97,6 +99,24 @@ PROVED = {
     "scatter pool with ids permuted alike": ["symmetry S(R)", "input x: f32[R, 4]", "input ids: i64[R]",
                                              "input sets: f32[S, 1]", "y = scatter_pool(x, ids, like=sets)",
                                              "output y is invariant"],
+    # Issue 9, class 5: convex combinations of positions are positions.
+    "softmax-weighted sum of positions": [SN_E3, POS, X, "w = softmax(linear(x, 1), axis=N)",
+                                          "y = sum(w * pos, axis=N)", "output y is position"],
+    "softmax rows times positions": [SN_E3, POS, X, "a = softmax(x @ transpose(x, 1, 2), axis=-1)", "y = a @ pos",
+                                     "output y is position"],
+    "weights reshaped before weighting": [E3, POS, X, "w = unsqueeze(softmax(sum(x, axis=-1), axis=1), 2)",
+                                          "y = sum(pos * w, axis=1)", "output y is position"],
+    # Class 4: a scalar without the set axis beside the cloud, under S(N).
+    "a global scalar in frame averaging": [SN_E3, POS, "input g: f32[B, 4] is scalar",
+                                           "y = frame_average(withglobal, [pos, g], out=\"vector\")", "output y is vector"],
+    # Class 3: a masked pool of vectors is a vector, empty sets (0) included.
+    "masked mean of vectors": [SN_E3, POS, "input m: bool[B, N]",
+                               "y = pool(pos - mean(pos, axis=N, keepdim=true), axis=N, kind=\"mean\", mask=m)",
+                               "output y is vector"],
+    "an unmasked centroid under O(3)": ["symmetry O(3)", VEL, "y = frame_average(mixing, [vel, vel, vel], group=\"O(3)\", "
+                                        "out=\"position\", roles=[\"position\", \"vector\", \"scalar\"])".replace(
+                                            ", vel, vel]", ", vel, sum(vel * vel, axis=-1, keepdim=true)]"),
+                                        "output y is position"],
 }
 
 
@@ -171,6 +191,54 @@ REFUSED = {  # lines, the text where the breaking op starts, message
     "an invariant claimed a vector": ([E3, VEL, "input ids: i64[B, N]", "e = sum(embedding(ids, num=4, dim=3), axis=N)",
                                        "output e is vector"], "e is",
                                       "output `e` is invariant under E(3), but is claimed rotated like a vector"),
+    "vector minus position": ([E3, POS, VEL, "y = vel - pos", "output y is vector"], "vel - pos",
+                              "`-` of a vector and a position"),
+    "vector over vector": ([E3, VEL, "y = vel / vel", "output y is vector"], "vel / vel", "`/` of a vector and a vector"),
+    "mean over coordinates": ([E3, VEL, "y = mean(vel, axis=-1)", "output y is invariant"], "mean",
+                              "mean over the 3 coordinates of a vector"),
+    "min of vectors": ([E3, VEL, "y = min(vel, axis=N)", "output y is vector"], "min", "min of a vector over N"),
+    "a vector given the scalar role": ([E3, POS, *FA, "y = frame_average(mixing, [pos, vel, vel], "
+                                        "roles=[\"position\", \"vector\", \"scalar\"])", "output y is invariant"],
+                                       "frame_average", "frame_tile of a vector"),
+    **{f"{act} of a vector": ([E3, VEL, f"y = {act}(vel)", "output y is vector"], act, f"{act} of a vector")
+       for act in ("gelu", "silu", "tanh", "sigmoid")},
+    # Issue 9, class 1: a partial reduction over the coordinates is no dot product.
+    "masked pool over some coordinates": ([E3, VEL, "input cm: bool[B, N, 3]",
+                                           "y = pool(vel * vel, axis=2, kind=\"sum\", mask=cm)", "output y is invariant"],
+                                          "pool", "sum over some of the 3 coordinates"),
+    "segments of coordinates": (["symmetry E(3)", "input v: f32[R, 3] is vector", "input o: i64[3]",
+                                 "y = segment_pool(transpose(v * v, 0, 1), o)", "output y is invariant"],
+                                "segment_pool", "sum over some of the 3 coordinates"),
+    "scatter sets of coordinates": ([E3, "input v: f32[R, 3] is vector", "input ids: i64[3]", "input sets: f32[S, 1]",
+                                     "y = scatter_pool(transpose(v * v, 0, 1), ids, like=sets)", "output y is invariant"],
+                                    "scatter_pool", "sum over some of the 3 coordinates"),
+    # Class 2: the position role must be a position.
+    "a centred cloud as positions": ([SN_E3, POS, *FA, "c = pos - mean(pos, axis=N, keepdim=true)",
+                                      "y = frame_average(mixing, [c, vel, q], out=\"position\", "
+                                      "roles=[\"position\", \"vector\", \"scalar\"])", "output y is position"],
+                                     "frame_average", "position argument is a vector, not a position"),
+    "a vector as positions": ([E3, POS, *FA, "y = frame_average(mixing, [vel, vel, q], out=\"position\", "
+                               "roles=[\"position\", \"vector\", \"scalar\"])", "output y is position"],
+                              "frame_average", "position argument is a vector, not a position"),
+    "a position given the vector role, under T(3)": ([T3, POS, *FA, "y = frame_average(mixing, [pos, pos, q], "
+                                                      "roles=[\"position\", \"vector\", \"scalar\"])",
+                                                      "output y is invariant"],
+                                                     "frame_average", "frame_in of a position in a fixed frame"),
+    # Class 3: an empty set pools to 0, which is no position.
+    "masked mean of positions": ([E3, POS, "input m: bool[B, N]", "y = pool(pos, axis=N, kind=\"mean\", mask=m)",
+                                  "output y is position"], "pool", "pool of positions over sets that may be empty"),
+    "segment mean of positions": (["symmetry E(3)", "input p: f32[R, 3] is position", "input o: i64[K]",
+                                   "y = segment_pool(p, o, kind=\"mean\")", "output y is position"],
+                                  "segment_pool", "segment_pool of positions over sets that may be empty"),
+    # Class 5's limits: only weights that sum to one along the summed axis make a convex combination.
+    "a mean of weighted positions": ([E3, POS, X, "w = softmax(linear(x, 1), axis=N)", "y = mean(w * pos, axis=N)",
+                                      "output y is position"], "mean", "mean of softmax-weighted positions"),
+    "weights broadcast along the sum": ([E3, POS, X, "w = softmax(sum(linear(x, 1), axis=N, keepdim=true), axis=1)",
+                                         "y = sum(w * pos, axis=N)", "output y is position"], "w * pos",
+                                        "weights that do not sum to one"),
+    "weights along the coordinates": ([E3, POS, "w = softmax(pos - mean(pos, axis=N, keepdim=true), axis=-1)",
+                                       "y = sum(w * pos, axis=-1)", "output y is invariant"], "softmax",
+                                      "softmax of a vector"),
 }
 
 
@@ -182,8 +250,7 @@ def test_false_claim_is_refused_at_the_breaking_op(lines, where, message):
     row = next(i for i, line in enumerate(rows) if where in line and not line.startswith("input"))
     assert (e.value.line, e.value.column) == (row + 1, rows[row].index(where) + 1), e.value.render()
     assert message in e.value.message and e.value.hint
-    if "segment_pool" not in where:  # random offsets are no valid CSR; the rest is measured
-        assert_refused_claim_is_false(lines)
+    assert_refused_claim_is_false(lines)
 
 
 def assert_refused_claim_is_false(lines):
@@ -270,3 +337,62 @@ def test_check_refuses_the_broken_example_at_its_line():
     assert ("examples/broken_symmetry.inv:10:7: error: mlp over the 3 coordinates breaks E(3) invariance of "
             "output `logits`") in r.stderr
     assert "hint: build invariants first" in r.stderr
+
+
+# Every rule can be made more permissive than the truth only at the cost of a failing test: each
+# has an entry in REFUSED that it breaks (and whose claim is measured false), and a rule that
+# granted that claim would prove it. These rules have no such entry, for the reason given.
+NEVER_REFUSE_WRONGLY = {
+    "embedding": "its ids are integers, never coordinates; permuted ids give permuted rows",
+    "permute": "it never refuses; PROVED pins where its axes go",
+    "unflatten_rows": "the rows pass emits it after the symmetry check, never a spec",
+    "frame_conditioning": "verify reads it, never a spec",
+    "frame_out": "every backbone result it sees follows the frames (frame_in and frame_tile make them so); "
+                 "its refusals are conservative, and the soundness harness measures them",
+}
+
+
+# Where the generic ways do not reach: a frame_basis that takes any frame for an equivariant one.
+PERMISSIVE = {"frame_basis": (lambda call: FrameBasis(call.node),)}
+
+
+def breaking_op(lines) -> str:
+    m = checked(*lines, prove=False)
+    fact = first_failure(verdicts(m)).fact
+    return next(n.op for n in m.nodes if n.value.name == fact.node) if isinstance(fact, Broken) else "claim"
+
+
+def as_invariant(call):
+    """The call with every tensor operand's fact made invariant."""
+    def plain(a):
+        if isinstance(a, Operand):
+            return Operand(Invariant(), a.shape)
+        return tuple(map(plain, a)) if isinstance(a, tuple) else a
+    return replace(call, args=plain(call.args), kwargs={k: plain(v) for k, v in call.kwargs.items()})
+
+
+def test_every_rule_has_a_negative_test_that_a_more_permissive_rule_fails(monkeypatch):
+    from dsl.symmetry_rules import RULES
+    broken_by = {}
+    for lines, _, _ in REFUSED.values():
+        broken_by.setdefault(breaking_op(lines), []).append(lines)
+    assert set(RULES) - set(NEVER_REFUSE_WRONGLY) <= set(broken_by), "rules without a negative test"
+    for op in set(RULES) - set(NEVER_REFUSE_WRONGLY):
+        granted = []
+        for lines in broken_by[op]:
+            role = next(line.split(" is ")[-1] for line in lines if line.startswith("output"))
+            # Three ways to be too permissive: grant whatever is claimed, pass the input's fact on,
+            # or answer as if every input were invariant.
+            rule = RULES[op]
+            for permissive in (lambda call: call.group.claim(call.shape, role),
+                               lambda call: call.operands()[0].fact,
+                               lambda call: rule(as_invariant(call)),
+                               *PERMISSIVE.get(op, ())):
+                with monkeypatch.context() as patched:
+                    patched.setitem(RULES, op, permissive)
+                    try:
+                        checked(*lines)
+                        granted.append(lines)
+                    except SpecError:
+                        pass
+        assert granted, f"no negative test of {op} fails when its rule is made more permissive"

@@ -87,7 +87,7 @@ def check_onnx(model: nn.Module, path: Path | str, tolerance: float = 1e-4, labe
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
-    if err > tolerance:
+    if not err <= tolerance:  # NaN fails
         raise CheckFailed(f"{label or path}: onnxruntime logits differ from torch by {err:.2e} relative "
                           f"(> {tolerance}); the file was not written")
     return err

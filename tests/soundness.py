@@ -1,0 +1,713 @@
+"""The differential soundness harness: random well-typed specs, their claims proved or refused by
+the checker, and every proved claim measured in float64 by code that shares nothing with the rule
+table (dsl/symmetry_rules.py). A claim the checker proves and the numbers contradict is a false
+proof; it is shrunk to a small spec and printed.
+
+    python benchmarks/soundness.py --specs 20000     # the benchmark-sized run
+    tests/test_soundness.py                           # the CI-sized run
+
+A spec is drawn as a program over typed tensors (`Tensor`: name, dims, dtype), from the whole op
+vocabulary: elementwise and linear ops, norms, softmax, matmul, attention (causal or not, masked or
+not), concat, reshapes and transposes, reductions, dense masked pools, attention pools, segment and
+scatter pools, unsqueeze, defs with `repeat`, and frame_average with every group, role, `out`,
+mask and canonical flag. Motifs that often carry a symmetry (centred clouds, squared norms, pair
+differences, softmax-weighted sums) are drawn beside plain random ops, so that proofs are common
+and near-misses are too.
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dsl.checker import check
+from dsl.errors import SpecError
+from dsl.groups import Broken, Euclidean, Permutations
+from dsl.program import load
+from dsl.symmetry import verdicts
+
+TOL = 1e-6          # float64 relative error that still counts as exact
+SIZES = {"B": 3, "N": 5, "R": 7, "S": 3, "K": 4}
+ROLE_OF_OUT = ("invariant", "vector", "position")
+INFERRED = "inferred"  # a claim chosen after inference: what the checker says it proves, to be measured
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dims: tuple
+    dtype: str = "f"   # f float, b bool, i int
+
+
+@dataclass
+class Program:
+    """A spec being drawn: its defs, the model's statements, and the tensors in scope."""
+    rng: random.Random
+    groups: list
+    inputs: list = field(default_factory=list)   # (Tensor, role or None, extra: dict)
+    lines: list = field(default_factory=list)
+    defs: list = field(default_factory=list)
+    scope: list = field(default_factory=list)
+    masks: dict = field(default_factory=dict)    # dims -> bool Tensor over them
+    count: int = 0
+
+    def fresh(self) -> str:
+        self.count += 1
+        return f"t{self.count}"
+
+    def bind(self, expr: str, dims: tuple) -> Tensor:
+        t = Tensor(self.fresh(), tuple(dims))
+        self.lines.append(f"  {t.name} = {expr}")
+        self.scope.append(t)
+        return t
+
+    def floats(self, where=lambda t: True) -> list:
+        return [t for t in self.scope if t.dtype == "f" and where(t)]
+
+    def pick(self, where=lambda t: True) -> Tensor | None:
+        found = self.floats(where)
+        if not found:
+            return None
+        recent = found[-4:]  # prefer recent tensors, so programs grow deep rather than wide
+        coordinates = [t for t in found if t.dims[-1] == 3]  # and those a Euclidean group may move
+        if coordinates and self.rng.random() < 0.4:
+            return self.rng.choice(coordinates)
+        return self.rng.choice(recent if self.rng.random() < 0.5 else found)
+
+    def text(self, outputs: list) -> str:
+        head = [f"  symmetry {', '.join(self.groups)}"] if self.groups else []
+        ins = [f"  input {t.name}: {_type(t)}" + (f" is {role}" if role else "") for t, role, _ in self.inputs]
+        outs = [f"  output {name}" + (f" is {claim}" if claim not in (None, INFERRED) else "")
+                for name, claim in outputs]
+        return "\n".join([*self.defs, "model drawn() {", *head, *ins, *self.lines, *outs, "}", ""])
+
+
+def _type(t: Tensor) -> str:
+    dtype = {"f": "f32", "b": "bool", "i": "i64"}[t.dtype]
+    return f"{dtype}[{', '.join(map(str, t.dims))}]"
+
+
+def _axis(rng, t: Tensor) -> int:
+    k = rng.randrange(len(t.dims))
+    return k - len(t.dims) if rng.random() < 0.5 else k
+
+
+def _broadcastable(a: tuple, b: tuple) -> bool:
+    return all(x == y or x == 1 or y == 1 for x, y in zip(reversed(a), reversed(b)))
+
+
+def _joined(a: tuple, b: tuple) -> tuple:
+    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
+    pad = (1,) * (len(longer) - len(shorter)) + shorter
+    return tuple(y if x == 1 else x for x, y in zip(longer, pad))
+
+
+# -- the op vocabulary: each draws one statement, or returns None when nothing in scope fits --------
+
+def linear(p):
+    x = p.pick(lambda t: isinstance(t.dims[-1], int))
+    if x:
+        k, bias = p.rng.choice([1, 2, 3, 4, 3 if x.dims[-1] == 3 else 2]), p.rng.random() < 0.6
+        return p.bind(f"linear({x.name}, {k}{'' if bias else ', bias=false'})", x.dims[:-1] + (k,))
+
+
+def mlp(p):
+    x = p.pick(lambda t: isinstance(t.dims[-1], int))
+    if x:
+        widths = [p.rng.choice([2, 4]), p.rng.choice([1, 3, 4])]
+        act = p.rng.choice(["relu", "silu", "tanh", "gelu"])
+        return p.bind(f'mlp({x.name}, widths={widths}, act="{act}")', x.dims[:-1] + (widths[-1],))
+
+
+def norm(p):
+    x = p.pick(lambda t: isinstance(t.dims[-1], int))
+    if x:
+        kind, affine = p.rng.choice(["layernorm", "rmsnorm"]), p.rng.random() < 0.5
+        return p.bind(f"{kind}({x.name}{'' if affine else ', affine=false'})", x.dims)
+
+
+def activation(p):
+    x = p.pick()
+    if x:
+        return p.bind(f"{p.rng.choice(['relu', 'silu', 'tanh', 'sigmoid', 'gelu'])}({x.name})", x.dims)
+
+
+def softmax(p):
+    x = p.pick()
+    if x:
+        return p.bind(f"softmax({x.name}, axis={_axis(p.rng, x)})", x.dims)
+
+
+def negate(p):
+    x = p.pick()
+    if x:
+        return p.bind(f"-{x.name}", x.dims)
+
+
+def arithmetic(p):
+    x = p.pick()
+    if not x:
+        return None
+    others = p.floats(lambda t: _broadcastable(t.dims, x.dims))
+    y = p.rng.choice(others)
+    op = p.rng.choice(["+", "-", "*"])
+    if p.rng.random() < 0.2:  # a constant operand
+        return p.bind(f"{x.name} {op} {p.rng.choice(['0.5', '2.0', '1.5'])}", x.dims)
+    return p.bind(f"{x.name} {op} {y.name}", _joined(x.dims, y.dims))
+
+
+def divide(p):
+    """Division by something bounded away from zero, so that rounding stays small."""
+    x = p.pick()
+    y = x and p.pick(lambda t: _broadcastable(t.dims, x.dims))
+    if y:
+        return p.bind(f"{x.name} / (sigmoid({y.name}) + 0.5)", _joined(x.dims, y.dims))
+
+
+def matmul(p):
+    x = p.pick(lambda t: len(t.dims) >= 2)
+    if not x:
+        return None
+    t_dims = x.dims[:-2] + (x.dims[-1], x.dims[-2])
+    if p.rng.random() < 0.5:
+        return p.bind(f"{x.name} @ transpose({x.name}, a=-2, b=-1)", x.dims[:-1] + (x.dims[-2],))
+    ys = p.floats(lambda t: len(t.dims) == len(x.dims) and t.dims[:-2] == x.dims[:-2] and t.dims[-2] == x.dims[-1])
+    if ys and p.rng.random() < 0.6:
+        y = p.rng.choice(ys)
+        return p.bind(f"{x.name} @ {y.name}", x.dims[:-1] + (y.dims[-1],))
+    return p.bind(f"transpose({x.name}, a=-2, b=-1) @ {x.name}", t_dims[:-1] + (x.dims[-1],))
+
+
+def attention(p):
+    x = p.pick(lambda t: len(t.dims) == 3 and isinstance(t.dims[-1], int))
+    if not x:
+        return None
+    heads = 2 if x.dims[-1] % 2 == 0 and p.rng.random() < 0.5 else 1
+    mask = p.masks.get(x.dims[:2])
+    extra = f", mask={mask.name}" if mask and p.rng.random() < 0.5 else ""
+    extra += ", causal=true" if p.rng.random() < 0.3 else ""
+    return p.bind(f"attention({x.name}, heads={heads}{extra})", x.dims)
+
+
+def concat(p):
+    x = p.pick()
+    ys = x and p.floats(lambda t: len(t.dims) == len(x.dims) and t.dims[:-1] == x.dims[:-1])
+    if ys:
+        y = p.rng.choice(ys)
+        if isinstance(x.dims[-1], int) and isinstance(y.dims[-1], int):
+            return p.bind(f"concat({x.name}, {y.name})", x.dims[:-1] + (x.dims[-1] + y.dims[-1],))
+        if x.dims == y.dims and len(x.dims) >= 2:
+            k = p.rng.randrange(len(x.dims))
+            if isinstance(x.dims[k], int):
+                dims = x.dims[:k] + (2 * x.dims[k],) + x.dims[k + 1:]
+                return p.bind(f"concat({x.name}, {y.name}, axis={k})", dims)
+
+
+def flatten(p):
+    x = p.pick(lambda t: len(t.dims) >= 2 and isinstance(t.dims[-1], int) and isinstance(t.dims[-2], int))
+    if x:
+        return p.bind(f"flatten({x.name}, start={len(x.dims) - 2})", x.dims[:-2] + (x.dims[-2] * x.dims[-1],))
+
+
+def transpose(p):
+    x = p.pick(lambda t: len(t.dims) >= 2)
+    if x:
+        a, b = p.rng.sample(range(len(x.dims)), 2)
+        dims = list(x.dims)
+        dims[a], dims[b] = dims[b], dims[a]
+        return p.bind(f"transpose({x.name}, a={a}, b={b})", tuple(dims))
+
+
+def reduce(p):
+    x = p.pick(lambda t: len(t.dims) >= 2)
+    if not x:
+        return None
+    k = p.rng.randrange(len(x.dims))
+    keep = p.rng.random() < 0.5
+    how = p.rng.choice(["sum", "mean", "max", "min", "sum", "mean"])
+    dims = x.dims[:k] + ((1,) if keep else ()) + x.dims[k + 1:]
+    return p.bind(f"{how}({x.name}, axis={k}{', keepdim=true' if keep else ''})", dims)
+
+
+def pool(p):
+    """A dense pool: over a set axis with its mask, or over any axis with a mask over the dims
+    up to it (a coordinate axis included)."""
+    x = p.pick(lambda t: len(t.dims) >= 2)
+    if not x:
+        return None
+    k = p.rng.randrange(1, len(x.dims))
+    mask = p.masks.get(x.dims[:k + 1])
+    how = p.rng.choice(["sum", "mean", "max", "min"])
+    extra = f", mask={mask.name}" if mask and p.rng.random() < 0.8 else ""
+    return p.bind(f'pool({x.name}, axis={k}, kind="{how}"{extra})', x.dims[:k] + x.dims[k + 1:])
+
+
+def attention_pool(p):
+    x = p.pick(lambda t: len(t.dims) == 3 and isinstance(t.dims[-1], int))
+    if x:
+        mask = p.masks.get(x.dims[:2])
+        extra = f", mask={mask.name}" if mask and p.rng.random() < 0.6 else ""
+        return p.bind(f"attention_pool({x.name}, axis=1{extra})", x.dims[:1] + x.dims[2:])
+
+
+def ragged(p):
+    """A segment or scatter pool of rows [R, ...], possibly after moving another axis to the rows."""
+    x = p.pick(lambda t: t.dims[0] == "R" or (len(t.dims) == 2 and t.dims[1] == "R"))
+    ids = next((t for t, _, _ in p.inputs if t.name == "ids"), None)
+    if not x or not ids:
+        return None
+    name = x.name
+    if x.dims[0] != "R":
+        name, x = f"transpose({x.name}, a=0, b=1)", Tensor(x.name, (x.dims[1], x.dims[0]))
+    how = p.rng.choice(["sum", "mean", "max", "min"])
+    if p.rng.random() < 0.5:
+        return p.bind(f'segment_pool({name}, offsets, kind="{how}")', ("S",) + x.dims[1:])
+    return p.bind(f'scatter_pool({name}, ids, like=like, kind="{how}")', ("S",) + x.dims[1:])
+
+
+def unsqueeze(p):
+    x = p.pick()
+    if x:
+        k = p.rng.randrange(len(x.dims) + 1)
+        return p.bind(f"unsqueeze({x.name}, {k})", x.dims[:k] + (1,) + x.dims[k:])
+
+
+def embedding(p):
+    ids = next((t for t, _, _ in p.inputs if t.name == "tok"), None)
+    if ids:
+        dim = p.rng.choice([2, 3])
+        return p.bind(f"embedding(tok, 6, {dim})", ids.dims + (dim,))
+
+
+# -- motifs that carry a symmetry ------------------------------------------------------------------
+
+def centred(p):
+    x = p.pick(lambda t: len(t.dims) >= 2 and t.dims[1] == "N")
+    if x:
+        return p.bind(f"{x.name} - mean({x.name}, axis=1, keepdim=true)", x.dims)
+
+
+def squared_norm(p):
+    x = p.pick(lambda t: t.dims[-1] == 3)
+    y = x and p.rng.choice(p.floats(lambda t: t.dims == x.dims))
+    if y:
+        return p.bind(f"sum({x.name} * {y.name}, axis=-1, keepdim=true)", x.dims[:-1] + (1,))
+
+
+def pairs(p):
+    x = p.pick(lambda t: len(t.dims) == 3 and t.dims[1] == "N")
+    if x:
+        return p.bind(f"unsqueeze({x.name}, 2) - unsqueeze({x.name}, 1)", x.dims[:2] + ("N",) + x.dims[2:])
+
+
+def convex(p):
+    """Softmax weights along N from per-element scores, summing (or matmul-ing) positions."""
+    x = p.pick(lambda t: len(t.dims) == 3 and t.dims[:2] == ("B", "N") and t.dims[-1] == 3)
+    h = x and p.pick(lambda t: len(t.dims) == 3 and t.dims[:2] == ("B", "N") and isinstance(t.dims[-1], int))
+    if not h:
+        return None
+    w = p.bind(f"softmax(linear({h.name}, 1), axis={p.rng.choice([1, -2, 2])})", ("B", "N", 1))
+    if p.rng.random() < 0.3:
+        a = p.bind(f"softmax({h.name} @ transpose({h.name}, a=-2, b=-1), axis=-1)", ("B", "N", "N"))
+        return p.bind(f"{a.name} @ {x.name}", x.dims)
+    how = p.rng.choice(["sum", "sum", "mean"])
+    return p.bind(f"{how}({w.name} * {x.name}, axis=1)", ("B", 3))
+
+
+def residual_block(p):
+    """A def whose result keeps its argument's shape, applied with `repeat`."""
+    x = p.pick(lambda t: isinstance(t.dims[-1], int))
+    if not x:
+        return None
+    name = f"blk{len(p.defs)}"
+    body = p.rng.choice([f"x + linear(silu(linear(x, 4)), {x.dims[-1]})",
+                         f"x + linear(layernorm(x), {x.dims[-1]}, bias=false)",
+                         "x * sigmoid(x)"])
+    p.defs.append(f"def {name}(x) {{\n  return {body}\n}}")
+    return p.bind(f"{name}({x.name}) repeat {p.rng.choice([1, 2])}", x.dims)
+
+
+def frame(p):
+    """frame_average around a drawn backbone, with a random group, roles, out, mask and canonical."""
+    pos = next((t for t, role, _ in p.inputs if role == "position" and t.dims[:2] == ("B", "N")), None)
+    if not pos:
+        return None
+    rng = p.rng
+    cands = [t for t in p.scope if t.dtype == "f" and t.dims[:1] == ("B",) and t is not pos]
+    clouds = [t for t in cands if t.dims == ("B", "N", 3)]
+    if clouds and rng.random() < 0.2:  # a centred cloud, a vector or another derived cloud as positions
+        pos = rng.choice(clouds)
+        cands.remove(pos)
+    args = [pos] + rng.sample(cands, min(len(cands), rng.choice([0, 1, 2])))
+    roles = ["position"] + [("vector" if t.dims[-1] == 3 and rng.random() < 0.6 else "scalar") for t in args[1:]]
+    if rng.random() < 0.15 and len(args) > 1:  # a role that may disagree with the tensor
+        roles[1] = rng.choice(["position", "vector", "scalar"])
+    mask = p.masks.get(("B", "N")) if rng.random() < 0.4 else None
+    out = rng.choice(ROLE_OF_OUT)
+    group = rng.choice(["E(3)", "O(3)", "SE(3)", "SO(3)"])
+    params = [f"a{i}" for i in range(len(args))] + (["m"] if mask else [])
+    body = _backbone(rng, args, params, out)
+    name = f"bb{len(p.defs)}"
+    p.defs.append(f"def {name}({', '.join(params)}) {{\n{body}\n}}")
+    kw = f', group="{group}", out="{out}"' + (f", mask={mask.name}" if mask else "") + \
+        (", canonical=true" if rng.random() < 0.3 else "")
+    roles_kw = f", roles={roles}".replace("'", '"') if roles != _declared_roles(p, args) else ""
+    dims = pos.dims[:1] + ((pos.dims[1], 3) if out != "invariant" else (4,))
+    return p.bind(f"frame_average({name}, [{', '.join(t.name for t in args)}]{kw}{roles_kw})", dims)
+
+
+def _declared_roles(p, args) -> list:
+    declared = {t.name: role for t, role, _ in p.inputs}
+    return [{"invariant": "scalar"}.get(declared.get(t.name), declared.get(t.name)) for t in args]
+
+
+def _backbone(rng, args, params, out) -> str:
+    """A per-row backbone over the folded batch: mixes the points' features, pools over N (with
+    the mask when given), and returns [M, 4] (invariant) or [M, N, 3] (vector, position)."""
+    a0 = params[0]
+    feats = [f"linear({n}, 4)" for n, t in zip(params, args) if t.dims[1:2] == ("N",)]
+    h = " + ".join(feats[:2]) if feats else f"linear({a0}, 4)"
+    lines = [f"  h = silu({h})"]
+    if rng.random() < 0.5:
+        lines.append(f"  h = h + unsqueeze(sum(h, axis=1), 1)")
+    if rng.random() < 0.3:
+        lines.append("  h = attention(h, heads=2)")
+    if out == "invariant":
+        masked = ', mask=m' if "m" in params and rng.random() < 0.7 else ""
+        lines.append(f'  return linear(pool(h, axis=1, kind="{rng.choice(["sum", "max", "mean"])}"{masked}), 4)')
+    else:
+        lines.append(f"  return {a0} * 0.5 + linear(h, 3{', bias=false' if rng.random() < 0.5 else ''})")
+    return "\n".join(lines)
+
+
+VOCABULARY = [linear, mlp, norm, activation, softmax, negate, arithmetic, divide, matmul, attention, concat,
+              flatten, transpose, reduce, pool, attention_pool, ragged, unsqueeze, embedding,
+              centred, squared_norm, pairs, convex, residual_block, frame]
+MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic]
+
+
+# -- drawing a whole spec --------------------------------------------------------------------------
+
+def draw(seed: int) -> tuple[Program, list]:
+    """A random spec: its groups and inputs, 2-7 statements, and 1-2 outputs with claims."""
+    rng = random.Random(seed)
+    p = Program(rng, [])
+    scenario = rng.choice(["euclid", "euclid", "sets", "ragged"])
+    euclid = rng.choice(["E(3)", "O(3)", "SO(3)", "SE(3)", "T(3)"])
+    if scenario == "ragged":
+        p.groups = [g for g in ("S(R)", euclid if rng.random() < 0.5 else None) if g]
+        _input(p, Tensor("x", ("R", rng.choice([2, 3]))), rng.choice([None, "scalar"]) if len(p.groups) else None)
+        if len(p.groups) > 1:
+            _input(p, Tensor("rpos", ("R", 3)), "position")
+        _input(p, Tensor("ids", ("R",), "i"), None)
+        _input(p, Tensor("offsets", ("K",), "i"), None)
+        _input(p, Tensor("like", ("S", 1)), None)
+    else:
+        p.groups = [g for g in ("S(N)" if scenario == "sets" or rng.random() < 0.6 else None,
+                                euclid if scenario == "euclid" else None) if g]
+        if scenario == "euclid":
+            _input(p, Tensor("pos", ("B", "N", 3)), "position")
+            if rng.random() < 0.5:
+                _input(p, Tensor("vel", ("B", "N", 3)), "vector")
+        _input(p, Tensor("h", ("B", "N", rng.choice([2, 3]))), "scalar" if rng.random() < 0.5 else None)
+        if rng.random() < 0.3:
+            _input(p, Tensor("g", ("B", 2)), "scalar")
+        if rng.random() < 0.5:
+            p.masks[("B", "N")] = _input(p, Tensor("mask", ("B", "N"), "b"), None)
+        if rng.random() < 0.15 and scenario == "euclid":
+            p.masks[("B", "N", 3)] = _input(p, Tensor("cmask", ("B", "N", 3), "b"), None)
+        if rng.random() < 0.2:
+            _input(p, Tensor("tok", ("B", "N"), "i"), None)
+    steps = rng.randrange(2, 8)
+    for _ in range(steps * 3):
+        if len(p.lines) >= steps:
+            break
+        op = rng.choice(MOTIFS if rng.random() < 0.4 else VOCABULARY)
+        op(p)
+    made = [t for t in p.scope if t not in [i[0] for i in p.inputs]] or p.scope[:1]
+    outputs = []
+    coordinates = any(g[0] != "S" for g in p.groups)
+    for t in made:  # every statement is an output: each fact the checker infers gets measured
+        claims = [None, "invariant", "scalar"] + (["vector", "position"] * 2 if coordinates and t.dims[-1] == 3 else [])
+        claim = INFERRED if rng.random() < 0.7 else rng.choice(claims)
+        outputs.append((t.name, claim if p.groups else None))
+    return p, outputs
+
+
+def _input(p, t: Tensor, role):
+    p.inputs.append((t, role, {}))
+    if t.dtype == "f":
+        p.scope.append(t)
+    return t
+
+
+# -- the independent numeric check -----------------------------------------------------------------
+
+def sample(p: Program, gen: torch.Generator, empty_set: bool) -> dict:
+    """float64 inputs: Gaussian floats, masks 70% true (one all-false row when `empty_set`), valid
+    CSR offsets with an empty set, segment ids that leave a set empty, token ids in range."""
+    feeds = {}
+    for t, _, _ in p.inputs:
+        shape = [SIZES.get(d, d) if isinstance(d, str) else d for d in t.dims]
+        if t.name == "offsets":
+            inner = sorted(torch.randint(0, SIZES["R"] + 1, (SIZES["K"] - 3,), generator=gen).tolist())
+            feeds[t.name] = torch.tensor([0, *inner, inner[-1], SIZES["R"]])  # one set is empty
+        elif t.name == "ids":
+            feeds[t.name] = torch.randint(0, SIZES["S"] - 1, shape, generator=gen)  # the last set is empty
+        elif t.name == "tok":
+            feeds[t.name] = torch.randint(0, 6, shape, generator=gen)
+        elif t.dtype == "b":
+            feeds[t.name] = _mask(shape, gen, empty_set)
+        else:
+            feeds[t.name] = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return feeds
+
+
+def _mask(shape: list, gen: torch.Generator, empty_set: bool) -> torch.Tensor:
+    """Each set drops one random element (of 5), so that a kept cloud of points stays generic (at
+    least 4 points, distinct covariance eigenvalues: frames are exact only there); with
+    `empty_set`, the first set keeps none."""
+    m = torch.ones(shape, dtype=torch.bool)
+    flat = m.reshape(shape[0], shape[1], -1)
+    drop = torch.randint(0, shape[1], (shape[0],), generator=gen)
+    flat[torch.arange(shape[0]), drop] = False
+    if empty_set:
+        m[0] = False
+    return m
+
+
+def rotation(gen: torch.Generator, reflect: bool) -> torch.Tensor:
+    """Haar-random orthogonal 3x3 (QR of a Gaussian with signs fixed), det -1 when `reflect`."""
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if (torch.det(q) < 0) != reflect:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@dataclass
+class Action:
+    """One element of one declared group, acting on tensors by their declared kind."""
+    dim: str | None = None              # the permuted dim
+    perm: torch.Tensor | None = None
+    rot: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+
+    def on(self, x: torch.Tensor, dims: tuple, kind: str | None) -> torch.Tensor:
+        if self.dim is not None:
+            for k, d in enumerate(dims):
+                if d == self.dim:
+                    x = x.index_select(k, self.perm)
+            return x
+        if kind in ("position", "vector") and self.rot is not None:
+            x = x @ self.rot.T
+        if kind == "position" and self.shift is not None:
+            x = x + self.shift
+        return x
+
+
+def action(group: str, gen: torch.Generator, trial: int) -> Action:
+    if group.startswith("S("):
+        dim = group[2:-1]
+        return Action(dim, torch.randperm(SIZES[dim], generator=gen))
+    name = group.split("(")[0]
+    rot = rotation(gen, reflect=name in ("O", "E") and trial % 2 == 1) if name != "T" else None
+    shift = None
+    if name in ("T", "E", "SE"):
+        v = torch.randn(3, generator=gen, dtype=torch.float64)
+        shift = v * (10.0 / v.norm())
+    return Action(rot=rot, shift=shift)
+
+
+def redraw(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Every parameter drawn again: non-zero biases, norm scales away from 1."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64) * 0.7)
+
+
+def measure(module, p: Program, inputs: list, outputs: list, group: str, gen, trials: int = 2) -> list:
+    """For each (output, role): the worst relative error of f(g·x) against g·f(x) over `trials`
+    elements of `group` (NaN stays NaN, and fails)."""
+    dims_of = {t.name: t.dims for t, _, _ in p.inputs}
+    role_of = {t.name: role for t, role, _ in p.inputs}
+    worst = [0.0] * len(outputs)
+    with torch.no_grad():
+        base = _tuple(module(*inputs))
+        for trial in range(trials):
+            g = action(group, gen, trial)
+            moved = _tuple(module(*(g.on(x, dims_of[t.name], role_of[t.name])
+                                    for x, (t, _, _) in zip(inputs, p.inputs))))
+            for i, ((_, role, dims), y, z) in enumerate(zip(outputs, base, moved)):
+                want = g.on(y, dims, {"scalar": None, "invariant": None}.get(role, role))
+                err = _relative(want, z)
+                if worst[i] == worst[i] and not err <= worst[i]:  # NaN, once seen, stays
+                    worst[i] = err
+    return worst
+
+
+def _relative(want: torch.Tensor, got: torch.Tensor) -> float:
+    if want.shape != got.shape:
+        return float("nan")
+    if not want.numel():
+        return 0.0
+    scale = max(float(want.abs().max()), 1e-6)
+    return float((got - want).abs().max()) / scale
+
+
+def _tuple(y) -> tuple:
+    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+
+
+# -- one spec through the harness ------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    seed: int
+    text: str
+    status: str                          # ill-typed, crash, checked
+    proved: list = field(default_factory=list)     # (output, group, claim, error)
+    refused: list = field(default_factory=list)    # (output, group, claim, error, rule)
+    crash: str = ""
+
+    @property
+    def false_proofs(self) -> list:
+        return [r for r in self.proved if not r[3] <= TOL]
+
+
+def run_spec(p: Program, outputs: list, seed: int, workdir: Path) -> Outcome:
+    path = workdir / "drawn.inv"
+    text = p.text(outputs)
+    path.write_text(text)
+    try:
+        checked = check(load(path), prove=False)
+        if any(claim == INFERRED for _, claim in outputs):
+            text = p.text(_inferred_claims(checked, outputs))
+            path.write_text(text)
+            checked = check(load(path), prove=False)
+    except SpecError:
+        return Outcome(seed, text, "ill-typed")
+    except Exception as e:  # noqa: BLE001 - any other exception is a finding of the harness
+        return Outcome(seed, text, "crash", crash=f"check: {type(e).__name__}: {e}")
+    try:
+        table = verdicts(checked) if len(checked.groups) else []
+        _enforce_agrees(path, table)
+        return _numeric(checked, table, p, seed, text)
+    except Exception as e:  # noqa: BLE001
+        return Outcome(seed, text, "crash", crash=f"{type(e).__name__}: {e}")
+
+
+def _inferred_claims(checked, outputs: list) -> list:
+    """Each INFERRED output claims the role whose meaning matches the inferred facts under the most
+    groups: the checker's own proofs, handed to the numbers."""
+    facts = {(v.output, str(v.group)): v.fact for v in verdicts(checked)}
+    shapes = {port.name: port.value.type.shape for port in checked.outputs}
+
+    def score(name, role):
+        return sum(g.claim(shapes[name], role) == facts[name, str(g)] for g in checked.groups)
+
+    return [(n, max(ROLE_OF_OUT, key=lambda r: score(n, r)) if c == INFERRED else c) for n, c in outputs]
+
+
+def _enforce_agrees(path: Path, table: list) -> None:
+    """check(prove=True) refuses exactly when some verdict fails, with a SpecError."""
+    try:
+        check(load(path))
+        refused = False
+    except SpecError:
+        refused = True
+    if refused != any(not v.holds for v in table):
+        raise AssertionError("check(prove=True) disagrees with the verdict table")
+
+
+def _numeric(checked, table, p: Program, seed: int, text: str) -> Outcome:
+    from dsl.lower import lower
+    out = Outcome(seed, text, "checked")
+    claimed = [v for v in table if v.claim is not None]
+    if not claimed:
+        return out
+    gen = torch.Generator().manual_seed(seed)
+    module = lower(checked, seed).double()
+    redraw(module, gen)
+    ports = {port.name: port for port in checked.outputs}
+    for empty in (False, True):
+        feeds = sample(p, gen, empty)
+        inputs = [feeds[t.name] for t, _, _ in p.inputs]
+        for group in {str(v.group) for v in claimed}:
+            rows = [(port.name, port.role, port.value.type.shape) for port in checked.outputs]
+            errors = measure(module, p, inputs, rows, group, gen)
+            for v in (v for v in claimed if str(v.group) == group):
+                err = errors[list(ports).index(v.output)]
+                _record(out, v, err)
+    return out
+
+
+def _record(out: Outcome, v, err: float) -> None:
+    key = (v.output, str(v.group), ports_claim(v))
+    if v.holds:
+        prior = next((r for r in out.proved if r[:3] == key), None)
+        if prior is None:
+            out.proved.append((*key, err))
+        elif not err <= prior[3]:
+            out.proved[out.proved.index(prior)] = (*key, err)
+    else:
+        rule = v.fact.reason.split(" ")[0] if isinstance(v.fact, Broken) else "claim"
+        prior = next((r for r in out.refused if r[:3] == key), None)
+        if prior is None:
+            out.refused.append((*key, err, rule))
+        elif not err <= prior[3]:
+            out.refused[out.refused.index(prior)] = (*key, err, rule)
+
+
+def ports_claim(v) -> str:
+    return str(v.claim)
+
+
+def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tuple[Counter, list, Counter]:
+    """Run the specs of `seeds`; returns the counts, the false proofs (shrunk) and crashes, and the
+    conservative refusals per rule (claims refused that the numbers say hold)."""
+    from tqdm import tqdm
+    counts, findings, conservative = Counter(), [], Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in tqdm(seeds, disable=not progress, unit="spec"):
+            p, outputs = draw(seed)
+            o = run_spec(p, outputs, seed, Path(tmp))
+            counts["specs"] += 1
+            counts[o.status] += 1
+            counts["claims proved"] += len(o.proved)
+            counts["claims refused"] += len(o.refused)
+            for r in o.refused:
+                if r[3] <= TOL:
+                    conservative[r[4]] += 1
+                counts["refused, numerically holds" if r[3] <= TOL else "refused, numerically broken"] += 1
+            if o.status == "crash" or o.false_proofs:
+                counts["false proofs"] += len(o.false_proofs)
+                findings.append(shrink(o, p, outputs, Path(tmp)) if shrink_failures else o)
+    return counts, findings, conservative
+
+
+def shrink(o: Outcome, p: Program, outputs: list, workdir: Path) -> Outcome:
+    """Delete statements one at a time while the spec still shows the same kind of failure."""
+    def fails(prog: Program) -> Outcome | None:
+        live = [(n, c) for n, c in outputs if any(line.startswith(f"  {n} =") for line in prog.lines)]
+        if not live:
+            return None
+        r = run_spec(prog, live, o.seed, workdir)
+        same = (r.status == "crash") if o.status == "crash" else bool(r.false_proofs)
+        return r if same else None
+
+    best = o
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(p.lines)):
+            trial = Program(p.rng, p.groups, p.inputs, p.lines[:i] + p.lines[i + 1:], p.defs, p.scope, p.masks)
+            r = fails(trial)
+            if r is not None:
+                p, best, changed = trial, r, True
+                break
+    return best
