@@ -17,17 +17,15 @@ and near-misses are too.
 from __future__ import annotations
 
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from dsl.checker import check
 from dsl.errors import SpecError
 from dsl.groups import Broken, Euclidean, Permutations
-from dsl.program import load
+from dsl.program import load_text
 from dsl.symmetry import verdicts
 
 TOL = 1e-6          # float64 relative error that still counts as exact
@@ -579,23 +577,22 @@ class Outcome:
         return [r for r in self.proved if not r[3] <= TOL]
 
 
-def run_spec(p: Program, outputs: list, seed: int, workdir: Path) -> Outcome:
-    path = workdir / "drawn.inv"
+def run_spec(p: Program, outputs: list, seed: int) -> Outcome:
     text = p.text(outputs)
-    path.write_text(text)
     try:
-        checked = check(load(path), prove=False)
+        program = load_text(text, "drawn.inv")
+        checked = check(program, prove=False)
         if any(claim == INFERRED for _, claim in outputs):
             text = p.text(_inferred_claims(checked, outputs))
-            path.write_text(text)
-            checked = check(load(path), prove=False)
+            program = load_text(text, "drawn.inv")
+            checked = check(program, prove=False)
     except SpecError:
         return Outcome(seed, text, "ill-typed")
     except Exception as e:  # noqa: BLE001 - any other exception is a finding of the harness
         return Outcome(seed, text, "crash", crash=f"check: {type(e).__name__}: {e}")
     try:
         table = verdicts(checked) if len(checked.groups) else []
-        _enforce_agrees(path, table)
+        _enforce_agrees(program, table)
         return _numeric(checked, table, p, seed, text)
     except Exception as e:  # noqa: BLE001
         return Outcome(seed, text, "crash", crash=f"{type(e).__name__}: {e}")
@@ -613,10 +610,10 @@ def _inferred_claims(checked, outputs: list) -> list:
     return [(n, max(ROLE_OF_OUT, key=lambda r: score(n, r)) if c == INFERRED else c) for n, c in outputs]
 
 
-def _enforce_agrees(path: Path, table: list) -> None:
+def _enforce_agrees(program, table: list) -> None:
     """check(prove=True) refuses exactly when some verdict fails, with a SpecError."""
     try:
-        check(load(path))
+        check(program)
         refused = False
     except SpecError:
         refused = True
@@ -672,31 +669,33 @@ def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tupl
     conservative refusals per rule (claims refused that the numbers say hold)."""
     from tqdm import tqdm
     counts, findings, conservative = Counter(), [], Counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in tqdm(seeds, disable=not progress, unit="spec"):
-            p, outputs = draw(seed)
-            o = run_spec(p, outputs, seed, Path(tmp))
-            counts["specs"] += 1
-            counts[o.status] += 1
-            counts["claims proved"] += len(o.proved)
-            counts["claims refused"] += len(o.refused)
-            for r in o.refused:
-                if r[3] <= TOL:
-                    conservative[r[4]] += 1
-                counts["refused, numerically holds" if r[3] <= TOL else "refused, numerically broken"] += 1
-            if o.status == "crash" or o.false_proofs:
-                counts["false proofs"] += len(o.false_proofs)
-                findings.append(shrink(o, p, outputs, Path(tmp)) if shrink_failures else o)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a second thread only waits, and slows a loaded machine
+    for seed in tqdm(seeds, disable=not progress, unit="spec"):
+        p, outputs = draw(seed)
+        o = run_spec(p, outputs, seed)
+        counts["specs"] += 1
+        counts[o.status] += 1
+        counts["claims proved"] += len(o.proved)
+        counts["claims refused"] += len(o.refused)
+        for r in o.refused:
+            if r[3] <= TOL:
+                conservative[r[4]] += 1
+            counts["refused, numerically holds" if r[3] <= TOL else "refused, numerically broken"] += 1
+        if o.status == "crash" or o.false_proofs:
+            counts["false proofs"] += len(o.false_proofs)
+            findings.append(shrink(o, p, outputs) if shrink_failures else o)
+    torch.set_num_threads(threads)
     return counts, findings, conservative
 
 
-def shrink(o: Outcome, p: Program, outputs: list, workdir: Path) -> Outcome:
+def shrink(o: Outcome, p: Program, outputs: list) -> Outcome:
     """Delete statements one at a time while the spec still shows the same kind of failure."""
     def fails(prog: Program) -> Outcome | None:
         live = [(n, c) for n, c in outputs if any(line.startswith(f"  {n} =") for line in prog.lines)]
         if not live:
             return None
-        r = run_spec(prog, live, o.seed, workdir)
+        r = run_spec(prog, live, o.seed)
         same = (r.status == "crash") if o.status == "crash" else bool(r.false_proofs)
         return r if same else None
 

@@ -5,7 +5,7 @@ from soundness import harness
 
 from dsl.symmetry_rules import RULES
 
-SEEDS = range(300)  # about 30 s on 2 cores
+SEEDS = range(500)  # about 20 s on 2 cores
 
 
 def test_no_drawn_spec_crashes_the_checker_or_gets_a_false_proof():
