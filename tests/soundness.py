@@ -128,22 +128,13 @@ def norm(p):
         return p.bind(f"{kind}({x.name}{'' if affine else ', affine=false'})", x.dims)
 
 
-def activation(p):
+def elementwise(p):
+    """An activation, a softmax along a random axis, or a negation: the shape stays."""
     x = p.pick()
     if x:
-        return p.bind(f"{p.rng.choice(['relu', 'silu', 'tanh', 'sigmoid', 'gelu'])}({x.name})", x.dims)
-
-
-def softmax(p):
-    x = p.pick()
-    if x:
-        return p.bind(f"softmax({x.name}, axis={_axis(p.rng, x)})", x.dims)
-
-
-def negate(p):
-    x = p.pick()
-    if x:
-        return p.bind(f"-{x.name}", x.dims)
+        form = p.rng.choice(["relu", "silu", "tanh", "sigmoid", "gelu", "softmax", "softmax", "-"])
+        expr = {"softmax": f"softmax({x.name}, axis={_axis(p.rng, x)})", "-": f"-{x.name}"}.get(form, f"{form}({x.name})")
+        return p.bind(expr, x.dims)
 
 
 def arithmetic(p):
@@ -382,7 +373,7 @@ def _backbone(rng, args, params, out) -> str:
     return "\n".join(lines)
 
 
-VOCABULARY = [linear, mlp, norm, activation, softmax, negate, arithmetic, divide, matmul, attention, concat,
+VOCABULARY = [linear, mlp, norm, elementwise, elementwise, arithmetic, divide, matmul, attention, concat,
               flatten, transpose, reduce, pool, attention_pool, ragged, unsqueeze, embedding,
               centred, squared_norm, pairs, convex, residual_block, frame]
 MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic]
