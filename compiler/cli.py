@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from compiler.commands import parse_limits
+from dsl import limits
 from dsl.errors import SpecError
 
 # Modules that add subcommands; each exposes register(subparsers). Imported lazily at
@@ -36,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with limits.using(**parse_limits(getattr(args, "limit", []))):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("invc: interrupted", file=sys.stderr)
         return 130

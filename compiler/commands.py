@@ -30,6 +30,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="which model of the spec (needed when it declares several)")
     p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                    help="override a model parameter, e.g. -p hidden=128 (repeatable)")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise a work limit, e.g. --limit nodes=100000 (repeatable); limits: "
+                        "spec_bytes, depth, repeat, nodes, parameters (see README)")
 
 
 def parse_params(items: list[str]) -> dict:
@@ -40,6 +43,18 @@ def parse_params(items: list[str]) -> dict:
             raise InvcError(f"malformed --param {item!r}: expected NAME=VALUE, e.g. hidden=128")
         params[name] = _literal(text)
     return params
+
+
+def parse_limits(items: list[str]) -> dict[str, int]:
+    from dsl import limits
+    changes = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in limits.names() or not text.isdecimal() or int(text) < 1:
+            raise InvcError(f"malformed --limit {item!r}: expected NAME=N with N >= 1, "
+                            f"NAME one of {', '.join(limits.names())}")
+        changes[name] = int(text)
+    return changes
 
 
 def positive(kind):
@@ -56,6 +71,8 @@ def positive(kind):
 def _literal(text: str):
     if text in ("true", "false"):
         return text == "true"
+    if text.lstrip("-").isdecimal() and len(text.lstrip("-0")) > 19:
+        raise InvcError(f"--param value {text[:20]}... ({len(text)} characters) is too large for an int")
     for kind in (int, float):
         try:
             return kind(text)
