@@ -48,7 +48,7 @@ def _lark() -> Lark:
 
 def parse(text: str, file: str = "<spec>") -> ast.Spec:
     remember_source(file, text)
-    size = len(text.encode())
+    size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.current().spec_bytes:
         message, hint = limits.exceeded(f"the spec's size ({size:,} bytes)", "spec_bytes")
         raise SpecError(message, file, hint=hint)
@@ -89,13 +89,15 @@ def read_spec(path: Path) -> str:
         message, hint = limits.exceeded("the spec's size", "spec_bytes")
         raise SpecError(message, str(path), hint=hint)
     try:
-        # Specs are UTF-8 whatever the locale says, so a spec reads the same on every machine.
-        text = data.decode("utf-8")
+        # Specs are UTF-8 whatever the locale says, so a spec reads the same on every machine;
+        # a byte-order mark (some Windows editors write one) is dropped.
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        data = e.object  # without the byte-order mark, which the offsets skip
         line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise SpecError(f"not a UTF-8 text file (byte 0x{data[e.start]:02x})", str(path), line, column,
-                        hint="a spec is UTF-8 text; is this the right file?") from None
+        before = data[data.rfind(b"\n", 0, e.start) + 1:e.start]  # valid UTF-8: the first bad byte is at e.start
+        raise SpecError(f"not a UTF-8 text file (byte 0x{data[e.start]:02x})", str(path), line,
+                        len(before.decode()) + 1, hint="a spec is UTF-8 text; is this the right file?") from None
     return text
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsl import ast
+from dsl import ast, limits
 from dsl.errors import SpecError
 from dsl.parser import parse, parse_file
 
@@ -17,6 +17,7 @@ class Program:
     defs: dict = field(default_factory=dict)      # name -> ast.Def, from the root and its imports
     texts: dict = field(default_factory=dict)     # file -> source, for the source hash
     loaded: set = field(default_factory=set)      # resolved paths of the imported files
+    size: int = 0                                 # bytes of all texts, against limits.spec_bytes
 
     @property
     def models(self) -> dict:
@@ -46,6 +47,7 @@ def load_text(text: str, file: str = "<spec>") -> Program:
 
 def _collect(program: Program, spec: ast.Spec, fence: Path, stack: list[Path]) -> None:
     program.texts[spec.file] = spec.source
+    program.size += len(spec.source.encode("utf-8", "surrogatepass"))
     for d in spec.of(ast.Def):
         if d.name in program.defs:
             first = program.defs[d.name].pos
@@ -59,7 +61,10 @@ def _collect(program: Program, spec: ast.Spec, fence: Path, stack: list[Path]) -
         if target in program.loaded:  # a diamond: the same file reached twice is one set of defs
             continue
         program.loaded.add(target)
-        _collect(program, parse_file(_shown(target)), fence, stack + [target])
+        imported = parse_file(_shown(target))
+        if program.size + len(imported.source.encode("utf-8", "surrogatepass")) > limits.current().spec_bytes:
+            raise SpecError.at(imp.pos, *limits.exceeded("the size of the spec and its imports", "spec_bytes"))
+        _collect(program, imported, fence, stack + [target])
 
 
 def _import_target(imp: ast.Import, here: Path, fence: Path) -> Path:
