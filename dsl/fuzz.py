@@ -117,6 +117,16 @@ def _swap(rng, text):
     return " ".join(toks)
 
 
+def _replace_word(rng, text):
+    """A name or number swapped for another the language knows: deeper into the checker than junk."""
+    toks = _tokens(text)
+    words = [i for i, t in enumerate(toks) if t[0].isalnum() or t[0] == "_"]
+    if words:
+        i = rng.choice(words)
+        toks[i] = rng.choice(NUMBERS[:8] if toks[i][0].isdigit() else NAMES)
+    return " ".join(toks)
+
+
 def _random_chars(rng, text):
     pool = "\x00\x01\t\r\n\x7f\u00a0\u200b\u2028\ufeff\ud800\udfff\U0001f600\u0301{}[]()=,:#\"\\"
     i = rng.randrange(len(text) + 1)
@@ -163,7 +173,7 @@ def _big_repeat(rng, text):
         if "repeat" in text else text
 
 
-MUTATIONS = [_delete, _duplicate, _swap, _random_chars, _bom_crlf, _huge_number, _deep_nesting, _long_line,
+MUTATIONS = [_delete, _duplicate, _swap, _replace_word, _random_chars, _bom_crlf, _huge_number, _deep_nesting, _long_line,
              _recursive_defs, _big_repeat]
 
 
@@ -204,14 +214,18 @@ def cases(rng: random.Random, examples: list[str]):
             yield kind, {ROOT: text}
 
 
-def run(files: dict[str, str], folder: str | Path | None = None) -> tuple[str, float, str]:
-    """Check the case's root spec: ("checked" | "refused" | "crashed", seconds, detail)."""
+def run(files: dict[str, str], folder: str | Path | None = None, lower=None) -> tuple[str, float, str]:
+    """Check the case's root spec: ("checked" | "refused" | "crashed", seconds, detail). With
+    `lower` (dsl.lower.lower, passed in so this module needs no torch) a checked model is lowered too:
+    lowering must never refuse what the checker accepted."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         for name, text in files.items():
             Path(tmp, name).write_bytes(text.encode("utf-8", "surrogatepass"))
         t0 = time.perf_counter()
         try:
             model = check(load(os.path.join(tmp, ROOT)))
+            if lower is not None:
+                lower(model)
             outcome, detail = "checked", model.name
         except SpecError as e:
             outcome, detail = "refused", e.message
