@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from compiler.commands import positive
+
 
 def register(sub) -> None:
     # No torch import here: registering must stay cheap for the commands that never touch a model.
@@ -20,10 +22,10 @@ def register(sub) -> None:
     p.add_argument("--mode", default="shortcut-free",
                    help="shortcut-free (default): one rotation for the whole stream, no extra parameters; "
                         "shortcut: one rotation per block, joined by shortcut matrices")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--samples", type=int, default=32, help="calibration sequences")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--multiple", type=int, default=8, help="kept dimensions are rounded down to this multiple")
+    p.add_argument("--seq-len", type=positive(int), default=512)
+    p.add_argument("--samples", type=positive(int), default=32, help="calibration sequences")
+    p.add_argument("--batch-size", type=positive(int), default=4)
+    p.add_argument("--multiple", type=positive(int), default=8, help="kept dimensions are rounded down to this multiple")
     p.add_argument("--untie-head", action="store_true",
                    help="give a tied head its own table so the result stays a plain model of its family")
     p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx, checked with onnxruntime")
@@ -32,9 +34,9 @@ def register(sub) -> None:
     e = sub.add_parser("eval-ppl", help="perplexity of a dense or sliced model directory on a text")
     e.add_argument("model", type=Path)
     e.add_argument("--text", type=Path, nargs="+", required=True)
-    e.add_argument("--seq-len", type=int, default=512)
-    e.add_argument("--samples", type=int, default=None, help="at most this many sequences (default: all)")
-    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--seq-len", type=positive(int), default=512)
+    e.add_argument("--samples", type=positive(int), default=None, help="at most this many sequences (default: all)")
+    e.add_argument("--batch-size", type=positive(int), default=4)
     e.set_defaults(run=run_eval)
 
     x = sub.add_parser("export", help="write a dense or sliced model directory as ONNX (input_ids -> logits)")
