@@ -73,7 +73,7 @@ def _tokenizer(path: Path):
 
 def run_slice(args) -> int:
     from compiler.errors import InvcError
-    from compiler.files import check_dir_target
+    from compiler.files import check_dir_target, refuse_overlap
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
     from passes.slicegpt.slicing import MODES, group_dims, slice_model
@@ -83,6 +83,7 @@ def run_slice(args) -> int:
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
     schedule = _schedule(args.schedule)
+    refuse_overlap(args.output, args.model, "sliced model")
     check_dir_target(args.output, "sliced model", checkpoint.PLAN)
     model = checkpoint.load(args.model)
     structure = discover(model)
@@ -121,9 +122,12 @@ def run_eval(args) -> int:
 
 
 def run_export(args) -> int:
+    from compiler.files import refuse_inputs
     from passes.slicegpt import checkpoint
     from passes.slicegpt.onnx_export import export_onnx
 
+    # Every file of the model directory may be read by loading it; an earlier export may be replaced.
+    refuse_inputs(args.output, [f for f in args.model.glob("*") if f.suffix != ".onnx"], "ONNX model")
     model = checkpoint.load(args.model)
     err = export_onnx(model, args.output)
     print(f"wrote {args.output} (onnxruntime vs torch: {err:.1e} relative)")

@@ -172,6 +172,9 @@ def _run(args) -> int:
     import numpy as np
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
+    if args.out:
+        from compiler.files import refuse_inputs
+        refuse_inputs(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
     session = Session(args.model, args.provider)
     feeds = random_inputs(session.inputs, dims) if args.random else load_inputs(args.input)
     t0 = time.perf_counter()

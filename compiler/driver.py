@@ -21,6 +21,15 @@ def check(spec: str | Path, model: str | None = None, params: dict | None = None
     return _check(load(spec), model, {**(params or {}), **kw})
 
 
+def _check_for(spec, out, model, params) -> CheckedModel:
+    """check(), after refusing an output path that is the spec or one of its imports."""
+    program = load(spec)
+    if out is not None:
+        from compiler.files import refuse_inputs
+        refuse_inputs(out, program.texts, "output")
+    return _check(program, model, params)
+
+
 def build(spec: str | Path, model: str | None = None, seed: int = 0, params: dict | None = None, **kw):
     """A trainable torch.fx.GraphModule built from the spec, parameters initialised from `seed`."""
     from dsl.lower import lower
@@ -61,7 +70,7 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     if target not in ("onnx", "triton"):
         raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
     times, t0 = {}, time.perf_counter()
-    checked = check(spec, model, params, **kw)
+    checked = _check_for(spec, out, model, {**(params or {}), **kw})
     times["check"] = time.perf_counter() - t0
     gm = lower(checked, seed)
     times["lower"] = time.perf_counter() - t0 - times["check"]
