@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -176,6 +177,8 @@ def _run(args) -> int:
         from compiler.files import refuse_inputs
         refuse_inputs(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
     session = Session(args.model, args.provider)
+    if session.note:
+        print(session.note, file=sys.stderr)
     feeds = random_inputs(session.inputs, dims) if args.random else load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)

@@ -94,5 +94,19 @@ def parameter_count(module) -> int:
 
 
 def metadata(checked: CheckedModel) -> dict[str, str]:
+    from runtime.session import VOCAB_KEY
     return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
-            **{f"invc.{k}": v for k, v in checked.declarations().items()}}
+            **{f"invc.{k}": v for k, v in checked.declarations().items()},
+            **{VOCAB_KEY + name: str(rows) for name, rows in token_inputs(checked).items()}}
+
+
+def token_inputs(checked: CheckedModel) -> dict[str, int]:
+    """Inputs that feed an embedding directly, with the fewest rows a table they index has."""
+    inputs = {p.value.id: p.name for p in checked.inputs}
+    rows: dict[str, int] = {}
+    for n in checked.nodes:
+        ids = n.args[0] if n.op == "embedding" else None
+        if getattr(ids, "id", None) in inputs:
+            name = inputs[ids.id]
+            rows[name] = min(rows.get(name, n.params["weight"].shape[0]), n.params["weight"].shape[0])
+    return rows
