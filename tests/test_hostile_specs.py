@@ -3,14 +3,15 @@ name themselves and can be raised."""
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from dsl import limits
+from dsl import program as program_module
 from dsl.checker import check
 from dsl.errors import SpecError
+from dsl.parser import parse_file
 from dsl.program import load, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,10 +19,8 @@ MODEL = "model m() {{\n  input x: f32[B, 4]\n  y = {}\n  output y\n}}\n"
 
 
 def refusal(text: str, file: str = "h.inv") -> SpecError:
-    t0 = time.perf_counter()
     with pytest.raises(SpecError) as e:
         check(load_text(text, file))
-    assert time.perf_counter() - t0 < 2
     return e.value
 
 
@@ -81,7 +80,7 @@ def test_import_paths_the_os_refuses(tmp_path, monkeypatch):
         assert words.lower() in e.message.lower() and (e.line, e.column) == (1, 1)
 
 
-def test_a_diamond_of_imports_is_read_once_per_file(tmp_path):
+def test_a_diamond_of_imports_is_read_once_per_file(tmp_path, monkeypatch):
     depth = 22  # 2**22 paths through the diamonds: only a parse per file finishes
     for i in range(depth):
         for side in "ab":
@@ -90,9 +89,11 @@ def test_a_diamond_of_imports_is_read_once_per_file(tmp_path):
     (tmp_path / f"l{depth}b.inv").write_text("def other(x) { return tanh(x) }\n")
     root = tmp_path / "root.inv"
     root.write_text('import "l0a.inv"\n' + MODEL.format("blk(x)"))
-    t0 = time.perf_counter()
+    reads = []
+    monkeypatch.setattr(program_module, "parse_file", lambda p: reads.append(p) or parse_file(p))
     program = load(root)
-    assert time.perf_counter() - t0 < 2 and len(program.texts) == 2 * depth + 2  # root, l0a, then a and b below
+    assert len(reads) == len(set(reads)) == 2 * depth + 2  # root, l0a, then a and b on each level below
+    assert len(program.texts) == 2 * depth + 2
     assert check(program).nodes[0].op == "relu"
 
 
