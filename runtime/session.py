@@ -81,12 +81,13 @@ def _stamp_note(model) -> str | None:
     """Refuse a damaged invc file; a note (or None) for one that runs."""
     import onnx
     from runtime import stamp
-    proto = model if hasattr(model, "SerializeToString") else onnx.load(str(model))
-    verdict = stamp.verify(proto)
+    in_memory = hasattr(model, "SerializeToString")
+    verdict = stamp.verify(model if in_memory else onnx.load(str(model)))
+    label = "the in-memory model" if in_memory else str(model)
     if verdict == "unstamped":
-        return f"note: {getattr(model, 'name', None) or model} was not written by invc; its weights were not checked"
+        return f"note: {label} was not written by invc; its weights were not checked"
     if verdict:
-        raise InputError(f"cannot load model {model}: {verdict}")
+        raise InputError(f"cannot load {label}: {verdict}")
     return None
 
 
