@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
+from compiler.commands import parse_limits
+from dsl import limits
 from dsl.errors import SpecError
 
 # Modules that add subcommands; each exposes register(subparsers). Imported lazily at
@@ -33,10 +37,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum, frame):
+    # An exception, unlike the default action, unwinds through the clean-up of temporary files.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers live
+    before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return int(args.run(args) or 0)
+        with limits.using(**parse_limits(getattr(args, "limit", []))):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("invc: interrupted", file=sys.stderr)
         return 130
@@ -47,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         # A spec error starts with file:line:column, as compilers print them, so editors can jump there.
         print(e if isinstance(e, SpecError) else f"invc: {e}", file=sys.stderr)
         return code
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

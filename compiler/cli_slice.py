@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from compiler.commands import positive
+
 
 def register(sub) -> None:
     # No torch import here: registering must stay cheap for the commands that never touch a model.
@@ -20,10 +22,10 @@ def register(sub) -> None:
     p.add_argument("--mode", default="shortcut-free",
                    help="shortcut-free (default): one rotation for the whole stream, no extra parameters; "
                         "shortcut: one rotation per block, joined by shortcut matrices")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--samples", type=int, default=32, help="calibration sequences")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--multiple", type=int, default=8, help="kept dimensions are rounded down to this multiple")
+    p.add_argument("--seq-len", type=positive(int), default=512)
+    p.add_argument("--samples", type=positive(int), default=32, help="calibration sequences")
+    p.add_argument("--batch-size", type=positive(int), default=4)
+    p.add_argument("--multiple", type=positive(int), default=8, help="kept dimensions are rounded down to this multiple")
     p.add_argument("--untie-head", action="store_true",
                    help="give a tied head its own table so the result stays a plain model of its family")
     p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx, checked with onnxruntime")
@@ -32,9 +34,9 @@ def register(sub) -> None:
     e = sub.add_parser("eval-ppl", help="perplexity of a dense or sliced model directory on a text")
     e.add_argument("model", type=Path)
     e.add_argument("--text", type=Path, nargs="+", required=True)
-    e.add_argument("--seq-len", type=int, default=512)
-    e.add_argument("--samples", type=int, default=None, help="at most this many sequences (default: all)")
-    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--seq-len", type=positive(int), default=512)
+    e.add_argument("--samples", type=positive(int), default=None, help="at most this many sequences (default: all)")
+    e.add_argument("--batch-size", type=positive(int), default=4)
     e.set_defaults(run=run_eval)
 
     x = sub.add_parser("export", help="write a dense or sliced model directory as ONNX (input_ids -> logits)")
@@ -71,7 +73,7 @@ def _tokenizer(path: Path):
 
 def run_slice(args) -> int:
     from compiler.errors import InvcError
-    from compiler.files import check_dir_target
+    from compiler.files import check_dir_target, refuse_overlap
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
     from passes.slicegpt.slicing import MODES, group_dims, slice_model
@@ -81,6 +83,7 @@ def run_slice(args) -> int:
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
     schedule = _schedule(args.schedule)
+    refuse_overlap(args.output, args.model, "sliced model")
     check_dir_target(args.output, "sliced model", checkpoint.PLAN)
     model = checkpoint.load(args.model)
     structure = discover(model)
@@ -119,9 +122,12 @@ def run_eval(args) -> int:
 
 
 def run_export(args) -> int:
+    from compiler.files import refuse_inputs
     from passes.slicegpt import checkpoint
     from passes.slicegpt.onnx_export import export_onnx
 
+    # Every file of the model directory may be read by loading it; an earlier export may be replaced.
+    refuse_inputs(args.output, [f for f in args.model.glob("*") if f.suffix != ".onnx"], "ONNX model")
     model = checkpoint.load(args.model)
     err = export_onnx(model, args.output)
     print(f"wrote {args.output} (onnxruntime vs torch: {err:.1e} relative)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="which model of the spec (needed when it declares several)")
     p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                    help="override a model parameter, e.g. -p hidden=128 (repeatable)")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise a work limit, e.g. --limit nodes=100000 (repeatable); limits: "
+                        "spec_bytes, depth, repeat, nodes, parameters (see README)")
 
 
 def parse_params(items: list[str]) -> dict:
@@ -40,6 +44,18 @@ def parse_params(items: list[str]) -> dict:
             raise InvcError(f"malformed --param {item!r}: expected NAME=VALUE, e.g. hidden=128")
         params[name] = _literal(text)
     return params
+
+
+def parse_limits(items: list[str]) -> dict[str, int]:
+    from dsl import limits
+    changes = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in limits.names() or not text.isdecimal() or int(text) < 1:
+            raise InvcError(f"malformed --limit {item!r}: expected NAME=N with N >= 1, "
+                            f"NAME one of {', '.join(limits.names())}")
+        changes[name] = int(text)
+    return changes
 
 
 def positive(kind):
@@ -56,6 +72,8 @@ def positive(kind):
 def _literal(text: str):
     if text in ("true", "false"):
         return text == "true"
+    if text.lstrip("-").isdecimal() and len(text.lstrip("-0")) > 19:
+        raise InvcError(f"--param value {text[:20]}... ({len(text)} characters) is too large for an int")
     for kind in (int, float):
         try:
             return kind(text)
@@ -155,7 +173,12 @@ def _run(args) -> int:
     import numpy as np
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
+    if args.out:
+        from compiler.files import refuse_inputs
+        refuse_inputs(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
     session = Session(args.model, args.provider)
+    if session.note:
+        print(session.note, file=sys.stderr)
     feeds = random_inputs(session.inputs, dims) if args.random else load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)

@@ -21,6 +21,15 @@ def check(spec: str | Path, model: str | None = None, params: dict | None = None
     return _check(load(spec), model, {**(params or {}), **kw})
 
 
+def _check_for(spec, out, model, params) -> CheckedModel:
+    """check(), after refusing an output path that is the spec or one of its imports."""
+    program = load(spec)
+    if out is not None:
+        from compiler.files import refuse_inputs
+        refuse_inputs(out, program.texts, "output")
+    return _check(program, model, params)
+
+
 def build(spec: str | Path, model: str | None = None, seed: int = 0, params: dict | None = None, **kw):
     """A trainable torch.fx.GraphModule built from the spec, parameters initialised from `seed`."""
     from dsl.lower import lower
@@ -61,7 +70,7 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
     if target not in ("onnx", "triton"):
         raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
     times, t0 = {}, time.perf_counter()
-    checked = check(spec, model, params, **kw)
+    checked = _check_for(spec, out, model, {**(params or {}), **kw})
     times["check"] = time.perf_counter() - t0
     gm = lower(checked, seed)
     times["lower"] = time.perf_counter() - t0 - times["check"]
@@ -85,5 +94,19 @@ def parameter_count(module) -> int:
 
 
 def metadata(checked: CheckedModel) -> dict[str, str]:
+    from runtime.session import VOCAB_KEY
     return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
-            **{f"invc.{k}": v for k, v in checked.declarations().items()}}
+            **{f"invc.{k}": v for k, v in checked.declarations().items()},
+            **{VOCAB_KEY + name: str(rows) for name, rows in token_inputs(checked).items()}}
+
+
+def token_inputs(checked: CheckedModel) -> dict[str, int]:
+    """Inputs that feed an embedding directly, with the fewest rows a table they index has."""
+    inputs = {p.value.id: p.name for p in checked.inputs}
+    rows: dict[str, int] = {}
+    for n in checked.nodes:
+        ids = n.args[0] if n.op == "embedding" else None
+        if getattr(ids, "id", None) in inputs:
+            name = inputs[ids.id]
+            rows[name] = min(rows.get(name, n.params["weight"].shape[0]), n.params["weight"].shape[0])
+    return rows

@@ -1,8 +1,13 @@
 """Atomic output: write beside the target, then rename, so a failure never leaves a partial file or
-directory. Missing parent folders are refused, not created: a mistyped path should fail."""
+directory. Missing parent folders are refused, not created: a mistyped path should fail.
+
+A temporary name carries the writer's process id (`.out.onnx.<pid>.<random>.tmp`): SIGTERM and
+SIGINT unwind through the clean-up here (compiler/cli.py turns SIGTERM into an exception), and what
+a SIGKILL leaves behind is swept by the next write to that directory once its process is gone."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -19,8 +24,9 @@ def atomic_path(path, what: str = "file"):
     if path.exists() and not path.is_file():
         # os.replace would swap a device or directory for our file (-o /dev/null included).
         raise InvcError(f"cannot write {what} {path}: it exists and is not a regular file")
+    sweep_stale(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
         os.close(fd)
     except OSError as e:
         raise InvcError(f"cannot write {what} {path}: {e.strerror} ({path.parent})") from e
@@ -63,8 +69,9 @@ def atomic_dir(path, what: str, marker: str):
     """Yields a fresh sibling directory to fill; on success it replaces `path`, on any failure it
     vanishes. A non-empty `path` is replaced only when it holds `marker`, i.e. it is an earlier output."""
     path = check_dir_target(path, what, marker)
+    sweep_stale(path.parent)
     try:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     except NotADirectoryError:
         raise InvcError(f"cannot write {what} {path}: part of its path is a file, not a directory") from None
     except OSError as e:
@@ -72,7 +79,7 @@ def atomic_dir(path, what: str, marker: str):
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would not
         yield tmp
-        old = path.with_name(f".{path.name}.old.{os.getpid()}")
+        old = path.with_name(f"{_temp_prefix(path)}old.tmp")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
@@ -83,6 +90,69 @@ def atomic_dir(path, what: str, marker: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.([a-z0-9_]{8}|old)\.tmp$")  # mkstemp/mkdtemp: 8 random characters
+
+
+def sweep_stale(folder: Path) -> None:
+    """Remove this user's temporaries in `folder` whose writing process is gone (killed by SIGKILL,
+    or a crash of the machine); a live process's, or another user's, are left alone."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return  # the write itself will report the folder
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # another writer swept it first
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or not a pid we can ask about
+    return True
+
+
+def refuse_inputs(out, inputs, what: str) -> None:
+    """Refuse to write `out` over one of the command's inputs (a spec, an import, a model file)."""
+    out = Path(out)
+    for source in inputs:
+        if _same(out, Path(source)):
+            raise InvcError(f"cannot write {what} {out}: it is an input of this command ({source}); "
+                            "choose another -o")
+
+
+def refuse_overlap(out, folder, what: str) -> None:
+    """Refuse an output directory that is, holds or sits inside the input directory `folder`."""
+    a, b = Path(out).resolve(), Path(folder).resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise InvcError(f"cannot write {what} {out}: it overlaps the input model directory {folder}; "
+                        "choose another -o")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except (OSError, RuntimeError):
+        return False
 
 
 def current_umask() -> int:

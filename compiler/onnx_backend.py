@@ -17,6 +17,7 @@ from compiler.errors import InvcError
 from compiler.files import atomic_file
 from compiler.onnx_ops import DTYPES, EMITTERS
 from dsl.lower import attribute, bound_args, named_outputs
+from runtime.stamp import stamp
 
 __all__ = ["EMITTERS", "to_onnx", "save_onnx"]
 
@@ -136,8 +137,7 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="invc",
                               ir_version=helper.find_min_ir_version_for(opsets))
-    helper.set_model_props(model, dict(metadata or {}))
-    return model
+    return stamp(model, dict(metadata or {}))
 
 
 def save_onnx(model: onnx.ModelProto, path) -> Path:

@@ -203,7 +203,9 @@ def _match_frames(node, claimed):
 
 
 def _origin(nodes) -> str:
-    return f"graph nodes {', '.join(n.name for n in nodes)} (spec {_span(nodes)})"
+    """Where a kernel came from, for a comment in the generated code: the file name is escaped."""
+    from runtime.triton.build import literal_text
+    return literal_text(f"graph nodes {', '.join(n.name for n in nodes)} (spec {_span(nodes)})")
 
 
 # -- code generation ---------------------------------------------------------------------------------
@@ -220,7 +222,7 @@ TRITON_INTERPRET=1 (the Triton interpreter)."""
 
 def generate(gm: fx.GraphModule, the_plan: Plan) -> tuple[str, dict]:
     """(module source, weights by buffer name)."""
-    from runtime.triton.build import module_source
+    from runtime.triton.build import literal_text, module_source
     names = _Names(gm)
     kernels = [r.config.source() for r in the_plan.regions]
     if any(isinstance(r.config, PCAFrames) for r in the_plan.regions):
@@ -228,7 +230,8 @@ def generate(gm: fx.GraphModule, the_plan: Plan) -> tuple[str, dict]:
     forward, helpers = _forward(gm, the_plan, names)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     call = f"outputs = net({', '.join(names.var[n] for n in inputs)})"
-    doc = MODULE_DOC.format(model=the_plan.model, spec=the_plan.spec, call=call, count=len(the_plan.regions),
+    doc = MODULE_DOC.format(model=literal_text(the_plan.model), spec=literal_text(the_plan.spec), call=call,
+                            count=len(the_plan.regions),
                             kernels=", ".join(k for r in the_plan.regions for k in r.config.kernels) or "none")
     body = "\n\n\n".join(kernels + helpers + [_model_class(gm, forward, names, inputs), LOAD])
     return module_source(doc, body), {b: _tensor(gm, t) for t, b in names.buffers.items()}

@@ -7,9 +7,10 @@ never has to say no.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, replace
 
-from dsl import ast
+from dsl import ast, limits
 from dsl.errors import SpecError, did_you_mean
 from dsl.groups import declare
 from dsl.ops import BINARY, OPS, Axis, DefRef, Tensor, binary, neg
@@ -64,7 +65,11 @@ def check(program: Program, model: str | None = None, overrides: dict | None = N
           prove: bool = True) -> CheckedModel:
     """The checked model; with `prove`, its claimed output symmetries are proved or refused."""
     m = _pick_model(program, model)
-    checked = _Elaborator(program, m).model(overrides or {})
+    try:
+        checked = _Elaborator(program, m).model(overrides or {})
+    except RecursionError:  # only where --limit depth was raised past what Python's stack holds
+        raise SpecError.at(m.pos, "the spec nests too deeply for Python's stack",
+                           f"lower --limit depth (now {limits.current().depth})") from None
     if prove and len(checked.groups):
         from dsl.symmetry import enforce  # only specs that declare a symmetry load the rule table
         enforce(checked)
@@ -93,6 +98,7 @@ class _Elaborator:
         self.out = CheckedModel(model.name, program.root.file, program.source_hash(), {})
         self.ids = 0
         self.param_names: set[str] = set()
+        self.weights = 0              # parameter elements so far, against limits.parameters
 
     # -- the model -----------------------------------------------------------------------------
     def model(self, overrides: dict) -> CheckedModel:
@@ -133,6 +139,9 @@ class _Elaborator:
         ok = _fits(v, PARAM_TYPES[p.type])
         if ok is None:
             raise SpecError.at(pos, f"parameter `{p.name}` is {p.type}, got {_describe(v)}")
+        if isinstance(ok, int) and abs(ok) > limits.INT_MAX:
+            raise SpecError.at(pos, f"parameter `{p.name}` is too large ({len(str(ok))} digits)",
+                               f"the largest int is 2**63-1 = {limits.INT_MAX}")
         return ok
 
     def statement(self, stmt, scope: Scope, in_model: bool):
@@ -209,6 +218,8 @@ class _Elaborator:
                                "write `h = block(h) repeat 4` with `def block(x) { ... }`")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise SpecError.at(stmt.repeat.pos, f"`repeat` needs a positive int, got {_describe(count)}")
+        if count > limits.current().repeat:
+            raise SpecError.at(stmt.repeat.pos, *limits.exceeded(f"`repeat {count:,}`", "repeat"))
         if not call.args:
             raise SpecError.at(call.pos, "`repeat` threads the first argument through each copy; pass one")
         value = self.eval(call.args[0], scope, stmt.name)
@@ -274,6 +285,7 @@ class _Elaborator:
     def _static_arith(self, op: str, a, b, expr):
         if op == "*" and any(isinstance(v, Sym) for v in (a, b)) and all(
                 isinstance(v, Sym) or (isinstance(v, int) and not isinstance(v, bool)) for v in (a, b)):
+            _refuse_overflow(_coefficient(a) * _coefficient(b), expr)
             return Sym(str(dim_product([v.name if isinstance(v, Sym) else v for v in (a, b)])))
         if not (_is_number(a) and _is_number(b)):
             raise SpecError.at(expr.pos, f"cannot apply `{op}` to {_describe(a)} and {_describe(b)}")
@@ -284,7 +296,7 @@ class _Elaborator:
         result = {"+": a + b, "-": a - b, "*": a * b}.get(op)
         if op == "/":
             result = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
-        return result
+        return _refuse_overflow(result, expr)
 
     def call(self, expr: ast.Call, scope: Scope, binding: str):
         if expr.func in self.program.defs:
@@ -332,10 +344,12 @@ class _Elaborator:
 
     def call_def(self, d: ast.Def, call: ast.Call | None, threaded, outer: Scope, prefix: str):
         """Expand def `d` called from `outer`; its parameters go under `prefix` (e.g. "stack.0.")."""
+        call = call or ast.Call(d.name, (), (), d.pos)
         if d.name in outer.defs_active:
             raise SpecError.at(call.pos, f"def `{d.name}` calls itself; defs cannot recurse",
                                "use `repeat` to stack copies")
-        call = call or ast.Call(d.name, (), (), d.pos)
+        if len(outer.defs_active) >= limits.current().depth:
+            raise SpecError.at(call.pos, *limits.exceeded(f"the nesting of def calls ({' -> '.join(outer.defs_active[:3])} ...)", "depth"))
         given = list(threaded or []) + list(call.args[1:] if call.args and threaded else call.args)
         names = {}
         by_name = {p.name: p for p in d.params}
@@ -395,11 +409,21 @@ class _Ctx:
 
     def emit(self, fn: str, args: tuple, type_: TensorType, kwargs: dict | None = None,
              params: dict | None = None) -> Value:
+        self._count(params or {})
         value = self.el.new_value(f"{self.scope.prefix}{self.binding}_{fn}", type_)
         prefix = self._param_prefix(params or {})
         self.el.out.nodes.append(OpNode(value, fn, tuple(args), dict(kwargs or {}), dict(params or {}),
                                         prefix, self.pos))
         return value
+
+    def _count(self, params: dict) -> None:
+        """Refuse a model past the node or parameter limit as soon as it gets there, before the
+        elaboration of a `repeat 10000000` runs out of memory."""
+        if len(self.el.out.nodes) >= limits.current().nodes:
+            self.error(*limits.exceeded("the model's op count", "nodes"))
+        self.el.weights += sum(math.prod(p.shape) for p in params.values())
+        if self.el.weights > limits.current().parameters:
+            self.error(*limits.exceeded(f"the model's parameter count ({self.el.weights:,})", "parameters"))
 
     def _param_prefix(self, params: dict) -> str:
         """`scope.binding.`, numbered when a rebinding or a nested call would reuse a name."""
@@ -469,6 +493,18 @@ def _fits(v, kind):
     if kind is int:
         return v if isinstance(v, int) and not isinstance(v, bool) else None
     return v if isinstance(v, kind) else None
+
+
+def _coefficient(v) -> int:
+    """The int factor of a static int or a symbolic product (`8*N` -> 8)."""
+    return v if isinstance(v, int) else math.prod(int(f) for f in v.name.split("*") if f.isdigit())
+
+
+def _refuse_overflow(value, expr):
+    if isinstance(value, int) and abs(value) > limits.INT_MAX:
+        raise SpecError.at(expr.pos, "integer overflow: the result does not fit in int64",
+                           f"the largest int is 2**63-1 = {limits.INT_MAX}")
+    return value
 
 
 def _is_number(v) -> bool:

@@ -39,14 +39,20 @@ def remember_source(file: str, text: str) -> None:
 
 def source_line(file: str, line: int) -> str:
     """Line `line` (1-based) of a remembered spec, or "" when unknown."""
-    rows = _SOURCES.get(file, "").splitlines()
+    rows = _lines(_SOURCES.get(file, ""))
     return rows[line - 1] if 0 < line <= len(rows) else ""
+
+
+def _lines(source: str) -> list[str]:
+    """Lines as the parser counts them: only \n ends one (splitlines would also split at \r, \x0c,
+    U+2028, ..., and quote the wrong line)."""
+    return [row.removesuffix("\r") for row in source.split("\n")]
 
 
 def _excerpt(source: str | None, line: int, column: int) -> str:
     if not source or line < 1:
         return ""
-    rows = source.splitlines()
+    rows = _lines(source)
     if line > len(rows):
         return ""
     gutter = f"{line:>4} | "

@@ -17,6 +17,7 @@ import torch.nn as nn
 from dsl.errors import SpecError
 from dsl.types import CheckedModel, OpNode, ParamSpec, Value
 from runtime import ops
+from runtime.inputs import refuse_empty
 
 TORCH_DTYPES = {"f16": torch.float16, "f32": torch.float32, "f64": torch.float64,
                 "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
@@ -36,6 +37,7 @@ def lower(model: CheckedModel, seed: int = 0) -> fx.GraphModule:
     out.meta["names"] = [p.name for p in model.outputs]
     gm = fx.GraphModule(root, graph, class_name=_class_name(model.name))
     gm.meta["invc"] = model
+    gm.register_forward_pre_hook(refuse_empty)  # the same empty-input rule as runtime.session
     return gm
 
 

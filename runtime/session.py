@@ -12,18 +12,16 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
+from runtime.inputs import InputError, empty_dim, out_of_range
+
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+VOCAB_KEY = "invc.vocab."  # metadata: "invc.vocab.tokens" = "256", the rows input `tokens` indexes
 
 _ORT_DTYPES = {
     "tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
     "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
     "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
 }
-
-
-class InputError(Exception):
-    """Bad inputs for a model: a wrong name, shape or dtype, a missing file, a malformed argument."""
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -72,10 +70,25 @@ def _load(model, providers: list[str]) -> ort.InferenceSession:
     if not path.is_file():
         raise InputError(f"model {path} is not a file; expected an .onnx file")
     try:
-        return ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), providers=providers)
     except _LOAD_ERRORS as e:
         reason = str(e).rsplit(":", 1)[-1].strip()  # onnxruntime prefixes a code and the path
         raise InputError(f"cannot load model {path}: not a valid ONNX file ({reason})") from None
+    return session
+
+
+def _stamp_note(model) -> str | None:
+    """Refuse a damaged invc file; a note (or None) for one that runs."""
+    import onnx
+    from runtime import stamp
+    in_memory = hasattr(model, "SerializeToString")
+    verdict = stamp.verify(model if in_memory else onnx.load(str(model)))
+    label = "the in-memory model" if in_memory else str(model)
+    if verdict == "unstamped":
+        return f"note: {label} was not written by invc; its weights were not checked"
+    if verdict:
+        raise InputError(f"cannot load {label}: {verdict}")
+    return None
 
 
 class Session:
@@ -84,10 +97,14 @@ class Session:
     def __init__(self, model, provider: str = "auto"):
         providers = choose_providers(provider, ort.get_available_providers())
         self._session = _load(model, providers)
+        self.note = _stamp_note(model)  # after _load, which names a missing or invalid file
         # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.
         self.provider: str = self._session.get_providers()[0]
         self.inputs = [_info(a) for a in self._session.get_inputs()]
         self.outputs = [_info(a) for a in self._session.get_outputs()]
+        meta = self._session.get_modelmeta().custom_metadata_map
+        # Token-id inputs and the table size each indexes, as invc records them (VOCAB_KEY + name).
+        self.vocab = {k[len(VOCAB_KEY):]: int(v) for k, v in meta.items() if k.startswith(VOCAB_KEY)}
 
     def run(self, inputs: dict | None = None, /, **kwargs) -> dict[str, np.ndarray]:
         feeds = {name: _to_numpy(v) for name, v in {**(inputs or {}), **kwargs}.items()}
@@ -106,6 +123,12 @@ class Session:
         seen: dict[str, tuple[str, int, int]] = {}
         for info in self.inputs:
             _check_input(info, feeds[info.name], seen)
+        for info in self.inputs:
+            reason = empty_dim(info.name, info.shape, feeds[info.name].shape)
+            if reason is None and info.name in self.vocab:
+                reason = out_of_range(info.name, feeds[info.name], self.vocab[info.name])
+            if reason:
+                raise InputError(reason)
         check_offsets(self.inputs, feeds)
 
 

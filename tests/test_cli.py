@@ -162,10 +162,12 @@ def test_outputs_get_the_mode_of_any_new_file(tmp_path):
 def test_triton_output_over_a_file_is_refused(tmp_path):
     spec = tmp_path / "spec.inv"
     spec.write_text(DEEPSETS.read_text())
-    for out, message in [(spec, "exists and is not a directory"), (spec / "sub", "part of its path is a file")]:
+    other = tmp_path / "notes.txt"  # not an input: test_nothing_lost has those
+    other.write_text("not a directory")
+    for out, message in [(other, "exists and is not a directory"), (other / "sub", "part of its path is a file")]:
         r = invc("compile", spec, "--target", "triton", "-o", out)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.inv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "spec.inv"]
 
 
 def test_demo_takes_a_model_and_params_and_sizes_any_dim(tmp_path):

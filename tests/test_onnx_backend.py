@@ -10,6 +10,7 @@ from compiler.errors import InvcError
 from compiler.onnx_backend import EMITTERS, save_onnx, to_onnx
 from runtime import ops
 from runtime.session import Session
+from runtime.stamp import weights_digest
 from tests.graphs import build, run_torch, sample
 
 D = 8
@@ -137,7 +138,9 @@ def test_names_dims_initializers_and_metadata():
     assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == ["B", "N", D]
     (weight,) = graph.initializer
     assert weight.name == "block_0.w.T" and weight.data_type == onnx.TensorProto.FLOAT
-    assert {p.key: p.value for p in model.metadata_props} == {"spec": "tiny.inv", "invc": "0.1"}
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props.pop("invc.weights_sha256") == weights_digest(model)  # invc's stamp, checked on load
+    assert props == {"spec": "tiny.inv", "invc": "0.1"}
     assert graph.name == "tiny" and model.opset_import[0].version == 18
 
 

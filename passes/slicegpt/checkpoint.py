@@ -6,6 +6,7 @@ A directory is written to a temporary sibling and renamed into place: a failure 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -57,9 +58,14 @@ def load(path: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
     try:
         if plan is None or plan.get("standard"):
             model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            return model.eval()
+            return finite(model, path).eval()
         config = transformers.AutoConfig.from_pretrained(path)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except SafetensorError as e:
+        raise InvcError(f"{_weight_files(path, '*.safetensors')}: truncated or corrupt weights ({e}); "
+                        "copy or download the file again") from None
+    except pickle.UnpicklingError:
+        raise InvcError(PICKLE_REFUSED.format(files=_weight_files(path, "*.bin"))) from None
     except (OSError, ValueError) as e:
         raise InvcError(f"{path}: cannot load the model: {e}") from e
     try:
@@ -67,10 +73,35 @@ def load(path: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
     except (SafetensorError, OSError, FileNotFoundError) as e:
         raise InvcError(f"{path / WEIGHTS}: missing or corrupt weights: {e}") from e
     try:
-        return restore(model, plan, state, dtype).eval()
+        return finite(restore(model, plan, state, dtype), path).eval()
     except (KeyError, AttributeError) as e:
         raise InvcError(f"{plan_file} does not fit the model in {path / 'config.json'} ({type(e).__name__}: {e}); "
                         "slice the model again to rewrite the directory") from e
+
+
+# torch's own message here advises an unsafe retry; this one does not.
+PICKLE_REFUSED = ("{files}: refused: this pickled checkpoint holds objects other than tensors, and "
+                  "unpickling them could run code. invc loads only tensors from pickles. If you trust "
+                  "where it came from, convert it to safetensors where it was made, e.g. "
+                  "model.save_pretrained(folder, safe_serialization=True), or ask its publisher for "
+                  "model.safetensors")
+
+
+def _weight_files(path: Path, pattern: str) -> str:
+    files = sorted(path.glob(pattern))
+    return ", ".join(map(str, files)) if files else str(path)
+
+
+def finite(model: nn.Module, path: Path) -> nn.Module:
+    """The model, once every weight is finite: a NaN or inf in a weight would surface later as an
+    overflow blamed on the calibration text, at a layer far from the parameter that holds it."""
+    for name, p in model.named_parameters():
+        bad = ~torch.isfinite(p.detach())
+        if bad.any():
+            where = tuple(bad.nonzero()[0].tolist())
+            raise InvcError(f"{path}: weight {name} holds {p.detach()[where].item()} at index {list(where)} "
+                            f"({int(bad.sum())} of {p.numel()} entries are not finite); the checkpoint is damaged")
+    return model
 
 
 def restore(model: nn.Module, plan: dict, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:

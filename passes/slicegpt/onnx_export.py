@@ -12,6 +12,8 @@ from torch import nn
 
 from compiler.errors import CheckFailed, InvcError
 from compiler.files import atomic_path
+from runtime.session import VOCAB_KEY
+from runtime.stamp import stamp_file
 
 
 class _Logits(nn.Module):
@@ -44,6 +46,7 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
             raise InvcError(f"ONNX export of {type(model).__name__} to {path} failed: {e}") from e
     with atomic_path(path, "ONNX model") as tmp:
         program.save(tmp, external_data=False)
+        stamp_file(tmp, {VOCAB_KEY + "input_ids": str(vocab)})
         return check_onnx(model, tmp, tolerance, label=path) if check else 0.0
 
 

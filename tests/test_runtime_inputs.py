@@ -1,0 +1,117 @@
+"""The runtime checks its inputs: token ids against the embedding's table, empty batches and sets
+refused alike by onnxruntime and torch, and invc's content hash of the weights in every file it writes."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import compiler
+from compiler.cli import main
+from runtime.session import VOCAB_KEY, InputError, Session
+from runtime.stamp import WEIGHTS_KEY
+
+ROOT = compiler.driver.Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tb") / "tb.onnx"
+    compiler.compile(EXAMPLES / "transformer_block.inv", out=out, params={"vocab": 50, "width": 16})
+    return out
+
+
+def feeds(ids):
+    ids = np.asarray(ids, np.int64)
+    return {"tokens": ids, "mask": np.ones(ids.shape, bool)}
+
+
+@pytest.mark.parametrize("bad, where", [(-1, "[1, 2]"), (50, "[1, 2]"), (2**40, "[1, 2]")])
+def test_token_ids_outside_the_table_are_refused(transformer, bad, where):
+    session = Session(transformer)
+    assert session.vocab == {"tokens": 50}
+    ids = np.random.default_rng(0).integers(0, 50, (2, 5))
+    ok = session.run(feeds(ids))["logits"]
+    ids[1, 2] = bad
+    with pytest.raises(InputError, match=rf"input 'tokens': id {bad} at \[1, 2\] is outside \[0, 50\)"):
+        session.run(feeds(ids))
+    ids[1, 2] = 49  # the last row is in range, and gives a different answer than the row -1 would hide
+    assert not np.allclose(session.run(feeds(ids))["logits"][1, 2], ok[1, 2])
+
+
+def test_invc_run_refuses_bad_token_ids(transformer, tmp_path, capsys):
+    np.save(tmp_path / "ids.npy", np.array([[3, -1]], np.int64))
+    np.save(tmp_path / "mask.npy", np.ones((1, 2), bool))
+    assert main(["run", str(transformer), "-i", f"tokens={tmp_path / 'ids.npy'}",
+                 "-i", f"mask={tmp_path / 'mask.npy'}"]) == 2
+    assert "id -1 at [0, 1] is outside [0, 50)" in capsys.readouterr().err
+
+
+def test_the_hf_export_records_its_vocabulary(tmp_path):
+    from passes.slicegpt.onnx_export import export_onnx
+    from test_slicegpt_models import VOCAB, tiny_model
+    export_onnx(tiny_model("llama"), tmp_path / "m.onnx")
+    session = Session(tmp_path / "m.onnx")
+    assert session.vocab == {"input_ids": VOCAB} and session.note is None
+    with pytest.raises(InputError, match=f"id {VOCAB} at"):
+        session.run(input_ids=np.array([[1, VOCAB]], np.int64))
+
+
+@pytest.mark.parametrize("example, sizes", [("deepsets", [(0, 5), (2, 0), (0, 0)]),
+                                            ("pointcloud_classifier", [(0, 5), (2, 0)])])
+def test_empty_batches_and_sets_are_refused_alike_by_onnx_and_torch(tmp_path, example, sizes):
+    spec = EXAMPLES / f"{example}.inv"
+    out = tmp_path / "m.onnx"
+    compiler.compile(spec, out=out)
+    session, module = Session(out), compiler.build(spec)
+    for b, n in sizes:
+        inputs = {"x": np.ones((b, n, 3), np.float32)} if example == "deepsets" else \
+            {"pos": np.ones((b, n, 3), np.float32), "mask": np.ones((b, n), bool)}
+        dim = r"dim 0 \(B\)" if b == 0 else r"dim 1 \(N\)"
+        with pytest.raises(InputError, match=dim + " is 0; invc models do not run on empty") as onnx_e:
+            session.run(inputs)
+        with pytest.raises(InputError) as torch_e:
+            module(*(torch.from_numpy(v) for v in inputs.values()))
+        assert str(torch_e.value) == str(onnx_e.value)
+
+
+def test_an_empty_set_in_a_batch_is_a_mask_and_pools_to_zero(tmp_path):
+    out = tmp_path / "m.onnx"
+    compiler.compile(EXAMPLES / "pointcloud_classifier.inv", out=out)
+    module = compiler.build(EXAMPLES / "pointcloud_classifier.inv")
+    pos = np.random.default_rng(1).standard_normal((2, 6, 3)).astype(np.float32)
+    mask = np.ones((2, 6), bool)
+    mask[1] = False
+    got = Session(out).run(pos=pos, mask=mask)["logits"]
+    want = module(torch.from_numpy(pos), torch.from_numpy(mask)).detach().numpy()
+    assert got.shape == (2, 10) and np.abs(got - want).max() <= 1e-4
+
+
+def flip_a_weight_bit(path):
+    model = onnx.load(str(path))
+    raw = max((t.raw_data for t in model.graph.initializer), key=len)
+    data = bytearray(path.read_bytes())
+    i = data.find(raw) + len(raw) // 2
+    data[i] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_file_is_refused_and_a_foreign_one_runs_with_a_note(tmp_path, capsys):
+    out = tmp_path / "ds.onnx"
+    assert main(["compile", str(EXAMPLES / "deepsets.inv"), "-o", str(out)]) == 0
+    model = onnx.load(str(out))
+    assert any(p.key == WEIGHTS_KEY for p in model.metadata_props)
+    assert main(["run", str(out), "--random", "B=2,N=4"]) == 0 and "note:" not in capsys.readouterr().err
+    # Not written by invc: the same graph without the stamp runs, with a note.
+    foreign = tmp_path / "foreign.onnx"
+    kept = [p for p in model.metadata_props if p.key != WEIGHTS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(foreign))
+    assert main(["run", str(foreign), "--random", "B=2,N=4"]) == 0
+    assert "was not written by invc; its weights were not checked" in capsys.readouterr().err
+    flip_a_weight_bit(out)
+    assert main(["run", str(out), "--random", "B=2,N=4"]) == 2
+    assert "the file is damaged" in capsys.readouterr().err
+    with pytest.raises(InputError, match="damaged"):
+        Session(out)
