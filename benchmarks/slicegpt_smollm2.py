@@ -255,9 +255,7 @@ def main() -> None:
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        onnx = args.child[-1] != "--ppl-only"
-        todo = args.child[1:] if onnx else args.child[1:-1]
-        print(json.dumps(child(args.child[0], [float(s) for s in todo], onnx)))
+        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]], not args.ppl_only)))
         return
     fetch()
     dense_checkpoint()
