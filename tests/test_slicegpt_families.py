@@ -34,9 +34,10 @@ def relative_mse(a: torch.Tensor, b: torch.Tensor) -> float:
 BEAT_NAIVE = 0.7
 
 
-def naive_sliced(family: str, mode: str, sparsity: float | None = 0.25, schedule=None):
+def naive_sliced(family: str, mode: str, sparsity: float | None = 0.25, schedule=None,
+                 build=tiny_model, structure=structure_of):
     """The same model cut to the same per-group widths with identity rotations: no PCA at all."""
-    s, model = structure_of(family), tiny_model(family)
+    s, model = structure(family), build(family)
     dims = group_dims(s, mode, sparsity, schedule, 8)
     with torch.no_grad():
         apply(model, s, [torch.eye(HIDDEN, dtype=torch.float64)] * len(dims), rotation_groups(s, mode), dims)

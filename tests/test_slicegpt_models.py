@@ -79,9 +79,14 @@ def test_post_norm_model_is_refused_with_reason():
         discover(model)
 
 
-def test_sandwich_norm_model_is_refused_with_reason():
-    cfg = T.Gemma2Config(hidden_size=HIDDEN, intermediate_size=128, num_key_value_heads=2, head_dim=16,
-                         final_logit_softcapping=None, **_COMMON)
-    model = T.Gemma2ForCausalLM(cfg).eval()
-    with pytest.raises(PassError, match="not from a linear map"):
+@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+def test_sublayer_output_norms_are_refused_for_that_reason(family):
+    """Gemma-2 also soft-caps its logits (kept on here): the refusal must name the norms on the sublayer
+    outputs, the real obstacle, not the soft-capping the discovery meets first."""
+    extra = dict(head_dim=16, final_logit_softcapping=30.0) if family == "gemma2" else {}
+    cfg = T.AutoConfig.for_model(family, hidden_size=HIDDEN, intermediate_size=128, num_key_value_heads=2,
+                                 **extra, **_COMMON)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.raises(PassError, match=r"ends in norm module 'model\.layers\.1\.post_\w+': a norm on the "
+                                        r"sublayer output"):
         discover(model)

@@ -2,6 +2,8 @@
 which module a node belongs to, and which parameter a placeholder stands for."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 
@@ -44,7 +46,9 @@ class GraphView:
             return False
         if node.target in _CARRIERS:
             return _last_axis(node) == _last_axis(node.args[0])
-        # Multiplying by one number commutes with any rotation (Gemma scales its embeddings).
+        # Multiplying or dividing by one number commutes with any rotation (embedding, branch and logit scales).
+        if node.target == aten.div.Tensor:
+            return _is_scalar(node.args[1])
         return node.target == aten.mul.Tensor and any(_is_scalar(a) for a in node.args)
 
     def carried(self, node: fx.Node) -> fx.Node:
@@ -52,6 +56,29 @@ class GraphView:
         if node.target == aten.mul.Tensor and _is_scalar(node.args[0]):
             return node.args[1]
         return node.args[0]
+
+    def row_operand(self, node: fx.Node) -> fx.Node | None:
+        """For an op that mixes only the token axes (a gather or scatter of tokens, a sum over top-k slots,
+        a per-token weight), the operand whose last axis it passes on; such ops commute with a rotation
+        of the last axis. Mixture-of-experts blocks route tokens to experts this way."""
+        if node.op != "call_function" or _last_axis(node) is None:
+            return None
+        args = node.args
+        if node.target == aten.index.Tensor and len(args[1]) < args[0].meta["val"].dim():
+            operand = args[0]
+        elif node.target == aten.index_select.default and args[1] not in (-1, args[0].meta["val"].dim() - 1):
+            operand = args[0]
+        elif node.target == aten.sum.dim_IntList and _sums_rows(args[0], args[1]):
+            operand = args[0]
+        elif node.target == aten.mul.Tensor and all(isinstance(a, fx.Node) for a in args):
+            # A per-token weight (router probabilities), not one computed from the operand itself (a norm).
+            wide = [a for a in args if _last_axis(a) == _last_axis(node)]
+            weight = args[args[0] is wide[0]] if len(wide) == 1 else None
+            operand = wide[0] if weight is not None and _last_axis(weight) == 1 \
+                and not self.is_ancestor(wide[0], weight) else None
+        else:
+            return None
+        return operand if _last_axis(operand) == _last_axis(node) else None
 
     def back(self, node: fx.Node) -> fx.Node:
         while self.is_carrier(node):
@@ -107,18 +134,88 @@ def _is_scalar(a) -> bool:
     return isinstance(val, torch.Tensor) and val.numel() == 1 and val.dim() == 0
 
 
-def linear_weight_axes(view: GraphView, node: fx.Node, operand: fx.Node):
-    """For a linear map node fed by `operand`, return (weight, bias, in_axis) or None.
+@dataclass(frozen=True)
+class LinearMap:
+    """A linear map in the graph: its input, its weight parameter (and bias) and the parameter axes
+    that index its input and its output."""
+    operand: fx.Node
+    weight: str
+    bias: str | None
+    in_axis: int
+    out_axis: int
 
-    aten.linear stores W as [out, in]; GPT-2's Conv1D lowers to addmm(b, x, W) with W as [in, out]."""
+
+# Matrix products whose second operand is the weight as [..., in, out]: `x @ W.T`, grouped expert products.
+_MATMULS = {aten.matmul.default, aten.mm.default, aten.bmm.default}
+
+
+def linear_map(view: GraphView, node: fx.Node) -> LinearMap | None:
+    """The linear map computed by `node`, or None. aten.linear stores W as [out, in]; GPT-2's Conv1D
+    lowers to addmm(b, x, W) with W as [in, out]; `x @ W.T` and grouped expert products (MoE) take a
+    view of a parameter as [..., in, out], followed back through transposes to the parameter's own axes."""
     if node.op != "call_function":
         return None
-    if node.target == aten.linear.default and node.args[0] is operand:
+    if node.target == aten.linear.default:
         bias = view.param(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
-        return view.param(node.args[1]), bias, 1
-    if node.target == aten.addmm.default and node.args[1] is operand:
-        return view.param(node.args[2]), view.param(node.args[0]), 0
+        weight = view.param(node.args[1])
+        return LinearMap(node.args[0], weight, bias, 1, 0) if weight else None
+    if node.target == aten.addmm.default:
+        weight = view.param(node.args[2])
+        return LinearMap(node.args[1], weight, view.param(node.args[0]), 0, 1) if weight else None
+    if node.target in _MATMULS or _is_grouped_mm(node):
+        traced = _trace_axes(view, node.args[1], [-2, -1])
+        if traced is None:
+            return None
+        weight, (in_axis, out_axis) = traced
+        return LinearMap(node.args[0], weight, _added_bias(view, node), in_axis, out_axis)
     return None
+
+
+def _is_grouped_mm(node: fx.Node) -> bool:
+    return "grouped_mm" in str(node.target)
+
+
+def _trace_axes(view: GraphView, node, axes: list[int]):
+    """Follow a weight operand back through casts and transposes to a parameter; return the parameter
+    and where `axes` (of the operand) lie in it."""
+    if not isinstance(node, fx.Node) or not isinstance(node.meta.get("val"), torch.Tensor):
+        return None
+    rank = node.meta["val"].dim()
+    axes = [a % rank for a in axes]
+    while True:
+        if node.op == "placeholder":
+            name = view.params.get(node.name)
+            return (name, tuple(axes)) if name else None
+        if node.op != "call_function":
+            return None
+        if view.is_carrier(node) and _last_axis(node) == _last_axis(view.carried(node)) and \
+                node.target not in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+            node = view.carried(node)
+            continue
+        if node.target in (aten.t.default, aten.numpy_T.default) and rank == 2:
+            axes = [1 - a for a in axes]
+        elif node.target == aten.transpose.int:
+            d0, d1 = (d % rank for d in node.args[1:3])
+            axes = [d1 if a == d0 else d0 if a == d1 else a for a in axes]
+        elif node.target == aten.permute.default:
+            axes = [list(node.args[1])[a] % rank for a in axes]
+        else:
+            return None
+        node = node.args[0]
+
+
+def _added_bias(view: GraphView, node: fx.Node) -> str | None:
+    """`x @ W.T + b`: the bias parameter added to a matrix product's output, if that is its only use."""
+    users = list(node.users)
+    if len(users) == 1 and users[0].target == aten.add.Tensor:
+        other = [a for a in users[0].args if a is not node]
+        return view.param(other[0]) if other else None
+    return None
+
+
+def _sums_rows(node, dims) -> bool:
+    rank = node.meta["val"].dim()
+    return all(d % rank != rank - 1 for d in dims)
 
 
 def describe(node: fx.Node) -> str:

@@ -10,9 +10,12 @@ and the norms read only their group's leading dims.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
+from passes.base import PassError
 from passes.slicegpt.modules import SliceAdapters, StreamRMSNorm
 from passes.slicegpt.structure import Linear, Norm, Structure
 
@@ -53,7 +56,7 @@ def _assign(model: nn.Module, name: str, value: nn.Parameter) -> None:
     setattr(mod, attr, value)
     # Keep the modules' size attributes truthful: GPT-2's Conv1D shapes its output from `nf`.
     sizes = {"in_features": ("weight", 1), "out_features": ("weight", 0), "nf": ("weight", 1),
-             "embedding_dim": ("weight", 1)}
+             "embedding_dim": ("weight", 1), "hidden_dim": ("weight", 1)}   # hidden_dim: MoE routers
     for key, (pname, axis) in sizes.items():
         if hasattr(mod, key) and isinstance(getattr(mod, key), int) and attr == pname:
             setattr(mod, key, value.shape[axis])
@@ -82,11 +85,16 @@ def fold_norm(store: ParamStore, norm: Norm, width: int, skip: str | None = None
 
 
 def _add_bias(store: ParamStore, r: Linear, shift: torch.Tensor) -> None:
-    """A reader without a bias gets one: LayerNorm's bias has to land somewhere."""
+    """A reader without a bias gets one: LayerNorm's bias has to land somewhere. Only nn.Linear is known
+    to use a bias it did not have; any other module (a router, grouped experts) would ignore it."""
     if r.bias:
         store.set(r.bias, store.get(r.bias) + shift)
-    else:
-        store.set(r.module + ".bias", shift)
+        return
+    module = store.model.get_submodule(r.module)
+    if not isinstance(module, nn.Linear):
+        raise PassError(f"a norm with a bias feeds {type(module).__name__} {r.module!r}, which has no bias to "
+                        "absorb it: folding the norm's bias is not possible")
+    store.set(r.module + ".bias", shift)
 
 
 def center(store: ParamStore, lin: Linear) -> None:
@@ -99,10 +107,21 @@ def center(store: ParamStore, lin: Linear) -> None:
 
 
 def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int],
-          dims: list[int]) -> SliceAdapters:
-    """Fold, rotate and slice in place, group g to dims[g]; returns the (installed) adapters the result needs."""
+          dims: list[int], check: Callable[[nn.Module], None] = lambda _m: None) -> SliceAdapters:
+    """Fold and rotate at full width (exact), run `check` on the rotated model, then slice group g to
+    dims[g]; returns the (installed) adapters the result needs."""
+    adapters, axes = rotate(model, s, rotations, groups)
+    check(model)
+    cut(model, s, adapters, axes, groups, dims)
+    return adapters
+
+
+def rotate(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int]):
+    """Fold the norms and rotate every stream axis, keeping all D dims. Returns the adapters and the
+    stream axes as (parameter, axis, rotation group), which is what slicing narrows."""
     store, D = ParamStore(model), s.width
-    q = [r[:, :d] for r, d in zip(rotations, dims)]
+    q = rotations
+    axes: list[tuple[str, int, int]] = []
     token = s.embeddings[0]
     head = s.final
     tied_head = [r for r in head.readers if r.weight == token.weight]
@@ -111,13 +130,12 @@ def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups:
         if s.layer_norm:
             center(store, e)
         store.set(e.weight, along(store.get(e.weight), 1, q[groups[0]]))
+        axes.append((e.weight, 1, groups[0]))
     store.commit()
-    reads = norm_dims(s, groups, dims)
-    plan = {"width": D, "dim": max(dims), "shortcuts": [], "head": None,
-            "embedding": token.module,
-            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset,
-                       "dim": reads[n.module]} for n in s.norms],
-            "padded": padded_modules(s, groups, dims)}
+    plan = {"width": D, "dim": D, "shortcuts": [], "head": None, "embedding": token.module,
+            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset, "dim": D}
+                      for n in s.norms],
+            "padded": []}
     cuts: dict[str, torch.Tensor] = {}
     for k, b in enumerate(s.branches, start=1):
         src, dst = groups[k - 1], groups[k]
@@ -125,15 +143,19 @@ def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups:
             fold_norm(store, n, D)
             for r in n.readers:
                 store.set(r.weight, along(store.get(r.weight), r.axis, q[src]))
+                axes.append((r.weight, r.axis, src))
         for w in b.writers:
             if s.layer_norm:
                 center(store, w)
             store.set(w.weight, along(store.get(w.weight), w.axis, q[dst]))
+            axes.append((w.weight, w.axis, dst))
             if w.bias:
                 store.set(w.bias, store.get(w.bias) @ q[dst])
+                axes.append((w.bias, -1, dst))
         if src != dst:
             key = f"s{k}"
             cuts[key] = q[src].T @ q[dst]
+            axes += [(f"invc_slice.shortcuts.{key}", 0, src), (f"invc_slice.shortcuts.{key}", 1, dst)]
             plan["shortcuts"].append({"key": key, "norm": b.norms[0].module, "writer": b.writers[0].module})
         store.commit()
     last = groups[len(s.branches)]
@@ -141,17 +163,39 @@ def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups:
     for r in head.readers:
         if r.weight != token.weight:
             store.set(r.weight, along(store.get(r.weight), r.axis, q[last]))
+            axes.append((r.weight, r.axis, last))
     head_scale = 1.0
     adapters = SliceAdapters(plan)
     if tied_head:
         head_scale = _tie_head(store, adapters, head, tied_head[0], emb_orig, q[groups[0]], q[last], s.layer_norm)
+        axes += [("invc_slice.head_map", 0, last), ("invc_slice.head_map", 1, groups[0]),
+                 ("invc_slice.head_u", 0, last)]
     store.commit()
-    _replace_norms(model, s, reads, head_scale)
+    _replace_norms(model, s, head_scale)
+    axes += [(n.module + ".weight", 0, group) for n, group in zip(s.norms, read_groups(s, groups))]
     for key, m in cuts.items():
         adapters.shortcuts[key] = nn.Parameter(m.to(token_dtype(model)))
     model.invc_slice = adapters
     adapters.install(model)
-    return adapters
+    return adapters, axes
+
+
+def cut(model: nn.Module, s: Structure, adapters: SliceAdapters, axes: list[tuple[str, int, int]],
+        groups: list[int], dims: list[int]) -> None:
+    """Slice: keep the leading dims[g] entries of every stream axis of group g (the leading principal
+    directions), which is W·Q[:, :d] for readers and Q[:, :d]ᵀ·W for writers."""
+    store = ParamStore(model)
+    present = set(store.params)
+    for name, axis, group in axes:
+        if name in present:
+            value = store.work.get(name, store.params[name].detach())
+            store.set(name, value.narrow(axis, 0, dims[group]))
+    store.commit()
+    reads = dict(zip((n.module for n in s.norms), (dims[g] for g in read_groups(s, groups))))
+    for n in adapters.plan["norms"]:
+        n["dim"] = reads[n["module"]]
+    adapters.plan.update(dim=max(dims), padded=padded_modules(s, groups, dims))
+    adapters.install(model)
 
 
 def token_dtype(model: nn.Module) -> torch.dtype:
@@ -179,11 +223,9 @@ def _tie_head(store, adapters, head: Norm, reader: Linear, emb, q_in, q_out, cen
     return 1.0
 
 
-def norm_dims(s: Structure, groups: list[int], dims: list[int]) -> dict[str, int]:
-    """The width each norm reads: that of the stream position before its branch (the final norm: the last)."""
-    reads = {n.module: dims[groups[k - 1]] for k, b in enumerate(s.branches, start=1) for n in b.norms}
-    reads[s.final.module] = dims[groups[len(s.branches)]]
-    return reads
+def read_groups(s: Structure, groups: list[int]) -> list[int]:
+    """The rotation group of the stream position each norm reads (in `s.norms` order; the final norm: the last)."""
+    return [groups[k - 1] for k, b in enumerate(s.branches, start=1) for _ in b.norms] + [groups[len(s.branches)]]
 
 
 def padded_modules(s: Structure, groups: list[int], dims: list[int]) -> list[str]:
@@ -194,11 +236,11 @@ def padded_modules(s: Structure, groups: list[int], dims: list[int]) -> list[str
     return list(dict.fromkeys(found))
 
 
-def _replace_norms(model: nn.Module, s: Structure, reads: dict[str, int], head_scale: float) -> None:
+def _replace_norms(model: nn.Module, s: Structure, head_scale: float) -> None:
     for n in s.norms:
         path, _, attr = n.module.rpartition(".")
         parent = model.get_submodule(path) if path else model
-        norm = StreamRMSNorm(s.width, n.eps, reads[n.module]).to(token_dtype(model))
+        norm = StreamRMSNorm(s.width, n.eps, s.width).to(token_dtype(model))
         if n is s.final:
             norm.weight.data.fill_(head_scale)
         setattr(parent, attr, norm)

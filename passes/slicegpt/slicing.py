@@ -11,6 +11,7 @@ from torch import nn
 from passes.base import PassError
 from passes.slicegpt.calibration import moments, pca, seen
 from passes.slicegpt.modules import count_parameters
+from passes.slicegpt import selfcheck
 from passes.slicegpt.rotation import apply
 from passes.slicegpt.sequential import sequential_rotations
 from passes.slicegpt.structure import Structure, discover
@@ -125,7 +126,8 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
                 mode: str = "shortcut-free", multiple: int = 8, untie_head: bool = False,
                 structure: Structure | None = None, calibration: Calibration | None = None,
                 progress: Callable[[Iterable], Iterable] = lambda it: it,
-                schedule: list[float] | None = None) -> SliceReport:
+                schedule: list[float] | None = None,
+                self_check: float | None = selfcheck.TOLERANCE) -> SliceReport:
     """Slice `model` in place. `batches` yields dicts with input_ids (and optionally attention_mask).
 
     `sparsity` (default 0.25) applies to every block; `schedule` (shortcut mode only) instead gives one
@@ -134,13 +136,18 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
     `structure` skips discovery when an identical model was already discovered (names are reused);
     `calibration` skips calibration too, reusing one computed on an identical model.
     untie_head gives a tied head its own table, so that a shortcut-free RMSNorm model needs no map
-    before the head and stays a plain model of its family (at the cost of vocab x d parameters)."""
+    before the head and stays a plain model of its family (at the cost of vocab x d parameters).
+
+    `self_check` is the relative tolerance of the check between rotating and slicing: the rotated model
+    must reproduce the dense logits and block outputs on the first calibration sequence, or slicing is
+    refused, naming the first block that diverges. None skips it (for models in low precision)."""
     start = time.perf_counter()
     model.eval()
     before = count_parameters(model)
     if untie_head:
         _untie(model)
         structure = calibration = None
+    batches = None if batches is None else list(batches)   # token ids: the self-check reads the first again
     if calibration is None:
         if batches is None:
             raise PassError("slice_model needs calibration batches or a calibration")
@@ -148,8 +155,14 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
     s = calibration.structure
     dims = group_dims(s, calibration.mode, sparsity, schedule, multiple)
     calibration.check_reuse(dims)
+    check = lambda _m: None  # noqa: E731
+    if self_check is not None:
+        vocab = model.get_submodule(s.embeddings[0].module).weight.shape[0]
+        reference = selfcheck.record(model, s, selfcheck.probe(batches, vocab))
+        check = lambda m: selfcheck.verify(m, s, reference, calibration.rotations, calibration.groups,  # noqa: E731
+                                           self_check)
     with torch.no_grad():
-        adapters = apply(model, s, calibration.rotations, calibration.groups, dims)
+        adapters = apply(model, s, calibration.rotations, calibration.groups, dims, check)
     level = DEFAULT_SPARSITY if sparsity is None and schedule is None else sparsity
     adapters.plan.update(mode=calibration.mode, sparsity=level)
     if schedule is not None:
