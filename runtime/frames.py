@@ -167,7 +167,7 @@ def centroid_of(m, pos, mask):
         return m.mean(pos, (1,), True)
     keep = m.unsqueeze(mask, -1)
     total = m.sum(m.where(keep, pos, 0.0), (1,), True)
-    count = m.sum(m.where(keep, m.const(1.0, pos), 0.0), (1,), True)
+    count = m.sum(m.cast(keep, m.dtype(pos)), (1,), True)
     return m.div(total, m.maximum(count, m.const(1.0, pos)))
 
 

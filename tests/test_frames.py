@@ -46,6 +46,41 @@ def test_eigensolver_matches_eigh():
     assert (gaps > 0).all()
 
 
+def spectrum_clouds(spreads: torch.Tensor) -> torch.Tensor:
+    """Clouds [B, 6, 3] whose covariance has exactly the eigenvalues `spreads` [B, 3], along random
+    (reflected) axes, off the origin: the points ±√(s/2) on each axis."""
+    half = torch.diag_embed((spreads / 2).sqrt())
+    return torch.cat([half, -half], 1) @ rotations(len(spreads)).transpose(1, 2) + torch.randn(
+        len(spreads), 1, 3, generator=GEN, dtype=spreads.dtype)
+
+
+@pytest.mark.parametrize("end", ["top", "bottom"])
+def test_eigenvectors_of_near_tied_pairs_match_eigh(end):
+    """Relative gaps from 1e-2 down to 1e-5 at either end: the closed form keeps float64 accuracy
+    (error ~1e-16/gap²), where solving the cubic near its double root alone lost it at the top."""
+    gaps = 10.0 ** -torch.empty(400, dtype=torch.float64).uniform_(2, 5, generator=GEN)
+    big, one = torch.empty(400, dtype=torch.float64).uniform_(1.8, 4, generator=GEN), torch.ones_like(gaps)
+    pair = [big * (1 + gaps), big, one] if end == "top" else [big, one + gaps, one]
+    spreads = torch.stack(pair, -1)
+    pos = spectrum_clouds(spreads)
+    cov = frames.covariance(frames.TORCH, pos, frames.frame_centroid(pos), None)
+    axes, _ = frames.principal_axes(frames.TORCH, cov)
+    values, vectors = torch.linalg.eigh(cov)
+    rel_gap = (values[:, 1:] - values[:, :-1]).min(-1).values / values.sum(-1)
+    err = (axes.abs() - vectors.flip(-1).abs()).abs().amax((-2, -1))
+    assert (err <= 1e-13 / rel_gap ** 2 + 1e-12).all(), err.max()
+
+
+def test_frames_move_with_the_cloud():
+    """basis(R x + t) = R basis(x), up to the sign of each column, for random orthogonal R (with
+    reflections) and translations, in float64; ONNX computes the same frames as torch."""
+    pos, q = clouds(200, 8), rotations(200)
+    moved = pos @ q.transpose(1, 2) + 10 * torch.randn(200, 1, 3, generator=GEN, dtype=torch.float64)
+    axes = frames.frame_basis(pos, frames.frame_centroid(pos))[:, 0]
+    moved_axes = frames.frame_basis(moved, frames.frame_centroid(moved))[:, 0]
+    torch.testing.assert_close((q.transpose(1, 2) @ moved_axes).abs(), axes.abs(), rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("proper, canonical, count", [(False, False, 8), (True, False, 4),
                                                       (False, True, 1), (True, True, 1)])
 def test_frames_are_orthogonal_with_the_right_determinants(proper, canonical, count):
