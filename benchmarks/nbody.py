@@ -93,7 +93,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=60.0, help="training wall-time budget (default 60)")
     p.add_argument("--frames", choices=("all", "sampled", "canonical"), default="sampled")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3, chosen on validation)")
+    p.add_argument("--validate-every", type=float, default=60.0, help="training seconds between validations")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     p.add_argument("--baseline", type=Path, help="an older runtime/frames.py: today's step, side by side")
@@ -106,7 +107,7 @@ def main() -> None:
     step_table(args)
     if args.steps_only:
         return
-    r = train(args.minutes, batch=args.batch, lr=args.lr, frames_=args.frames,
+    r = train(args.minutes, batch=args.batch, lr=args.lr, frames_=args.frames, validate_every=args.validate_every,
               log=lambda line: print(f"#   {line}", flush=True))
     plot(r["curve"], args.plot, f"nbody.inv, {args.frames} frames, lr {args.lr:g}, batch {args.batch}")
     rows = [[f"invc nbody.inv ({args.frames} frames, this CPU)", f"{r['test_mse']:.4f}",

@@ -356,6 +356,41 @@ def frame_conditioning(pos, mask=None):
     return conditioning(TORCH, pos, mask)
 
 
+# -- how exact each mode is on given clouds --------------------------------------------------------
+# fp32 inputs move by ~1e-7 relative under a rotation, a frame axis by ~1e-7 / gap, and a third
+# moment by ~1e-7 of its scale: below these margins the canonical frame's error nears verify's fp32
+# pass mark of 1e-4 (measured in benchmarks/frame_exactness.py; all 8 frames average it down ~20x).
+EXACT_GAP, EXACT_MARGIN = 1e-3, 1e-5
+
+
+def sign_margin(pos, mask=None, proper=False):
+    """[B]: how far the canonical frame's signs are from flipping, min over the axes whose sign it
+    chooses of |Σ y³| / (Σ |y|²)^(3/2), y the centered points along the axis (0: a third moment
+    vanishes, as in any point-symmetric cloud, and the canonical frame is ambiguous there)."""
+    c = centroid_of(TORCH, pos, mask)
+    axes, _ = principal_axes(TORCH, covariance(TORCH, pos, c, mask))
+    y = (pos - c).double() @ axes
+    if mask is not None:
+        y = torch.where(mask[..., None], y, 0.0)
+    cube = (y ** 3).sum(1).abs()[:, :2 if proper else 3]
+    return (cube.amin(-1) / (y * y).sum((1, 2)).clamp_min(1e-200) ** 1.5).to(pos.dtype)
+
+
+def recommend(pos, mask=None, proper=False) -> str:
+    """One line: canonical=true or all frames, from the worst conditioning and sign margin of
+    these clouds (for `invc verify`, on its sampled inputs; call it on real data too)."""
+    gap = float(frame_conditioning(pos, mask).min())
+    margin = float(sign_margin(pos, mask, proper).min())
+    measured = f"worst eigen-gap conditioning {gap:.1e}, sign margin {margin:.1e}"
+    if gap <= GAP_TOL:
+        return f"frames: use all frames (canonical=false); neither mode is exact on tied spectra ({measured})"
+    if gap < EXACT_GAP or margin < EXACT_MARGIN:
+        return (f"frames: use all frames (canonical=false) ({measured}): canonical=true needs a conditioning >= "
+                f"{EXACT_GAP:g} and a sign margin >= {EXACT_MARGIN:g} (point-symmetric clouds have 0)")
+    return (f"frames: canonical=true is exact on these clouds too ({measured}), for 1 backbone call "
+            f"instead of {4 if proper else 8}")
+
+
 # -- the Python API --------------------------------------------------------------------------------
 INPUT_ROLES = ("position", "vector", "scalar")
 

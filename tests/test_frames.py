@@ -277,3 +277,30 @@ def test_every_set_and_frame_op_has_an_emitter_and_lowers_by_name():
               frames.frame_out, frames.frame_conditioning}
     assert fx_ops <= set(EMITTERS)
     assert all(getattr(ops, f.__name__) is f for f in fx_ops)  # dsl/lower.py finds ops by name
+
+
+def test_sign_margin_matches_an_eigh_computation():
+    """The canonical frame's margin against eigh's axes in float64, on random skewed clouds."""
+    pos = torch.distributions.Exponential(1.0).sample((50, 9, 3)).double() @ rotations(50)
+    xc = pos - pos.mean(1, keepdim=True)
+    y = xc @ torch.linalg.eigh(xc.transpose(1, 2) @ xc)[1]
+    want = (y ** 3).sum(1).abs().amin(-1) / (y * y).sum((1, 2)) ** 1.5
+    torch.testing.assert_close(frames.sign_margin(pos), want, rtol=1e-9, atol=0)
+    assert want.median() > 1e-3  # not a comparison of zeros
+
+
+def test_recommended_mode_follows_the_measured_margins():
+    skewed = torch.distributions.Exponential(1.0).sample((8, 20, 3)).double() @ rotations(8)
+    half = clouds(8, 10)
+    point_symmetric = torch.cat([half, 2 * half.mean(1, keepdim=True) - half], 1)
+    cube = degenerate_clouds()["cube"][None].double()
+    assert frames.recommend(skewed).startswith("frames: canonical=true is exact")
+    assert frames.sign_margin(point_symmetric).max() < 1e-12 < frames.frame_conditioning(point_symmetric).min()
+    assert "needs a conditioning >= 0.001 and a sign margin >= 1e-05" in frames.recommend(point_symmetric)
+    assert "neither mode is exact" in frames.recommend(torch.cat([cube, cube + 1e-9]))  # a batch of 2
+
+
+def test_verify_recommends_a_frame_mode():
+    from compiler.verify import verify
+    report = verify("examples/nbody.inv", trials=1)
+    assert report.frame_mode.startswith("frames: canonical=true is exact") and report.frame_mode in str(report)
