@@ -52,8 +52,8 @@ def clouds(gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {
         "generic, N = 32": normal(32),
         "generic, N = 5 (n-body)": normal(5),
-        "near tie, relative gap 1e-3": _with_spectrum(normal(32), [1.0, 1.0015, 3.0]),
-        "near tie, relative gap 1e-6": _with_spectrum(normal(32), [1.0, 1.0000015, 3.0]),
+        "near tie, spectrum 1 : 1.0015 : 3": _with_spectrum(normal(32), [1.0, 1.0015, 3.0]),
+        "near tie, spectrum 1 : 1.0000015 : 3": _with_spectrum(normal(32), [1.0, 1.0000015, 3.0]),
         "tied pair: planar regular 12-gon": torch.stack([ring.cos(), ring.sin(), 0 * ring], -1),
         "tetrahedron corners": cube[[0, 3, 5, 6]],
         "cube corners": cube,
