@@ -9,8 +9,8 @@ Generates the data (.data/, cached: 3000 train, 2000 validation, 2000 test traje
 training steps side by side, trains with examples/nbody/train.py, and prints one table row beside
 the papers' numbers, which come from thousands of epochs on GPUs. The validation curve (MSE against
 training seconds) goes to a PNG. The step table times, in interleaved repeats of the same batches:
-today's step (the frame kernels of `--baseline`, all 8 frames), the current kernels with all 8
-frames, and one frame per cloud (sampled, canonical).
+today's step (the frame kernels of `--baseline`, all 8 frames, Adam's per-parameter loop), and with
+the current kernels and fused Adam: all 8 frames, and one frame per cloud (sampled, canonical).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples" / "nbody"))
 
 from core import interleaved, print_table  # noqa: E402
-from train import SPEC, one_frame, split, step, train  # noqa: E402
+from train import SPEC, one_frame, optimizer, split, step, train  # noqa: E402
 
 import compiler  # noqa: E402
 from runtime import frames  # noqa: E402
@@ -61,13 +61,14 @@ def step_table(args) -> None:
     model = compiler.build(SPEC)
     contenders = {"current kernels, all 8 frames": model, "sampled (1 of 8 frames)": one_frame(model, "sampled"),
                   "canonical (1 frame)": one_frame(model, "canonical")}
-    if args.baseline:
-        contenders = {"today: baseline kernels, all 8 frames": with_kernels(model, args.baseline), **contenders}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    contenders = {name: (m, optimizer(model, 1e-4)) for name, m in contenders.items()}
+    if args.baseline:  # today's step: the older kernels, all 8 frames, Adam's per-parameter loop
+        today = (with_kernels(model, args.baseline), torch.optim.Adam(model.parameters(), lr=1e-4))
+        contenders = {"today: baseline kernels, all 8 frames, Adam": today, **contenders}
 
-    def steps(m):
+    def steps(m, opt):
         return lambda: [step(m, opt, b) for b in batches]
-    med = interleaved({name: steps(m) for name, m in contenders.items()}, args.repeats)
+    med = interleaved({name: steps(*pair) for name, pair in contenders.items()}, args.repeats)
     first = next(iter(med.values()))
     rows = [[name, f"{med[name] / len(batches) * 1e3:.1f}", f"{first / med[name]:.2f}x"] for name in med]
     print_table(f"n-body training step, batch {args.batch}, {torch.get_num_threads()} torch thread(s) "

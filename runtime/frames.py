@@ -73,6 +73,19 @@ LEVI_CIVITA = np.array([[[float(np.linalg.det(np.eye(3)[[i, j, k]])) for k in ra
                         for i in range(3)]).reshape(9, 3)                    # row 3i + j, column k: ε_ijk
 
 
+_CONSTANTS: dict = {}
+
+
+def _constant(array, dtype, device) -> torch.Tensor:
+    """A kernel constant as a tensor, made once: the kernels run every training step, and making
+    ~40 small tensors from numpy cost as much as the arithmetic. Never written to in place."""
+    a = np.asarray(array)
+    key = (a.tobytes(), a.shape, a.dtype.str, dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.as_tensor(a, dtype=dtype, device=device)
+    return _CONSTANTS[key]
+
+
 class _Torch:
     """The primitives in torch. Arguments mirror ONNX: a reshape spec keeps 0 and -1."""
     add, sub, mul, div, maximum, minimum = torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum
@@ -88,7 +101,7 @@ class _Torch:
 
     @staticmethod
     def const(array, like):
-        return torch.as_tensor(np.asarray(array), dtype=like.dtype, device=like.device)
+        return _constant(array, like.dtype, like.device)
 
     @staticmethod
     def cast(x, dtype):
@@ -134,7 +147,7 @@ class _Torch:
     def take(x, index, axis):
         """ONNX Gather with a constant index array: x's `axis` becomes index's dims."""
         axis %= x.dim()
-        flat = x.index_select(axis, torch.as_tensor(index.reshape(-1), device=x.device))
+        flat = x.index_select(axis, _constant(index.reshape(-1), torch.int64, x.device))
         return flat.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
 
     @staticmethod
