@@ -66,8 +66,8 @@ def _cofactor_index() -> np.ndarray:
 
 COFACTORS = _cofactor_index()
 EYE = np.eye(3)
-# λ = q + 2p·(ROOT_COS·cos θ + ROOT_SIN·sin θ): cos θ, cos(θ - 2π/3), cos(θ + 2π/3)
-ROOT_COS, ROOT_SIN = np.array([1.0, -0.5, -0.5]), np.array([0.0, 1.0, -1.0]) * math.sqrt(3.0) / 2
+# [cos θ, sin θ] @ ROOTS = cos θ, cos(θ - 2π/3), cos(θ + 2π/3)
+ROOTS = np.array([[1.0, -0.5, -0.5], [0.0, math.sqrt(3.0) / 2, -math.sqrt(3.0) / 2]])
 GAP_DIFFERENCES = np.array([[1.0, 0.0], [-1.0, 1.0], [0.0, -1.0]])        # λ @ it = λ1 - λ2, λ2 - λ3
 LEVI_CIVITA = np.array([[[float(np.linalg.det(np.eye(3)[[i, j, k]])) for k in range(3)] for j in range(3)]
                         for i in range(3)]).reshape(9, 3)                    # row 3i + j, column k: ε_ijk
@@ -200,19 +200,17 @@ def adjugate(m, a, lead: int):
     return m.sum(m.mul(pairs, m.const(np.array([1.0, -1.0]).reshape(2, 1, 1), a)), (-3,))
 
 
-def eigenvalues(m, a, q):
-    """λ1 >= λ2 >= λ3 [B, 1, 3] of symmetric a [B, 3, 3] with trace 3q [B, 1, 1], by the
-    trigonometric closed form: for traceless b = a - qI, λ = q + 2p·cos(θ + 2πk/3), where
-    6p² = tr(b²) and cos 3θ = det(b) / (2p³) = tr(b³)·√6 / tr(b²)^1.5."""
-    b = m.sub(a, m.mul(q, m.const(EYE, a)))
+def eigenvalues(m, b):
+    """λ1 >= λ2 >= λ3 [B, 1, 3] of symmetric traceless b [B, 3, 3], by the trigonometric closed
+    form λ = 2p·cos(θ + 2πk/3), where 6p² = tr(b²) and cos 3θ = det(b) / (2p³) = tr(b³)·√6 / tr(b²)^1.5."""
     square = m.sum(m.mul(b, b), (-2, -1), True)
     cube = m.sum(m.mul(m.matmul(b, b), b), (-2, -1), True)
     root = m.sqrt(square)
-    r = m.div(m.mul(cube, math.sqrt(6.0)), m.maximum(m.mul(square, root), m.const(1e-90, a)))
+    r = m.div(m.mul(cube, math.sqrt(6.0)), m.maximum(m.mul(square, root), m.const(1e-90, b)))
     # The roots of -b are those of b negated, in reverse order, and its r is -r: solving for
     # whichever of b, -b has r >= 0 keeps the top root t in [cos π/6, 1], away from the double root.
-    flip = m.gt(m.const(0.0, a), r)
-    r = m.minimum(m.abs(r), m.const(1.0, a))
+    flip = m.gt(m.const(0.0, b), r)
+    r = m.minimum(m.abs(r), m.const(1.0, b))
     # t = cos θ, the largest root of 4t³ - 3t = r. ONNX has no float64 Acos, so it starts in
     # float32 and one Newton step on the cubic (slope 12t² - 3 >= 6 there) restores float64.
     t = m.cast(m.cos(m.div(m.acos(m.cast(r, "f32")), 3.0)), "f64")
@@ -221,10 +219,9 @@ def eigenvalues(m, a, q):
     t = m.sub(t, m.div(residual, m.sub(m.mul(t2, 12.0), 3.0)))
     # cos(θ ∓ 2π/3) = -t/2 ± (√3/2)·sin θ: the smaller gaps come from sin θ, not from differences
     # of cosines, so a near-double root keeps its float64 gap.
-    sine = m.sqrt(m.maximum(m.sub(m.const(1.0, a), m.mul(t, t)), m.const(0.0, a)))
-    cosines = m.add(m.mul(t, m.where(flip, m.const(-ROOT_COS[::-1], a), m.const(ROOT_COS, a))),
-                    m.mul(sine, m.where(flip, m.const(-ROOT_SIN[::-1], a), m.const(ROOT_SIN, a))))
-    return m.add(q, m.mul(cosines, m.mul(root, math.sqrt(2.0 / 3.0))))
+    sine = m.sqrt(m.maximum(m.sub(m.const(1.0, b), m.mul(t, t)), m.const(0.0, b)))
+    roots = m.where(flip, m.const(-ROOTS[:, ::-1], b), m.const(ROOTS, b))              # [B, 2, 3]
+    return m.matmul(m.mul(m.concat([t, sine], -1), m.mul(root, math.sqrt(2.0 / 3.0))), roots)
 
 
 def _unit(m, v):
@@ -232,12 +229,12 @@ def _unit(m, v):
     return m.div(v, m.maximum(m.norm(v), m.const(1e-300, v)))
 
 
-def _eigenvectors(m, a, lam):
-    """Unit eigenvectors [B, 2, 3] for λ1 and λ3. adj(a - λI) = Π(λj - λ)·v vᵀ for a simple λ, whose
+def _eigenvectors(m, b, lam):
+    """Unit eigenvectors [B, 2, 3] for λ1 and λ3. adj(b - λI) = Π(λj - λ)·v vᵀ for a simple λ, whose
     diagonal is positive at both ends of the spectrum: its largest column is the best scaled."""
     ends = m.reshape(m.take(lam, np.array([0, 2]), -1), [0, 2, 1, 1])
-    adj = adjugate(m, m.sub(m.unsqueeze(a, 1), m.mul(ends, m.const(EYE, a))), 2)      # [B, 2, 3, 3]
-    pick = m.onehot_argmax(m.sum(m.mul(adj, m.const(EYE, a)), (-2,), True), True)   # [B, 2, 1, 3]
+    adj = adjugate(m, m.sub(m.unsqueeze(b, 1), m.mul(ends, m.const(EYE, b))), 2)      # [B, 2, 3, 3]
+    pick = m.onehot_argmax(m.sum(m.mul(adj, m.const(EYE, b)), (-2,), True), True)   # [B, 2, 1, 3]
     return _unit(m, m.sum(m.mul(adj, pick), (-1,)))
 
 
@@ -253,17 +250,19 @@ def principal_axes(m, cov):
     is trusted; a gap under GAP_TOL counts as a tie, whose eigenvectors fall back to fixed axes."""
     trace = m.sum(m.mul(cov, m.const(EYE, cov)), (-2, -1), True)
     scale = m.maximum(trace, m.const(1e-300, cov))
-    a = m.div(cov, scale)
-    lam = eigenvalues(m, a, m.div(m.div(trace, scale), 3.0))
+    # Trace-normalized and made traceless: the same eigenvectors, eigenvalues shifted by 1/3 (all
+    # 0 for a cloud of coincident points, whose trace is 0).
+    b = m.sub(m.div(cov, scale), m.mul(m.div(trace, scale), m.const(EYE / 3, cov)))
+    lam = eigenvalues(m, b)
     gaps = m.matmul(lam, m.const(GAP_DIFFERENCES, lam))                        # [B, 1, 2]
     # One-hot of the larger gap, as the permutation [[p1, p3], [p3, p1]]: it puts the trusted end
     # first, and the same matrix puts it back in place (v1 first, g12 >= g23 when equal).
     pick = m.onehot_argmax(gaps, True, 2)
     order = m.concat([pick, m.sub(m.const(1.0, pick), pick)], -2)             # [B, 2, 2]
-    trusted = m.matmul(order, _eigenvectors(m, a, lam))                        # [B, 2, 3]
-    clear = m.gt(m.reduce_max(gaps), m.const(GAP_TOL, a))   # one end is simple
-    both = m.gt(m.reduce_min(gaps), m.const(GAP_TOL, a))    # all three distinct
-    u = m.where(clear, m.take(trusted, np.array([0]), -2), m.const(EYE[:1], a))
+    trusted = m.matmul(order, _eigenvectors(m, b, lam))                        # [B, 2, 3]
+    clear = m.gt(m.reduce_max(gaps), m.const(GAP_TOL, b))   # one end is simple
+    both = m.gt(m.reduce_min(gaps), m.const(GAP_TOL, b))    # all three distinct
+    u = m.where(clear, m.take(trusted, np.array([0]), -2), m.const(EYE[:1], b))
     # The least aligned coordinate axis stands in for an eigenvector of a tied pair.
     other = m.where(both, m.take(trusted, np.array([1]), -2), m.onehot_argmax(m.abs(u), False))
     w = _unit(m, _reject(m, other, u))

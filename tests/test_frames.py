@@ -39,8 +39,8 @@ def test_eigensolver_matches_eigh():
     axes, gaps = frames.principal_axes(frames.TORCH, cov)
     values, vectors = torch.linalg.eigh(cov)
     trace = values.sum(-1, keepdim=True)
-    lam = frames.eigenvalues(frames.TORCH, cov / trace[..., None], torch.full((300, 1, 1), 1 / 3, dtype=cov.dtype))
-    torch.testing.assert_close(lam[:, 0], values.flip(-1) / trace, rtol=0, atol=1e-5)
+    lam = frames.eigenvalues(frames.TORCH, cov / trace[..., None] - torch.eye(3, dtype=cov.dtype) / 3)
+    torch.testing.assert_close(lam[:, 0] + 1 / 3, values.flip(-1) / trace, rtol=0, atol=1e-12)
     # eigenvectors are unique up to sign
     torch.testing.assert_close(axes.abs(), vectors.flip(-1).abs(), rtol=0, atol=1e-5)
     assert (gaps > 0).all()
@@ -304,3 +304,12 @@ def test_verify_recommends_a_frame_mode():
     from compiler.verify import verify
     report = verify("examples/nbody.inv", trials=1)
     assert report.frame_mode.startswith("frames: canonical=true is exact") and report.frame_mode in str(report)
+
+
+def test_canonical_nbody_is_equivariant(tmp_path):
+    spec = tmp_path / "nbody.inv"
+    spec.write_text(open("examples/nbody.inv").read().replace('out="position")', 'out="position", canonical=true)'))
+    gm = compiler.build(spec)
+    assert sum(n.kwargs.get("canonical", False) for n in gm.graph.nodes if n.target is frames.frame_basis) == 1
+    pos = clouds(3, 5, torch.float32)
+    assert_equivariant(gm, [pos, torch.randn(3, 5, 3, generator=GEN), torch.randn(3, 5, 1, generator=GEN).sign()])
