@@ -2,6 +2,8 @@
 
     python benchmarks/frame_overhead.py             # batches 1 and 64, N = 32
     python benchmarks/frame_overhead.py --quick
+    git show main:runtime/frames.py > /tmp/frames_main.py
+    python benchmarks/frame_overhead.py --baseline /tmp/frames_main.py    # old kernels side by side
 
 The FA model is examples/pointcloud_classifier.inv (8 frames of E(3) around a DeepSets backbone,
 hidden 64); the bare backbone is the same def called directly. Both are compiled by invc and run
@@ -9,11 +11,19 @@ in onnxruntime (CPU). Side by side, in one run: the bare backbone on an 8x batch
 frames add, the floor for any frame averaging that runs the backbone per frame), and in torch
 eager the same two modules plus a naive frame averaging with torch.linalg.eigh (which cannot be
 exported to ONNX).
+
+The frame computation alone (frame_centroid and frame_basis, 8 frames, in a model of its own) is
+timed too, as is the canonical model (canonical=true: one frame, one backbone call). "frame -
+call" subtracts the cost of calling an ORT session at all, which the frame does not add inside a
+model. `--baseline FILE` emits every ONNX frame op with FILE's kernels (an older runtime/frames.py)
+and times those models in the same loops, so old and new ratios are side by side.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import inspect
 import itertools
 import os
 import sys
@@ -30,11 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import _cpu_name, _ort_session, _per_call, print_table  # noqa: E402
 
 import compiler  # noqa: E402
+from compiler import onnx_sets  # noqa: E402
 from compiler.onnx_backend import save_onnx, to_onnx  # noqa: E402
 from dsl.checker import check  # noqa: E402
 from dsl.lower import lower  # noqa: E402
 from dsl.program import load_text  # noqa: E402
 from passes.cleanup import default_pipeline, for_target  # noqa: E402
+from runtime import frames  # noqa: E402
+from tests.graphs import build  # noqa: E402
 
 FA_SPEC = ROOT / "examples" / "pointcloud_classifier.inv"
 BARE = """import "examples/pointcloud_classifier.inv"
@@ -43,6 +56,14 @@ model bare() {
   input mask: bool[B, N]
   logits = deepsets(pos, mask)
   output logits
+}"""
+CANONICAL = """import "examples/pointcloud_classifier.inv"
+model canonical() {
+  symmetry E(3), S(N)
+  input pos: f32[B, N, 3] is position
+  input mask: bool[B, N]
+  logits = frame_average(deepsets, [pos], group="E(3)", out="invariant", mask=mask, canonical=true)
+  output logits is invariant
 }"""
 SIGNS = torch.tensor(list(itertools.product((1.0, -1.0), repeat=3)))  # the 8 sign patterns
 
@@ -57,11 +78,67 @@ def _in(directory: Path):
         os.chdir(before)
 
 
-def bare_backbone():
-    """The backbone alone: the fx module and its ONNX model, through invc's compile pipeline."""
+def spec_module(text: str, name: str):
+    """A spec given as text, through invc's compile pipeline up to the fx module."""
     with _in(ROOT):  # the spec text imports the example by a path relative to the repository
-        gm = for_target(default_pipeline(), "onnx").run(lower(check(load_text(BARE, "bare.inv"))))
-    return gm, to_onnx(gm)
+        return for_target(default_pipeline(), "onnx").run(lower(check(load_text(text, name))))
+
+
+def _spec_onnx(text: str, name: str, path: Path) -> Path:
+    return save_onnx(to_onnx(spec_module(text, name)), path)
+
+
+def _frame_only_onnx(path: Path) -> Path:
+    """The frame computation alone: centroid and the 8 frames of E(3), nothing else."""
+    gm = build({"pos": (("B", "N", 3), "f32"), "mask": (("B", "N"), "bool")},
+               [("c", frames.frame_centroid, ["pos"], {"mask": "mask"}),
+                ("basis", frames.frame_basis, ["pos", "c"], {"mask": "mask", "proper": False, "canonical": False})],
+               {"basis": "basis"})
+    return save_onnx(to_onnx(gm), path)
+
+
+def _empty_onnx(path: Path) -> Path:
+    """pos in, pos out through one Identity: what calling a session costs at all."""
+    gm = build({"pos": (("B", "N", 3), "f32"), "mask": (("B", "N"), "bool")}, [], {"out": "pos"})
+    return save_onnx(to_onnx(gm), path)
+
+
+class _Kernels:
+    """An older runtime/frames.py behind the current emitters' calls (frame_in gained `frames`)."""
+
+    def __init__(self, path: Path):
+        spec = importlib.util.spec_from_file_location("baseline_frames", path)
+        self.module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.module)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    def into_frames(self, m, x, basis, c, count):
+        takes_count = len(inspect.signature(self.module.into_frames).parameters) == 5
+        return self.module.into_frames(m, x, basis, c, *([count] if takes_count else []))
+
+
+@contextlib.contextmanager
+def _kernels(baseline: Path | None):
+    """The ONNX frame emitters use `baseline`'s kernels inside this block (current ones if None)."""
+    current = onnx_sets.frames
+    onnx_sets.frames = current if baseline is None else _Kernels(baseline)
+    try:
+        yield
+    finally:
+        onnx_sets.frames = current
+
+
+def onnx_models(tmp: Path, baseline: Path | None) -> dict:
+    """The frame models, each emitted with the current kernels and, given a baseline, with its."""
+    models = {"empty": _empty_onnx(tmp / "empty.onnx"), "bare": _spec_onnx(BARE, "bare.inv", tmp / "bare.onnx")}
+    for tag, kernels in [("", None)] + ([("old ", baseline)] if baseline else []):
+        with _kernels(kernels):
+            models[tag + "fa"] = compiler.compile(FA_SPEC, out=tmp / f"{tag}fa.onnx").out
+            models[tag + "canonical"] = _spec_onnx(CANONICAL, "canonical.inv", tmp / f"{tag}canonical.onnx")
+            models[tag + "frame"] = _frame_only_onnx(tmp / f"{tag}frame.onnx")
+    return models
 
 
 def naive_fa(backbone):
@@ -95,17 +172,27 @@ def _eager(module, feeds: dict):
     return run
 
 
-def row(batch: int, n: int, models: dict, args) -> list[str]:
+def row(batch: int, n: int, models: dict, args) -> list[list[str]]:
+    """One table row per kernel set (new, then old): ratios over the bare backbone in the same loops."""
     feeds, wide = _feeds(batch, n), _feeds(8 * batch, n)
-    runners = {"bare": _ort(models["bare_onnx"], feeds, args.threads),
-               "fa": _ort(models["fa_onnx"], feeds, args.threads),
-               "bare8": _ort(models["bare_onnx"], wide, args.threads),
-               "eager bare": _eager(models["bare"], feeds), "eager fa": _eager(models["fa"], feeds),
-               "eager eigh fa": _eager(naive_fa(models["bare"]), feeds)}
+    runners = {k: _ort(path, feeds, args.threads)
+               for k, path in models["onnx"].items()}
+    runners["bare8"] = _ort(models["onnx"]["bare"], wide, args.threads)
+    if args.eager:
+        runners.update({"eager bare": _eager(models["bare"], feeds), "eager fa": _eager(models["fa"], feeds),
+                        "eager eigh fa": _eager(naive_fa(models["bare"]), feeds)})
     t = _per_call(runners, args)
-    return [str(batch), f"{t['bare'] * 1e6:.1f}", f"{t['fa'] * 1e6:.1f}", f"{t['fa'] / t['bare']:.2f}x",
-            f"{t['bare8'] / t['bare']:.2f}x", f"{t['eager fa'] / t['eager bare']:.2f}x",
-            f"{t['eager eigh fa'] / t['eager bare']:.2f}x"]
+    bare = t["bare"]
+    rows = []
+    for tag in ["", "old "] if "old fa" in t else [""]:
+        rows.append([str(batch), tag.strip() or "new", f"{bare * 1e6:.1f}", f"{t[tag + 'frame'] * 1e6:.1f}",
+                     f"{t[tag + 'frame'] / bare:.2f}x", f"{(t[tag + 'frame'] - t['empty']) / bare:.2f}x",
+                     f"{t[tag + 'fa'] * 1e6:.1f}", f"{t[tag + 'fa'] / bare:.2f}x",
+                     f"{t[tag + 'canonical'] * 1e6:.1f}", f"{t[tag + 'canonical'] / bare:.2f}x",
+                     f"{t['bare8'] / bare:.2f}x"])
+    if args.eager:
+        rows[0] += [f"{t['eager fa'] / t['eager bare']:.2f}x", f"{t['eager eigh fa'] / t['eager bare']:.2f}x"]
+    return rows
 
 
 def main() -> None:
@@ -115,6 +202,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--budget", type=float, default=0.2, help="seconds per timed loop (default 0.2)")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op and torch threads (default 1)")
+    p.add_argument("--baseline", type=Path, help="an older runtime/frames.py to time side by side")
+    p.add_argument("--eager", action="store_true", help="also time torch eager and a naive eigh FA")
     p.add_argument("--quick", action="store_true", help="smoke mode: one repeat, short loops")
     args = p.parse_args()
     if args.quick:
@@ -123,14 +212,15 @@ def main() -> None:
     print(f"# machine: {os.cpu_count()} CPUs, {_cpu_name()}; load average {os.getloadavg()[0]:.2f}; "
           f"{args.threads} thread(s)")
     with tempfile.TemporaryDirectory() as tmp:
-        fa = compiler.compile(FA_SPEC, out=Path(tmp) / "fa.onnx")
-        bare, bare_onnx = bare_backbone()
-        models = {"fa": fa.module, "fa_onnx": fa.out, "bare": bare,
-                  "bare_onnx": save_onnx(bare_onnx, Path(tmp) / "bare.onnx")}
-        rows = [row(b, args.size, models, args) for b in args.batches]
-    print_table(f"Frame-averaging overhead, N = {args.size} (us per call, median of {args.repeats})",
-                ["batch", "ORT bare", "ORT FA", "FA/bare", "bare 8x batch/bare", "eager FA/bare",
-                 "eager eigh-FA/bare"], rows)
+        models = {"onnx": onnx_models(Path(tmp), args.baseline), "bare": spec_module(BARE, "bare.inv"),
+                  "fa": compiler.build(FA_SPEC)}
+        rows = [r for b in args.batches for r in row(b, args.size, models, args)]
+    header = ["batch", "kernels", "ORT bare", "frame alone", "frame/bare", "(frame - call)/bare", "ORT FA",
+              "FA/bare", "ORT canonical", "canonical/bare", "bare 8x batch/bare"]
+    if args.eager:
+        header += ["eager FA/bare", "eager eigh-FA/bare"]
+    print_table(f"Frame-averaging overhead, N = {args.size} (us per call, median of {args.repeats})", header, rows)
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

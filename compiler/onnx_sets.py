@@ -217,6 +217,15 @@ class OnnxMath:
     def mean(self, x, axes, keepdim=False):
         return self._op("ReduceMean", x, _Value(self.g.ints(axes), "i64"), keepdims=int(keepdim))
 
+    def norm(self, x):
+        return self._op("ReduceL2", x, _Value(self.g.ints([-1]), "i64"), keepdims=1)
+
+    def reduce_max(self, x):
+        return self._op("ReduceMax", x, _Value(self.g.ints([-1]), "i64"), keepdims=1)
+
+    def reduce_min(self, x):
+        return self._op("ReduceMin", x, _Value(self.g.ints([-1]), "i64"), keepdims=1)
+
     def prod(self, x, axis):
         return self._op("ReduceProd", x, _Value(self.g.ints([axis]), "i64"), keepdims=0)
 
@@ -240,10 +249,10 @@ class OnnxMath:
         return _Value(self.g.op("Gather", x.name, self.g.const(np.asarray(index, np.int64)), axis=axis),
                       x.dtype)
 
-    def onehot_argmax(self, x, largest):
-        # Equal against 0, 1, 2 rather than OneHot, which onnxruntime lacks for float64 values.
+    def onehot_argmax(self, x, largest, size=3):
+        # Equal against 0, 1, ... rather than OneHot, which onnxruntime lacks for float64 values.
         k = self.g.op("ArgMax" if largest else "ArgMin", x.name, axis=-1, keepdims=1)
-        hit = self.g.op("Equal", k, self.g.const(np.arange(3, dtype=np.int64)))
+        hit = self.g.op("Equal", k, self.g.const(np.arange(size, dtype=np.int64)))
         return _Value(self.g.op("Cast", hit, to=DTYPES[x.dtype][0]), x.dtype)
 
 
@@ -259,7 +268,7 @@ def _frame_basis(g, node, pos, centroid, mask, proper, canonical):
 
 def _frame_in(g, node, x, basis, centroid):
     m = OnnxMath(g)
-    return frames.into_frames(m, m.wrap(x), m.wrap(basis), m.wrap(centroid)).name
+    return frames.into_frames(m, m.wrap(x), m.wrap(basis), m.wrap(centroid), basis.meta["shape"][1]).name
 
 
 def _frame_tile(g, node, x, count):

@@ -223,6 +223,7 @@ class Report:
     rows: list
     notes: list                        # backends that could not run
     conditioning: float | None = None  # the worst frame conditioning of the sampled clouds
+    frame_mode: str | None = None      # all frames or canonical=true, from the sampled clouds
 
     @property
     def ok(self) -> bool:
@@ -233,6 +234,7 @@ class Report:
         if self.conditioning is not None:
             lines.append(f"frames: worst conditioning of the sampled clouds {self.conditioning:.2e} "
                          "(0: a tied spectrum, where frame averaging is only approximate)")
+            lines.append(self.frame_mode)
         return "\n".join(lines)
 
 
@@ -258,7 +260,7 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
                                  tol if dtype == torch.float32 else TOLERANCE[torch.float64])
                      for i, (p, f) in enumerate(claimed)]
     return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
-                  _conditioning(gm, checked, inputs))
+                  *_conditioning(gm, checked, inputs))
 
 
 def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
@@ -413,17 +415,20 @@ def _ports(ports) -> str:
                             for name, shape in ports))
 
 
-def _conditioning(gm, checked, inputs) -> float | None:
-    """Where frame averaging loses exactness: the frames' conditioning on the sampled clouds."""
-    from runtime import ops
+def _conditioning(gm, checked, inputs) -> tuple[float | None, str | None]:
+    """Where frame averaging loses exactness: the frames' conditioning on the sampled clouds, and
+    the frame mode they call for."""
+    from runtime import frames, ops
     node = next((n for n in gm.graph.nodes if n.op == "call_function" and n.target is ops.frame_basis), None)
     if node is None:
-        return None
+        return None, None
     names = [p.name for p in checked.inputs]
     pos = inputs[names.index(node.args[0].meta["name"])] if node.args[0].op == "placeholder" else None
     mask = node.kwargs.get("mask")
     mask = inputs[names.index(mask.meta["name"])] if mask is not None and mask.op == "placeholder" else None
-    return None if pos is None else float(ops.frame_conditioning(pos, mask).min())
+    if pos is None:
+        return None, None
+    return float(ops.frame_conditioning(pos, mask).min()), frames.recommend(pos, mask, node.kwargs["proper"])
 
 
 # -- orbits ----------------------------------------------------------------------------------

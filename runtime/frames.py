@@ -34,6 +34,7 @@ compiler/onnx_sets.py, so torch and ONNX run the same arithmetic step for step.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -64,8 +65,25 @@ def _cofactor_index() -> np.ndarray:
 
 
 COFACTORS = _cofactor_index()
-DIAGONAL = np.array([0, 4, 8], np.int64)
 EYE = np.eye(3)
+# [cos θ, sin θ] @ ROOTS = cos θ, cos(θ - 2π/3), cos(θ + 2π/3)
+ROOTS = np.array([[1.0, -0.5, -0.5], [0.0, math.sqrt(3.0) / 2, -math.sqrt(3.0) / 2]])
+GAP_DIFFERENCES = np.array([[1.0, 0.0], [-1.0, 1.0], [0.0, -1.0]])        # λ @ it = λ1 - λ2, λ2 - λ3
+LEVI_CIVITA = np.array([[[float(np.linalg.det(np.eye(3)[[i, j, k]])) for k in range(3)] for j in range(3)]
+                        for i in range(3)]).reshape(9, 3)                    # row 3i + j, column k: ε_ijk
+
+
+_CONSTANTS: dict = {}
+
+
+def _constant(array, dtype, device) -> torch.Tensor:
+    """A kernel constant as a tensor, made once: the kernels run every training step, and making
+    ~40 small tensors from numpy cost as much as the arithmetic. Never written to in place."""
+    a = np.asarray(array)
+    key = (a.tobytes(), a.shape, a.dtype.str, dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.as_tensor(a, dtype=dtype, device=device)
+    return _CONSTANTS[key]
 
 
 class _Torch:
@@ -83,7 +101,7 @@ class _Torch:
 
     @staticmethod
     def const(array, like):
-        return torch.as_tensor(np.asarray(array), dtype=like.dtype, device=like.device)
+        return _constant(array, like.dtype, like.device)
 
     @staticmethod
     def cast(x, dtype):
@@ -129,14 +147,28 @@ class _Torch:
     def take(x, index, axis):
         """ONNX Gather with a constant index array: x's `axis` becomes index's dims."""
         axis %= x.dim()
-        flat = x.index_select(axis, torch.as_tensor(index.reshape(-1), device=x.device))
+        flat = x.index_select(axis, _constant(index.reshape(-1), torch.int64, x.device))
         return flat.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
 
     @staticmethod
-    def onehot_argmax(x, largest):
-        """One-hot (x's dtype) of the first largest (or smallest) of the 3 entries on the last axis."""
+    def onehot_argmax(x, largest, size=3):
+        """One-hot (x's dtype) of the first largest (or smallest) of the `size` entries on the last axis."""
         k = x.argmax(-1) if largest else x.argmin(-1)
-        return torch.nn.functional.one_hot(k, x.shape[-1]).to(x.dtype)
+        return torch.nn.functional.one_hot(k, size).to(x.dtype)
+
+    @staticmethod
+    def norm(x):
+        """Euclidean norm along the last axis, kept."""
+        return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+    @staticmethod
+    def reduce_max(x):
+        """Largest entry along the last axis, kept."""
+        return x.amax(-1, keepdim=True)
+
+    @staticmethod
+    def reduce_min(x):
+        return x.amin(-1, keepdim=True)
 
 
 TORCH = _Torch
@@ -156,7 +188,7 @@ def centroid_of(m, pos, mask):
         return m.mean(pos, (1,), True)
     keep = real_points(m, pos, mask)
     total = m.sum(m.where(keep, pos, 0.0), (1,), True)
-    count = m.sum(m.where(keep, m.const(1.0, pos), 0.0), (1,), True)
+    count = m.sum(m.cast(keep, m.dtype(pos)), (1,), True)
     return m.div(total, m.maximum(count, m.const(1.0, pos)))
 
 
@@ -176,93 +208,81 @@ def adjugate(m, a, lead: int):
     return m.sum(m.mul(pairs, m.const(np.array([1.0, -1.0]).reshape(2, 1, 1), a)), (-3,))
 
 
-def _trace(m, a, lead: int):
-    return m.sum(m.take(m.reshape(a, [0] * lead + [9]), DIAGONAL, -1), (-1,), True)
-
-
-def eigenvalues(m, a, q):
-    """λ1 >= λ2 >= λ3 [B, 3] of symmetric a [B, 3, 3] with trace 3q, by the trigonometric closed
-    form. For traceless b = a - qI: p² = tr(b²)/6 and det(b) = tr(b³)/3."""
-    b = m.sub(a, m.mul(q, m.const(EYE, a)))
-    bb = m.matmul(b, b)
-    p2 = m.div(m.sum(m.mul(b, b), (-2, -1), True), 6.0)
-    p = m.sqrt(p2)
-    det = m.div(m.sum(m.mul(bb, b), (-2, -1), True), 3.0)
-    r = m.div(det, m.mul(m.maximum(m.mul(p2, p), m.const(1e-90, a)), 2.0))
-    r = m.minimum(m.maximum(r, m.const(-1.0, a)), m.const(1.0, a))
-    # t = cos(acos(r)/3), the largest root of 4t³ - 3t = r. ONNX has no float64 Acos, so it starts
-    # in float32 and one Newton step on the cubic restores float64 accuracy (the derivative
-    # 12t² - 3 is floored at 1, damping the step only near r = -1, a tied top pair).
+def eigenvalues(m, b):
+    """λ1 >= λ2 >= λ3 [B, 1, 3] of symmetric traceless b [B, 3, 3], by the trigonometric closed
+    form λ = 2p·cos(θ + 2πk/3), where 6p² = tr(b²) and cos 3θ = det(b) / (2p³) = tr(b³)·√6 / tr(b²)^1.5."""
+    square = m.sum(m.mul(b, b), (-2, -1), True)
+    cube = m.sum(m.mul(m.matmul(b, b), b), (-2, -1), True)
+    root = m.sqrt(square)
+    r = m.div(m.mul(cube, math.sqrt(6.0)), m.maximum(m.mul(square, root), m.const(1e-90, b)))
+    # The roots of -b are those of b negated, in reverse order, and its r is -r: solving for
+    # whichever of b, -b has r >= 0 keeps the top root t in [cos π/6, 1], away from the double root.
+    flip = m.gt(m.const(0.0, b), r)
+    r = m.minimum(m.abs(r), m.const(1.0, b))
+    # t = cos θ, the largest root of 4t³ - 3t = r. ONNX has no float64 Acos, so it starts in
+    # float32 and one Newton step on the cubic (slope 12t² - 3 >= 6 there) restores float64.
     t = m.cast(m.cos(m.div(m.acos(m.cast(r, "f32")), 3.0)), "f64")
     t2 = m.mul(t, t)
     residual = m.sub(m.mul(t, m.sub(m.mul(t2, 4.0), 3.0)), r)
-    t = m.sub(t, m.div(residual, m.maximum(m.sub(m.mul(t2, 12.0), 3.0), m.const(1.0, a))))
-    s = m.sqrt(m.maximum(m.mul(m.sub(m.const(1.0, t), m.mul(t, t)), 3.0), m.const(0.0, a)))
-    top = m.add(q, m.mul(m.mul(p, t), 2.0))
-    low = m.sub(q, m.mul(p, m.add(t, s)))
-    mid = m.sub(m.sub(m.mul(q, 3.0), top), low)
-    return m.reshape(m.concat([top, mid, low], -1), [0, 3])
+    t = m.sub(t, m.div(residual, m.sub(m.mul(t2, 12.0), 3.0)))
+    # cos(θ ∓ 2π/3) = -t/2 ± (√3/2)·sin θ: the smaller gaps come from sin θ, not from differences
+    # of cosines, so a near-double root keeps its float64 gap.
+    sine = m.sqrt(m.maximum(m.sub(m.const(1.0, b), m.mul(t, t)), m.const(0.0, b)))
+    roots = m.where(flip, m.const(-ROOTS[:, ::-1], b), m.const(ROOTS, b))              # [B, 2, 3]
+    return m.matmul(m.mul(m.concat([t, sine], -1), m.mul(root, math.sqrt(2.0 / 3.0))), roots)
 
 
 def _unit(m, v):
-    """v / |v| along the last axis, and |v| (at most TOL: v is undetermined). The caller compares,
-    so no unread comparison lands in the ONNX graph, where onnxruntime would still run it."""
-    norm = m.sqrt(m.sum(m.mul(v, v), (-1,), True))
-    return m.div(v, m.maximum(norm, m.const(1e-300, v))), norm
+    """v / |v| along the last axis (0 where v = 0)."""
+    return m.div(v, m.maximum(m.norm(v), m.const(1e-300, v)))
+
+
+def _eigenvectors(m, b, lam):
+    """Unit eigenvectors [B, 2, 3] for λ1 and λ3. adj(b - λI) = Π(λj - λ)·v vᵀ for a simple λ, whose
+    diagonal is positive at both ends of the spectrum: its largest column is the best scaled."""
+    ends = m.reshape(m.take(lam, np.array([0, 2]), -1), [0, 2, 1, 1])
+    adj = adjugate(m, m.sub(m.unsqueeze(b, 1), m.mul(ends, m.const(EYE, b))), 2)      # [B, 2, 3, 3]
+    pick = m.onehot_argmax(m.sum(m.mul(adj, m.const(EYE, b)), (-2,), True), True)   # [B, 2, 1, 3]
+    return _unit(m, m.sum(m.mul(adj, pick), (-1,)))
 
 
 def _cross(m, a, b):
-    roll1, roll2 = np.array([1, 2, 0]), np.array([2, 0, 1])
-    return m.sub(m.mul(m.take(a, roll1, -1), m.take(b, roll2, -1)),
-                 m.mul(m.take(a, roll2, -1), m.take(b, roll1, -1)))
-
-
-def _dot(m, a, b):
-    return m.sum(m.mul(a, b), (-1,), True)
-
-
-def _eigenvectors(m, a, lam):
-    """Unit eigenvectors [B, 2, 3] for λ1 and λ3: the largest column of adj(a - λI)."""
-    ends = m.unsqueeze(m.unsqueeze(m.take(lam, np.array([0, 2]), -1), -1), -1)    # [B, 2, 1, 1]
-    shifted = m.sub(m.unsqueeze(a, 1), m.mul(ends, m.const(EYE, a)))              # [B, 2, 3, 3]
-    adj = adjugate(m, shifted, 2)
-    pick = m.onehot_argmax(m.abs(m.take(m.reshape(adj, [0, 0, 9]), DIAGONAL, -1)), True)
-    return _unit(m, m.reshape(m.matmul(adj, m.unsqueeze(pick, -1)), [0, 0, 3]))[0]
-
-
-def _complement(m, u):
-    """A unit vector orthogonal to unit u: the least aligned coordinate axis, minus its u part."""
-    return _unit(m, _reject(m, m.onehot_argmax(m.abs(u), False), u))[0]
+    """a × b [B, 1, 3] as the Levi-Civita contraction of the outer product a bᵀ."""
+    outer = m.reshape(m.matmul(m.transpose(a, (0, 2, 1)), b), [0, 1, 9])
+    return m.matmul(outer, m.const(LEVI_CIVITA, a))
 
 
 def principal_axes(m, cov):
     """Right-handed orthonormal eigenvectors [B, 3, 3] (columns, by decreasing eigenvalue), and
-    the relative eigen-gaps [B, 2]. The better separated end of the spectrum is trusted; a gap
-    under GAP_TOL counts as a tie, whose eigenvectors fall back to fixed axes."""
-    trace = m.unsqueeze(_trace(m, cov, 1), -1)
+    the relative eigen-gaps λ1 - λ2, λ2 - λ3 [B, 1, 2]. The better separated end of the spectrum
+    is trusted; a gap under GAP_TOL counts as a tie, whose eigenvectors fall back to fixed axes."""
+    trace = m.sum(m.mul(cov, m.const(EYE, cov)), (-2, -1), True)
     scale = m.maximum(trace, m.const(1e-300, cov))
-    a = m.div(cov, scale)
-    lam = eigenvalues(m, a, m.div(m.div(trace, scale), 3.0))
-    gaps = m.sub(m.take(lam, np.array([0, 1]), -1), m.take(lam, np.array([1, 2]), -1))
-    g12, g23 = m.take(gaps, np.array([0]), -1), m.take(gaps, np.array([1]), -1)          # [B, 1]
-    vecs = _eigenvectors(m, a, lam)
-    v1, v3 = m.take(vecs, np.array([0]), -2), m.take(vecs, np.array([1]), -2)            # [B, 1, 3]
-    top = m.unsqueeze(m.ge(g12, g23), -1)
-    clear = m.unsqueeze(m.gt(m.maximum(g12, g23), m.const(GAP_TOL, a)), -1)   # one end is simple
-    both = m.unsqueeze(m.gt(m.minimum(g12, g23), m.const(GAP_TOL, a)), -1)   # all three distinct
-    u = m.where(clear, m.where(top, v1, v3), m.where(top, m.const(EYE[:1], a), m.const(EYE[2:], a)))
-    w, w_norm = _unit(m, _reject(m, m.where(top, v3, v1), u))
-    ok = m.gt(w_norm, m.const(TOL, a))
-    fallback = _complement(m, u)
-    w = m.where(both, m.where(ok, w, fallback), fallback)
-    first, last = m.where(top, u, w), m.where(top, w, u)
-    basis = m.concat([first, _cross(m, last, first), last], -2)         # rows v1, v3×v1 = v2, v3
+    # Trace-normalized and made traceless: the same eigenvectors, eigenvalues shifted by 1/3 (all
+    # 0 for a cloud of coincident points, whose trace is 0).
+    b = m.sub(m.div(cov, scale), m.mul(m.div(trace, scale), m.const(EYE / 3, cov)))
+    lam = eigenvalues(m, b)
+    gaps = m.matmul(lam, m.const(GAP_DIFFERENCES, lam))                        # [B, 1, 2]
+    # One-hot of the larger gap, as the permutation [[p1, p3], [p3, p1]]: it puts the trusted end
+    # first, and the same matrix puts it back in place (v1 first, g12 >= g23 when equal).
+    pick = m.onehot_argmax(gaps, True, 2)
+    order = m.concat([pick, m.sub(m.const(1.0, pick), pick)], -2)             # [B, 2, 2]
+    trusted = m.matmul(order, _eigenvectors(m, b, lam))                        # [B, 2, 3]
+    clear = m.gt(m.reduce_max(gaps), m.const(GAP_TOL, b))   # one end is simple
+    both = m.gt(m.reduce_min(gaps), m.const(GAP_TOL, b))    # all three distinct
+    u = m.where(clear, m.take(trusted, np.array([0]), -2), m.const(EYE[:1], b))
+    # The least aligned coordinate axis stands in for an eigenvector of a tied pair.
+    other = m.where(both, m.take(trusted, np.array([1]), -2), m.onehot_argmax(m.abs(u), False))
+    w = _unit(m, _reject(m, other, u))
+    placed = m.matmul(order, m.concat([u, w], -2))                            # rows v1, v3
+    first, last = m.take(placed, np.array([0]), -2), m.take(placed, np.array([1]), -2)
+    basis = m.concat([first, _cross(m, last, first), last], -2)               # v3 × v1 = v2
     return m.transpose(basis, (0, 2, 1)), gaps
 
 
 def _reject(m, w, u):
     """w minus its component along unit u."""
-    return m.sub(w, m.mul(_dot(m, w, u), u))
+    return m.sub(w, m.mul(m.sum(m.mul(w, u), (-1,), True), u))
 
 
 def _third_moment_signs(m, pos, c, mask, axes, proper):
@@ -287,17 +307,27 @@ def basis_of(m, pos, c, mask, proper, canonical):
 
 def conditioning(m, pos, mask):
     gaps = principal_axes(m, covariance(m, pos, centroid_of(m, pos, mask), mask))[1]
-    smaller = m.minimum(m.take(gaps, np.array([0]), -1), m.take(gaps, np.array([1]), -1))
+    smaller = m.reduce_min(gaps)
     # Rounding can leave a tied gap a hair below 0.
     return m.cast(m.reshape(m.maximum(smaller, m.const(0.0, smaller)), [-1]), m.dtype(pos))
 
 
-def into_frames(m, x, basis, c):
-    """[B, ..., 3] -> [B*F, ..., 3]: coordinates along each frame's axes, after centering if c."""
+def _patterns(frames: int) -> np.ndarray | None:
+    """The sign patterns of a basis of `frames` frames, [F, 1, 3] (None for one frame). Frame f
+    is frame 0 with its columns times pattern f, exactly (the first pattern is all +1)."""
+    return None if frames == 1 else _sign_patterns(frames == 4)
+
+
+def into_frames(m, x, basis, c, frames: int):
+    """[B, ..., 3] -> [B*F, ..., 3]: coordinates along each frame's axes, after centering if c.
+    One product with frame 0, then the sign patterns: the other frames only flip its columns."""
     flat = m.reshape(x, [0, -1, 3])
     if c is not None:
         flat = m.sub(flat, c)
-    return m.reshape_tail(m.matmul(m.unsqueeze(flat, 1), basis), [-1], x, 1)
+    moved = m.matmul(m.unsqueeze(flat, 1), m.take(basis, np.array([0]), 1))       # [B, 1, M, 3]
+    if frames > 1:
+        moved = m.mul(moved, m.const(_patterns(frames), moved))
+    return m.reshape_tail(moved, [-1], x, 1)
 
 
 def tile(m, x, frames: int):
@@ -308,11 +338,14 @@ def out_of_frames(m, y, basis, c, kind: str, frames: int):
     per_frame = m.reshape_tail(y, [-1, frames], y, 1)                      # [B, F, ...]
     if kind == "invariant":
         return m.mean(per_frame, (1,))
-    back = m.matmul(m.reshape(per_frame, [0, 0, -1, 3]), m.transpose(basis, (0, 1, 3, 2)))
-    mean = m.mean(back, (1,))                                                # [B, M, 3]
+    per_frame = m.reshape(per_frame, [0, 0, -1, 3])
+    if frames > 1:  # undo the sign patterns first, so one product with frame 0 maps all back
+        per_frame = m.mul(per_frame, m.const(_patterns(frames), per_frame))
+    back = m.matmul(m.mean(per_frame, (1,), True), m.transpose(m.take(basis, np.array([0]), 1), (0, 1, 3, 2)))
+    back = m.reshape(back, [0, -1, 3])                                       # [B, M, 3]
     if kind == "position":
-        mean = m.add(mean, c)
-    return m.reshape_tail(mean, [-1], y, 1)
+        back = m.add(back, c)
+    return m.reshape_tail(back, [-1], y, 1)
 
 
 # -- the fx call_function targets ----------------------------------------------------------------
@@ -328,7 +361,7 @@ def frame_basis(pos, centroid, mask=None, proper=False, canonical=False):
 
 
 def frame_in(x, basis, centroid=None):
-    return into_frames(TORCH, x, basis, centroid)
+    return into_frames(TORCH, x, basis, centroid, basis.shape[1])
 
 
 def frame_tile(x, frames):
@@ -341,6 +374,41 @@ def frame_out(y, basis, centroid=None, kind="invariant"):
 
 def frame_conditioning(pos, mask=None):
     return conditioning(TORCH, pos, mask)
+
+
+# -- how exact each mode is on given clouds --------------------------------------------------------
+# fp32 inputs move by ~1e-7 relative under a rotation, a frame axis by ~1e-7 / gap, and a third
+# moment by ~1e-7 of its scale: below these margins the canonical frame's error nears verify's fp32
+# pass mark of 1e-4 (measured in benchmarks/frame_exactness.py; all 8 frames average it down ~20x).
+EXACT_GAP, EXACT_MARGIN = 1e-3, 1e-5
+
+
+def sign_margin(pos, mask=None, proper=False):
+    """[B]: how far the canonical frame's signs are from flipping, min over the axes whose sign it
+    chooses of |Σ y³| / (Σ |y|²)^(3/2), y the centered points along the axis (0: a third moment
+    vanishes, as in any point-symmetric cloud, and the canonical frame is ambiguous there)."""
+    c = centroid_of(TORCH, pos, mask)
+    axes, _ = principal_axes(TORCH, covariance(TORCH, pos, c, mask))
+    y = (pos - c).double() @ axes
+    if mask is not None:
+        y = torch.where(mask[..., None], y, 0.0)
+    cube = (y ** 3).sum(1).abs()[:, :2 if proper else 3]
+    return (cube.amin(-1) / (y * y).sum((1, 2)).clamp_min(1e-200) ** 1.5).to(pos.dtype)
+
+
+def recommend(pos, mask=None, proper=False) -> str:
+    """One line: canonical=true or all frames, from the worst conditioning and sign margin of
+    these clouds (for `invc verify`, on its sampled inputs; call it on real data too)."""
+    gap = float(frame_conditioning(pos, mask).min())
+    margin = float(sign_margin(pos, mask, proper).min())
+    measured = f"worst eigen-gap conditioning {gap:.1e}, sign margin {margin:.1e}"
+    if gap <= GAP_TOL:
+        return f"frames: use all frames (canonical=false); neither mode is exact on tied spectra ({measured})"
+    if gap < EXACT_GAP or margin < EXACT_MARGIN:
+        return (f"frames: use all frames (canonical=false) ({measured}): canonical=true needs a conditioning >= "
+                f"{EXACT_GAP:g} and a sign margin >= {EXACT_MARGIN:g} (point-symmetric clouds have 0)")
+    return (f"frames: canonical=true is exact on these clouds too ({measured}), for 1 backbone call "
+            f"instead of {4 if proper else 8}")
 
 
 # -- the Python API --------------------------------------------------------------------------------

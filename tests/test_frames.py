@@ -39,11 +39,46 @@ def test_eigensolver_matches_eigh():
     axes, gaps = frames.principal_axes(frames.TORCH, cov)
     values, vectors = torch.linalg.eigh(cov)
     trace = values.sum(-1, keepdim=True)
-    lam = frames.eigenvalues(frames.TORCH, cov / trace[..., None], torch.full((300, 1, 1), 1 / 3, dtype=cov.dtype))
-    torch.testing.assert_close(lam, values.flip(-1) / trace, rtol=0, atol=1e-5)
+    lam = frames.eigenvalues(frames.TORCH, cov / trace[..., None] - torch.eye(3, dtype=cov.dtype) / 3)
+    torch.testing.assert_close(lam[:, 0] + 1 / 3, values.flip(-1) / trace, rtol=0, atol=1e-12)
     # eigenvectors are unique up to sign
     torch.testing.assert_close(axes.abs(), vectors.flip(-1).abs(), rtol=0, atol=1e-5)
     assert (gaps > 0).all()
+
+
+def spectrum_clouds(spreads: torch.Tensor) -> torch.Tensor:
+    """Clouds [B, 6, 3] whose covariance has exactly the eigenvalues `spreads` [B, 3], along random
+    (reflected) axes, off the origin: the points ±√(s/2) on each axis."""
+    half = torch.diag_embed((spreads / 2).sqrt())
+    return torch.cat([half, -half], 1) @ rotations(len(spreads)).transpose(1, 2) + torch.randn(
+        len(spreads), 1, 3, generator=GEN, dtype=spreads.dtype)
+
+
+@pytest.mark.parametrize("end", ["top", "bottom"])
+def test_eigenvectors_of_near_tied_pairs_match_eigh(end):
+    """Relative gaps from 1e-2 down to 1e-5 at either end: the closed form keeps float64 accuracy
+    (error ~1e-16/gap²), where solving the cubic near its double root alone lost it at the top."""
+    gaps = 10.0 ** -torch.empty(400, dtype=torch.float64).uniform_(2, 5, generator=GEN)
+    big, one = torch.empty(400, dtype=torch.float64).uniform_(1.8, 4, generator=GEN), torch.ones_like(gaps)
+    pair = [big * (1 + gaps), big, one] if end == "top" else [big, one + gaps, one]
+    spreads = torch.stack(pair, -1)
+    pos = spectrum_clouds(spreads)
+    cov = frames.covariance(frames.TORCH, pos, frames.frame_centroid(pos), None)
+    axes, _ = frames.principal_axes(frames.TORCH, cov)
+    values, vectors = torch.linalg.eigh(cov)
+    rel_gap = (values[:, 1:] - values[:, :-1]).min(-1).values / values.sum(-1)
+    err = (axes.abs() - vectors.flip(-1).abs()).abs().amax((-2, -1))
+    assert (err <= 1e-13 / rel_gap ** 2 + 1e-12).all(), err.max()
+
+
+def test_frames_move_with_the_cloud():
+    """basis(R x + t) = R basis(x), up to the sign of each column, for random orthogonal R (with
+    reflections) and translations, in float64; ONNX computes the same frames as torch."""
+    pos, q = clouds(200, 8), rotations(200)
+    moved = pos @ q.transpose(1, 2) + 10 * torch.randn(200, 1, 3, generator=GEN, dtype=torch.float64)
+    axes = frames.frame_basis(pos, frames.frame_centroid(pos))[:, 0]
+    moved_axes = frames.frame_basis(moved, frames.frame_centroid(moved))[:, 0]
+    torch.testing.assert_close((q.transpose(1, 2) @ moved_axes).abs(), axes.abs(), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("proper, canonical, count", [(False, False, 8), (True, False, 4),
@@ -250,3 +285,39 @@ def test_every_set_and_frame_op_has_an_emitter_and_lowers_by_name():
               frames.frame_out, frames.frame_conditioning}
     assert fx_ops <= set(EMITTERS)
     assert all(getattr(ops, f.__name__) is f for f in fx_ops)  # dsl/lower.py finds ops by name
+
+
+def test_sign_margin_matches_an_eigh_computation():
+    """The canonical frame's margin against eigh's axes in float64, on random skewed clouds."""
+    pos = torch.distributions.Exponential(1.0).sample((50, 9, 3)).double() @ rotations(50)
+    xc = pos - pos.mean(1, keepdim=True)
+    y = xc @ torch.linalg.eigh(xc.transpose(1, 2) @ xc)[1]
+    want = (y ** 3).sum(1).abs().amin(-1) / (y * y).sum((1, 2)) ** 1.5
+    torch.testing.assert_close(frames.sign_margin(pos), want, rtol=1e-9, atol=0)
+    assert want.median() > 1e-3  # not a comparison of zeros
+
+
+def test_recommended_mode_follows_the_measured_margins():
+    skewed = torch.distributions.Exponential(1.0).sample((8, 20, 3)).double() @ rotations(8)
+    half = clouds(8, 10)
+    point_symmetric = torch.cat([half, 2 * half.mean(1, keepdim=True) - half], 1)
+    cube = degenerate_clouds()["cube"][None].double()
+    assert frames.recommend(skewed).startswith("frames: canonical=true is exact")
+    assert frames.sign_margin(point_symmetric).max() < 1e-12 < frames.frame_conditioning(point_symmetric).min()
+    assert "needs a conditioning >= 0.001 and a sign margin >= 1e-05" in frames.recommend(point_symmetric)
+    assert "neither mode is exact" in frames.recommend(torch.cat([cube, cube + 1e-9]))  # a batch of 2
+
+
+def test_verify_recommends_a_frame_mode():
+    from compiler.verify import verify
+    report = verify("examples/nbody.inv", trials=1)
+    assert report.frame_mode.startswith("frames: canonical=true is exact") and report.frame_mode in str(report)
+
+
+def test_canonical_nbody_is_equivariant(tmp_path):
+    spec = tmp_path / "nbody.inv"
+    spec.write_text(open("examples/nbody.inv").read().replace('out="position")', 'out="position", canonical=true)'))
+    gm = compiler.build(spec)
+    assert sum(n.kwargs.get("canonical", False) for n in gm.graph.nodes if n.target is frames.frame_basis) == 1
+    pos = clouds(3, 5, torch.float32)
+    assert_equivariant(gm, [pos, torch.randn(3, 5, 3, generator=GEN), torch.randn(3, 5, 1, generator=GEN).sign()])

@@ -4,6 +4,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+
+import compiler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "nbody"))
 
@@ -48,5 +51,37 @@ def test_initial_state_and_momentum_conservation():
 
 
 def test_training_runs_one_epoch(tmp_path):
-    result = train.train(epochs=1, minutes=5, train_size=20, test_size=10, batch=10, log=lambda _: None)
+    result = train.train(epochs=1, minutes=5, train_size=20, val_size=10, test_size=10, batch=10,
+                         log=lambda _: None)
     assert result["epochs"] == 1 and np.isfinite(result["test_mse"]) and result["test_mse"] > 0
+    assert [row[1] for row in result["curve"]] == [1] and result["val_mse"] == result["curve"][0][2]
+
+
+def nbody_inputs(b: int):
+    gen = torch.Generator().manual_seed(b)
+    return (torch.randn(b, 5, 3, generator=gen) + 1, torch.randn(b, 5, 3, generator=gen),
+            torch.randn(b, 5, 1, generator=gen).sign())
+
+
+def test_sampled_frames_average_back_to_the_spec_model(monkeypatch):
+    """Forcing the draw to frame f, the sampled model is the backbone in frame f: the mean over
+    the 8 frames is the spec's model, and each frame differs from it (random weights)."""
+    gm = compiler.build(train.SPEC, seed=3)
+    sampled, inputs = train.one_frame(gm, "sampled"), nbody_inputs(4)
+    per_frame = []
+    with torch.no_grad():
+        for f in range(8):
+            monkeypatch.setattr(torch, "randint", lambda n, size, device=None, f=f: torch.full(size, f))
+            per_frame.append(sampled(*inputs))
+        want = gm(*inputs)
+    torch.testing.assert_close(torch.stack(per_frame).mean(0), want, rtol=1e-5, atol=1e-5)
+    assert all(not (p - want).abs().max() <= 1e-3 for p in per_frame)
+
+
+def test_canonical_twin_is_the_canonical_spec(tmp_path):
+    spec = tmp_path / "nbody.inv"
+    spec.write_text(train.SPEC.read_text().replace('out="position")', 'out="position", canonical=true)'))
+    twin, direct, inputs = train.one_frame(compiler.build(train.SPEC, seed=3), "canonical"), \
+        compiler.build(spec, seed=3), nbody_inputs(6)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(*inputs), direct(*inputs), rtol=0, atol=0)
