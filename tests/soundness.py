@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from compiler.verify import random_rotation
 from dsl.checker import check
 from dsl.errors import SpecError
-from dsl.groups import Broken, Euclidean, Permutations
+from dsl.groups import Broken
 from dsl.program import load_text
 from dsl.symmetry import verdicts
 
@@ -46,7 +47,7 @@ class Program:
     """A spec being drawn: its defs, the model's statements, and the tensors in scope."""
     rng: random.Random
     groups: list
-    inputs: list = field(default_factory=list)   # (Tensor, role or None, extra: dict)
+    inputs: list = field(default_factory=list)   # (Tensor, role or None)
     lines: list = field(default_factory=list)
     defs: list = field(default_factory=list)
     scope: list = field(default_factory=list)
@@ -78,7 +79,7 @@ class Program:
 
     def text(self, outputs: list) -> str:
         head = [f"  symmetry {', '.join(self.groups)}"] if self.groups else []
-        ins = [f"  input {t.name}: {_type(t)}" + (f" is {role}" if role else "") for t, role, _ in self.inputs]
+        ins = [f"  input {t.name}: {_type(t)}" + (f" is {role}" if role else "") for t, role in self.inputs]
         outs = [f"  output {name}" + (f" is {claim}" if claim not in (None, INFERRED) else "")
                 for name, claim in outputs]
         return "\n".join([*self.defs, "model drawn() {", *head, *ins, *self.lines, *outs, "}", ""])
@@ -246,7 +247,7 @@ def attention_pool(p):
 def ragged(p):
     """A segment or scatter pool of rows [R, ...], possibly after moving another axis to the rows."""
     x = p.pick(lambda t: t.dims[0] == "R" or (len(t.dims) == 2 and t.dims[1] == "R"))
-    ids = next((t for t, _, _ in p.inputs if t.name == "ids"), None)
+    ids = next((t for t, _ in p.inputs if t.name == "ids"), None)
     if not x or not ids:
         return None
     name = x.name
@@ -266,7 +267,7 @@ def unsqueeze(p):
 
 
 def embedding(p):
-    ids = next((t for t, _, _ in p.inputs if t.name == "tok"), None)
+    ids = next((t for t, _ in p.inputs if t.name == "tok"), None)
     if ids:
         dim = p.rng.choice([2, 3])
         return p.bind(f"embedding(tok, 6, {dim})", ids.dims + (dim,))
@@ -322,7 +323,7 @@ def residual_block(p):
 
 def frame(p):
     """frame_average around a drawn backbone, with a random group, roles, out, mask and canonical."""
-    pos = next((t for t, role, _ in p.inputs if role == "position" and t.dims[:2] == ("B", "N")), None)
+    pos = next((t for t, role in p.inputs if role == "position" and t.dims[:2] == ("B", "N")), None)
     if not pos:
         return None
     rng = p.rng
@@ -350,7 +351,7 @@ def frame(p):
 
 
 def _declared_roles(p, args) -> list:
-    declared = {t.name: role for t, role, _ in p.inputs}
+    declared = {t.name: role for t, role in p.inputs}
     return [{"invariant": "scalar"}.get(declared.get(t.name), declared.get(t.name)) for t in args]
 
 
@@ -428,7 +429,7 @@ def draw(seed: int) -> tuple[Program, list]:
 
 
 def _input(p, t: Tensor, role):
-    p.inputs.append((t, role, {}))
+    p.inputs.append((t, role))
     if t.dtype == "f":
         p.scope.append(t)
     return t
@@ -440,7 +441,7 @@ def sample(p: Program, gen: torch.Generator, empty_set: bool) -> dict:
     """float64 inputs: Gaussian floats, masks 70% true (one all-false row when `empty_set`), valid
     CSR offsets with an empty set, segment ids that leave a set empty, token ids in range."""
     feeds = {}
-    for t, _, _ in p.inputs:
+    for t, _ in p.inputs:
         shape = [SIZES.get(d, d) if isinstance(d, str) else d for d in t.dims]
         if t.name == "offsets":
             inner = sorted(torch.randint(0, SIZES["R"] + 1, (SIZES["K"] - 3,), generator=gen).tolist())
@@ -469,15 +470,6 @@ def _mask(shape: list, gen: torch.Generator, empty_set: bool) -> torch.Tensor:
     return m
 
 
-def rotation(gen: torch.Generator, reflect: bool) -> torch.Tensor:
-    """Haar-random orthogonal 3x3 (QR of a Gaussian with signs fixed), det -1 when `reflect`."""
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if (torch.det(q) < 0) != reflect:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 @dataclass
 class Action:
     """One element of one declared group, acting on tensors by their declared kind."""
@@ -504,7 +496,7 @@ def action(group: str, gen: torch.Generator, trial: int) -> Action:
         dim = group[2:-1]
         return Action(dim, torch.randperm(SIZES[dim], generator=gen))
     name = group.split("(")[0]
-    rot = rotation(gen, reflect=name in ("O", "E") and trial % 2 == 1) if name != "T" else None
+    rot = random_rotation(gen, reflect=name in ("O", "E") and trial % 2 == 1) if name != "T" else None
     shift = None
     if name in ("T", "E", "SE"):
         v = torch.randn(3, generator=gen, dtype=torch.float64)
@@ -522,15 +514,15 @@ def redraw(module: torch.nn.Module, gen: torch.Generator) -> None:
 def measure(module, p: Program, inputs: list, outputs: list, group: str, gen, trials: int = 2) -> list:
     """For each (output, role): the worst relative error of f(g·x) against g·f(x) over `trials`
     elements of `group` (NaN stays NaN, and fails)."""
-    dims_of = {t.name: t.dims for t, _, _ in p.inputs}
-    role_of = {t.name: role for t, role, _ in p.inputs}
+    dims_of = {t.name: t.dims for t, _ in p.inputs}
+    role_of = {t.name: role for t, role in p.inputs}
     worst = [0.0] * len(outputs)
     with torch.no_grad():
         base = _tuple(module(*inputs))
         for trial in range(trials):
             g = action(group, gen, trial)
             moved = _tuple(module(*(g.on(x, dims_of[t.name], role_of[t.name])
-                                    for x, (t, _, _) in zip(inputs, p.inputs))))
+                                    for x, (t, _) in zip(inputs, p.inputs))))
             for i, ((_, role, dims), y, z) in enumerate(zip(outputs, base, moved)):
                 want = g.on(y, dims, {"scalar": None, "invariant": None}.get(role, role))
                 err = _relative(want, z)
@@ -624,7 +616,7 @@ def _numeric(checked, table, p: Program, seed: int, text: str) -> Outcome:
     ports = {port.name: port for port in checked.outputs}
     for empty in (False, True):
         feeds = sample(p, gen, empty)
-        inputs = [feeds[t.name] for t, _, _ in p.inputs]
+        inputs = [feeds[t.name] for t, _ in p.inputs]
         for group in {str(v.group) for v in claimed}:
             rows = [(port.name, port.role, port.value.type.shape) for port in checked.outputs]
             errors = measure(module, p, inputs, rows, group, gen)
@@ -635,24 +627,15 @@ def _numeric(checked, table, p: Program, seed: int, text: str) -> Outcome:
 
 
 def _record(out: Outcome, v, err: float) -> None:
-    key = (v.output, str(v.group), ports_claim(v))
-    if v.holds:
-        prior = next((r for r in out.proved if r[:3] == key), None)
-        if prior is None:
-            out.proved.append((*key, err))
-        elif not err <= prior[3]:
-            out.proved[out.proved.index(prior)] = (*key, err)
-    else:
-        rule = v.fact.reason.split(" ")[0] if isinstance(v.fact, Broken) else "claim"
-        prior = next((r for r in out.refused if r[:3] == key), None)
-        if prior is None:
-            out.refused.append((*key, err, rule))
-        elif not err <= prior[3]:
-            out.refused[out.refused.index(prior)] = (*key, err, rule)
-
-
-def ports_claim(v) -> str:
-    return str(v.claim)
+    """Keep the worst error (NaN included) per (output, group, claim); a refusal also names its rule."""
+    key = (v.output, str(v.group), str(v.claim))
+    rows = out.proved if v.holds else out.refused
+    row = (*key, err) if v.holds else (*key, err, v.fact.reason.split(" ")[0] if isinstance(v.fact, Broken) else "claim")
+    prior = next((i for i, r in enumerate(rows) if r[:3] == key), None)
+    if prior is None:
+        rows.append(row)
+    elif not err <= rows[prior][3]:
+        rows[prior] = row
 
 
 def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tuple[Counter, list, Counter]:
