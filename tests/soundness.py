@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compiler.verify import random_rotation
+from compiler.verify import random_rotation, redrawn
 from dsl.checker import check
 from dsl.errors import SpecError
 from dsl.groups import Broken
@@ -504,13 +504,6 @@ def action(group: str, gen: torch.Generator, trial: int) -> Action:
     return Action(rot=rot, shift=shift)
 
 
-def redraw(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Every parameter drawn again: non-zero biases, norm scales away from 1."""
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64) * 0.7)
-
-
 def measure(module, p: Program, inputs: list, outputs: list, group: str, gen, trials: int = 2) -> list:
     """For each (output, role): the worst relative error of f(g·x) against g·f(x) over `trials`
     elements of `group` (NaN stays NaN, and fails)."""
@@ -611,8 +604,7 @@ def _numeric(checked, table, p: Program, seed: int, text: str) -> Outcome:
     if not claimed:
         return out
     gen = torch.Generator().manual_seed(seed)
-    module = lower(checked, seed).double()
-    redraw(module, gen)
+    module = redrawn(lower(checked, seed), seed)  # float64, every weight drawn again
     ports = {port.name: port for port in checked.outputs}
     for empty in (False, True):
         feeds = sample(p, gen, empty)
