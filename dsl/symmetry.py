@@ -37,10 +37,11 @@ def to_pos(pos: str) -> ast.Pos:
 def infer(model: CheckedModel, group) -> dict[int, Fact]:
     """The fact of every value (by id) under `group`."""
     facts = {p.value.id: group.input_fact(p.type.shape, p.role) for p in model.inputs}
+    inputs = {p.value.id for p in model.inputs}
 
     def operand(a):
         if isinstance(a, Value):
-            return Operand(facts[a.id], a.type.shape)
+            return Operand(facts[a.id], a.type.shape, a.id in inputs)
         return tuple(map(operand, a)) if isinstance(a, tuple) else a
 
     for step, node in enumerate(model.nodes):

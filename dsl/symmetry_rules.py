@@ -28,6 +28,7 @@ KEEPS_WEIGHTS = {"softmax", "reshape", "permute"}  # the only ops whose result m
 class Operand:
     fact: Fact
     shape: tuple
+    is_input: bool = False  # a model input: data from outside, not computed by the spec
 
 
 @dataclass

@@ -108,9 +108,30 @@ def _cloud(call: Call, pos: Operand, centered: Fact, mask) -> Fact | None:
     return call.broken(f"{call.spelled} of {what(pos)}", "build frames from positions [B, N, 3]")
 
 
+def _unique(call: Call, pos: Operand) -> Broken | None:
+    """Frames are unique, and their averages exact, only for clouds in general position: distinct
+    covariance eigenvalues and, for one canonical frame, third moments that do not vanish. Almost
+    every cloud given as input is (`invc verify` measures how far from a tie); a computed one can
+    miss it by construction, for every input: a layernorm puts its points on a circle, a mean
+    collapses them. Then a tie is settled by rounding: a rotation meets a fixed fallback axis, a
+    permutation reorders the sums that pick a sign. So a computed cloud is refused wherever a tie
+    would break the claim: under rotations, and for canonical frames under any group."""
+    canonical = call.arg(4, "canonical")
+    if pos.is_input or not (canonical or call.group.rotates):
+        return None
+    mode = "a canonical frame" if canonical else "frames"
+    return call.broken(f"{call.spelled} builds {mode} from a computed cloud, which may be degenerate "
+                       "(tied eigenvalues or a vanishing third moment) for every input",
+                       "build the frames from an input `is position` and pass computed points with "
+                       "the vector or scalar role" + ("" if call.group.rotates else "; or use all frames"))
+
+
 @rule("frame_basis")
 def frame_basis(call: Call) -> Fact:
     pos, centroid, mask = call.arg(0), call.arg(1, "centroid"), call.arg(2, "mask")
+    refused = _unique(call, pos)
+    if refused:
+        return refused
     fact = _cloud(call, pos, _relative(call, pos, centroid), mask)
     if isinstance(fact, FrameBasis) and call.arg(3, "proper") and call.group.reflects:
         return call.broken(f"{call.spelled} with proper (det +1) frames",

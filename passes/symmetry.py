@@ -20,7 +20,7 @@ UNPLACED = "<optimized>:0:0"  # nodes that passes made have no spec position
 
 def _operand(a, facts: dict):
     if isinstance(a, fx.Node):
-        return Operand(facts[a], tuple(a.meta["shape"]))
+        return Operand(facts[a], tuple(a.meta["shape"]), a.op == "placeholder")
     return tuple(_operand(x, facts) for x in a) if isinstance(a, (tuple, list)) else a
 
 
