@@ -94,10 +94,11 @@ def parameter_count(module) -> int:
 
 
 def metadata(checked: CheckedModel) -> dict[str, str]:
-    from runtime.session import VOCAB_KEY
+    from runtime.session import INDEX_KEY, VOCAB_KEY
     return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
             **{f"invc.{k}": v for k, v in checked.declarations().items()},
-            **{VOCAB_KEY + name: str(rows) for name, rows in token_inputs(checked).items()}}
+            **{VOCAB_KEY + name: str(rows) for name, rows in token_inputs(checked).items()},
+            **{INDEX_KEY + name: str(dim) for name, dim in gathered_inputs(checked).items()}}
 
 
 def token_inputs(checked: CheckedModel) -> dict[str, int]:
@@ -110,3 +111,10 @@ def token_inputs(checked: CheckedModel) -> dict[str, int]:
             name = inputs[ids.id]
             rows[name] = min(rows.get(name, n.params["weight"].shape[0]), n.params["weight"].shape[0])
     return rows
+
+
+def gathered_inputs(checked: CheckedModel) -> dict[str, str | int]:
+    """Inputs that gather reads as its index, with the dim (a name or a size) they index."""
+    inputs = {p.value.id: p.name for p in checked.inputs}
+    return {inputs[n.args[1].id]: n.args[0].type.shape[n.kwargs["axis"]]
+            for n in checked.nodes if n.op == "gather" and n.args[1].id in inputs}

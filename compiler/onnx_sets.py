@@ -132,6 +132,10 @@ def _scatter_reduce(g, node, x, segment_ids, like, kind):
     return _scatter(g, g.value(x), ids, count, kind, len(x.meta["shape"]), x.meta["dtype"])
 
 
+def _gather(g, node, x, index, axis):
+    return g.op("Gather", g.value(x), g.value(index), axis=axis)
+
+
 # -- frames ------------------------------------------------------------------------------------------
 class _Value:
     """An ONNX value name with its dtype, so Python numbers can become constants of that dtype."""
@@ -292,6 +296,7 @@ EMITTERS.update({
     sets.attention_pool: _attention_pool,
     sets.segment_reduce: _segment_reduce,
     sets.scatter_reduce: _scatter_reduce,
+    sets.gather: _gather,
     frames.frame_centroid: _frame_centroid,
     frames.frame_basis: _frame_basis,
     frames.frame_in: _frame_in,

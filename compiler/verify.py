@@ -59,8 +59,10 @@ class Element:
     shift: torch.Tensor | None = None     # [3], float64
 
     def act(self, fact, x: torch.Tensor) -> torch.Tensor:
-        from dsl.groups import Permuted, Rotated, Translated
-        if isinstance(fact, Permuted):
+        from dsl.groups import Permuted, Relabeled, Rotated, Translated
+        if isinstance(fact, Relabeled):  # element i is now at place argsort(perm)[i]
+            x = torch.argsort(self.perm)[x]
+        if isinstance(fact, (Permuted, Relabeled)):
             for axis in fact.axes:
                 x = x.index_select(axis, self.perm)
         elif isinstance(fact, (Rotated, Translated)):
@@ -260,7 +262,7 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
                                  tol if dtype == torch.float32 else TOLERANCE[torch.float64])
                      for i, (p, f) in enumerate(claimed)]
     return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
-                  *_conditioning(gm, checked, inputs))
+                  *_conditioning(gm, inputs))
 
 
 def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
@@ -337,7 +339,8 @@ def _mask(shape: list, gen: torch.Generator) -> torch.Tensor:
 
 def _index_readers(checked, size) -> dict:
     """Input value id -> sampler, for integer inputs that index: CSR offsets (sorted, from 0 to the
-    row count, one set empty), segment ids (in [0, S-1): the last set is empty), embedding ids."""
+    row count, one set empty), segment ids (in [0, S-1): the last set is empty), embedding ids,
+    gathered positions (in range)."""
     readers = {}
     for node in checked.nodes:
         if node.op == "segment_reduce":
@@ -347,6 +350,9 @@ def _index_readers(checked, size) -> dict:
             sets = size(node.value.type.shape[0])
             readers[node.args[1].id] = lambda shape, gen, sets=sets: torch.randint(0, max(sets - 1, 1), shape,
                                                                                    generator=gen)
+        elif node.op == "gather":
+            n = size(node.args[0].type.shape[node.kwargs["axis"]])
+            readers.setdefault(node.args[1].id, lambda shape, gen, n=n: torch.randint(0, n, shape, generator=gen))
         elif node.op == "embedding":
             num = next(iter(node.params.values())).shape[0]
             readers[node.args[0].id] = lambda shape, gen, num=num: torch.randint(0, num, shape, generator=gen)
@@ -415,20 +421,27 @@ def _ports(ports) -> str:
                             for name, shape in ports))
 
 
-def _conditioning(gm, checked, inputs) -> tuple[float | None, str | None]:
-    """Where frame averaging loses exactness: the frames' conditioning on the sampled clouds, and
-    the frame mode they call for."""
+def _conditioning(gm, inputs) -> tuple[float | None, str | None]:
+    """Where frame averaging loses exactness: the worst conditioning of the clouds that reach any
+    frame_basis on the sampled inputs (computed clouds included), and the frame mode it calls for."""
+    import torch.fx as fx
+
     from runtime import frames, ops
-    node = next((n for n in gm.graph.nodes if n.op == "call_function" and n.target is ops.frame_basis), None)
-    if node is None:
+    clouds = []
+
+    class Spy(fx.Interpreter):
+        def call_function(self, target, args, kwargs):
+            if target is ops.frame_basis:
+                clouds.append((args[0], kwargs.get("mask"), kwargs["proper"]))
+            return super().call_function(target, args, kwargs)
+
+    if not any(n.target is ops.frame_basis for n in gm.graph.nodes):
         return None, None
-    names = [p.name for p in checked.inputs]
-    pos = inputs[names.index(node.args[0].meta["name"])] if node.args[0].op == "placeholder" else None
-    mask = node.kwargs.get("mask")
-    mask = inputs[names.index(mask.meta["name"])] if mask is not None and mask.op == "placeholder" else None
-    if pos is None:
-        return None, None
-    return float(ops.frame_conditioning(pos, mask).min()), frames.recommend(pos, mask, node.kwargs["proper"])
+    with torch.no_grad():
+        Spy(gm).run(*inputs)
+    scored = [(float(ops.frame_conditioning(pos, mask).min()), pos, mask, proper) for pos, mask, proper in clouds]
+    gap, pos, mask, proper = min(scored, key=lambda c: c[0])
+    return gap, frames.recommend(pos, mask, proper)
 
 
 # -- orbits ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Symmetry groups and symmetry facts: small immutable values that print, compare and combine.
 
-    S(N)    permutations of the symbolic dim N, on every input that has it
+    S(N)    permutations of the symbolic dim N, on every input that has it, and relabelling of
+            the values of inputs declared `is index(N)` (node ids of an edge list)
     O(3)    rotations and reflections of a size-3 coordinate axis; SO(3) rotations only
     T(3)    translations of positions
     E(3)    O(3) ⋉ T(3); SE(3) = SO(3) ⋉ T(3)
@@ -11,13 +12,21 @@ position, or broken (with the op and the rule that broke it). Torch-free: `invc 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from dsl import ast
 from dsl.errors import SpecError, did_you_mean
-from dsl.types import FLOATS
+from dsl.types import FLOATS, INTS
 
 ROLES = ("position", "vector", "scalar", "invariant")  # scalar and invariant mean the same
+INDEX = re.compile(r"index\((\w+)\)")  # the role of integer positions along a set dim
+
+
+def indexed_dim(role: str | None) -> str | None:
+    """N for the role `index(N)`, else None."""
+    found = INDEX.fullmatch(role or "")
+    return found.group(1) if found else None
 
 
 # Facts --------------------------------------------------------------------------------------
@@ -58,6 +67,16 @@ class Permuted:
     def __str__(self) -> str:
         frames = f" (frames of {self.by})" if self.by else ""
         return f"permuted on axis {', '.join(map(str, self.axes))}{frames}"
+
+
+@dataclass(frozen=True)
+class Relabeled:
+    """Integer positions along the permuted dim (an `index(N)` input): S(N) maps each value i to
+    the new place of element i, and reorders `axes` too. Only gather and scatter_pool read it."""
+    axes: tuple = ()
+
+    def __str__(self) -> str:
+        return "relabelled indices" + (f", permuted on axis {', '.join(map(str, self.axes))}" if self.axes else "")
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,7 @@ class Broken:
         return f"broken: {self.reason} ({self.pos})"
 
 
-Fact = Invariant | Permuted | Rotated | Translated | Squared | Weighted | FrameBasis | Broken
+Fact = Invariant | Permuted | Relabeled | Rotated | Translated | Squared | Weighted | FrameBasis | Broken
 
 
 # Groups -------------------------------------------------------------------------------------
@@ -146,6 +165,8 @@ class Permutations:
 
     def input_fact(self, shape: tuple, role: str | None) -> Fact:
         axes = tuple(i for i, d in enumerate(shape) if d == self.dim)
+        if indexed_dim(role) == self.dim:
+            return Relabeled(axes)
         return Permuted(axes) if axes else Invariant()
 
     def claim(self, shape: tuple, role: str | None) -> Fact | None:
@@ -299,14 +320,26 @@ def _check_acts(model, g: Group, pos) -> None:
 def _check_role(port, groups: Product, kind: str) -> None:
     if port.role is None:
         return
+    if indexed_dim(port.role) is not None:  # the grammar allows it on inputs only
+        return _check_index(port, groups)
     if port.role not in ROLES:
         raise SpecError.at(port.pos, f"unknown role `{port.role}` for {kind} `{port.name}`",
-                           did_you_mean(port.role, ROLES) or f"roles: {', '.join(ROLES)}")
+                           did_you_mean(port.role, ROLES) or f"roles: {', '.join(ROLES)}, index(N)")
     if not len(groups):
         raise SpecError.at(port.pos, f"{kind} `{port.name}` is declared {port.role}, but the model "
                                      "declares no symmetry", "add `symmetry S(N)` or `symmetry E(3)` ...")
     if port.role in ("position", "vector"):
         _check_coordinates(port, groups, kind)
+
+
+def _check_index(port, groups: Product) -> None:
+    dim = indexed_dim(port.role)
+    if port.value.type.dtype not in INTS:
+        raise SpecError.at(port.pos, f"input `{port.name}` is {port.role}, so it must hold integers, "
+                                     f"got {port.value.type}", "declare it i64[...]")
+    if Permutations(dim) not in groups.factors:
+        raise SpecError.at(port.pos, f"input `{port.name}` is {port.role}, but the model does not declare S({dim})",
+                           f"add `symmetry S({dim})`, or drop the role")
 
 
 def _check_coordinates(port, groups: Product, kind: str) -> None:

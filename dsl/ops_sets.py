@@ -6,6 +6,7 @@ and frame averaging around a def. They emit the runtime/sets.py and runtime/fram
     segment_pool(x, offsets, kind="max", deterministic=false)
                                                           segment_reduce (CSR offsets [S+1])
     scatter_pool(x, ids, like=t, kind="sum")              scatter_reduce (segment ids)
+    gather(x, index, axis=N)                              gather (rows picked by index [E])
     unsqueeze(x, axis)                                    reshape (a new axis of size 1)
     frame_average(backbone, [pos, vel, q], group="E(3)", out="position", mask=m, canonical=false)
                                                           frame_centroid, frame_basis, frame_in,
@@ -96,6 +97,17 @@ def scatter_pool(ctx, x: Tensor, ids: Tensor, like: Tensor, kind: str = "sum"):
         ctx.error(f"scatter_pool: `like` needs a dim 0 (the number of sets), got {like.type}")
     out = TensorType(x.type.dtype, like.type.shape[:1] + x.type.shape[1:])
     return ctx.emit("scatter_reduce", (x, ids, like), out, kwargs={"kind": kind})
+
+
+@op
+def gather(ctx, x: Tensor, index: Tensor, axis: Axis = 0):
+    """The elements of x at integer positions along `axis`: index [E] turns that axis into E. With
+    `input senders: i64[E] is index(N)`, gather(h, senders, axis=N) gives each edge its sender's row."""
+    _float(ctx, x)
+    _index_vector(ctx, index, "index")
+    ax = ctx.axis(x, axis)
+    out = TensorType(x.type.dtype, x.type.shape[:ax] + index.type.shape + x.type.shape[ax + 1:])
+    return ctx.emit("gather", (x, index), out, kwargs={"axis": ax})
 
 
 @op

@@ -241,6 +241,10 @@ class _ToAst(Transformer):
         return ast.Input(str(name), str(dtype), tuple(d for d in dims if d is not None),
                          None if role is None else str(role), self._pos(name))
 
+    @v_args(inline=True)
+    def role(self, name, dim):
+        return str(name) if dim is None else f"{name}({dim})"
+
     @v_args(meta=True, inline=True)
     def output_decl(self, meta, name, role):
         return ast.Output(str(name), None if role is None else str(role), self._pos(name))

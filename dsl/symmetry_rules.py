@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Rotated, Simplex, Squared, Translated, Weighted
+from dsl.groups import (Broken, Fact, FrameBasis, Invariant, Permuted, Relabeled, Rotated, Simplex, Squared, Translated,
+                        Weighted)
 from dsl.ops import ACTIVATIONS, BINARY
 from dsl.types import dim_product
 
@@ -22,6 +23,7 @@ SEES_INVARIANTS: set = set()  # ops whose result is not simply invariant when th
 FRAME_READERS = {"frame_in", "frame_out"}  # the only ops that may read a frame basis
 WEIGHTED_READERS = {"reduce_sum"}  # weighted positions mean something only once summed
 KEEPS_WEIGHTS = {"softmax", "reshape", "permute"}  # the only ops whose result may sum to one
+INDEX_READERS = {"gather", "scatter_reduce"}  # the only ops that may read relabelled indices
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ def apply(call: Call, group) -> Fact:
     if any(isinstance(f, Weighted) for f in facts) and call.op not in WEIGHTED_READERS:
         return call.broken(f"{call.spelled} of softmax-weighted positions",
                            "sum them over the softmax axis right away: a convex combination is a position")
+    if any(isinstance(f, Relabeled) for f in facts) and call.op not in INDEX_READERS:
+        return call.broken(f"{call.spelled} of indices that S(N) relabels",
+                           "read an `index(N)` input only with gather or as scatter_pool's ids")
     if all(isinstance(f, Invariant) for f in facts) and call.op not in SEES_INVARIANTS:
         return Invariant()  # a function of invariants is invariant, whatever the op
     fact = group.normalize(fn(replace(call, group=group)))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Rotated, Translated
-from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, arithmetic, axes_of, merged, reduced, rule,
+from dsl.groups import Broken, Fact, FrameBasis, Invariant, Permuted, Relabeled, Rotated, Translated
+from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, arithmetic, axes_of, merged, moved, reduced, rule,
                                 what)
 
 FRAMES_HINT = "frame_in takes positions with their centroid, or vectors without; invariants go through frame_tile"
@@ -70,14 +70,58 @@ def segment_reduce(call: Call) -> Fact:
 
 @rule("scatter_reduce")
 def scatter_reduce(call: Call) -> Fact:
-    """Rows permuted together with their segment ids reduce to the same sets; `like` gives a size."""
+    """Rows permuted together with their segment ids reduce to the same sets; `like` gives a size.
+    Ids relabelled by S(N) send the same rows to N's new places: the sets, if they are N, permute."""
     x, ids = call.arg(0), call.arg(1, "segment_ids")
+    if isinstance(ids.fact, Relabeled):
+        return _into_relabelled_sets(call, x, ids)
     rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
     expected = replace(x.fact, axes=(0,)) if rows_permuted else Invariant()
     if merged((ids.fact, expected)) is None:
         return call.broken(f"{call.spelled} with segment ids not permuted like its rows",
                            "permute the ids with the rows")
     return x.fact if isinstance(x.fact, Invariant) else reduced(call, x, 0, True, call.arg(3, "kind"), subsets=True)
+
+
+def _into_relabelled_sets(call: Call, x: Operand, ids: Operand) -> Fact:
+    rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
+    if call.shape[0] != call.group.dim or rows_permuted != (0 in ids.fact.axes):
+        return call.broken(f"{call.spelled} by ids that {call.group} relabels, " +
+                           (f"into sets {call.shape[0]} that are not {call.group.dim}" if call.shape[0] != call.group.dim
+                            else "with rows not permuted like the ids"),
+                           f"pool into `like` with dim 0 {call.group.dim}, the dim the ids index")
+    return _permuted_at(call, reduced(call, x, 0, True, call.arg(3, "kind"), subsets=True), 0)
+
+
+def _permuted_at(call: Call, fact: Fact, axis: int) -> Fact:
+    """`fact`, with the group's permutation on `axis` as well."""
+    if isinstance(fact, Invariant):
+        return Permuted((axis,))
+    if isinstance(fact, Permuted) and not fact.by and axis not in fact.axes:
+        return Permuted(tuple(sorted((*fact.axes, axis))))
+    return fact if isinstance(fact, Broken) else call.broken(
+        f"{call.spelled}: its index permutes axis {axis} of a result that is {fact}")
+
+
+@rule("gather")
+def gather(call: Call) -> Fact:
+    """x's elements along `axis` at an index's positions. Indices relabelled with a permutation of
+    that axis pick the same elements after it, so x's facts on its other axes carry over; indices
+    that do not relabel pick other elements of a permuted x. An index permuted along its own axis
+    (edges reordered) permutes the result there."""
+    x, index, axis = call.arg(0), call.arg(1, "index"), call.arg(2, "axis")
+    along = isinstance(x.fact, Permuted) and axis in x.fact.axes and not x.fact.by
+    relabels = isinstance(index.fact, Relabeled)
+    if along != relabels:
+        return call.broken(f"gather of {what(x)} by indices that {call.group} relabels" if relabels else
+                           f"gather of {what(x)} by indices that {call.group} does not relabel",
+                           f"declare the index input `is index({x.shape[axis]})`" if along else
+                           f"gather along a set axis {call.group} permutes")
+    if axis in axes_of(x.fact) and not along:
+        return call.broken(f"gather over the coordinates of {what(x)}", COORD_HINT)
+    rest = moved(x.fact, [k for k in x.fact.axes if k != axis]) if along else x.fact
+    moves = index.fact.axes if isinstance(index.fact, (Relabeled, Permuted)) else ()
+    return _permuted_at(call, rest, axis) if moves else rest
 
 
 # Frames -------------------------------------------------------------------------------------

@@ -40,9 +40,10 @@ def empty_dim(name: str, declared: tuple, shape: tuple) -> str | None:
     return None
 
 
-def out_of_range(name: str, ids: np.ndarray, vocab: int) -> str | None:
-    """Why token ids are refused, or None: each must index a row of the embedding's table. ONNX Gather
-    would read -1 as the last row, and torch would fail deep inside the model."""
+def out_of_range(name: str, ids: np.ndarray, vocab: int, rows: str = "the embedding table's {} rows") -> str | None:
+    """Why token ids (or gathered positions) are refused, or None: each must index a row of the
+    embedding's table (an element of the gathered axis). ONNX Gather would read -1 as the last row,
+    and torch would fail deep inside the model."""
     if ids.size == 0:
         return None
     bad = np.flatnonzero((ids < 0) | (ids >= vocab))
@@ -50,4 +51,4 @@ def out_of_range(name: str, ids: np.ndarray, vocab: int) -> str | None:
         return None
     where = np.unravel_index(bad[0], ids.shape)
     return (f"input {name!r}: id {ids[where]} at {list(map(int, where))} is outside [0, {vocab}) "
-            f"(the embedding table's {vocab} rows); {bad.size} of {ids.size} ids are out of range")
+            f"({rows.format(vocab)}); {bad.size} of {ids.size} ids are out of range")

@@ -133,4 +133,4 @@ def reduce_min(x, axis, keepdim=False):
 # The set and frame ops live in their own modules; lowering finds every op here by name.
 from runtime.frames import (frame_basis, frame_centroid, frame_conditioning,  # noqa: E402,F401
                             frame_in, frame_out, frame_tile)
-from runtime.sets import attention_pool, masked_reduce, scatter_reduce, segment_reduce  # noqa: E402,F401
+from runtime.sets import attention_pool, gather, masked_reduce, scatter_reduce, segment_reduce  # noqa: E402,F401

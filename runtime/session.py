@@ -16,6 +16,7 @@ from runtime.inputs import InputError, empty_dim, out_of_range
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 VOCAB_KEY = "invc.vocab."  # metadata: "invc.vocab.tokens" = "256", the rows input `tokens` indexes
+INDEX_KEY = "invc.index."  # metadata: "invc.index.senders" = "N", the dim (or size) input `senders` indexes
 
 _ORT_DTYPES = {
     "tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
@@ -105,6 +106,7 @@ class Session:
         meta = self._session.get_modelmeta().custom_metadata_map
         # Token-id inputs and the table size each indexes, as invc records them (VOCAB_KEY + name).
         self.vocab = {k[len(VOCAB_KEY):]: int(v) for k, v in meta.items() if k.startswith(VOCAB_KEY)}
+        self.index = {k[len(INDEX_KEY):]: v for k, v in meta.items() if k.startswith(INDEX_KEY)}
 
     def run(self, inputs: dict | None = None, /, **kwargs) -> dict[str, np.ndarray]:
         feeds = {name: _to_numpy(v) for name, v in {**(inputs or {}), **kwargs}.items()}
@@ -127,6 +129,10 @@ class Session:
             reason = empty_dim(info.name, info.shape, feeds[info.name].shape)
             if reason is None and info.name in self.vocab:
                 reason = out_of_range(info.name, feeds[info.name], self.vocab[info.name])
+            dim = self.index.get(info.name, "")
+            size = int(dim) if dim.isdigit() else seen.get(dim, (None, None, None))[2]
+            if reason is None and size is not None:
+                reason = out_of_range(info.name, feeds[info.name], size, f"the {{}} elements of dim {dim}")
             if reason:
                 raise InputError(reason)
         check_offsets(self.inputs, feeds)

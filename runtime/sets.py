@@ -17,6 +17,8 @@ read these semantics):
     scatter_reduce(x, segment_ids, like, kind)
                                             x [R, ...], segment_ids i64 [R] in [0, S) in any order,
                                             like: any tensor whose dim 0 is S -> [S, ...].
+    gather(x, index, axis)                  x [..., N, ...], index i64 [E] in [0, N) -> x with
+                                            `axis` N replaced by E (the rows an edge list names).
 
 An empty set (all-False mask row, equal offsets, an unused id) reduces to 0 for every kind, never
 ±inf or NaN. NaN in a set's real elements gives NaN in that set's result. `deterministic` picks a
@@ -95,3 +97,7 @@ def scatter_reduce(x, segment_ids, like, kind):
     index = segment_ids.reshape((rows,) + (1,) * (x.dim() - 1)).expand_as(x)
     # include_self=False: a set no row reaches keeps the 0 it started with.
     return out.scatter_reduce_(0, index, x, "amax" if kind == "max" else "amin", include_self=False)
+
+
+def gather(x, index, axis):
+    return torch.index_select(x, axis, index)

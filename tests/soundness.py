@@ -30,7 +30,7 @@ from dsl.program import load_text
 from dsl.symmetry import verdicts
 
 TOL = 1e-6          # float64 relative error that still counts as exact
-SIZES = {"B": 3, "N": 5, "R": 7, "S": 3, "K": 4}
+SIZES = {"B": 3, "N": 5, "R": 7, "S": 3, "K": 4, "E": 8}
 ROLE_OF_OUT = ("invariant", "vector", "position")
 INFERRED = "inferred"  # a claim chosen after inference: what the checker says it proves, to be measured
 
@@ -259,6 +259,30 @@ def ragged(p):
     return p.bind(f'scatter_pool({name}, ids, like=like, kind="{how}")', ("S",) + x.dims[1:])
 
 
+def gather(p):
+    """Rows of a tensor picked along N (or any axis of that size) by an edge list's node ids."""
+    x = p.pick(lambda t: "N" in t.dims)
+    index = p.rng.choice(_edge_lists(p)) if x and _edge_lists(p) else None
+    if index:
+        k = x.dims.index("N")
+        return p.bind(f"gather({x.name}, {index.name}, axis={k if p.rng.random() < 0.5 else 'N'})",
+                      x.dims[:k] + ("E",) + x.dims[k + 1:])
+
+
+def scatter_back(p):
+    """Edge rows [E, ...] pooled into the nodes an edge list names, like a tensor [N, ...]."""
+    x = p.pick(lambda t: t.dims[0] == "E")
+    like = x and p.pick(lambda t: t.dims[0] == "N")
+    if like and _edge_lists(p):
+        index = p.rng.choice(_edge_lists(p))
+        how = p.rng.choice(["sum", "mean", "max", "min"])
+        return p.bind(f'scatter_pool({x.name}, {index.name}, like={like.name}, kind="{how}")', ("N",) + x.dims[1:])
+
+
+def _edge_lists(p) -> list:
+    return [t for t, _ in p.inputs if t.dims == ("E",)]
+
+
 def unsqueeze(p):
     x = p.pick()
     if x:
@@ -375,9 +399,10 @@ def _backbone(rng, args, params, out) -> str:
 
 
 VOCABULARY = [linear, mlp, norm, elementwise, elementwise, arithmetic, divide, matmul, attention, concat,
-              flatten, transpose, reduce, pool, attention_pool, ragged, unsqueeze, embedding,
+              flatten, transpose, reduce, pool, attention_pool, ragged, unsqueeze, embedding, gather, scatter_back,
               centred, squared_norm, pairs, convex, residual_block, frame]
 MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic]
+GRAPH_MOTIFS = [gather, gather, scatter_back, scatter_back, squared_norm, arithmetic]  # message passing
 
 
 # -- drawing a whole spec --------------------------------------------------------------------------
@@ -386,14 +411,22 @@ def draw(seed: int) -> tuple[Program, list]:
     """A random spec: its groups and inputs, 2-7 statements, and 1-2 outputs with claims."""
     rng = random.Random(seed)
     p = Program(rng, [])
-    scenario = rng.choice(["euclid", "euclid", "sets", "ragged"])
+    scenario = rng.choice(["euclid", "euclid", "sets", "ragged", "graph"])
     euclid = rng.choice(["E(3)", "O(3)", "SO(3)", "SE(3)", "T(3)"])
-    if scenario == "ragged":
-        p.groups = [g for g in ("S(R)", euclid if rng.random() < 0.5 else None) if g]
-        _input(p, Tensor("x", ("R", rng.choice([2, 3]))), rng.choice([None, "scalar"]) if len(p.groups) else None)
+    if scenario == "graph":  # an edge list over nodes N, whose ids S(N) relabels when declared so
+        p.groups = [g for g in ("S(N)", euclid if rng.random() < 0.5 else None) if g]
+        _input(p, Tensor("h", ("N", rng.choice([2, 3]))), rng.choice([None, "scalar"]))
         if len(p.groups) > 1:
+            _input(p, Tensor("pos", ("N", 3)), "position")
+        for name in ("senders", "receivers"):
+            _input(p, Tensor(name, ("E",), "i"), "index(N)" if rng.random() < 0.85 else None)
+    elif scenario == "ragged":  # rows R in sets S: S(R) moves rows with their ids, S(S) relabels the sets
+        sets = rng.random() < 0.3
+        p.groups = [g for g in ("S(R)", "S(S)" if sets else None, euclid if rng.random() < 0.5 else None) if g]
+        _input(p, Tensor("x", ("R", rng.choice([2, 3]))), rng.choice([None, "scalar"]) if len(p.groups) else None)
+        if euclid in p.groups:
             _input(p, Tensor("rpos", ("R", 3)), "position")
-        _input(p, Tensor("ids", ("R",), "i"), None)
+        _input(p, Tensor("ids", ("R",), "i"), "index(S)" if sets else None)
         _input(p, Tensor("offsets", ("K",), "i"), None)
         _input(p, Tensor("like", ("S", 1)), None)
     else:
@@ -416,7 +449,8 @@ def draw(seed: int) -> tuple[Program, list]:
     for _ in range(steps * 3):
         if len(p.lines) >= steps:
             break
-        op = rng.choice(MOTIFS if rng.random() < 0.4 else VOCABULARY)
+        motifs = GRAPH_MOTIFS if scenario == "graph" else MOTIFS
+        op = rng.choice(motifs if rng.random() < 0.5 else VOCABULARY)
         op(p)
     made = [t for t in p.scope if t not in [i[0] for i in p.inputs]] or p.scope[:1]
     outputs = []
@@ -439,11 +473,14 @@ def _input(p, t: Tensor, role):
 
 def sample(p: Program, gen: torch.Generator, empty_set: bool) -> dict:
     """float64 inputs: Gaussian floats, masks 70% true (one all-false row when `empty_set`), valid
-    CSR offsets with an empty set, segment ids that leave a set empty, token ids in range."""
+    CSR offsets with an empty set, segment ids that leave a set empty, token ids in range, node ids
+    of an edge list in range (no edge into the last node)."""
     feeds = {}
     for t, _ in p.inputs:
         shape = [SIZES.get(d, d) if isinstance(d, str) else d for d in t.dims]
-        if t.name == "offsets":
+        if t.name in ("senders", "receivers"):
+            feeds[t.name] = torch.randint(0, SIZES["N"] - (t.name == "receivers"), shape, generator=gen)
+        elif t.name == "offsets":
             inner = sorted(torch.randint(0, SIZES["R"] + 1, (SIZES["K"] - 3,), generator=gen).tolist())
             feeds[t.name] = torch.tensor([0, *inner, inner[-1], SIZES["R"]])  # one set is empty
         elif t.name == "ids":
@@ -479,6 +516,10 @@ class Action:
     shift: torch.Tensor | None = None
 
     def on(self, x: torch.Tensor, dims: tuple, kind: str | None) -> torch.Tensor:
+        if self.dim is not None and kind == f"index({self.dim})":  # ids of elements: i is now at inverse[i]
+            inverse = torch.empty_like(self.perm)
+            inverse[self.perm] = torch.arange(len(self.perm))
+            x = inverse[x]
         if self.dim is not None:
             for k, d in enumerate(dims):
                 if d == self.dim:

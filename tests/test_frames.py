@@ -314,6 +314,19 @@ def test_verify_recommends_a_frame_mode():
     assert report.frame_mode.startswith("frames: canonical=true is exact") and report.frame_mode in str(report)
 
 
+def test_verify_measures_the_cloud_the_frames_see(tmp_path):
+    """A computed cloud (here on a line, so two eigenvalues tie for every input) is measured where
+    the frames meet it, not skipped because it is no input."""
+    from compiler.verify import verify
+    spec = tmp_path / "line.inv"
+    spec.write_text("def bb(p) { return linear(pool(relu(linear(p, 8)), axis=1), 2) }\n"
+                    "model m() {\n  symmetry S(N)\n  input h: f32[B, N, 4]\n"
+                    "  c = linear(linear(h, 1), 3)\n  y = frame_average(bb, [c], roles=[\"position\"])\n"
+                    "  output y is invariant\n}\n")
+    report = verify(spec, trials=1)
+    assert report.conditioning <= frames.GAP_TOL and "neither mode is exact" in report.frame_mode, str(report)
+
+
 def test_canonical_nbody_is_equivariant(tmp_path):
     spec = tmp_path / "nbody.inv"
     spec.write_text(open("examples/nbody.inv").read().replace('out="position")', 'out="position", canonical=true)'))

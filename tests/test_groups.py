@@ -76,6 +76,12 @@ BAD = [  # (lines, line, column, message, hint); line 1 is `model m() {`
     (["symmetry E(3)", "input p: f32[N, 3]", "output p"], 2, 10, "E(3) acts on no input", "is position"),
     (["symmetry E(3)", "input p: f32[N, 3] is position", "h = sum(p, axis=-1)", "output h is vector"], 5, 8,
      "output `h` is a vector, so E(3) acts on its last axis, which has size N", None),
+    (["symmetry S(N)", "input h: f32[N, 3]", "input s: f32[E] is index(N)", "output h"], 4, 7,
+     "input `s` is index(N), so it must hold integers", "i64"),
+    (["symmetry S(E)", "input h: f32[N, 3]", "input s: i64[E] is index(N)", "output h"], 4, 7,
+     "the model does not declare S(N)", "symmetry S(N)"),
+    (["symmetry S(N)", "input h: f32[N, 3]", "input s: i64[N] is index(N)", "output s is index(N)"], 5, 18,
+     "unexpected '('", None),  # a role of inputs only
 ]
 
 

@@ -39,6 +39,27 @@ def test_token_ids_outside_the_table_are_refused(transformer, bad, where):
     assert not np.allclose(session.run(feeds(ids))["logits"][1, 2], ok[1, 2])
 
 
+@pytest.fixture(scope="module")
+def edge_list_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("egnn") / "egnn_sparse.onnx"
+    compiler.compile(EXAMPLES / "egnn_sparse.inv", out=out, params={"hidden": 8})
+    return out
+
+
+@pytest.mark.parametrize("bad", [-1, 6, 2**40])
+def test_node_ids_outside_the_set_are_refused(edge_list_model, bad):
+    """ONNX Gather reads -1 as the last node, where torch fails: the Session refuses both alike."""
+    session = Session(edge_list_model)
+    assert session.index == {"senders": "N", "receivers": "N"}
+    rng = np.random.default_rng(0)
+    edges = {"senders": rng.integers(0, 6, 10), "receivers": np.r_[rng.integers(0, 6, 9), 5]}
+    good = {"pos": rng.standard_normal((6, 3), np.float32), "h": rng.standard_normal((6, 4), np.float32), **edges}
+    session.run(good)  # the last node, 5, is in range
+    edges["receivers"][3] = bad
+    with pytest.raises(InputError, match=rf"input 'receivers': id {bad} at \[3\] is outside \[0, 6\) \(the 6 elements of dim N\)"):
+        session.run({**good, **edges})
+
+
 def test_invc_run_refuses_bad_token_ids(transformer, tmp_path, capsys):
     np.save(tmp_path / "ids.npy", np.array([[3, -1]], np.int64))
     np.save(tmp_path / "mask.npy", np.ones((1, 2), bool))

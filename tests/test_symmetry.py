@@ -43,6 +43,7 @@ def causal(p, v, h) {
 }
 """
 FA = ["input vel: f32[B, N, 3] is vector", "input q: f32[B, N, 1] is scalar"]
+SENDERS, RECEIVERS = "input s: i64[E] is index(N)", "input r: i64[E] is index(N)"
 FA_SN = ["input vel: f32[B, N, 3]", "input q: f32[B, N, 1]"]  # the same, with no Euclidean group
 
 
@@ -122,6 +123,16 @@ PROVED = {
     # frames under permutations (a tie there falls back to the same fixed axes, whatever the order).
     "a canonical frame of an input cloud": [SN_E3, POS, *FA, "y = frame_average(mixing, [pos, vel, q], canonical=true)",
                                             "output y is invariant"],
+    # Edge lists: node ids `is index(N)` are relabelled when S(N) permutes the nodes.
+    "messages gathered and scattered by node ids": [SN, "input h: f32[N, 4]", SENDERS, RECEIVERS,
+                                                    "m = relu(linear(gather(h, s, axis=0), 4)) + gather(h, r, axis=N)",
+                                                    "y = scatter_pool(m, r, like=h, kind=\"max\")", "output y is scalar"],
+    "edges reordered": ["symmetry S(E)", "input h: f32[N, 4]", "input s: i64[E]", "y = gather(h, s, axis=0)",
+                        "output y is scalar"],
+    "edge vectors": ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS, RECEIVERS,
+                     "y = gather(pos, r, axis=0) - gather(pos, s, axis=0)", "output y is vector"],
+    "a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
+                                    "y = scatter_pool(h, next, like=h) + gather(h, next, axis=0)", "output y is scalar"],
     "all frames of a computed cloud under S(N)": [SN, "input h: f32[B, N, 3]", *FA_SN, "c = linear(h, 3)",
                                                   "y = frame_average(mixing, [c, vel, q], roles=[\"position\", "
                                                   "\"vector\", \"scalar\"])", "output y is invariant"],
@@ -247,6 +258,11 @@ REFUSED = {  # lines, the text where the breaking op starts, message
     "weights along the coordinates": ([E3, POS, "w = softmax(pos - mean(pos, axis=N, keepdim=true), axis=-1)",
                                        "y = sum(w * pos, axis=-1)", "output y is invariant"], "softmax",
                                       "softmax of a vector"),
+    "node ids that do not relabel": ([SN, "input h: f32[N, 4]", "input s: i64[E]", "y = gather(h, s, axis=0)",
+                                      "output y is invariant"], "gather", "by indices that S(N) does not relabel"),
+    "node ids as tokens": ([SN, "input h: f32[N, 4]", "input s: i64[N] is index(N)",
+                            "y = h + embedding(s, num=9, dim=4)", "output y is scalar"], "embedding",
+                           "embedding of indices that S(N) relabels"),
     # Frames are unique only for clouds in general position, which a computed cloud can miss for
     # every input: all points at their centroid (every eigenvalue tied), or on a layernorm's circle
     # (a third moment of 0, so rounding picks the canonical sign).
