@@ -202,7 +202,7 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 # -- example specs, compiled and run standalone --------------------------------------------------------
 def sample_inputs(gm, sizes=None, seed=0):
     """Random inputs by placeholder; an int input read as CSR offsets gets valid offsets."""
-    sizes, g, out = sizes or {"B": 3, "N": 7, "S": 5}, gen(seed), {}
+    sizes, g, out = sizes or {"B": 3, "N": 7, "S": 5, "E": 11}, gen(seed), {}
     offsets = {n.args[1] for n in gm.graph.nodes if n.op == "call_function" and n.target is sets.segment_reduce}
     for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
         shape = [sizes[d] if isinstance(d, str) else d for d in node.meta["shape"]]

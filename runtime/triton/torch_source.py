@@ -59,6 +59,7 @@ EXPRESSIONS = {
     ops.reduce_mean: lambda x, axis, keepdim: f"{x}.mean({axis}, keepdim={keepdim})",
     ops.reduce_max: lambda x, axis, keepdim: f"{x}.amax({axis}, keepdim={keepdim})",
     ops.reduce_min: lambda x, axis, keepdim: f"{x}.amin({axis}, keepdim={keepdim})",
+    sets.gather: lambda x, index, axis: f"{x}.index_select({axis}, {index})",
     frames.frame_tile: lambda x, frames: f"{x}.unsqueeze(1).expand(-1, {frames}, *{x}.shape[1:]).reshape(-1, *{x}.shape[1:])",
     frames.frame_in: _frame_in,
     frames.frame_out: _frame_out,
