@@ -43,7 +43,7 @@ import compiler  # noqa: E402
 from compiler import onnx_sets  # noqa: E402
 from compiler.onnx_backend import save_onnx, to_onnx  # noqa: E402
 from dsl.checker import check  # noqa: E402
-from dsl.lower import lower  # noqa: E402
+from compiler.lower import lower  # noqa: E402
 from dsl.program import load_text  # noqa: E402
 from passes.cleanup import default_pipeline, for_target  # noqa: E402
 from runtime import frames  # noqa: E402

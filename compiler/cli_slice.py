@@ -46,7 +46,7 @@ def register(sub) -> None:
 
 
 def _schedule(text: str | None) -> list[float] | None:
-    from compiler.errors import InvcError
+    from common.errors import InvcError
     if text is None:
         return None
     try:
@@ -64,7 +64,7 @@ def _progress(desc: str):
 def _tokenizer(path: Path):
     import transformers
 
-    from compiler.errors import InvcError
+    from common.errors import InvcError
     try:
         return transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as err:
@@ -72,8 +72,8 @@ def _tokenizer(path: Path):
 
 
 def run_slice(args) -> int:
-    from compiler.errors import InvcError
-    from compiler.files import check_dir_target, refuse_overlap
+    from common.errors import InvcError
+    from common.files import check_dir_target, refuse_overlap
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
     from passes.slicegpt.slicing import MODES, group_dims, slice_model
@@ -122,7 +122,7 @@ def run_eval(args) -> int:
 
 
 def run_export(args) -> int:
-    from compiler.files import refuse_inputs
+    from common.files import refuse_inputs
     from passes.slicegpt import checkpoint
     from passes.slicegpt.onnx_export import export_onnx
 

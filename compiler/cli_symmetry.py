@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from compiler.commands import _spec_args, parse_params, positive
-from compiler.errors import CheckFailed
+from common.errors import CheckFailed
 
 
 def register(sub) -> None:

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from compiler.errors import CheckFailed, InvcError
+from common.errors import CheckFailed, InvcError
 
 DEFAULT_DEMO = Path(__file__).resolve().parent.parent / "examples" / "deepsets.inv"
 
@@ -174,7 +174,7 @@ def _run(args) -> int:
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
     if args.out:
-        from compiler.files import refuse_inputs
+        from common.files import refuse_inputs
         refuse_inputs(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
     session = Session(args.model, args.provider)
     if session.note:
@@ -204,7 +204,7 @@ def _dims(text: str) -> dict:
 
 def _save_npz(path: str, arrays: dict) -> None:
     import numpy as np
-    from compiler.files import atomic_file
+    from common.files import atomic_file
     with atomic_file(path, "outputs") as f:
         np.savez(f, **arrays)
 

@@ -25,14 +25,14 @@ def _check_for(spec, out, model, params) -> CheckedModel:
     """check(), after refusing an output path that is the spec or one of its imports."""
     program = load(spec)
     if out is not None:
-        from compiler.files import refuse_inputs
+        from common.files import refuse_inputs
         refuse_inputs(out, program.texts, "output")
     return _check(program, model, params)
 
 
 def build(spec: str | Path, model: str | None = None, seed: int = 0, params: dict | None = None, **kw):
     """A trainable torch.fx.GraphModule built from the spec, parameters initialised from `seed`."""
-    from dsl.lower import lower
+    from compiler.lower import lower
     return lower(check(spec, model, params, **kw), seed)
 
 
@@ -63,7 +63,7 @@ def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = Non
             model: str | None = None, seed: int = 0, pipeline=None, dump_after=(), dump=None,
             params: dict | None = None, **kw) -> CompileResult:
     """Compile a spec: check, lower to fx, run the pass pipeline, emit ONNX (written if `out`)."""
-    from dsl.lower import lower
+    from compiler.lower import lower
     from compiler.onnx_backend import save_onnx, to_onnx
     from passes.cleanup import default_pipeline, for_target
 

@@ -1,5 +1,5 @@
 """ONNX backend: an invc fx GraphModule (docs/graph-contract.md) → onnx.ModelProto, built directly
-with onnx.helper from the per-op emitters of compiler/onnx_ops.py.
+with onnx.helper from the per-op emitters of compiler/onnx_ops.py and compiler/onnx_sets.py.
 
 Graph inputs and outputs keep the spec's names; symbolic dims become dim_params, so one file runs
 at every B and N. Parameters become initializers in their own dtype.
@@ -13,13 +13,15 @@ import onnx
 import torch.fx as fx
 from onnx import helper, numpy_helper
 
-from compiler.errors import InvcError
-from compiler.files import atomic_file
-from compiler.onnx_ops import DTYPES, EMITTERS
-from dsl.lower import attribute, bound_args, named_outputs
+from common.dtypes import numpy_dtype, onnx_type
+from common.errors import InvcError
+from common.files import atomic_file
+from compiler import onnx_ops, onnx_sets
+from passes.base import attribute, bound_args, named_outputs
 from runtime.stamp import stamp
 
 __all__ = ["EMITTERS", "to_onnx", "save_onnx"]
+EMITTERS = {**onnx_ops.EMITTERS, **onnx_sets.EMITTERS}  # each op's emitter, keyed by its runtime function
 
 
 
@@ -54,7 +56,7 @@ class GraphBuilder:
         return name
 
     def scalar(self, value, dtype: str) -> str:
-        return self.const(np.array(value, DTYPES[dtype][1]))
+        return self.const(np.array(value, numpy_dtype(dtype)))
 
     def ints(self, values) -> str:
         return self.const(np.array(list(values), np.int64))
@@ -82,7 +84,7 @@ class GraphBuilder:
         name = self.value(arg)
         if arg.meta["dtype"] == dtype:
             return name
-        return self.op("Cast", name, to=DTYPES[dtype][0])
+        return self.op("Cast", name, to=onnx_type(dtype))
 
     def emit(self, node: fx.Node, name: str) -> None:
         emitter = EMITTERS.get(node.target) if node.op == "call_function" else None
@@ -109,7 +111,7 @@ def _target_name(target) -> str:
 
 def _value_info(name: str, node: fx.Node) -> onnx.ValueInfoProto:
     # str entries of the shape (B, N, N*4) become dim_params.
-    return helper.make_tensor_value_info(name, DTYPES[node.meta["dtype"]][0], list(node.meta["shape"]))
+    return helper.make_tensor_value_info(name, onnx_type(node.meta["dtype"]), list(node.meta["shape"]))
 
 
 def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",

@@ -9,19 +9,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper
 
+from common.dtypes import numpy_dtype, onnx_type
 from runtime import ops
 
-# The contract's dtype names → (ONNX element type, numpy dtype).
-DTYPES = {
-    "f16": (TensorProto.FLOAT16, np.float16),
-    "f32": (TensorProto.FLOAT, np.float32),
-    "f64": (TensorProto.DOUBLE, np.float64),
-    "i32": (TensorProto.INT32, np.int32),
-    "i64": (TensorProto.INT64, np.int64),
-    "bool": (TensorProto.BOOL, np.bool_),
-}
 
 
 def _affine(g, x, weight, bias):
@@ -40,7 +32,7 @@ def _embedding(g, node, ids, weight):
 def _ones_like_last(g, x):
     # Built from the runtime width so a symbolic last dim works too; ORT folds it to a constant.
     width = g.op("Shape", g.value(x), start=-1)
-    one = helper.make_tensor("value", DTYPES[x.meta["dtype"]][0], [1], [1])
+    one = helper.make_tensor("value", onnx_type(x.meta["dtype"]), [1], [1])
     return g.op("ConstantOfShape", width, value=one)
 
 
@@ -97,14 +89,14 @@ def _key_mask(g, mask):
 def _causal_keep(g, x):
     # Lower triangle of an N×N all-true square, N read at run time so one file serves every N.
     n = g.op("Shape", g.value(x), start=-2, end=-1)
-    true = helper.make_tensor("value", TensorProto.BOOL, [1], [True])
+    true = helper.make_tensor("value", onnx_type("bool"), [1], [True])
     square = g.op("ConstantOfShape", g.op("Concat", n, n, axis=0), value=true)
     return g.op("Trilu", square, upper=0)
 
 
 def _hide(g, scores, keep, dt):
     # The dtype's most negative finite value, as runtime/ops.py: a fully masked row stays finite.
-    return g.op("Where", keep, scores, g.scalar(np.finfo(DTYPES[dt][1]).min, dt))
+    return g.op("Where", keep, scores, g.scalar(np.finfo(numpy_dtype(dt)).min, dt))
 
 
 def _attention(g, node, x, w_qkv, b_qkv, w_out, b_out, heads, mask, causal):
@@ -179,6 +171,3 @@ EMITTERS = {
     ops.reduce_max: _reduce("ReduceMax"),
     ops.reduce_min: _reduce("ReduceMin"),
 }
-
-
-from compiler import onnx_sets  # noqa: E402,F401 - registers set and frame emitters

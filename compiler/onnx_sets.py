@@ -1,6 +1,6 @@
 """ONNX emitters for the set aggregators (runtime/sets.py) and frame averaging (runtime/frames.py).
 
-Importing this module registers them in compiler.onnx_ops.EMITTERS. Everything is standard
+compiler/onnx_backend.py joins their table with compiler/onnx_ops.py's. Everything is standard
 opset-18 ONNX: Reduce*, Where, ScatterND with a reduction, Gather, CumSum; the 3x3 eigensolver is
 plain arithmetic. onnxruntime's ReduceMax and ScatterND max drop a NaN that is not last, so max and
 min add back a NaN term (the sum of the NaN entries) to keep NaN in, NaN out.
@@ -12,7 +12,7 @@ import math
 import numpy as np
 from onnx import helper
 
-from compiler.onnx_ops import DTYPES, EMITTERS
+from common.dtypes import numpy_dtype, onnx_type
 from runtime import frames, sets
 
 REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
@@ -21,7 +21,7 @@ IDENTITY = {"sum": 0.0, "mean": 0.0, "max": -math.inf, "min": math.inf}
 
 
 def _fill(g, shape: str, value, dtype: str) -> str:
-    return g.op("ConstantOfShape", shape, value=helper.make_tensor("value", DTYPES[dtype][0], [1], [value]))
+    return g.op("ConstantOfShape", shape, value=helper.make_tensor("value", onnx_type(dtype), [1], [value]))
 
 
 def _trailing(g, t: str, start: int, rank: int) -> str:
@@ -44,7 +44,7 @@ def _masked(g, x: str, mask: str | None, axis: int, kind: str, rank: int, dtype:
     real = g.op("Where", keep, x, g.scalar(0.0, dtype))
     if kind == "sum":  # no count: onnxruntime runs nodes whose results nobody reads
         return g.op("ReduceSum", real, axes, keepdims=0)
-    count = _trailing(g, g.op("ReduceSum", g.op("Cast", mask, to=DTYPES[dtype][0]), axes, keepdims=0),
+    count = _trailing(g, g.op("ReduceSum", g.op("Cast", mask, to=onnx_type(dtype)), axes, keepdims=0),
                       axis, rank - 1)
     if kind == "mean":
         return g.op("Div", g.op("ReduceSum", real, axes, keepdims=0), g.op("Max", count, g.scalar(1.0, dtype)))
@@ -65,10 +65,10 @@ def _attention_pool(g, node, x, query, mask):
         xv = g.op("Where", g.op("Unsqueeze", g.value(mask), g.ints([-1])), xv, g.scalar(0.0, dtype))
     scores = g.op("Mul", g.op("MatMul", xv, g.value(query)), g.scalar(1.0 / math.sqrt(width), dtype))
     if mask is not None:
-        scores = g.op("Where", g.value(mask), scores, g.scalar(np.finfo(DTYPES[dtype][1]).min, dtype))
+        scores = g.op("Where", g.value(mask), scores, g.scalar(np.finfo(numpy_dtype(dtype)).min, dtype))
     weights = g.op("Softmax", scores, axis=-1)
     if mask is not None:
-        weights = g.op("Mul", weights, g.op("Cast", g.value(mask), to=DTYPES[dtype][0]))
+        weights = g.op("Mul", weights, g.op("Cast", g.value(mask), to=onnx_type(dtype)))
     return g.op("ReduceSum", g.op("Mul", g.op("Unsqueeze", weights, g.ints([-1])), xv), g.ints([-2]),
                 keepdims=0)
 
@@ -97,7 +97,7 @@ def _scatter(g, x: str, ids: str, count: str, kind: str, rank: int, dtype: str) 
     out = g.op("ScatterND", _fill(g, shape, IDENTITY[kind], dtype), index, x, reduction=SCATTER[kind])
     if kind == "sum":  # before the count's cast: onnxruntime runs nodes whose results nobody reads
         return out
-    count = _trailing(g, g.op("Cast", count, to=DTYPES[dtype][0]), 1, rank)
+    count = _trailing(g, g.op("Cast", count, to=onnx_type(dtype)), 1, rank)
     if kind == "mean":
         return g.op("Div", out, g.op("Max", count, g.scalar(1.0, dtype)))
     nans = g.op("Where", g.op("IsNaN", x), x, g.scalar(0.0, dtype))
@@ -207,10 +207,10 @@ class OnnxMath:
         return _Value(self.g.op("Where", cond.name, self._name(a, dt), self._name(b, dt)), dt)
 
     def const(self, array, like):
-        return _Value(self.g.const(np.asarray(array, DTYPES[like.dtype][1])), like.dtype)
+        return _Value(self.g.const(np.asarray(array, numpy_dtype(like.dtype))), like.dtype)
 
     def cast(self, x, dtype):
-        return x if x.dtype == dtype else _Value(self.g.op("Cast", x.name, to=DTYPES[dtype][0]), dtype)
+        return x if x.dtype == dtype else _Value(self.g.op("Cast", x.name, to=onnx_type(dtype)), dtype)
 
     def dtype(self, x):
         return x.dtype
@@ -257,7 +257,7 @@ class OnnxMath:
         # Equal against 0, 1, ... rather than OneHot, which onnxruntime lacks for float64 values.
         k = self.g.op("ArgMax" if largest else "ArgMin", x.name, axis=-1, keepdims=1)
         hit = self.g.op("Equal", k, self.g.const(np.arange(size, dtype=np.int64)))
-        return _Value(self.g.op("Cast", hit, to=DTYPES[x.dtype][0]), x.dtype)
+        return _Value(self.g.op("Cast", hit, to=onnx_type(x.dtype)), x.dtype)
 
 
 def _frame_centroid(g, node, pos, mask):
@@ -291,7 +291,7 @@ def _frame_conditioning(g, node, pos, mask):
     return frames.conditioning(m, m.wrap(pos), m.wrap(mask)).name
 
 
-EMITTERS.update({
+EMITTERS = {
     sets.masked_reduce: _masked_reduce,
     sets.attention_pool: _attention_pool,
     sets.segment_reduce: _segment_reduce,
@@ -303,4 +303,4 @@ EMITTERS.update({
     frames.frame_tile: _frame_tile,
     frames.frame_out: _frame_out,
     frames.frame_conditioning: _frame_conditioning,
-})
+}

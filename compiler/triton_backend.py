@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
-from compiler.errors import InvcError
-from compiler.files import atomic_dir
-from dsl.lower import attribute, bound_args
+from common.dtypes import torch_dtype
+from common.errors import InvcError
+from common.files import atomic_dir
+from passes.base import attribute, bound_args
 from runtime import frames, ops, sets
 from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS, embedded_source
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, MAX_FUSED_WIDTH, Act,
@@ -320,7 +321,7 @@ def _expression(node, names: _Names, helpers: dict) -> str:
 
 
 def _model_class(gm, forward: list[str], names: _Names, inputs: list) -> str:
-    signature = {n.meta["name"]: (n.meta["dtype"], tuple(n.meta["shape"])) for n in inputs}
+    signature = {n.meta["name"]: (torch_dtype(n.meta["dtype"]), tuple(n.meta["shape"])) for n in inputs}
     params = ", ".join(names.var[n] for n in inputs)
     checked = ", ".join(f"{n.meta['name']!r}: {names.var[n]}" for n in inputs)
     lines = ["class Model(torch.nn.Module):",

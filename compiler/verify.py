@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsl.lower import TORCH_DTYPES
+from common.dtypes import torch_dtype
 
 
 @dataclass(frozen=True)
@@ -267,9 +267,9 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
 
 def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
     """The checked model (claims not enforced), its torch module, sampled inputs and backends."""
-    from compiler.errors import InvcError
+    from common.errors import InvcError
     from dsl.checker import check
-    from dsl.lower import lower
+    from compiler.lower import lower
     from dsl.program import load
 
     checked = check(load(spec), model, params, prove=False)
@@ -307,7 +307,7 @@ def sample_inputs(checked, sizes: dict, seed: int = 0) -> list[torch.Tensor]:
     out = []
     for p in checked.inputs:
         shape = [size(d) for d in p.type.shape]
-        dtype = TORCH_DTYPES[p.type.dtype]
+        dtype = torch_dtype(p.type.dtype)
         if p.type.dtype == "bool":
             out.append(_mask(shape, gen))
         elif p.value.id in readers:
@@ -406,7 +406,7 @@ def redrawn(gm, seed: int = 1):
 def _same_ports(onnx, session, checked) -> None:
     """A given ONNX file must be this model's, or its errors would be measured against the wrong spec:
     the same input and output names, ranks and static dims (symbolic dims may be named otherwise)."""
-    from compiler.errors import InvcError
+    from common.errors import InvcError
     theirs = _ports((i.name, i.shape) for i in [*session.inputs, *session.outputs])
     ours = _ports([(p.name, p.type.shape) for p in checked.inputs] +
                   [(p.name, p.value.type.shape) for p in checked.outputs])
@@ -473,7 +473,7 @@ def plot_format(path: str | Path) -> str:
     """The image format a plot path asks for; refused (before any slow work) when matplotlib lacks it."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    from compiler.errors import InvcError
+    from common.errors import InvcError
 
     image = Path(path).suffix.lstrip(".").lower() or "png"
     if image not in FigureCanvasBase.get_supported_filetypes():
@@ -490,7 +490,7 @@ def plot_orbits(spec: str | Path, path: str | Path, model: str | None = None, on
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from compiler.files import atomic_file
+    from common.files import atomic_file
     from dsl.groups import Euclidean
 
     image = plot_format(path)

@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 from dsl import ast, limits
 from dsl.errors import SpecError, did_you_mean
 from dsl.groups import declare
-from dsl.ops import BINARY, OPS, Axis, DefRef, Tensor, binary, neg
+from dsl.ops import BINARY, Axis, DefRef, Tensor, binary, neg
 from dsl.program import Program
 from dsl.types import DTYPES, CheckedModel, OpNode, Port, Sym, TensorType, Value, dim_product
+from dsl.vocabulary import OPS
 
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 

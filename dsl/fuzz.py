@@ -216,7 +216,7 @@ def cases(rng: random.Random, examples: list[str]):
 
 def run(files: dict[str, str], folder: str | Path | None = None, lower=None) -> tuple[str, float, str]:
     """Check the case's root spec: ("checked" | "refused" | "crashed", seconds, detail). With
-    `lower` (dsl.lower.lower, passed in so this module needs no torch) a checked model is lowered too:
+    `lower` (compiler.lower.lower, passed in so this module needs no torch) a checked model is lowered too:
     lowering must never refuse what the checker accepted."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         for name, text in files.items():

@@ -21,13 +21,21 @@ class DefRef:
     frame_average); a rule expands it with `ctx.call_def(ref, tensors)`."""
 
 
-OPS: dict = {}
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 
 
-def op(fn):
-    OPS[fn.__name__] = fn
-    return fn
+def family():
+    """A new op family: its rules by name, and the decorator `@op` that adds one; dsl/vocabulary.py
+    joins the families."""
+    rules = {}
+
+    def op(fn):
+        rules[fn.__name__] = fn
+        return fn
+    return rules, op
+
+
+OPS, op = family()
 
 
 def _float(ctx, x: Value, what: str = "x") -> None:
@@ -245,6 +253,3 @@ def binary(ctx, fn: str, a, b):
 
 def neg(ctx, a: Value):
     return ctx.emit("neg", (a,), a.type)
-
-
-from dsl import ops_sets  # noqa: E402,F401 - registers set and frame ops

@@ -12,8 +12,10 @@ and frame averaging around a def. They emit the runtime/sets.py and runtime/fram
                                                           frame_centroid, frame_basis, frame_in,
                                                           frame_tile, the backbone, frame_out
 """
-from dsl.ops import KINDS, Axis, DefRef, Tensor, _float, op
+from dsl.ops import KINDS, Axis, DefRef, Tensor, _float, family
 from dsl.types import FLOATS, INTS, ParamSpec, TensorType, Value, dim_product
+
+OPS, op = family()
 
 # Frame-averaging groups (spelled as in `symmetry`) -> proper, i.e. det = +1 frames only.
 # runtime/frames.py keeps the same table: dsl/ stays torch-free.

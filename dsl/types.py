@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DTYPES = ("f16", "f32", "f64", "i32", "i64", "bool")
-FLOATS = ("f16", "f32", "f64")
-INTS = ("i32", "i64")
+from common.dtypes import DTYPES, FLOATS, INTS  # noqa: F401 - dsl's modules import them from here
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """A pass is a named function from a GraphModule to a GraphModule; a pipeline is a printable list of them."""
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import torch
 import torch.fx as fx
 
 
@@ -72,3 +75,28 @@ class Pipeline:
             if p.name in wanted and dump is not None:
                 dump(p.name, gm)
         return gm
+
+
+# -- reading the graph contract (docs/graph-contract.md) that compiler/lower.py writes ---------------
+@functools.lru_cache(maxsize=None)
+def _signature(fn) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+def bound_args(node: fx.Node) -> dict:
+    """A call_function node's arguments by parameter name, defaults filled in, in signature order."""
+    bound = _signature(node.target).bind(*node.args, **node.kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def attribute(gm: torch.nn.Module, target: str) -> torch.Tensor:
+    """The tensor a get_attr target (`h.weight`) names."""
+    return functools.reduce(getattr, target.split("."), gm)
+
+
+def named_outputs(gm: fx.GraphModule) -> list[tuple[str, fx.Node]]:
+    """(spec name, node) of each output in order, whether the module returns one tensor or several."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    nodes = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    return list(zip(out.meta["names"], nodes))

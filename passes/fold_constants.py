@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 from torch.fx.node import map_arg
 
-from dsl.lower import attribute
+from passes.base import attribute
 from passes.base import graph_pass
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from dsl.lower import bound_args
+from passes.base import bound_args
 from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
 from runtime import ops

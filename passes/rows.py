@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from dsl.lower import bound_args
+from passes.base import bound_args
 from dsl.ops import ACTIVATIONS
 from dsl.types import dim_product
 from passes.base import graph_pass, typed_call

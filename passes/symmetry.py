@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from dsl.groups import Fact, Invariant
-from dsl.lower import named_outputs
+from passes.base import named_outputs
 from dsl.symmetry import first_failure, refusal, spelled, verdicts
 from dsl.symmetry_rules import Call, Operand, apply
 from passes.base import PassError, graph_pass

@@ -39,6 +39,8 @@ import math
 import numpy as np
 import torch
 
+from common.dtypes import name_of, torch_dtype
+
 # Gap below which an eigenvector (or its orthogonalized partner) counts as undetermined; the
 # eigensolver works in float64 on a trace-normalized covariance, so this is relative.
 TOL = 1e-9
@@ -105,11 +107,11 @@ class _Torch:
 
     @staticmethod
     def cast(x, dtype):
-        return x.to({"f32": torch.float32, "f64": torch.float64}[dtype])
+        return x.to(torch_dtype(dtype))
 
     @staticmethod
     def dtype(x):
-        return {torch.float32: "f32", torch.float64: "f64"}[x.dtype]
+        return name_of(x.dtype)
 
     @staticmethod
     def sum(x, axes, keepdim=False):

@@ -1,5 +1,5 @@
 """Checks of input values that both runtimes make, the onnxruntime Session and the torch module built
-by dsl/lower.py, so the two refuse the same inputs with the same words. Shapes are tuples, values
+by compiler/lower.py, so the two refuse the same inputs with the same words. Shapes are tuples, values
 numpy arrays; neither torch nor onnxruntime is imported to check them.
 
 Empty batches and sets are refused: a symbolic dim of size 0 (B = 0, N = 0) would otherwise give

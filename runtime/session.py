@@ -1,7 +1,6 @@
 """Run an ONNX model with onnxruntime behind input checks whose messages name the input at fault.
 
-The runtime is the bottom layer: nothing here imports dsl/ or compiler/, and torch only arrives
-as tensors callers pass in.
+Nothing in runtime/ imports dsl/ or compiler/, and torch only arrives as tensors callers pass in.
 """
 from __future__ import annotations
 
@@ -12,17 +11,13 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
+from common.dtypes import from_ort, numpy_dtype
 from runtime.inputs import InputError, empty_dim, out_of_range
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 VOCAB_KEY = "invc.vocab."  # metadata: "invc.vocab.tokens" = "256", the rows input `tokens` indexes
 INDEX_KEY = "invc.index."  # metadata: "invc.index.senders" = "N", the dim (or size) input `senders` indexes
 
-_ORT_DTYPES = {
-    "tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
-    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-}
 
 
 @dataclass(frozen=True)
@@ -42,8 +37,8 @@ def _fmt(shape) -> str:
 
 
 def _info(arg) -> TensorInfo:
-    dtype = _ORT_DTYPES.get(arg.type)
-    return TensorInfo(arg.name, None if dtype is None else np.dtype(dtype), tuple(arg.shape))
+    dtype = from_ort(arg.type)
+    return TensorInfo(arg.name, None if dtype is None else numpy_dtype(dtype), tuple(arg.shape))
 
 
 def choose_providers(requested: str, available: list[str]) -> list[str]:

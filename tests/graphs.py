@@ -5,9 +5,7 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from dsl.lower import TORCH_DTYPES
-
-DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+from common.dtypes import name_of, torch_dtype
 
 # Shapes are found by running at these sizes; a dim of one of these sizes is read back as the
 # symbol, so static dims in tests must avoid multiples of 11 and 13.
@@ -39,7 +37,7 @@ def build(inputs: dict, rows: list, outputs: dict, params: dict | None = None) -
         if node.op in ("get_attr", "call_function"):
             tm = node.meta["tensor_meta"]
             node.meta["shape"] = tuple(_SYMBOLS.get(d, d) for d in tm.shape)
-            node.meta["dtype"] = DTYPE_NAMES[tm.dtype]
+            node.meta["dtype"] = name_of(tm.dtype)
     return gm
 
 
@@ -49,7 +47,7 @@ def sample(gm: fx.GraphModule, sizes: dict[str, int], seed: int = 0) -> dict[str
     out = {}
     for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
         shape = [sizes[d] if isinstance(d, str) else d for d in node.meta["shape"]]
-        dtype = TORCH_DTYPES[node.meta["dtype"]]
+        dtype = torch_dtype(node.meta["dtype"])
         if dtype == torch.bool:
             out[node.meta["name"]] = torch.rand(shape, generator=gen) > 0.3
         elif dtype.is_floating_point:

@@ -639,7 +639,7 @@ def _enforce_agrees(program, table: list) -> None:
 
 
 def _numeric(checked, table, p: Program, seed: int, text: str) -> Outcome:
-    from dsl.lower import lower
+    from compiler.lower import lower
     out = Outcome(seed, text, "checked")
     claimed = [v for v in table if v.claim is not None]
     if not claimed:

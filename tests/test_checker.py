@@ -181,7 +181,7 @@ def test_reserved_binding_names_cover_every_torch_module_attribute():
 
 def test_lowering_refuses_a_binding_name_another_library_added(monkeypatch):
     import torch.nn as nn
-    from dsl.lower import lower
+    from compiler.lower import lower
     monkeypatch.setattr(nn.Module, "smart_apply", lambda self: None, raising=False)
     with pytest.raises(SpecError, match="`smart_apply` cannot name a binding") as e:
         lower(checked("  input x: f32[B, 4]\n  smart_apply = linear(x, 4)\n  output smart_apply"))
@@ -190,7 +190,7 @@ def test_lowering_refuses_a_binding_name_another_library_added(monkeypatch):
 
 def test_allowed_binding_names_lower_and_run():
     import torch
-    from dsl.lower import lower
+    from compiler.lower import lower
     gm = lower(checked("  input eval: f32[B, 4]\n  _h = linear(eval, 4)\n  evaluate = relu(_h)\n  output evaluate"))
     assert sorted(dict(gm.named_parameters())) == ["_h.bias", "_h.weight"]
     assert gm(torch.randn(2, 4)).shape == (2, 4)

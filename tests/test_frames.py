@@ -284,7 +284,7 @@ def test_every_set_and_frame_op_has_an_emitter_and_lowers_by_name():
               frames.frame_centroid, frames.frame_basis, frames.frame_in, frames.frame_tile,
               frames.frame_out, frames.frame_conditioning}
     assert fx_ops <= set(EMITTERS)
-    assert all(getattr(ops, f.__name__) is f for f in fx_ops)  # dsl/lower.py finds ops by name
+    assert all(getattr(ops, f.__name__) is f for f in fx_ops)  # compiler/lower.py finds ops by name
 
 
 def test_sign_margin_matches_an_eigh_computation():

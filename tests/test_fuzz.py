@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from dsl.checker import check
 from dsl.errors import SpecError
-from dsl.lower import lower
+from compiler.lower import lower
 from dsl.program import load_text
 
 EXAMPLES = [p.read_text() for p in sorted(Path(__file__).resolve().parent.parent.glob("examples/*.inv"))]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dsl.checker import check
-from dsl.lower import lower
+from compiler.lower import lower
 from dsl.program import load_text
 
 

@@ -12,8 +12,8 @@ import pytest
 
 import compiler
 from compiler.cli import main
-from compiler.errors import InvcError
-from compiler.files import atomic_file
+from common.errors import InvcError
+from common.files import atomic_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = 'import "lib.inv"\nmodel m() {\n  input x: f32[B, 4]\n  y = blk(x)\n  output y\n}\n'
@@ -70,7 +70,7 @@ def test_slice_and_export_never_write_into_their_model_directory(tmp_path, capsy
 SLOW_WRITE = textwrap.dedent("""
     import sys, time, contextlib
     import compiler.onnx_backend as backend
-    from compiler.files import atomic_file
+    from common.files import atomic_file
     @contextlib.contextmanager
     def slow(path, what):
         with atomic_file(path, what) as f:

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from compiler.errors import InvcError
+from common.errors import InvcError
 from compiler.onnx_backend import EMITTERS, save_onnx, to_onnx
 from runtime import ops
 from runtime.session import Session

@@ -18,7 +18,8 @@ from passes.fold_linear import explain, fold_linear
 from passes import rows as rows_pass
 from passes.cleanup import ONNX_LOWERING, for_target
 from runtime import ops
-from tests.graphs import DTYPE_NAMES, TRACE, build, run_torch, sample
+from common.dtypes import name_of
+from tests.graphs import TRACE, build, run_torch, sample
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +61,7 @@ class _MetaCheck(fx.Interpreter):
         out = super().run_node(n)
         if n.op in ("placeholder", "get_attr", "call_function"):
             meta = (_static(n.meta["shape"]), n.meta["dtype"])
-            if meta != (tuple(out.shape), DTYPE_NAMES[out.dtype]):
+            if meta != (tuple(out.shape), name_of(out.dtype)):
                 self.errors.append(f"{n.name}: meta {meta}, ran {tuple(out.shape)} {out.dtype}")
         return out
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from compiler.errors import CheckFailed, InvcError
+from common.errors import CheckFailed, InvcError
 from passes.base import PassError
 from passes.slicegpt import kept_dims, load, save_sliced, slice_model, token_sequences
 from test_slicegpt_models import structure_of, token_batches, tiny_model

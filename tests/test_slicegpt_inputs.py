@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compiler.cli import main
-from compiler.errors import InvcError
+from common.errors import InvcError
 from passes.slicegpt import load
 from test_slicegpt_models import tiny_model
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsl import fuzz
-from dsl.lower import lower
+from compiler.lower import lower
 
 EXAMPLES = fuzz.example_texts(Path(__file__).resolve().parent.parent / "examples")
 CASES = 2500  # about 15 s on 2 cores

@@ -12,7 +12,7 @@ from compiler.verify import SIZES, assert_equivariant, redrawn, sample_inputs
 from dsl.checker import check
 from dsl.errors import SpecError
 from dsl.groups import Broken, Euclidean, FrameBasis, Invariant, Permuted
-from dsl.lower import lower
+from compiler.lower import lower
 from dsl.program import load_text
 from dsl.symmetry import first_failure, render, verdicts
 from dsl.symmetry_rules import Call, Operand, apply

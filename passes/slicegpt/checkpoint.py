@@ -14,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from compiler.errors import InvcError
-from compiler.files import atomic_dir
+from common.errors import InvcError
+from common.files import atomic_dir
 from passes.slicegpt.modules import SliceAdapters, StreamRMSNorm
 from passes.slicegpt.rotation import _assign
 

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from compiler.errors import InvcError
+from common.errors import InvcError
 
 
 def read_texts(paths: Iterable[Path | str]) -> str:

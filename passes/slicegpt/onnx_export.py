@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compiler.errors import CheckFailed, InvcError
-from compiler.files import atomic_path
+from common.errors import CheckFailed, InvcError
+from common.files import atomic_path
 from runtime.session import VOCAB_KEY
 from runtime.stamp import stamp_file
 

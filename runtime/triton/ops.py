@@ -19,16 +19,14 @@ from typing import Optional
 
 import torch
 
+from common.dtypes import name_of
 from runtime import frames, ops, sets
 from runtime.triton import prelude
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, Act, Linear,
                                       PCAFrames, RMSNormLinear, SegmentReduce)
 
-DTYPE_NAMES = {torch.float16: "f16", torch.float32: "f32"}
-
-
 def _kernels_for(x: torch.Tensor) -> bool:
-    return DTYPE_NAMES.get(x.dtype) in KERNEL_DTYPES and (x.is_cuda or prelude.interpreting())
+    return name_of(x.dtype) in KERNEL_DTYPES and (x.is_cuda or prelude.interpreting())
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +63,7 @@ def segment_reduce(x: Tensor, offsets: Tensor, kind: str, deterministic: bool = 
         prelude.check_offsets(offsets, x.shape[0])  # torch's own errors would not name the offsets
         return sets.segment_reduce(_row_map(x, weight, bias, activation), offsets, kind, deterministic)
     config = SegmentReduce("segment_reduce", kind, "csr", x.shape[1], _steps(weight, bias, activation),
-                           DTYPE_NAMES[x.dtype])
+                           name_of(x.dtype))
     tensors = [t for t in (weight, bias) if t is not None]
     return _launcher(config)(x, offsets, *tensors, variant="csr" if deterministic else "auto")
 
@@ -74,7 +72,7 @@ def masked_reduce(x: Tensor, mask: Maybe, kind: str) -> Tensor:
     if not _kernels_for(x) or x.dim() < 2:
         return sets.masked_reduce(x, mask, x.dim() - 2, kind)
     layout = "dense" if mask is None else "masked"
-    config = SegmentReduce("masked_reduce", kind, layout, x.shape[-1], (), DTYPE_NAMES[x.dtype])
+    config = SegmentReduce("masked_reduce", kind, layout, x.shape[-1], (), name_of(x.dtype))
     return _launcher(config)(x, *([] if mask is None else [mask]))
 
 
@@ -83,7 +81,7 @@ def pca_frames(pos: Tensor, mask: Maybe, proper: bool) -> tuple[Tensor, Tensor, 
         c = frames.frame_centroid(pos, mask)
         basis = frames.frame_basis(pos, c, mask, proper)
         return c, basis, frames.frame_in(pos, basis, c)
-    config = PCAFrames("pca_frames", 4 if proper else 8, mask is not None, DTYPE_NAMES[pos.dtype])
+    config = PCAFrames("pca_frames", 4 if proper else 8, mask is not None, name_of(pos.dtype))
     c, basis, points = _launcher(config, FRAME_HELPERS)(pos, *([] if mask is None else [mask]))
     return c[:, None], basis, points.reshape(-1, *points.shape[2:])
 
@@ -92,7 +90,7 @@ def rmsnorm_linear(x: Tensor, norm_weight: Maybe, weight: Tensor, bias: Maybe, e
     if not _kernels_for(x):
         return ops.linear(ops.rmsnorm(x, norm_weight, eps), weight, bias)
     config = RMSNormLinear("rmsnorm_linear", weight.shape[1], weight.shape[0], eps, norm_weight is not None,
-                           bias is not None, (), DTYPE_NAMES[x.dtype])
+                           bias is not None, (), name_of(x.dtype))
     return _launcher(config)(x, *[t for t in (norm_weight, weight, bias) if t is not None])
 
 

@@ -7,10 +7,6 @@ import os
 
 import torch
 
-DTYPES = {"f16": torch.float16, "f32": torch.float32, "f64": torch.float64,
-          "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
-
-
 class LaunchError(ValueError):
     """Inputs a launcher refuses: a wrong shape, dtype or device, or malformed set offsets."""
 
@@ -27,12 +23,12 @@ def check_device(name: str, t: torch.Tensor) -> None:
                           "kernels on the CPU through the Triton interpreter")
 
 
-def check_tensor(name: str, t, dtype: str, shape: tuple) -> None:
+def check_tensor(name: str, t, dtype: torch.dtype, shape: tuple) -> None:
     """`shape` entries are ints, or None where any size goes."""
     if not isinstance(t, torch.Tensor):
         raise LaunchError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != DTYPES[dtype]:
-        raise LaunchError(f"{name} must be {dtype} ({DTYPES[dtype]}), got {t.dtype}")
+    if t.dtype != dtype:
+        raise LaunchError(f"{name} must be {dtype}, got {t.dtype}")
     if t.dim() != len(shape) or any(w is not None and w != g for w, g in zip(shape, t.shape)):
         want = ", ".join("?" if w is None else str(w) for w in shape)
         raise LaunchError(f"{name} must have shape [{want}], got {list(t.shape)}")
@@ -40,7 +36,7 @@ def check_tensor(name: str, t, dtype: str, shape: tuple) -> None:
 
 
 def check_inputs(signature: dict, tensors: dict) -> None:
-    """Check named inputs against {name: (dtype, shape)}: a str dim is symbolic, and a named one
+    """Check named inputs against {name: (torch dtype, shape)}: a str dim is symbolic, and a named one
     (B, not N*4) must have one size across inputs; all inputs share one device."""
     sizes, devices = {}, {}
     for name, (dtype, shape) in signature.items():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.dtypes import TABLE
+
 ACTIVATIONS = {  # per-element maps in Triton; tl has no tanh, so it goes through the sigmoid
     "relu": "tl.maximum({h}, 0.0)",
     "gelu": "0.5 * {h} * (1.0 + tl.erf({h} * 0.7071067811865476))",
@@ -18,10 +20,14 @@ ACTIVATIONS = {  # per-element maps in Triton; tl has no tanh, so it goes throug
 }
 REDUCTIONS = ("sum", "mean", "max", "min")
 KERNEL_DTYPES = ("f16", "f32")  # loaded as fp32, accumulated in fp32, stored back in this dtype
-TORCH_DTYPE = {"f16": "torch.float16", "f32": "torch.float32"}
 MAX_FUSED_WIDTH = 256  # a fused linear keeps its whole weight tile in registers
 BLOCK_ROWS = 32
 CHUNK_ROWS = 16 * BLOCK_ROWS
+
+
+def torch_name(dtype: str) -> str:
+    """A dtype as generated source spells it: "f16" -> "torch.float16"."""
+    return f"torch.{TABLE[dtype][0]}"
 
 
 def padded(width: int) -> int:
@@ -195,10 +201,10 @@ class SegmentReduce:
 
     def _launch_csr(self) -> list[str]:
         csr, atomic = self.kernels
-        fp = TORCH_DTYPE[self.dtype]
+        fp = torch_name(self.dtype)
         identity = {"max": 'float("-inf")', "min": 'float("inf")'}.get(self.kind, "0.0")
         weights = "".join(f"{w}, " for w in weight_args(self.steps))
-        lines = [f'check_tensor("x", x, "{self.dtype}", (None, {self.d_in}))',
+        lines = [f'check_tensor("x", x, {fp}, (None, {self.d_in}))',
                  'check_device("offsets", offsets)',
                  "check_offsets(offsets, x.shape[0])",
                  "x, sets = x.contiguous(), len(offsets) - 1",
@@ -233,13 +239,13 @@ class SegmentReduce:
         return [f"    {line}" for line in self._dense_lines(masked=True)]
 
     def _dense_lines(self, masked: bool) -> list[str]:
-        kernel, fp = self.kernels[0], TORCH_DTYPE[self.dtype]
+        kernel, fp = self.kernels[0], torch_name(self.dtype)
         weights = "".join(f"{w}, " for w in weight_args(self.steps))
         lines = [f'if x.dim() < 2 or x.shape[-1] != {self.d_in}:',
                  f'    raise LaunchError(f"x must have shape [..., N, {self.d_in}], got {{list(x.shape)}}")',
-                 f'check_tensor("x", x, "{self.dtype}", tuple(x.shape))']
+                 f'check_tensor("x", x, {fp}, tuple(x.shape))']
         if masked:
-            lines += ['check_tensor("mask", mask, "bool", tuple(x.shape[:-1]))']
+            lines += ['check_tensor("mask", mask, torch.bool, tuple(x.shape[:-1]))']
         lines += ["lead, set_size = x.shape[:-2], x.shape[-2]",
                   f"x = x.reshape(-1, set_size, {self.d_in}).contiguous()",
                   f"out = torch.empty((x.shape[0], {self.d_out}), dtype={fp}, device=x.device)",
@@ -269,9 +275,9 @@ def _weight_checks(steps: tuple, dtype: str) -> list[str]:
     """Check the fused linears' weights, then make them row-major, as the kernels index them."""
     lines, linears = [], [s for s in steps if isinstance(s, Linear)]
     for i, s in enumerate(linears):
-        lines.append(f'check_tensor("w{i}", w{i}, "{dtype}", ({s.d_out}, {s.d_in}))')
+        lines.append(f'check_tensor("w{i}", w{i}, {torch_name(dtype)}, ({s.d_out}, {s.d_in}))')
         if s.bias:
-            lines.append(f'check_tensor("b{i}", b{i}, "{dtype}", ({s.d_out},))')
+            lines.append(f'check_tensor("b{i}", b{i}, {torch_name(dtype)}, ({s.d_out},))')
     return lines + contiguous(weight_args(steps))
 
 
@@ -343,16 +349,16 @@ class RMSNormLinear:
 
     def _launcher(self) -> str:
         params = ["x"] + (["g"] if self.norm_weight else []) + ["w"] + (["b"] if self.bias else [])
-        fp = TORCH_DTYPE[self.dtype]
+        fp = torch_name(self.dtype)
         block_k, block_out = min(64, padded(self.d_in)), min(64, padded(self.d_out))
         lines = [f"def launch_{self.name}({', '.join(params)}):",
                  f'    """{self.summary()}: x [..., {self.d_in}] -> [..., {self.d_out}]."""',
                  f'    if x.dim() < 1 or x.shape[-1] != {self.d_in}:',
                  f'        raise LaunchError(f"x must have shape [..., {self.d_in}], got {{list(x.shape)}}")',
-                 f'    check_tensor("x", x, "{self.dtype}", tuple(x.shape))']
-        lines += [f'    check_tensor("g", g, "{self.dtype}", ({self.d_in},))'] if self.norm_weight else []
-        lines += [f'    check_tensor("w", w, "{self.dtype}", ({self.d_out}, {self.d_in}))']
-        lines += [f'    check_tensor("b", b, "{self.dtype}", ({self.d_out},))'] if self.bias else []
+                 f'    check_tensor("x", x, {fp}, tuple(x.shape))']
+        lines += [f'    check_tensor("g", g, {fp}, ({self.d_in},))'] if self.norm_weight else []
+        lines += [f'    check_tensor("w", w, {fp}, ({self.d_out}, {self.d_in}))']
+        lines += [f'    check_tensor("b", b, {fp}, ({self.d_out},))'] if self.bias else []
         tensors = ", ".join(params)
         lines += [f"    {line}" for line in contiguous(params)]
         lines += [
@@ -515,15 +521,15 @@ class PCAFrames:
         return lines
 
     def _launcher(self) -> str:
-        fp = TORCH_DTYPE[self.dtype]
+        fp = torch_name(self.dtype)
         params = ["x"] + (["mask"] if self.masked else [])
         lines = [f"def launch_{self.name}({', '.join(params)}):",
                  f'    """{self.summary()}: x [..., N, 3] -> centroid [..., 3], frames [..., {self.frames}, 3, 3], '
                  f'points in each frame [..., {self.frames}, N, 3]."""',
                  "    if x.dim() < 2 or x.shape[-1] != 3:",
                  '        raise LaunchError(f"x must have shape [..., N, 3], got {list(x.shape)}")',
-                 f'    check_tensor("x", x, "{self.dtype}", tuple(x.shape))']
-        lines += ['    check_tensor("mask", mask, "bool", tuple(x.shape[:-1]))'] if self.masked else []
+                 f'    check_tensor("x", x, {fp}, tuple(x.shape))']
+        lines += ['    check_tensor("mask", mask, torch.bool, tuple(x.shape[:-1]))'] if self.masked else []
         lines += ["    lead, set_size = x.shape[:-2], x.shape[-2]",
                   "    x = x.reshape(-1, set_size, 3).contiguous()",
                   "    clouds = x.shape[0]",

@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from compiler.errors import InvcError
+from common.errors import InvcError
 
 
 @contextmanager

@@ -2,11 +2,10 @@
 
 Parameters are real nn.Parameters, each initialised from its own generator seeded by the model
 seed and the parameter's name, so adding a layer never changes the others' initial values.
+Passes and backends read the graph it writes through passes/base.py (docs/graph-contract.md).
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import zlib
 
@@ -18,9 +17,6 @@ from dsl.errors import SpecError
 from dsl.types import CheckedModel, OpNode, ParamSpec, Value
 from runtime import ops
 from runtime.inputs import refuse_empty
-
-TORCH_DTYPES = {"f16": torch.float16, "f32": torch.float32, "f64": torch.float64,
-                "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
 
 
 def lower(model: CheckedModel, seed: int = 0) -> fx.GraphModule:
@@ -82,23 +78,6 @@ def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
     return nn.Parameter(t)
 
 
-@functools.lru_cache(maxsize=None)
-def _signature(fn) -> inspect.Signature:
-    return inspect.signature(fn)
-
-
-def bound_args(node: fx.Node) -> dict:
-    """A call_function node's arguments by parameter name, defaults filled in, in signature order."""
-    bound = _signature(node.target).bind(*node.args, **node.kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def attribute(gm: nn.Module, target: str) -> torch.Tensor:
-    """The tensor a get_attr target (`h.weight`) names."""
-    return functools.reduce(getattr, target.split("."), gm)
-
-
 def _register(root: nn.Module, target: str, param: nn.Parameter, op: OpNode) -> None:
     *path, leaf = target.split(".")
     mod = root
@@ -116,10 +95,3 @@ def _register(root: nn.Module, target: str, param: nn.Parameter, op: OpNode) -> 
 
 def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) or "Model"
-
-
-def named_outputs(gm: fx.GraphModule) -> list[tuple[str, fx.Node]]:
-    """(spec name, node) of each output in order, whether the module returns one tensor or several."""
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    nodes = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
-    return list(zip(out.meta["names"], nodes))
