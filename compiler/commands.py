@@ -119,25 +119,23 @@ def _compile_cmd(sub) -> None:
                    help="with --target triton: list the regions that became kernels and those that "
                         "fell back to torch, with the reason")
     p.add_argument("--seed", type=int, default=0, help="parameter initialisation seed (default 0)")
-    p.add_argument("--print-passes", action="store_true", help="print the pass pipeline and exit")
-    p.add_argument("--dump-after", action="append", default=[], metavar="PASS",
-                   help="print the fx graph after this pass (repeatable)")
+    p.add_argument("--print-passes", action="store_true", help="print the compile pipeline's steps and exit")
+    p.add_argument("--dump-after", action="append", default=[], metavar="STEP",
+                   help="print the model after this step: the typed ops, the proofs, the fx graph, the "
+                        "ONNX graph (repeatable)")
     p.set_defaults(run=_compile)
 
 
 def _compile(args) -> int:
-    from passes.cleanup import default_pipeline
-    pipeline = default_pipeline()
+    from compiler.driver import compile, steps
     if args.print_passes:
-        from passes.cleanup import for_target
-        print(for_target(pipeline, args.target))
+        print(steps(args.target))
         return 0
     if not args.spec:
         raise InvcError("compile needs a spec file (or --print-passes)")
-    from compiler.driver import compile
     default = Path(args.spec).stem + ("_triton" if args.target == "triton" else ".onnx")
     out = Path(args.out) if args.out else Path(default)
-    result = compile(args.spec, args.target, out, args.model, args.seed, pipeline, args.dump_after,
+    result = compile(args.spec, args.target, out, args.model, args.seed, None, args.dump_after,
                      _dump, params=parse_params(args.param))
     if args.target == "triton":
         print(result.triton.explain() if args.explain else
@@ -150,9 +148,9 @@ def _compile(args) -> int:
     return 0
 
 
-def _dump(name: str, gm) -> None:
-    print(f"# graph after {name}")
-    print(gm.graph)
+def _dump(step, result) -> None:
+    print(f"# after {step.name}")
+    print(step.show(result))
 
 
 # -- run -----------------------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 """The Python front door: check, build and compile a .inv spec.
 
     module = compiler.build("my.inv", hidden=128)              # a trainable torch.nn.Module
-    result = compiler.compile("my.inv", out="my.onnx")         # parse -> fx -> passes -> ONNX
+    result = compiler.compile("my.inv", out="my.onnx")         # parse -> ... -> emit: steps()
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from dsl.checker import check as _check
-from dsl.program import load
+from dsl.checker import check as _check, proved
+from dsl.program import Program, load
 from dsl.types import CheckedModel
 
 
@@ -19,15 +20,6 @@ def check(spec: str | Path, model: str | None = None, params: dict | None = None
     Model parameters come as keywords (hidden=128) or, when a name is also one of these
     functions' own arguments (model, seed, ...), in `params`."""
     return _check(load(spec), model, {**(params or {}), **kw})
-
-
-def _check_for(spec, out, model, params) -> CheckedModel:
-    """check(), after refusing an output path that is the spec or one of its imports."""
-    program = load(spec)
-    if out is not None:
-        from common.files import refuse_inputs
-        refuse_inputs(out, program.texts, "output")
-    return _check(program, model, params)
 
 
 def build(spec: str | Path, model: str | None = None, seed: int = 0, params: dict | None = None, **kw):
@@ -62,30 +54,67 @@ class CompileResult:
 def compile(spec: str | Path, target: str = "onnx", out: str | Path | None = None,
             model: str | None = None, seed: int = 0, pipeline=None, dump_after=(), dump=None,
             params: dict | None = None, **kw) -> CompileResult:
-    """Compile a spec: check, lower to fx, run the pass pipeline, emit ONNX (written if `out`)."""
-    from compiler.lower import lower
-    from compiler.onnx_backend import save_onnx, to_onnx
-    from passes.cleanup import default_pipeline, for_target
+    """Compile a spec through the steps of `steps()`; `pipeline` replaces its graph passes. The ONNX
+    file (a directory for the triton target) is written when `out` is given."""
+    seconds, t0 = {}, time.perf_counter()
+    result = steps(target, pipeline, out, model, {**(params or {}), **kw}, seed).run(spec, dump_after, dump, seconds)
+    result.seconds = {**seconds, "total": time.perf_counter() - t0}
+    return result
 
+
+def steps(target: str = "onnx", passes=None, out=None, model=None, params=None, seed: int = 0):
+    """The whole compile path as one printable Pipeline: front end, lowering, graph passes, backend."""
+    from compiler.lower import lower
+    from passes.base import Pipeline, Step, graph_text
+    from passes.cleanup import default_pipeline, for_target
     if target not in ("onnx", "triton"):
         raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
-    times, t0 = {}, time.perf_counter()
-    checked = _check_for(spec, out, model, {**(params or {}), **kw})
-    times["check"] = time.perf_counter() - t0
-    gm = lower(checked, seed)
-    times["lower"] = time.perf_counter() - t0 - times["check"]
-    gm = for_target(pipeline or default_pipeline(), target).run(gm, dump_after, dump)
-    times["passes"] = time.perf_counter() - t0 - times["check"] - times["lower"]
+    return Pipeline([
+        Step("parse", partial(_parse, out=out), "read the spec and its imports", _program_text),
+        Step("check", partial(_check, model=model, overrides=params, prove=False),
+             "type-check and elaborate into a typed op list"),
+        Step("prove", proved, "prove each claimed output symmetry, or refuse at the op that breaks it", _proofs),
+        Step("lower", partial(lower, seed=seed), "build the torch.fx graph node by node", graph_text),
+        *for_target(passes or default_pipeline(), target).passes,
+        Step("emit", partial(_emit, target=target, out=out), f"the {target} backend; the output is written atomically",
+             _emitted)])
+
+
+def _parse(spec, out) -> Program:
+    """The spec and its imports, after refusing an output path that is one of them."""
+    program = load(spec)
+    if out is not None:
+        from common.files import refuse_inputs
+        refuse_inputs(out, program.texts, "output")
+    return program
+
+
+def _program_text(program: Program) -> str:
+    return "\n".join([f"files   {', '.join(program.texts)}", f"models  {', '.join(program.models)}",
+                      f"defs    {', '.join(program.defs) or '-'}"])
+
+
+def _proofs(checked: CheckedModel) -> str:
+    from dsl.symmetry import render, verdicts
+    return render(checked, verdicts(checked)) if len(checked.groups) else "no symmetry declared"
+
+
+def _emit(gm, target: str, out) -> CompileResult:
+    checked, where = gm.meta["invc"], Path(out) if out else None
     if target == "triton":  # out is a directory: model.py + weights.pt
         from compiler.triton_backend import emit
         plan = emit(gm, out, checked.file, checked.name)
-        times["total"] = time.perf_counter() - t0
-        return CompileResult(str(spec), checked.name, Path(out) if out else None, gm, None, times, plan)
+        return CompileResult(checked.file, checked.name, where, gm, None, triton=plan)
+    from compiler.onnx_backend import save_onnx, to_onnx
     proto = to_onnx(gm, graph_name=checked.name, metadata=metadata(checked))
     if out is not None:
         save_onnx(proto, out)
-    times["total"] = time.perf_counter() - t0
-    return CompileResult(str(spec), checked.name, Path(out) if out else None, gm, proto, times)
+    return CompileResult(checked.file, checked.name, where, gm, proto)
+
+
+def _emitted(result: CompileResult) -> str:
+    from onnx.helper import printable_graph
+    return result.triton.explain() if result.triton else printable_graph(result.onnx.graph)
 
 
 def parameter_count(module) -> int:

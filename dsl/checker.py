@@ -71,7 +71,12 @@ def check(program: Program, model: str | None = None, overrides: dict | None = N
     except RecursionError:  # only where --limit depth was raised past what Python's stack holds
         raise SpecError.at(m.pos, "the spec nests too deeply for Python's stack",
                            f"lower --limit depth (now {limits.current().depth})") from None
-    if prove and len(checked.groups):
+    return proved(checked) if prove else checked
+
+
+def proved(checked: CheckedModel) -> CheckedModel:
+    """The model once each claimed output symmetry is proved; a SpecError at the op that breaks one."""
+    if len(checked.groups):
         from dsl.symmetry import enforce  # only specs that declare a symmetry load the rule table
         enforce(checked)
     return checked

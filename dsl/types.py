@@ -82,6 +82,20 @@ class CheckedModel:
                          for p in self.outputs)
         return {"model": self.name, "params": repr(self.params), "inputs": ins, "outputs": outs}
 
+    def __str__(self) -> str:
+        """The typed op list, one op a line: `h#3: f32[B, N, 64] = linear(x#0, h.weight)` (names may repeat,
+        ids do not)."""
+        def arg(a) -> str:
+            return f"{a.name}#{a.id}" if isinstance(a, Value) else (
+                f"[{', '.join(map(arg, a))}]" if isinstance(a, tuple) else repr(a))
+
+        def call(n: OpNode) -> str:
+            args = [*map(arg, n.args), *(n.param_prefix + p for p in n.params),
+                    *(f"{k}={arg(v)}" for k, v in n.kwargs.items())]
+            return f"{arg(n.value)}: {n.value.type} = {n.op}({', '.join(args)})"
+        lines = [f"input  {arg(p.value)}: {p.type}" for p in self.inputs] + [call(n) for n in self.nodes]
+        return "\n".join(lines + [f"output {p.name} = {arg(p.value)}" for p in self.outputs])
+
 
 def dim_product(dims) -> int | str:
     """The product of dims, kept symbolic: 4 * N * 2 -> "8*N"."""

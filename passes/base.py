@@ -1,10 +1,12 @@
-"""A pass is a named function from a GraphModule to a GraphModule; a pipeline is a printable list of them."""
+"""A step is a named function from one form of the model to the next, a pass one from a GraphModule to a
+GraphModule; a pipeline is a printable list of steps."""
 from __future__ import annotations
 
 import functools
 import inspect
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.fx as fx
@@ -15,11 +17,27 @@ class PassError(Exception):
     exit_code = 2
 
 
+def graph_text(gm: fx.GraphModule) -> str:
+    return str(gm.graph)
+
+
 @dataclass(frozen=True)
-class Pass:
+class Step:
     name: str
-    fn: Callable[[fx.GraphModule], fx.GraphModule]
+    fn: Callable[[Any], Any]
     doc: str = ""
+    show: Callable[[Any], str] = str  # the text of its result that --dump-after prints
+
+    def __call__(self, value):
+        return self.fn(value)
+
+    def __str__(self) -> str:
+        return f"{self.name:<18} {self.doc}"
+
+
+@dataclass(frozen=True)
+class Pass(Step):
+    show: Callable[[fx.GraphModule], str] = graph_text
 
     def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
         """Run the pass, then check the graph and regenerate the module's code, once for every pass."""
@@ -27,9 +45,6 @@ class Pass:
         gm.graph.lint()
         gm.recompile()
         return gm
-
-    def __str__(self) -> str:
-        return f"{self.name:<18} {self.doc}"
 
 
 def graph_pass(doc: str):
@@ -48,7 +63,7 @@ def typed_call(graph: fx.Graph, target, args: tuple, shape: tuple, dtype: str) -
 
 @dataclass
 class Pipeline:
-    passes: list[Pass] = field(default_factory=list)
+    passes: list[Step] = field(default_factory=list)
 
     def __str__(self) -> str:
         return "\n".join(f"{i + 1:>2}. {p}" for i, p in enumerate(self.passes))
@@ -56,8 +71,10 @@ class Pipeline:
     def names(self) -> list[str]:
         return [p.name for p in self.passes]
 
-    def run(self, gm: fx.GraphModule, dump_after: Iterable[str] = (),
-            dump: Callable[[str, fx.GraphModule], None] | None = None) -> fx.GraphModule:
+    def run(self, value, dump_after: Iterable[str] = (), dump: Callable[[Step, Any], None] | None = None,
+            seconds: dict | None = None):
+        """The last step's result; `dump(step, result)` after each step named in `dump_after`, and each
+        step's wall time in `seconds` when given."""
         wanted = set(dump_after)
         unknown = wanted - set(self.names())
         if unknown:
@@ -65,16 +82,19 @@ class Pipeline:
                             f"(passes: {', '.join(self.names())})")
         done: list[str] = []
         for p in self.passes:
+            t0 = time.perf_counter()
             try:
-                gm = p(gm)
-            except PassError:
-                raise
+                value = p(value)
             except Exception as e:  # a bug in a pass must still say which pass and what ran before
+                if getattr(e, "exit_code", None) is not None:
+                    raise  # a refusal that already says what is wrong (SpecError, PassError, ...)
                 raise PassError(f"pass {p.name!r} failed after [{', '.join(done)}]: {e}") from e
+            if seconds is not None:
+                seconds[p.name] = time.perf_counter() - t0
             done.append(p.name)
             if p.name in wanted and dump is not None:
-                dump(p.name, gm)
-        return gm
+                dump(p, value)
+        return value
 
 
 # -- reading the graph contract (docs/graph-contract.md) that compiler/lower.py writes ---------------

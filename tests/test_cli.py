@@ -68,9 +68,14 @@ def test_print_passes_and_dump_after(tmp_path):
     r = invc("compile", "--print-passes")
     assert r.returncode == 0
     from passes.cleanup import default_pipeline
-    assert all(name in r.stdout for name in default_pipeline().names())
-    r = invc("compile", DEEPSETS, "-o", tmp_path / "a.onnx", "--dump-after", "fold_linear")
-    assert r.returncode == 0 and "# graph after fold_linear" in r.stdout and "graph():" in r.stdout
+    names = ["parse", "check", "prove", "lower", *default_pipeline().names(), "rows", "emit"]
+    assert [line.split()[1] for line in r.stdout.splitlines()] == names
+    dumps = [arg for name in names for arg in ("--dump-after", name)]
+    r = invc("compile", DEEPSETS, "-o", tmp_path / "a.onnx", *dumps)
+    assert r.returncode == 0, r.stderr
+    assert [line[len("# after "):] for line in r.stdout.splitlines() if line.startswith("# after ")] == names
+    for shown in ("models  deepsets", "logits#", "logits  invariant  invariant", "graph():", "graph deepsets ("):
+        assert shown in r.stdout
     r = invc("compile", DEEPSETS, "-o", tmp_path / "b.onnx", "--dump-after", "nope")
     assert r.returncode == 2 and "names no pass" in r.stderr
 

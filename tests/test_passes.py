@@ -262,7 +262,7 @@ def test_pipeline_dumps_after_the_named_pass():
                [("h", ops.linear, ("x", "w1")), ("y", ops.linear, ("h", "w2"))], ["y"])
     seen = []
     default_pipeline().run(gm, dump_after=["fold_linear", "dce"],
-                           dump=lambda name, g: seen.append((name, count(g, target=ops.matmul))))
+                           dump=lambda step, g: seen.append((step.name, count(g, target=ops.matmul))))
     assert seen == [("fold_linear", 1), ("dce", 0)]
 
 
