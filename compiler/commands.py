@@ -95,10 +95,7 @@ def _check(args) -> int:
     m = check(args.spec, args.model, parse_params(args.param))
     params = sum(math.prod(s.shape) for n in m.nodes for s in n.params.values())
     print(f"{m.file}: model {m.name} is well-typed: {len(m.nodes)} ops, {params:,} parameters")
-    for port in m.inputs:
-        print(f"  input  {port.name}: {port.type}" + (f" is {port.role}" if port.role else ""))
-    for port in m.outputs:
-        print(f"  output {port.name}: {port.value.type}" + (f" is {port.role}" if port.role else ""))
+    print("\n".join([*(f"  input  {port}" for port in m.inputs), *(f"  output {port}" for port in m.outputs)]))
     if len(m.groups):
         from dsl.symmetry import render, verdicts
         print(f"symmetry {m.groups}: every claimed output is proved")

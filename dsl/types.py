@@ -63,6 +63,9 @@ class Port:
     pos: object
     value: Value | None = None
 
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type}" + (f" is {self.role}" if self.role else "")
+
 
 @dataclass
 class CheckedModel:
@@ -77,10 +80,8 @@ class CheckedModel:
     groups: object = ()                           # those parsed and validated: a dsl.groups.Product
 
     def declarations(self) -> dict[str, str]:
-        ins = ", ".join(f"{p.name}: {p.type}" + (f" is {p.role}" if p.role else "") for p in self.inputs)
-        outs = ", ".join(f"{p.name}: {p.value.type}" + (f" is {p.role}" if p.role else "")
-                         for p in self.outputs)
-        return {"model": self.name, "params": repr(self.params), "inputs": ins, "outputs": outs}
+        return {"model": self.name, "params": repr(self.params), "inputs": ", ".join(map(str, self.inputs)),
+                "outputs": ", ".join(map(str, self.outputs))}
 
     def __str__(self) -> str:
         """The typed op list, one op a line: `h#3: f32[B, N, 64] = linear(x#0, h.weight)` (names may repeat,
