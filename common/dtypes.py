@@ -32,7 +32,7 @@ def onnx_type(name: str) -> int:
 
 
 def name_of(dtype) -> str | None:
-    """invc's name of a torch or numpy dtype (torch.float32, np.float32 -> "f32"); None if it has none."""
+    """invc's name of a torch or numpy dtype (torch.float32, np.dtype("float32") -> "f32"); None if none."""
     return _NAMES.get(str(dtype).removeprefix("torch."))
 
 
