@@ -160,3 +160,17 @@ def test_verify_measures_a_segment_pool_spec(tmp_path):
                     "  y = segment_pool(p - mean(p, axis=0, keepdim=true), o, kind=\"mean\")\n  output y is vector\n}\n")
     r = invc("verify", spec)
     assert r.returncode == 0 and "FAILED" not in r.stdout and r.stdout.count(" ok") == 4, r.stdout + r.stderr
+
+
+def test_verify_relabels_node_ids_with_the_nodes(tmp_path):
+    """S(N) moves the nodes and relabels ids `is index(N)`: the edge-list EGNN's claims hold on every
+    backend; with plain ids the same permutation leaves the edges pointing at other nodes."""
+    spec = ROOT / "examples" / "egnn_sparse.inv"
+    report = verify(spec, trials=2, hidden=8)
+    assert report.ok and report.static == "proved" and {m.group for m in report.rows} == {"E(3)", "S(N)"}
+    plain = tmp_path / "plain.inv"
+    plain.write_text(spec.read_text().replace("i64[E] is index(N)", "i64[E]"))
+    report = verify(plain, trials=2, hidden=8)
+    assert report.static.startswith("refused: gather of a tensor permuted along N by indices that S(N) does not")
+    assert all(not m.error <= 1e-2 for m in report.rows if m.group == "S(N)")
+    assert all(m.ok for m in report.rows if m.group == "E(3)")
