@@ -162,7 +162,7 @@ def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
         if mode != "dense":
             cpu, load_before = _cpu_seconds(), os.getloadavg()[0]
             report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration)
-            out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map)
+            out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map, refit=report.refit)
             if not rows:
                 # The machine is shared: CPU seconds show the work, wall seconds also show the neighbours.
                 out.update(seconds=report.seconds, cpu_seconds=_cpu_seconds() - cpu,

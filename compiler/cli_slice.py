@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--multiple", type=positive(int), default=8, help="kept dimensions are rounded down to this multiple")
     p.add_argument("--untie-head", action="store_true",
                    help="give a tied head its own table so the result stays a plain model of its family")
+    p.add_argument("--no-refit", action="store_true",
+                   help="skip the refit after slicing (shortcut-free mode: every block's readers and writers "
+                        "are refit by ridge least squares to reproduce the dense block on the calibration text)")
     p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx, checked with onnxruntime")
     p.set_defaults(run=run_slice)
 
@@ -76,6 +79,7 @@ def run_slice(args) -> int:
     from common.files import check_dir_target, refuse_overlap
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
+    from passes.slicegpt.refit import RIDGE
     from passes.slicegpt.slicing import MODES, group_dims, slice_model
     from passes.slicegpt.standard import standard_model
     from passes.slicegpt.structure import discover
@@ -91,7 +95,8 @@ def run_slice(args) -> int:
     tok = _tokenizer(args.model)
     rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
     report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,
-                         args.untie_head, structure, progress=_progress("calibrating"), schedule=schedule)
+                         args.untie_head, structure, progress=_progress("calibrating"), schedule=schedule,
+                         refit=None if args.no_refit else RIDGE)
     std, why = standard_model(model) if args.mode == "shortcut-free" else (None, "shortcut mode")
     checkpoint.save_sliced(model, args.output, tok, std)
     level = f"schedule {schedule}" if schedule else f"sparsity {report.sparsity}"
@@ -101,6 +106,7 @@ def run_slice(args) -> int:
           f"({100.0 * report.params_after / report.params_before:.1f}%), "
           f"{report.shortcuts} shortcut matrices, head map: {'yes' if report.head_map else 'no'}")
     print(f"  calibration: {len(rows)} x {args.seq_len} tokens; time {report.seconds:.1f} s")
+    print("  refit: " + ("off" if report.refit is None else f"ridge {report.refit:g}"))
     for block, dim in zip(report.blocks, report.dims):
         print(f"  {block}: stream {report.width} -> {dim}")
     print("  format: " + ("plain family checkpoint" if std is not None else f"invc sliced checkpoint ({why})"))

@@ -107,11 +107,11 @@ def center(store: ParamStore, lin: Linear) -> None:
 
 
 def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int],
-          dims: list[int], check: Callable[[nn.Module], None] = lambda _m: None) -> SliceAdapters:
-    """Fold and rotate at full width (exact), run `check` on the rotated model, then slice group g to
-    dims[g]; returns the (installed) adapters the result needs."""
+          dims: list[int], before_cut: Callable[[nn.Module], None] = lambda _m: None) -> SliceAdapters:
+    """Fold and rotate at full width (exact), run `before_cut` on the rotated model (the self-check and
+    the refit), then slice group g to dims[g]; returns the (installed) adapters the result needs."""
     adapters, axes = rotate(model, s, rotations, groups)
-    check(model)
+    before_cut(model)
     cut(model, s, adapters, axes, groups, dims)
     return adapters
 

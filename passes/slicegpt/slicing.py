@@ -11,6 +11,7 @@ from torch import nn
 from passes.base import PassError
 from passes.slicegpt.calibration import moments, pca, seen
 from passes.slicegpt.modules import count_parameters
+from passes.slicegpt import refit as refitting
 from passes.slicegpt import selfcheck
 from passes.slicegpt.rotation import apply
 from passes.slicegpt.sequential import sequential_rotations
@@ -34,6 +35,7 @@ class SliceReport:
     head_map: bool = False
     calibration: "Calibration | None" = None
     dims: list[int] = field(default_factory=list)   # per block: the width of the stream it writes
+    refit: float | None = None   # the ridge of the refit after slicing; None when it did not run
 
 
 def kept_dims(width: int, sparsity: float, multiple: int = 8) -> int:
@@ -127,7 +129,8 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
                 structure: Structure | None = None, calibration: Calibration | None = None,
                 progress: Callable[[Iterable], Iterable] = lambda it: it,
                 schedule: list[float] | None = None,
-                self_check: float | None = selfcheck.TOLERANCE) -> SliceReport:
+                self_check: float | None = selfcheck.TOLERANCE,
+                refit: float | None = refitting.RIDGE) -> SliceReport:
     """Slice `model` in place. `batches` yields dicts with input_ids (and optionally attention_mask).
 
     `sparsity` (default 0.25) applies to every block; `schedule` (shortcut mode only) instead gives one
@@ -140,7 +143,11 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
 
     `self_check` is the relative tolerance of the check between rotating and slicing: the rotated model
     must reproduce the dense logits and block outputs on the first calibration sequence, or slicing is
-    refused, naming the first block that diverges. None skips it (for models in low precision)."""
+    refused, naming the first block that diverges. None skips it (for models in low precision).
+
+    `refit` is the ridge of the closed-form correction after slicing (refit.py): every block's readers
+    and writers are refit on the calibration batches so that the sliced block reproduces the dense one.
+    It runs in shortcut-free mode when `batches` are given; None skips it. `report.refit` says if it ran."""
     start = time.perf_counter()
     model.eval()
     before = count_parameters(model)
@@ -161,8 +168,15 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
         reference = selfcheck.record(model, s, selfcheck.probe(batches, vocab))
         check = lambda m: selfcheck.verify(m, s, reference, calibration.rotations, calibration.groups,  # noqa: E731
                                            self_check)
+    ridge = refit if calibration.mode == "shortcut-free" and batches is not None else None
+
+    def before_cut(m: nn.Module) -> None:
+        check(m)
+        if ridge is not None:
+            refitting.refit(m, s, batches, dims[0], ridge, progress)
+
     with torch.no_grad():
-        adapters = apply(model, s, calibration.rotations, calibration.groups, dims, check)
+        adapters = apply(model, s, calibration.rotations, calibration.groups, dims, before_cut)
     level = DEFAULT_SPARSITY if sparsity is None and schedule is None else sparsity
     adapters.plan.update(mode=calibration.mode, sparsity=level)
     if schedule is not None:
@@ -170,7 +184,8 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
     written = {b.block: dims[calibration.groups[k]] for k, b in enumerate(s.branches, start=1)}
     return SliceReport(calibration.mode, level, s.width, max(dims), before, count_parameters(model),
                        time.perf_counter() - start, s.summary(), list(written),
-                       len(adapters.shortcuts), adapters.head_map is not None, calibration, list(written.values()))
+                       len(adapters.shortcuts), adapters.head_map is not None, calibration, list(written.values()),
+                       ridge)
 
 
 def _untie(model: nn.Module) -> None:
