@@ -427,16 +427,16 @@ def _conditioning(gm, inputs) -> tuple[float | None, str | None]:
     import torch.fx as fx
 
     from runtime import frames, ops
+    if not any(n.target is ops.frame_basis for n in gm.graph.nodes):
+        return None, None
     clouds = []
 
-    class Spy(fx.Interpreter):
+    class Spy(fx.Interpreter):  # one more forward pass, recording what each frame_basis reads
         def call_function(self, target, args, kwargs):
             if target is ops.frame_basis:
                 clouds.append((args[0], kwargs.get("mask"), kwargs["proper"]))
             return super().call_function(target, args, kwargs)
 
-    if not any(n.target is ops.frame_basis for n in gm.graph.nodes):
-        return None, None
     with torch.no_grad():
         Spy(gm).run(*inputs)
     scored = [(float(ops.frame_conditioning(pos, mask).min()), pos, mask, proper) for pos, mask, proper in clouds]

@@ -83,7 +83,7 @@ def apply(call: Call, group) -> Fact:
         return call.broken(f"{call.spelled} of softmax-weighted positions",
                            "sum them over the softmax axis right away: a convex combination is a position")
     if any(isinstance(f, Relabeled) for f in facts) and call.op not in INDEX_READERS:
-        return call.broken(f"{call.spelled} of indices that S(N) relabels",
+        return call.broken(f"{call.spelled} of indices that {group} relabels",
                            "read an `index(N)` input only with gather or as scatter_pool's ids")
     if all(isinstance(f, Invariant) for f in facts) and call.op not in SEES_INVARIANTS:
         return Invariant()  # a function of invariants is invariant, whatever the op

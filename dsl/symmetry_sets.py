@@ -85,10 +85,10 @@ def scatter_reduce(call: Call) -> Fact:
 
 def _into_relabelled_sets(call: Call, x: Operand, ids: Operand) -> Fact:
     rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
-    if call.shape[0] != call.group.dim or rows_permuted != (0 in ids.fact.axes):
-        return call.broken(f"{call.spelled} by ids that {call.group} relabels, " +
-                           (f"into sets {call.shape[0]} that are not {call.group.dim}" if call.shape[0] != call.group.dim
-                            else "with rows not permuted like the ids"),
+    other_sets = call.shape[0] != call.group.dim
+    if other_sets or rows_permuted != (0 in ids.fact.axes):
+        why = f"into sets {call.shape[0]} that are not {call.group.dim}" if other_sets else "with rows not permuted like the ids"
+        return call.broken(f"{call.spelled} by ids that {call.group} relabels, {why}",
                            f"pool into `like` with dim 0 {call.group.dim}, the dim the ids index")
     return _permuted_at(call, reduced(call, x, 0, True, call.arg(3, "kind"), subsets=True), 0)
 
