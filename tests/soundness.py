@@ -260,7 +260,7 @@ def ragged(p):
 
 
 def gather(p):
-    """Rows of a tensor picked along N (or any axis of that size) by an edge list's node ids."""
+    """Rows of a tensor picked along its N axis by an edge list's node ids."""
     x = p.pick(lambda t: "N" in t.dims)
     index = p.rng.choice(_edge_lists(p)) if x and _edge_lists(p) else None
     if index:
