@@ -93,7 +93,7 @@ def row(name: str, pos: torch.Tensor, models: dict, gen: torch.Generator) -> lis
         for model in models.values():
             m = model.to(dtype)
             cells.append(f"{relative_error(m, pos.to(dtype), q.to(dtype), t.to(dtype)):.1e}")
-    cond = frames.frame_conditioning(pos[None]).item()
+    cond = frames.conditioning(frames.TORCH, pos[None]).item()
     margin = frames.sign_margin(pos[None]).item()
     return [name, str(len(pos)), f"{cond:.1e}", f"{margin:.1e}", *cells]
 

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import _cpu_name, _ort_session, _per_call, print_table  # noqa: E402
 
 import compiler  # noqa: E402
-from compiler import onnx_sets  # noqa: E402
 from compiler.onnx_backend import save_onnx, to_onnx  # noqa: E402
-from dsl.checker import check  # noqa: E402
+from ops import frames as frame_ops  # noqa: E402
+from ops.registry import check  # noqa: E402
 from compiler.lower import lower  # noqa: E402
 from dsl.program import load_text  # noqa: E402
 from passes.cleanup import default_pipeline, for_target  # noqa: E402
@@ -91,8 +91,8 @@ def _spec_onnx(text: str, name: str, path: Path) -> Path:
 def _frame_only_onnx(path: Path) -> Path:
     """The frame computation alone: centroid and the 8 frames of E(3), nothing else."""
     gm = build({"pos": (("B", "N", 3), "f32"), "mask": (("B", "N"), "bool")},
-               [("c", frames.frame_centroid, ["pos"], {"mask": "mask"}),
-                ("basis", frames.frame_basis, ["pos", "c"], {"mask": "mask", "proper": False, "canonical": False})],
+               [("c", frame_ops.frame_centroid, ["pos"], {"mask": "mask"}),
+                ("basis", frame_ops.frame_basis, ["pos", "c"], {"mask": "mask", "proper": False, "canonical": False})],
                {"basis": "basis"})
     return save_onnx(to_onnx(gm), path)
 
@@ -111,8 +111,8 @@ class _Kernels:
         self.module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.module)
 
-    def __getattr__(self, name):
-        return getattr(self.module, name)
+    def __getattr__(self, name):  # baselines from before OnnxMath moved into runtime/frames.py lack it
+        return getattr(self.module, name) if hasattr(self.module, name) else getattr(frames, name)
 
     def into_frames(self, m, x, basis, c, count):
         takes_count = len(inspect.signature(self.module.into_frames).parameters) == 5
@@ -122,12 +122,12 @@ class _Kernels:
 @contextlib.contextmanager
 def _kernels(baseline: Path | None):
     """The ONNX frame emitters use `baseline`'s kernels inside this block (current ones if None)."""
-    current = onnx_sets.frames
-    onnx_sets.frames = current if baseline is None else _Kernels(baseline)
+    current = frame_ops.kernels
+    frame_ops.kernels = current if baseline is None else _Kernels(baseline)
     try:
         yield
     finally:
-        onnx_sets.frames = current
+        frame_ops.kernels = current
 
 
 def onnx_models(tmp: Path, baseline: Path | None) -> dict:

@@ -1,5 +1,5 @@
 """The spec fuzzer at benchmark size: at least 10,000 grammar derivations and mutated examples
-through the checker (dsl/fuzz.py). Targets: 0 exceptions other than SpecError, no spec over 2 s.
+through the checker (compiler/fuzz.py). Targets: 0 exceptions other than SpecError, no spec over 2 s.
 
     python benchmarks/fuzz_specs.py                  # 10,000 cases, seed 0
     python benchmarks/fuzz_specs.py --cases 20000 --seed 7
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsl import fuzz  # noqa: E402
+from compiler import fuzz  # noqa: E402
 
 
 class Hang(Exception):

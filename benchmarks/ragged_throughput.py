@@ -5,7 +5,7 @@ in G elements (rows x features) per second. All contenders run side by side in o
     python benchmarks/ragged_throughput.py --quick    # 20k rows, one repeat
 
 Contenders: the compiled ONNX model (`segment_pool`, ScatterND) on onnxruntime CPU; torch's
-index_add_ / scatter_reduce (runtime/sets.py's default path) and torch.segment_reduce (its
+index_add_ / scatter_reduce (ops/sets.py's default path) and torch.segment_reduce (its
 deterministic path); and a dense sum(0) as the memory-bound ceiling of one pass over the data.
 `--deterministic` adds the ONNX model with deterministic=true, which gathers every set into a
 padded [sets, largest set, 64] block: about 2.5 GB per copy at the default sizes, so it is opt-in.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import _cpu_name, _ort_session, interleaved, print_table  # noqa: E402
 
 import compiler  # noqa: E402
-from runtime import sets  # noqa: E402
+from ops import sets  # noqa: E402
 
 SPEC = """model ragged(features: int = 64) {{
   input x: f32[N, features]

@@ -162,7 +162,7 @@ def models(torch, device, sizes, interpret: bool, specs: list) -> list:
 
 def _inputs(torch, gm, device, sizes):
     """Random inputs at the benchmark's sizes; an input read as CSR offsets gets valid offsets."""
-    from runtime import sets
+    from ops import sets
     # S counts CSR offsets, so a ragged batch of `batch` sets has batch + 1 of them.
     g = torch.Generator().manual_seed(2)
     dims = {"B": sizes["batch"], "N": sizes["n"], "S": sizes["batch"] + 1}

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from dsl.checker import check as _check, proved
+from dsl.checker import proved
+from ops.registry import check as _check
 from dsl.program import Program, load
 from dsl.types import CheckedModel
 

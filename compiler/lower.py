@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from dsl.errors import SpecError
 from dsl.types import CheckedModel, OpNode, ParamSpec, Value
-from runtime import ops
 from runtime.inputs import refuse_empty
 
 
@@ -26,7 +25,7 @@ def lower(model: CheckedModel, seed: int = 0) -> fx.GraphModule:
         _type(node, port.value, name=port.name, pos=str(port.pos))
         env[port.value.id] = node
     for op in model.nodes:
-        env[op.value.id] = _call(graph, root, op, env, seed)
+        env[op.value.id] = _call(graph, root, op, env, seed, model.vocabulary.graph)
     results = tuple(env[p.value.id] for p in model.outputs)
     # A one-output model returns the tensor itself; meta keeps the outputs' names either way.
     out = graph.output(results[0] if len(results) == 1 else results)
@@ -37,7 +36,7 @@ def lower(model: CheckedModel, seed: int = 0) -> fx.GraphModule:
     return gm
 
 
-def _call(graph: fx.Graph, root: nn.Module, op: OpNode, env: dict, seed: int) -> fx.Node:
+def _call(graph: fx.Graph, root: nn.Module, op: OpNode, env: dict, seed: int, ops: dict) -> fx.Node:
     weights = []
     for short, spec in op.params.items():
         target = op.param_prefix + short
@@ -47,7 +46,7 @@ def _call(graph: fx.Graph, root: nn.Module, op: OpNode, env: dict, seed: int) ->
         weights.append(w)
     args = tuple(_arg(a, env) for a in op.args) + tuple(weights)
     kwargs = {k: _arg(v, env) for k, v in op.kwargs.items()}
-    node = graph.create_node("call_function", getattr(ops, op.op), args, kwargs, name=op.value.name)
+    node = graph.create_node("call_function", ops[op.op].torch, args, kwargs, name=op.value.name)
     _type(node, op.value, pos=str(op.pos))
     return node
 

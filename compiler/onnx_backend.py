@@ -1,5 +1,5 @@
 """ONNX backend: an invc fx GraphModule (docs/graph-contract.md) → onnx.ModelProto, built directly
-with onnx.helper from the per-op emitters of compiler/onnx_ops.py and compiler/onnx_sets.py.
+with onnx.helper from each graph op's emitter (its definition in ops/).
 
 Graph inputs and outputs keep the spec's names; symbolic dims become dim_params, so one file runs
 at every B and N. Parameters become initializers in their own dtype.
@@ -16,12 +16,11 @@ from onnx import helper, numpy_helper
 from common.dtypes import numpy_dtype, onnx_type
 from common.errors import InvcError
 from common.files import atomic_file
-from compiler import onnx_ops, onnx_sets
 from passes.base import attribute, bound_args, named_outputs
+from ops.registry import VOCABULARY
 from runtime.stamp import stamp
 
-__all__ = ["EMITTERS", "to_onnx", "save_onnx"]
-EMITTERS = {**onnx_ops.EMITTERS, **onnx_sets.EMITTERS}  # each op's emitter, keyed by its runtime function
+__all__ = ["to_onnx", "save_onnx"]
 
 
 
@@ -87,12 +86,12 @@ class GraphBuilder:
         return self.op("Cast", name, to=onnx_type(dtype))
 
     def emit(self, node: fx.Node, name: str) -> None:
-        emitter = EMITTERS.get(node.target) if node.op == "call_function" else None
-        if emitter is None:
+        op = VOCABULARY.by_target.get(node.target) if node.op == "call_function" else None
+        if op is None:
             raise InvcError(f"ONNX backend: node {node.name!r} has unsupported target "
-                            f"{node.op} {_target_name(node.target)}; supported: runtime/ops.py")
+                            f"{node.op} {_target_name(node.target)}; supported: the graph ops of ops/")
         self.scope = node.name
-        self.name_result(emitter(self, node, *bound_args(node).values()), name)
+        self.name_result(op.onnx(self, node, *bound_args(node).values()), name)
         self.names[node] = name
 
     def name_result(self, result: str, name: str) -> None:

@@ -21,13 +21,17 @@ from common.dtypes import torch_dtype
 from common.errors import InvcError
 from common.files import atomic_dir
 from passes.base import attribute, bound_args
-from runtime import frames, ops, sets
-from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS, embedded_source
+from ops import elementwise, frames, sets
+from ops.linear import linear
+from ops.norms import rmsnorm
+from ops.reductions import reduce_max, reduce_mean, reduce_min, reduce_sum
+from ops.registry import VOCABULARY
+from runtime.triton.torch_source import embedded_source
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, MAX_FUSED_WIDTH, Act,
                                       Linear, PCAFrames, RMSNormLinear, SegmentReduce)
 
-REDUCTIONS = {ops.reduce_sum: "sum", ops.reduce_mean: "mean", ops.reduce_max: "max", ops.reduce_min: "min"}
-ROW_ACTIVATIONS = {getattr(ops, a): a for a in ACTIVATIONS}
+REDUCTIONS = {reduce_sum: "sum", reduce_mean: "mean", reduce_max: "max", reduce_min: "min"}
+ROW_ACTIVATIONS = {getattr(elementwise, a): a for a in ACTIVATIONS}
 
 
 @dataclass
@@ -141,7 +145,7 @@ def _prologue(x, claimed):
             chain.insert(0, x)
             x = x.args[0]
             continue
-        if x.target is not ops.linear:
+        if x.target is not linear:
             break
         a = bound_args(x)
         w, b = a["weight"], a["bias"]
@@ -156,17 +160,17 @@ def _prologue(x, claimed):
 
 def _match_rmsnorm_linear(node, claimed):
     """linear(rmsnorm(x)), the norm used only there, with the activations after it fused."""
-    if node.target is ops.rmsnorm:
+    if node.target is rmsnorm:
         users = list(node.users)
-        if len(users) != 1 or users[0].target is not ops.linear:
+        if len(users) != 1 or users[0].target is not linear:
             names = ", ".join(f"{u.name} ({u.target.__name__})" for u in users)
             return f"rmsnorm feeds {names}; the template fuses rmsnorm only into the one linear reading it"
         return None
-    if node.target is not ops.linear:
+    if node.target is not linear:
         return None
     a = bound_args(node)
     norm = a["x"]
-    if norm.op != "call_function" or norm.target is not ops.rmsnorm or norm in claimed:
+    if norm.op != "call_function" or norm.target is not rmsnorm or norm in claimed:
         return "a lone linear is a cuBLAS matmul either way; only linear(rmsnorm(x)) has a template"
     n = bound_args(norm)
     if _dtype_reason(node) or a["weight"].op != "get_attr":
@@ -291,7 +295,7 @@ def _region_call(region: Region, names: _Names) -> list[str]:
         call += ".unsqueeze(-2)"
     outs = ", ".join(names.var[n] for n in region.outputs)
     comment = f"  # kernel: {region.config.summary()}"
-    if isinstance(region.config, PCAFrames):  # runtime/frames.py layouts: c [B, 1, 3], points [B*F, N, 3]
+    if isinstance(region.config, PCAFrames):  # ops/frames.py layouts: c [B, 1, 3], points [B*F, N, 3]
         c, basis, points = (names.var[n] for n in region.outputs)
         return [f"{outs} = {call}{comment}", f"{c} = {c}.unsqueeze(1)",
                 f"{points} = {points}.reshape(-1, *{points}.shape[2:])"]
@@ -309,9 +313,10 @@ def _render(value, names: _Names) -> str:
 
 def _expression(node, names: _Names, helpers: dict) -> str:
     args = {k: _render(v, names) for k, v in bound_args(node).items()}
-    if node.target in EXPRESSIONS:
-        return EXPRESSIONS[node.target](**args)
-    if node.target in EMBEDDED:
+    op = VOCABULARY.by_target.get(node.target)
+    if op is not None and op.triton is not None:
+        return op.triton(**args)
+    if op is not None and op.embed:
         for name, source in embedded_source(node.target):
             helpers.setdefault(name, source)
         return f"{node.target.__name__}({', '.join(f'{k}={v}' for k, v in args.items())})"

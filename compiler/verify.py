@@ -268,8 +268,8 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
 def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
     """The checked model (claims not enforced), its torch module, sampled inputs and backends."""
     from common.errors import InvcError
-    from dsl.checker import check
     from compiler.lower import lower
+    from ops.registry import check
     from dsl.program import load
 
     checked = check(load(spec), model, params, prove=False)
@@ -426,22 +426,23 @@ def _conditioning(gm, inputs) -> tuple[float | None, str | None]:
     frame_basis on the sampled inputs (computed clouds included), and the frame mode it calls for."""
     import torch.fx as fx
 
-    from runtime import frames, ops
-    if not any(n.target is ops.frame_basis for n in gm.graph.nodes):
+    from ops.frames import frame_basis, frame_conditioning
+    from runtime.frames import recommend
+    if not any(n.target is frame_basis for n in gm.graph.nodes):
         return None, None
     clouds = []
 
     class Spy(fx.Interpreter):  # one more forward pass, recording what each frame_basis reads
         def call_function(self, target, args, kwargs):
-            if target is ops.frame_basis:
+            if target is frame_basis:
                 clouds.append((args[0], kwargs.get("mask"), kwargs["proper"]))
             return super().call_function(target, args, kwargs)
 
     with torch.no_grad():
         Spy(gm).run(*inputs)
-    scored = [(float(ops.frame_conditioning(pos, mask).min()), pos, mask, proper) for pos, mask, proper in clouds]
+    scored = [(float(frame_conditioning(pos, mask).min()), pos, mask, proper) for pos, mask, proper in clouds]
     gap, pos, mask, proper = min(scored, key=lambda c: c[0])
-    return gap, frames.recommend(pos, mask, proper)
+    return gap, recommend(pos, mask, proper)
 
 
 # -- orbits ----------------------------------------------------------------------------------

@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 from dsl import ast, limits
 from dsl.errors import SpecError, did_you_mean
 from dsl.groups import declare
-from dsl.ops import BINARY, Axis, DefRef, Tensor, binary, neg
 from dsl.program import Program
+from dsl.rules import Axis, DefRef, Tensor
 from dsl.types import DTYPES, CheckedModel, OpNode, Port, Sym, TensorType, Value, dim_product
-from dsl.vocabulary import OPS
 
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -62,12 +61,13 @@ class Scope:
     defs_active: tuple = ()       # the def calls being expanded, to refuse recursion
 
 
-def check(program: Program, model: str | None = None, overrides: dict | None = None,
+def check(program: Program, vocabulary, model: str | None = None, overrides: dict | None = None,
           prove: bool = True) -> CheckedModel:
-    """The checked model; with `prove`, its claimed output symmetries are proved or refused."""
+    """The checked model; with `prove`, its claimed output symmetries are proved or refused.
+    `vocabulary` (ops/op.py's Vocabulary) holds the ops' checker and symmetry rules."""
     m = _pick_model(program, model)
     try:
-        checked = _Elaborator(program, m).model(overrides or {})
+        checked = _Elaborator(program, m, vocabulary).model(overrides or {})
     except RecursionError:  # only where --limit depth was raised past what Python's stack holds
         raise SpecError.at(m.pos, "the spec nests too deeply for Python's stack",
                            f"lower --limit depth (now {limits.current().depth})") from None
@@ -99,9 +99,9 @@ def _pick_model(program: Program, name: str | None) -> ast.Model:
 
 
 class _Elaborator:
-    def __init__(self, program: Program, model: ast.Model):
-        self.program, self.ast = program, model
-        self.out = CheckedModel(model.name, program.root.file, program.source_hash(), {})
+    def __init__(self, program: Program, model: ast.Model, vocabulary):
+        self.program, self.ast, self.ops = program, model, vocabulary
+        self.out = CheckedModel(model.name, program.root.file, program.source_hash(), {}, vocabulary=vocabulary)
         self.ids = 0
         self.param_names: set[str] = set()
         self.weights = 0              # parameter elements so far, against limits.parameters
@@ -203,7 +203,7 @@ class _Elaborator:
         self.bind(scope, stmt.name, self._named(value, stmt.name, scope), stmt.pos)
 
     def bind(self, scope: Scope, name: str, value, pos):
-        if name in OPS or name in self.program.defs:
+        if name in self.ops.spec or name in self.program.defs:
             raise SpecError.at(pos, f"`{name}` is an op or def name and cannot be rebound",
                                "pick another name")
         scope.names[name] = value
@@ -255,7 +255,8 @@ class _Elaborator:
         if isinstance(expr, ast.Neg):
             v = self.eval(expr.operand, scope, binding)
             if isinstance(v, Value):
-                return neg(_Ctx(self, "neg", expr.pos, binding, scope), v)
+                op, rule = self.ops.operators["unary -"]
+                return rule(_Ctx(self, op, expr.pos, binding, scope), v)
             return self._static_arith("-", 0, v, expr)
         if isinstance(expr, ast.BinOp):
             return self.binop(expr, scope, binding, expect)
@@ -277,15 +278,15 @@ class _Elaborator:
         a = self.eval(expr.left, scope, binding, expect)
         b = self.eval(expr.right, scope, binding, expect)
         if isinstance(a, Value) or isinstance(b, Value):
-            ctx = _Ctx(self, "matmul" if expr.op == "@" else BINARY[expr.op], expr.pos, binding, scope)
+            op, rule = self.ops.operators[expr.op]
+            ctx = _Ctx(self, op, expr.pos, binding, scope)
             ctx.symbol = expr.op
             if expr.op == "@":
                 if not (isinstance(a, Value) and isinstance(b, Value)):
                     ctx.error("`@` needs two tensors")
-                return OPS["matmul"](ctx, a, b)
-            if not all(isinstance(v, Value) or _is_number(v) for v in (a, b)):
+            elif not all(isinstance(v, Value) or _is_number(v) for v in (a, b)):
                 ctx.error(f"cannot apply `{expr.op}` to {_describe(a)} and {_describe(b)}")
-            return binary(ctx, BINARY[expr.op], a, b)
+            return rule(ctx, a, b)
         return self._static_arith(expr.op, a, b, expr)
 
     def _static_arith(self, op: str, a, b, expr):
@@ -307,10 +308,10 @@ class _Elaborator:
     def call(self, expr: ast.Call, scope: Scope, binding: str):
         if expr.func in self.program.defs:
             return self.call_def(self.program.defs[expr.func], expr, None, scope, f"{scope.prefix}{binding}.")
-        rule = OPS.get(expr.func)
+        rule = self.ops.spec.get(expr.func)
         if rule is None:
             raise SpecError.at(expr.pos, f"unknown op `{expr.func}`",
-                               did_you_mean(expr.func, list(OPS) + list(self.program.defs)))
+                               did_you_mean(expr.func, list(self.ops.spec) + list(self.program.defs)))
         ctx = _Ctx(self, expr.func, expr.pos, binding, scope)
         args, kwargs = self.bind_args(rule, expr, scope, binding, ctx)
         return rule(ctx, *args, **kwargs)

@@ -2,31 +2,26 @@
 table `invc check` prints.
 
 For every declared group and every tensor, `infer` derives one fact from the inputs' roles through
-the rule table of dsl/symmetry_rules.py. A claim holds when the output's fact is exactly the
-claimed one; `enforce` refuses a spec at the first op that broke a claim. Torch-free.
+the symmetry rules of the model's vocabulary (ops/), applied by dsl/symmetry_rules.py. A claim holds
+when the output's fact is exactly the claimed one; `enforce` refuses a spec at the first op that
+broke a claim. Torch-free.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from dsl import ast, symmetry_sets  # noqa: F401 - symmetry_sets adds the set and frame rules
+from dsl import ast
 from dsl.errors import SpecError, source_line
 from dsl.groups import Broken, Fact, Invariant, Permuted, Rotated, Squared, Translated, Weighted
 from dsl.symmetry_rules import Call, Operand, apply
 from dsl.types import CheckedModel, Value
 
-# Spec ops that lower to a runtime op of another name; messages use the name the user wrote.
-ALIASES = {"reshape": ("flatten", "reshape", "unsqueeze"), "permute": ("transpose", "permute"),
-           "linear": ("mlp", "linear"), "masked_reduce": ("pool",), "segment_reduce": ("segment_pool",),
-           "scatter_reduce": ("scatter_pool",),
-           **{f"frame_{k}": ("frame_average",) for k in ("centroid", "basis", "in", "tile", "out")}}
-
-
-def spelled(op: str, pos: str) -> str:
+def spelled(op: str, pos: str, aliases: dict) -> str:
+    """The op as the spec wrote it: `aliases` names the spec ops that lower to a graph op of another name."""
     file, line, column = pos.rsplit(":", 2)
     word = re.match(r"[A-Za-z_]\w*(?=\s*\()", source_line(file, int(line))[int(column) - 1:])
-    return word.group(0) if word and word.group(0) in ALIASES.get(op, ()) else op
+    return word.group(0) if word and word.group(0) in aliases.get(op, ()) else op
 
 
 def to_pos(pos: str) -> ast.Pos:
@@ -37,7 +32,7 @@ def to_pos(pos: str) -> ast.Pos:
 def infer(model: CheckedModel, group) -> dict[int, Fact]:
     """The fact of every value (by id) under `group`."""
     facts = {p.value.id: group.input_fact(p.type.shape, p.role) for p in model.inputs}
-    inputs = {p.value.id for p in model.inputs}
+    inputs, ops = {p.value.id for p in model.inputs}, model.vocabulary
 
     def operand(a):
         if isinstance(a, Value):
@@ -48,8 +43,8 @@ def infer(model: CheckedModel, group) -> dict[int, Fact]:
         weights = tuple(Operand(Invariant(), p.shape) for p in node.params.values())
         call = Call(node.op, tuple(map(operand, node.args)) + weights,
                     {k: operand(v) for k, v in node.kwargs.items()}, node.value.type.shape,
-                    node.value.name, str(node.pos), step, spelled(node.op, str(node.pos)))
-        facts[node.value.id] = apply(call, group)
+                    node.value.name, str(node.pos), step, spelled(node.op, str(node.pos), ops.aliases))
+        facts[node.value.id] = apply(call, group, ops.graph)
     return facts
 
 

@@ -45,7 +45,7 @@ class ParamSpec:
 
 @dataclass
 class OpNode:
-    """One call of a runtime/ops.py function: fn(*args, *params, **kwargs)."""
+    """One call of a graph op (ops/): its torch form fn(*args, *params, **kwargs)."""
     value: Value
     op: str
     args: tuple
@@ -78,6 +78,7 @@ class CheckedModel:
     outputs: list = field(default_factory=list)  # of Port, value set
     symmetry: tuple = ()                          # the model's `symmetry` declarations (ast exprs)
     groups: object = ()                           # those parsed and validated: a dsl.groups.Product
+    vocabulary: object = field(default=None, repr=False, compare=False)  # the ops it was checked with
 
     def declarations(self) -> dict[str, str]:
         return {"model": self.name, "params": repr(self.params), "inputs": ", ".join(map(str, self.inputs)),

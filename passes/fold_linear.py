@@ -16,7 +16,7 @@ import torch.fx as fx
 from passes.base import bound_args
 from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
-from runtime import ops
+from ops.linear import linear, matmul
 
 def _operands(node: fx.Node) -> tuple:
     """(x, weight, bias) of a linear node, however its args were spelled."""
@@ -25,7 +25,7 @@ def _operands(node: fx.Node) -> tuple:
 
 
 def _is_linear(a) -> bool:
-    return isinstance(a, fx.Node) and a.op == "call_function" and a.target is ops.linear
+    return isinstance(a, fx.Node) and a.op == "call_function" and a.target is linear
 
 
 def pattern(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
@@ -57,13 +57,13 @@ def _folded_bias(graph: fx.Graph, w2: fx.Node, b1, b2):
     # W2 @ b1 + b2 is linear(b1, W2, b2); with no b1 the bias is just b2 (maybe None).
     if b1 is None:
         return b2
-    return typed_call(graph, ops.linear, (b1, w2, b2), (w2.meta["shape"][0],), w2.meta["dtype"])
+    return typed_call(graph, linear, (b1, w2, b2), (w2.meta["shape"][0],), w2.meta["dtype"])
 
 
 def replace(graph: fx.Graph, outer: fx.Node, inner: fx.Node) -> None:
     (x, w1, b1), (_, w2, b2) = _operands(inner), _operands(outer)
     with graph.inserting_before(outer):
-        w = typed_call(graph, ops.matmul, (w2, w1), (w2.meta["shape"][0], w1.meta["shape"][1]),
+        w = typed_call(graph, matmul, (w2, w1), (w2.meta["shape"][0], w1.meta["shape"][1]),
                        w2.meta["dtype"])
         b = _folded_bias(graph, w2, b1, b2)
     # Rewriting outer in place keeps its name (the spec's binding), meta and users.

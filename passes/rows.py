@@ -16,13 +16,14 @@ from __future__ import annotations
 import torch.fx as fx
 
 from passes.base import bound_args
-from dsl.ops import ACTIVATIONS
 from dsl.types import dim_product
 from passes.base import graph_pass, typed_call
 from passes.fold_constants import constant_nodes
-from runtime import ops
+from ops import elementwise
+from ops.linear import linear
+from ops.shape import reshape, unflatten_rows
 
-ROW_WISE = {ops.linear, ops.neg, *(getattr(ops, a) for a in ACTIVATIONS)}
+ROW_WISE = {linear, elementwise.neg, *(getattr(elementwise, a) for a in elementwise.ACTIVATIONS)}
 
 
 def _row_wise(node) -> bool:
@@ -51,7 +52,7 @@ def pattern(node: fx.Node) -> list[fx.Node] | None:
 
 
 def _gemm(node: fx.Node, consts: set[fx.Node]) -> bool:
-    if node.target is not ops.linear:
+    if node.target is not linear:
         return False
     weight = bound_args(node)["weight"]
     return weight in consts and len(weight.meta["shape"]) == 2
@@ -73,13 +74,13 @@ def replace(graph: fx.Graph, chain: list[fx.Node]) -> None:
     lead = x.meta["shape"][:-1]
     rows = dim_product(lead)
     with graph.inserting_before(chain[0]):
-        flat = typed_call(graph, ops.reshape, (x, (-1, x.meta["shape"][-1])),
+        flat = typed_call(graph, reshape, (x, (-1, x.meta["shape"][-1])),
                           (rows, x.meta["shape"][-1]), x.meta["dtype"])
     chain[0].args = (flat, *chain[0].args[1:])
     for node in chain:  # the links keep their names and weights; only their rows change shape
         node.meta["shape"] = (rows, node.meta["shape"][-1])
     with graph.inserting_after(last):
-        out = typed_call(graph, ops.unflatten_rows, (last, x), (*lead, last.meta["shape"][-1]),
+        out = typed_call(graph, unflatten_rows, (last, x), (*lead, last.meta["shape"][-1]),
                          last.meta["dtype"])
     last.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
 

@@ -1,7 +1,7 @@
 """The symmetry pass: re-prove the spec's output claims on the graph that will be emitted.
 
 The checker proved them on the spec's op graph; passes rewrite that graph since (folded linears,
-constants turned into buffers), so the pass runs the same rule table (dsl/symmetry_rules.py) over
+constants turned into buffers), so the pass runs the same rules (the model's vocabulary, ops/) over
 the fx nodes, keyed by each target's name. It writes node.meta["symmetry"] = {group: fact} and
 refuses, naming the node and its spec position, when a claim no longer holds.
 """
@@ -24,16 +24,17 @@ def _operand(a, facts: dict):
     return tuple(_operand(x, facts) for x in a) if isinstance(a, (tuple, list)) else a
 
 
-def _call(node: fx.Node, facts: dict, step: int) -> Call:
+def _call(node: fx.Node, facts: dict, step: int, aliases: dict) -> Call:
     op, pos = node.target.__name__, node.meta.get("pos", UNPLACED)
     return Call(op, tuple(_operand(a, facts) for a in node.args),
                 {k: _operand(v, facts) for k, v in node.kwargs.items()}, tuple(node.meta["shape"]),
-                node.name, pos, step, spelled(op, pos))
+                node.name, pos, step, spelled(op, pos, aliases))
 
 
 def annotate(gm: fx.GraphModule, group) -> dict[str, Fact]:
     """Write every node's fact under `group` into its meta; return the outputs' facts by name."""
-    roles = {p.name: p.role for p in gm.meta["invc"].inputs}
+    model = gm.meta["invc"]
+    roles, ops = {p.name: p.role for p in model.inputs}, model.vocabulary
     facts: dict[fx.Node, Fact] = {}
     for step, node in enumerate(gm.graph.nodes):
         if node.op == "placeholder":
@@ -41,7 +42,7 @@ def annotate(gm: fx.GraphModule, group) -> dict[str, Fact]:
         elif node.op == "get_attr":
             facts[node] = Invariant()
         elif node.op == "call_function":
-            facts[node] = apply(_call(node, facts, step), group)
+            facts[node] = apply(_call(node, facts, step, ops.aliases), group, ops.graph)
         else:
             continue
         node.meta.setdefault("symmetry", {})[str(group)] = facts[node]

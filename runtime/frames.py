@@ -1,7 +1,7 @@
 """Frame averaging (Puny et al., ICLR 2022) for point clouds in 3D, in ops ONNX can run.
 
-The fx call_function targets defined here (compiler/onnx_sets.py lowers each; the symmetry rules
-read these semantics). B is the batch, F the number of frames, coordinates are the last axis (3):
+The arithmetic of the frame ops, whose definitions (fx targets, symmetry rules, ONNX emitters) are
+in ops/frames.py. B is the batch, F the number of frames, coordinates are the last axis (3):
 
     frame_centroid(pos, mask)               pos [B, N, 3], mask bool [B, N] or None -> [B, 1, 3],
                                             the mean of the real points (of all, when none is real).
@@ -28,8 +28,8 @@ all three coincide). The output is then finite, and the same in torch and ONNX, 
 approximately invariant; frame_conditioning says where. The canonical frame
 is exact only away from ties: also where a third moment along an axis is 0.
 
-The kernels below take `m`, a namespace of tensor primitives: TORCH here, and an ONNX twin in
-compiler/onnx_sets.py, so torch and ONNX run the same arithmetic step for step.
+The kernels below take `m`, a namespace of tensor primitives: TORCH, or its twin OnnxMath, which
+writes ONNX nodes, so torch and ONNX run the same arithmetic step for step.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import math
 import numpy as np
 import torch
 
-from common.dtypes import name_of, torch_dtype
+from common.dtypes import name_of, numpy_dtype, onnx_type, torch_dtype
 
 # Gap below which an eigenvector (or its orthogonalized partner) counts as undetermined; the
 # eigensolver works in float64 on a trace-normalized covariance, so this is relative.
@@ -174,6 +174,129 @@ class _Torch:
 
 
 TORCH = _Torch
+
+
+class _Value:
+    """An ONNX value name with its dtype, so Python numbers can become constants of that dtype."""
+
+    def __init__(self, name: str, dtype: str):
+        self.name, self.dtype = name, dtype
+
+
+class OnnxMath:
+    """The same primitives as ONNX nodes, built with compiler/onnx_backend.py's GraphBuilder `g`."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def _name(self, a, dtype: str) -> str:
+        return a.name if isinstance(a, _Value) else self.g.scalar(a, dtype)
+
+    def _dtype(self, *args) -> str:
+        return next(a.dtype for a in args if isinstance(a, _Value))
+
+    def _op(self, op_type, *args, dtype=None, **attrs):
+        dt = self._dtype(*args)
+        return _Value(self.g.op(op_type, *(self._name(a, dt) for a in args), **attrs), dtype or dt)
+
+    def wrap(self, node):
+        return None if node is None else _Value(self.g.value(node), node.meta["dtype"])
+
+    def add(self, a, b):
+        return self._op("Add", a, b)
+
+    def sub(self, a, b):
+        return self._op("Sub", a, b)
+
+    def mul(self, a, b):
+        return self._op("Mul", a, b)
+
+    def div(self, a, b):
+        return self._op("Div", a, b)
+
+    def maximum(self, a, b):
+        return self._op("Max", a, b)
+
+    def minimum(self, a, b):
+        return self._op("Min", a, b)
+
+    def matmul(self, a, b):
+        return self._op("MatMul", a, b)
+
+    def sqrt(self, x):
+        return self._op("Sqrt", x)
+
+    def abs(self, x):
+        return self._op("Abs", x)
+
+    def cos(self, x):
+        return self._op("Cos", x)
+
+    def acos(self, x):
+        return self._op("Acos", x)
+
+    def gt(self, a, b):
+        return self._op("Greater", a, b, dtype="bool")
+
+    def ge(self, a, b):
+        return self._op("GreaterOrEqual", a, b, dtype="bool")
+
+    def where(self, cond, a, b):
+        dt = self._dtype(a, b)
+        return _Value(self.g.op("Where", cond.name, self._name(a, dt), self._name(b, dt)), dt)
+
+    def const(self, array, like):
+        return _Value(self.g.const(np.asarray(array, numpy_dtype(like.dtype))), like.dtype)
+
+    def cast(self, x, dtype):
+        return x if x.dtype == dtype else _Value(self.g.op("Cast", x.name, to=onnx_type(dtype)), dtype)
+
+    def dtype(self, x):
+        return x.dtype
+
+    def sum(self, x, axes, keepdim=False):
+        return self._op("ReduceSum", x, _Value(self.g.ints(axes), "i64"), keepdims=int(keepdim))
+
+    def mean(self, x, axes, keepdim=False):
+        return self._op("ReduceMean", x, _Value(self.g.ints(axes), "i64"), keepdims=int(keepdim))
+
+    def norm(self, x):
+        return self._op("ReduceL2", x, _Value(self.g.ints([-1]), "i64"), keepdims=1)
+
+    def reduce_max(self, x):
+        return self._op("ReduceMax", x, _Value(self.g.ints([-1]), "i64"), keepdims=1)
+
+    def reduce_min(self, x):
+        return self._op("ReduceMin", x, _Value(self.g.ints([-1]), "i64"), keepdims=1)
+
+    def prod(self, x, axis):
+        return self._op("ReduceProd", x, _Value(self.g.ints([axis]), "i64"), keepdims=0)
+
+    def transpose(self, x, perm):
+        return self._op("Transpose", x, perm=list(perm))
+
+    def reshape(self, x, spec):
+        return self._op("Reshape", x, _Value(self.g.ints(spec), "i64"))
+
+    def reshape_tail(self, x, lead, like, start):
+        shape = self.g.op("Concat", self.g.ints(lead), self.g.op("Shape", like.name, start=start), axis=0)
+        return _Value(self.g.op("Reshape", x.name, shape), x.dtype)
+
+    def unsqueeze(self, x, axis):
+        return _Value(self.g.op("Unsqueeze", x.name, self.g.ints([axis])), x.dtype)
+
+    def concat(self, xs, axis):
+        return _Value(self.g.op("Concat", *(x.name for x in xs), axis=axis), xs[0].dtype)
+
+    def take(self, x, index, axis):
+        return _Value(self.g.op("Gather", x.name, self.g.const(np.asarray(index, np.int64)), axis=axis),
+                      x.dtype)
+
+    def onehot_argmax(self, x, largest, size=3):
+        # Equal against 0, 1, ... rather than OneHot, which onnxruntime lacks for float64 values.
+        k = self.g.op("ArgMax" if largest else "ArgMin", x.name, axis=-1, keepdims=1)
+        hit = self.g.op("Equal", k, self.g.const(np.arange(size, dtype=np.int64)))
+        return _Value(self.g.op("Cast", hit, to=onnx_type(x.dtype)), x.dtype)
 
 
 # -- kernels ---------------------------------------------------------------------------------------
@@ -350,32 +473,7 @@ def out_of_frames(m, y, basis, c, kind: str, frames: int):
     return m.reshape_tail(back, [-1], y, 1)
 
 
-# -- the fx call_function targets ----------------------------------------------------------------
 OUTPUT_KINDS = ("invariant", "vector", "position")
-
-
-def frame_centroid(pos, mask=None):
-    return centroid_of(TORCH, pos, mask)
-
-
-def frame_basis(pos, centroid, mask=None, proper=False, canonical=False):
-    return basis_of(TORCH, pos, centroid, mask, proper, canonical)
-
-
-def frame_in(x, basis, centroid=None):
-    return into_frames(TORCH, x, basis, centroid, basis.shape[1])
-
-
-def frame_tile(x, frames):
-    return tile(TORCH, x, frames)
-
-
-def frame_out(y, basis, centroid=None, kind="invariant"):
-    return out_of_frames(TORCH, y, basis, centroid, kind, basis.shape[1])
-
-
-def frame_conditioning(pos, mask=None):
-    return conditioning(TORCH, pos, mask)
 
 
 # -- how exact each mode is on given clouds --------------------------------------------------------
@@ -401,7 +499,7 @@ def sign_margin(pos, mask=None, proper=False):
 def recommend(pos, mask=None, proper=False) -> str:
     """One line: canonical=true or all frames, from the worst conditioning and sign margin of
     these clouds (for `invc verify`, on its sampled inputs; call it on real data too)."""
-    gap = float(frame_conditioning(pos, mask).min())
+    gap = float(conditioning(TORCH, pos, mask).min())
     margin = float(sign_margin(pos, mask, proper).min())
     measured = f"worst eigen-gap conditioning {gap:.1e}, sign margin {margin:.1e}"
     if gap <= GAP_TOL:
@@ -439,14 +537,14 @@ class FrameAverage(torch.nn.Module):
 
     def forward(self, *inputs, mask=None):
         pos = inputs[self.roles.index("position")]
-        c = frame_centroid(pos, mask)
-        frames = frame_basis(pos, c, mask, self.proper, self.canonical)
+        c = centroid_of(TORCH, pos, mask)
+        frames = basis_of(TORCH, pos, c, mask, self.proper, self.canonical)
         count = frames.shape[1]
-        moved = [frame_in(x, frames, c) if r == "position" else frame_in(x, frames) if r == "vector"
-                 else frame_tile(x, count) for x, r in zip(inputs, self.roles)]
-        extra = {} if mask is None else {"mask": frame_tile(mask, count)}
+        moved = [into_frames(TORCH, x, frames, c if r == "position" else None, count) if r != "scalar"
+                 else tile(TORCH, x, count) for x, r in zip(inputs, self.roles)]
+        extra = {} if mask is None else {"mask": tile(TORCH, mask, count)}
         y = self.backbone(*moved, **extra)
-        return frame_out(y, frames, c if self.out == "position" else None, self.out)
+        return out_of_frames(TORCH, y, frames, c if self.out == "position" else None, self.out, count)
 
 
 def frame_average(module, roles, out="invariant", group="E3", canonical=False) -> FrameAverage:

@@ -1,12 +1,16 @@
 """Hand-built invc fx graphs for tests, obeying docs/graph-contract.md."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from common.dtypes import name_of, torch_dtype
+from ops.registry import VOCABULARY
 
+TARGETS = SimpleNamespace(**{name: op.torch for name, op in VOCABULARY.graph.items()})  # the fx targets by name
 # Shapes are found by running at these sizes; a dim of one of these sizes is read back as the
 # symbol, so static dims in tests must avoid multiples of 11 and 13.
 TRACE = {"B": 11, "N": 13}

@@ -1,6 +1,6 @@
 """The differential soundness harness: random well-typed specs, their claims proved or refused by
 the checker, and every proved claim measured in float64 by code that shares nothing with the rule
-table (dsl/symmetry_rules.py). A claim the checker proves and the numbers contradict is a false
+rules (each op's, in ops/). A claim the checker proves and the numbers contradict is a false
 proof; it is shrunk to a small spec and printed.
 
     python benchmarks/soundness.py --specs 20000     # the benchmark-sized run
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from compiler.verify import random_rotation, redrawn
-from dsl.checker import check
+from ops.registry import check
 from dsl.errors import SpecError
 from dsl.groups import Broken
 from dsl.program import load_text

@@ -1,7 +1,7 @@
 """The checker: names, imports, arity, keywords, dtypes and shapes, each error at its line and column."""
 import pytest
 
-from dsl.checker import check
+from ops.registry import check
 from dsl.errors import SpecError
 from dsl.program import load, load_text
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import compiler
-from compiler.onnx_backend import EMITTERS, to_onnx
+from compiler.onnx_backend import to_onnx
 from compiler.verify import assert_equivariant
 from dsl.errors import SpecError
 from dsl.groups import Euclidean
-from runtime import frames, ops, sets
+from runtime import frames
 from runtime.session import Session
-from tests.graphs import build
+from tests.graphs import TARGETS, build
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -35,7 +35,7 @@ def clouds(b: int, n: int, dtype=torch.float64) -> torch.Tensor:
 
 def test_eigensolver_matches_eigh():
     pos = clouds(300, 12)
-    cov = frames.covariance(frames.TORCH, pos, frames.frame_centroid(pos), None)
+    cov = frames.covariance(frames.TORCH, pos, TARGETS.frame_centroid(pos), None)
     axes, gaps = frames.principal_axes(frames.TORCH, cov)
     values, vectors = torch.linalg.eigh(cov)
     trace = values.sum(-1, keepdim=True)
@@ -63,7 +63,7 @@ def test_eigenvectors_of_near_tied_pairs_match_eigh(end):
     pair = [big * (1 + gaps), big, one] if end == "top" else [big, one + gaps, one]
     spreads = torch.stack(pair, -1)
     pos = spectrum_clouds(spreads)
-    cov = frames.covariance(frames.TORCH, pos, frames.frame_centroid(pos), None)
+    cov = frames.covariance(frames.TORCH, pos, TARGETS.frame_centroid(pos), None)
     axes, _ = frames.principal_axes(frames.TORCH, cov)
     values, vectors = torch.linalg.eigh(cov)
     rel_gap = (values[:, 1:] - values[:, :-1]).min(-1).values / values.sum(-1)
@@ -76,8 +76,8 @@ def test_frames_move_with_the_cloud():
     reflections) and translations, in float64; ONNX computes the same frames as torch."""
     pos, q = clouds(200, 8), rotations(200)
     moved = pos @ q.transpose(1, 2) + 10 * torch.randn(200, 1, 3, generator=GEN, dtype=torch.float64)
-    axes = frames.frame_basis(pos, frames.frame_centroid(pos))[:, 0]
-    moved_axes = frames.frame_basis(moved, frames.frame_centroid(moved))[:, 0]
+    axes = TARGETS.frame_basis(pos, TARGETS.frame_centroid(pos))[:, 0]
+    moved_axes = TARGETS.frame_basis(moved, TARGETS.frame_centroid(moved))[:, 0]
     torch.testing.assert_close((q.transpose(1, 2) @ moved_axes).abs(), axes.abs(), rtol=0, atol=1e-10)
 
 
@@ -85,7 +85,7 @@ def test_frames_move_with_the_cloud():
                                                       (False, True, 1), (True, True, 1)])
 def test_frames_are_orthogonal_with_the_right_determinants(proper, canonical, count):
     pos = clouds(20, 9, torch.float32)
-    basis = frames.frame_basis(pos, frames.frame_centroid(pos), None, proper, canonical)
+    basis = TARGETS.frame_basis(pos, TARGETS.frame_centroid(pos), None, proper, canonical)
     assert basis.shape == (20, count, 3, 3)
     eye = torch.eye(3).expand_as(basis)
     torch.testing.assert_close(basis.transpose(-1, -2) @ basis, eye, rtol=0, atol=1e-5)
@@ -111,12 +111,12 @@ def test_degenerate_clouds_give_finite_frames_and_zero_conditioning(name):
     pos = degenerate_clouds()[name][None]
     for proper in (False, True):
         for canonical in (False, True):
-            basis = frames.frame_basis(pos, frames.frame_centroid(pos), None, proper, canonical)
+            basis = TARGETS.frame_basis(pos, TARGETS.frame_centroid(pos), None, proper, canonical)
             assert torch.isfinite(basis).all()
             torch.testing.assert_close(basis.transpose(-1, -2) @ basis, torch.eye(3).expand_as(basis),
                                        rtol=0, atol=1e-5)
-    assert frames.frame_conditioning(pos).item() < 1e-6
-    assert frames.frame_conditioning(clouds(1, 10, torch.float32)).item() > 1e-2
+    assert TARGETS.frame_conditioning(pos).item() < 1e-6
+    assert TARGETS.frame_conditioning(clouds(1, 10, torch.float32)).item() > 1e-2
 
 
 def test_empty_masked_cloud_builds_its_frame_from_all_points():
@@ -124,14 +124,14 @@ def test_empty_masked_cloud_builds_its_frame_from_all_points():
     sets): its centroid and basis are those of the unmasked cloud, in torch and in ONNX alike."""
     pos = torch.randn(2, 4, 3, generator=GEN, dtype=torch.float64)
     mask = torch.tensor([[False] * 4, [True, False, False, False]])
-    c = frames.frame_centroid(pos, mask)
+    c = TARGETS.frame_centroid(pos, mask)
     torch.testing.assert_close(c[0], pos[0].mean(0, keepdim=True), rtol=0, atol=1e-12)
     assert torch.equal(c[1], pos[1, :1])
-    basis = frames.frame_basis(pos, c, mask)
-    torch.testing.assert_close(basis[0], frames.frame_basis(pos[:1], c[:1])[0], rtol=0, atol=1e-12)
+    basis = TARGETS.frame_basis(pos, c, mask)
+    torch.testing.assert_close(basis[0], TARGETS.frame_basis(pos[:1], c[:1])[0], rtol=0, atol=1e-12)
     rotation = torch.linalg.qr(torch.randn(3, 3, generator=GEN, dtype=torch.float64))[0]
     moved = pos @ rotation.T + 10.0
-    c2 = frames.frame_centroid(moved, mask)
+    c2 = TARGETS.frame_centroid(moved, mask)
     torch.testing.assert_close(c2[0], c[0] @ rotation.T + 10.0, rtol=0, atol=1e-9)
 
 
@@ -253,12 +253,12 @@ def test_examples_match_torch_in_onnxruntime(name):
 
 @pytest.mark.parametrize("proper, canonical", [(False, False), (True, False), (False, True), (True, True)])
 def test_every_frame_op_matches_torch_in_onnxruntime(proper, canonical):
-    rows = [("c", frames.frame_centroid, ["pos"], {"mask": "mask"}),
-            ("f", frames.frame_basis, ["pos", "c"], {"mask": "mask", "proper": proper, "canonical": canonical}),
-            ("p", frames.frame_in, ["pos", "f", "c"]), ("v", frames.frame_in, ["vel", "f"]),
-            ("t", frames.frame_tile, ["mask", 1 if canonical else 4 if proper else 8]),
-            ("o", frames.frame_out, ["p", "f", "c"]), ("w", frames.frame_out, ["v", "f"]),
-            ("k", frames.frame_conditioning, ["pos", "mask"])]
+    rows = [("c", TARGETS.frame_centroid, ["pos"], {"mask": "mask"}),
+            ("f", TARGETS.frame_basis, ["pos", "c"], {"mask": "mask", "proper": proper, "canonical": canonical}),
+            ("p", TARGETS.frame_in, ["pos", "f", "c"]), ("v", TARGETS.frame_in, ["vel", "f"]),
+            ("t", TARGETS.frame_tile, ["mask", 1 if canonical else 4 if proper else 8]),
+            ("o", TARGETS.frame_out, ["p", "f", "c"]), ("w", TARGETS.frame_out, ["v", "f"]),
+            ("k", TARGETS.frame_conditioning, ["pos", "mask"])]
     gm = build({"pos": (("B", "N", 3), "f32"), "vel": (("B", "N", 3), "f32"), "mask": (("B", "N"), "bool")},
                rows, {name: name for name, *_ in rows})
     for node in gm.graph.nodes:  # build() reads strings as names: set the output kinds here
@@ -279,14 +279,6 @@ def test_every_frame_op_matches_torch_in_onnxruntime(proper, canonical):
         np.testing.assert_allclose(got["w"], inputs["vel"].numpy(), atol=1e-5)
 
 
-def test_every_set_and_frame_op_has_an_emitter_and_lowers_by_name():
-    fx_ops = {sets.masked_reduce, sets.attention_pool, sets.segment_reduce, sets.scatter_reduce,
-              frames.frame_centroid, frames.frame_basis, frames.frame_in, frames.frame_tile,
-              frames.frame_out, frames.frame_conditioning}
-    assert fx_ops <= set(EMITTERS)
-    assert all(getattr(ops, f.__name__) is f for f in fx_ops)  # compiler/lower.py finds ops by name
-
-
 def test_sign_margin_matches_an_eigh_computation():
     """The canonical frame's margin against eigh's axes in float64, on random skewed clouds."""
     pos = torch.distributions.Exponential(1.0).sample((50, 9, 3)).double() @ rotations(50)
@@ -303,7 +295,7 @@ def test_recommended_mode_follows_the_measured_margins():
     point_symmetric = torch.cat([half, 2 * half.mean(1, keepdim=True) - half], 1)
     cube = degenerate_clouds()["cube"][None].double()
     assert frames.recommend(skewed).startswith("frames: canonical=true is exact")
-    assert frames.sign_margin(point_symmetric).max() < 1e-12 < frames.frame_conditioning(point_symmetric).min()
+    assert frames.sign_margin(point_symmetric).max() < 1e-12 < TARGETS.frame_conditioning(point_symmetric).min()
     assert "needs a conditioning >= 0.001 and a sign margin >= 1e-05" in frames.recommend(point_symmetric)
     assert "neither mode is exact" in frames.recommend(torch.cat([cube, cube + 1e-9]))  # a batch of 2
 
@@ -331,6 +323,6 @@ def test_canonical_nbody_is_equivariant(tmp_path):
     spec = tmp_path / "nbody.inv"
     spec.write_text(open("examples/nbody.inv").read().replace('out="position")', 'out="position", canonical=true)'))
     gm = compiler.build(spec)
-    assert sum(n.kwargs.get("canonical", False) for n in gm.graph.nodes if n.target is frames.frame_basis) == 1
+    assert sum(n.kwargs.get("canonical", False) for n in gm.graph.nodes if n.target is TARGETS.frame_basis) == 1
     pos = clouds(3, 5, torch.float32)
     assert_equivariant(gm, [pos, torch.randn(3, 5, 3, generator=GEN), torch.randn(3, 5, 1, generator=GEN).sign()])

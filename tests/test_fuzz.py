@@ -4,7 +4,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsl.checker import check
+from ops.registry import check
 from dsl.errors import SpecError
 from compiler.lower import lower
 from dsl.program import load_text

@@ -2,7 +2,7 @@
 import pytest
 
 from dsl.errors import SpecError
-from dsl.checker import check
+from ops.registry import check
 from dsl.groups import (Broken, Euclidean, Invariant, Permutations, Permuted, Product, Rotated, Squared,
                         Translated)
 from dsl.program import load_text

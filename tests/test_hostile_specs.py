@@ -9,7 +9,7 @@ import pytest
 
 from dsl import limits
 from dsl import program as program_module
-from dsl.checker import check
+from ops.registry import check
 from dsl.errors import SpecError
 from dsl.parser import parse_file
 from dsl.program import load, load_text

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsl.checker import check
+from ops.registry import check
 from compiler.lower import lower
 from dsl.program import load_text
 

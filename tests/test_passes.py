@@ -17,9 +17,8 @@ from passes.fold_constants import fold_constants
 from passes.fold_linear import explain, fold_linear
 from passes import rows as rows_pass
 from passes.cleanup import ONNX_LOWERING, for_target
-from runtime import ops
 from common.dtypes import name_of
-from tests.graphs import TRACE, build, run_torch, sample
+from tests.graphs import TARGETS, TRACE, build, run_torch, sample
 
 
 @pytest.fixture(autouse=True)
@@ -86,8 +85,8 @@ def apply(passes, gm):
 
 def test_dce_removes_unused_nodes_and_parameters():
     gm = model({"w": w(8, 8), "blk.unused": w(8), "blk.also": w(8)},
-               [("y", ops.linear, ("x", "w")), ("dead", ops.add, ("x", "blk.unused")),
-                ("dead2", ops.relu, ("dead",))], ["y"])
+               [("y", TARGETS.linear, ("x", "w")), ("dead", TARGETS.add, ("x", "blk.unused")),
+                ("dead2", TARGETS.relu, ("dead",))], ["y"])
     gm = apply([dce], gm)
     assert count(gm) == 1 and count(gm, "get_attr") == 1
     assert n_params(gm) == 1
@@ -95,7 +94,7 @@ def test_dce_removes_unused_nodes_and_parameters():
 
 
 def test_dce_keeps_used_nodes_and_unused_inputs():
-    gm = model({"w": w(8, 8)}, [("y", ops.relu, ("w",))], ["y"])  # x is an unused input
+    gm = model({"w": w(8, 8)}, [("y", TARGETS.relu, ("w",))], ["y"])  # x is an unused input
     size = len(gm.graph.nodes)
     gm = apply([dce], gm)
     assert len(gm.graph.nodes) == size and count(gm, "placeholder") == 1 and n_params(gm) == 1
@@ -105,22 +104,22 @@ def test_dce_keeps_used_nodes_and_unused_inputs():
 
 def test_fold_constants_turns_parameter_ops_into_buffers():
     gm = model({"w": w(8, 8), "b": w(8)},
-               [("w2", ops.mul, ("w", 2.0)), ("wt", ops.permute, ("w2", (1, 0))),
-                ("bb", ops.add, ("b", "b")), ("y", ops.linear, ("x", "wt", "bb"))], ["y"])
+               [("w2", TARGETS.mul, ("w", 2.0)), ("wt", TARGETS.permute, ("w2", (1, 0))),
+                ("bb", TARGETS.add, ("b", "b")), ("y", TARGETS.linear, ("x", "wt", "bb"))], ["y"])
     gm = apply([fold_constants, dce], gm)
     assert count(gm) == 1  # only the linear on x is left
     assert n_params(gm) == 0 and len(list(gm.buffers())) == 2
 
 
 def test_fold_constants_leaves_ops_on_inputs():
-    gm = model({"w": w(8)}, [("y", ops.add, ("x", "w")), ("z", ops.relu, ("y",))], ["z"])
+    gm = model({"w": w(8)}, [("y", TARGETS.add, ("x", "w")), ("z", TARGETS.relu, ("y",))], ["z"])
     code = gm.code
     gm = apply([fold_constants], gm)
     assert gm.code == code and len(list(gm.buffers())) == 0
 
 
 def test_fold_constants_never_reuses_an_attribute_name():
-    gm = model({"w": w(8), "folded_y": w(8)}, [("y", ops.neg, ("w",)), ("z", ops.add, ("x", "y"))],
+    gm = model({"w": w(8), "folded_y": w(8)}, [("y", TARGETS.neg, ("w",)), ("z", TARGETS.add, ("x", "y"))],
                ["z"])
     gm = apply([fold_constants], gm)
     assert hasattr(gm, "folded_y_1") and count(gm, "get_attr") == 3
@@ -130,15 +129,15 @@ def test_fold_constants_never_reuses_an_attribute_name():
 
 def test_cse_merges_repeated_subexpressions():
     gm = model({"w": w(8)},
-               [("a1", ops.relu, ("x",)), ("a2", ops.relu, ("x",)),
-                ("b1", ops.add, ("a1", "w")), ("b2", ops.add, ("a2", "w")),
-                ("c", ops.concat, (["b1", "b2"], -1))], ["c"])
+               [("a1", TARGETS.relu, ("x",)), ("a2", TARGETS.relu, ("x",)),
+                ("b1", TARGETS.add, ("a1", "w")), ("b2", TARGETS.add, ("a2", "w")),
+                ("c", TARGETS.concat, (["b1", "b2"], -1))], ["c"])
     gm = apply([cse], gm)
     assert count(gm) == 3  # relu, add, concat
 
 
 def test_cse_merges_repeated_get_attr():
-    gm = model({"w": w(8)}, [("y", ops.add, ("x", "w"))], ["y"])
+    gm = model({"w": w(8)}, [("y", TARGETS.add, ("x", "w"))], ["y"])
     first = next(iter(gm.graph.find_nodes(op="get_attr")))
     with gm.graph.inserting_after(first):
         again = gm.graph.get_attr("w")
@@ -152,9 +151,9 @@ def test_cse_merges_repeated_get_attr():
 
 
 def test_cse_keeps_different_arguments():
-    gm = model({}, [("s0", ops.reduce_sum, ("x", -1)), ("s1", ops.reduce_sum, ("x", -1, True)),
-                    ("p", ops.add, ("x", 0.0)), ("n", ops.add, ("x", -0.0)),
-                    ("i", ops.mul, ("x", 1)), ("f", ops.mul, ("x", 1.0))],
+    gm = model({}, [("s0", TARGETS.reduce_sum, ("x", -1)), ("s1", TARGETS.reduce_sum, ("x", -1, True)),
+                    ("p", TARGETS.add, ("x", 0.0)), ("n", TARGETS.add, ("x", -0.0)),
+                    ("i", TARGETS.mul, ("x", 1)), ("f", TARGETS.mul, ("x", 1.0))],
                ["s0", "s1", "p", "n", "i", "f"])
     gm = apply([cse], gm)
     assert count(gm) == 6
@@ -165,8 +164,8 @@ def test_cse_keeps_different_arguments():
 @pytest.mark.parametrize("b1,b2", [(True, True), (True, False), (False, True), (False, False)])
 def test_fold_linear_folds_a_pair(b1, b2):
     params = {"w1": w(6, 8), "w2": w(4, 6)} | ({"b1": w(6)} if b1 else {}) | ({"b2": w(4)} if b2 else {})
-    gm = model(params, [("h", ops.linear, ("x", "w1", "b1" if b1 else None)),
-                        ("y", ops.linear, ("h", "w2", "b2" if b2 else None))], ["y"])
+    gm = model(params, [("h", TARGETS.linear, ("x", "w1", "b1" if b1 else None)),
+                        ("y", TARGETS.linear, ("h", "w2", "b2" if b2 else None))], ["y"])
     gm = apply([fold_linear, fold_constants, dce], gm)
     assert [n.name for n in gm.graph.nodes if n.op == "call_function"] == ["y"]  # outer's name kept
     # A folded bias exists only with b1; a lone b2 stays the parameter it was.
@@ -175,27 +174,27 @@ def test_fold_linear_folds_a_pair(b1, b2):
 
 def test_fold_linear_folds_a_chain_of_three():
     gm = model({"w1": w(8, 8), "b1": w(8), "w2": w(8, 8), "b2": w(8), "w3": w(4, 8)},
-               [("h1", ops.linear, ("x", "w1", "b1")),
-                ("h2", ops.linear, ("h1",), {"weight": "w2", "bias": "b2"}),  # spelled as kwargs
-                ("y", ops.linear, ("h2", "w3"))], ["y"])
+               [("h1", TARGETS.linear, ("x", "w1", "b1")),
+                ("h2", TARGETS.linear, ("h1",), {"weight": "w2", "bias": "b2"}),  # spelled as kwargs
+                ("y", TARGETS.linear, ("h2", "w3"))], ["y"])
     gm = apply(CLEANUP, gm)
     assert count(gm) == 1 and n_params(gm) == 0
 
 
 def test_fold_linear_refuses_a_relu_between():
     gm = model({"w1": w(8, 8), "w2": w(8, 8)},
-               [("h", ops.linear, ("x", "w1")), ("r", ops.relu, ("h",)),
-                ("y", ops.linear, ("r", "w2"))], ["y"])
+               [("h", TARGETS.linear, ("x", "w1")), ("r", TARGETS.relu, ("h",)),
+                ("y", TARGETS.linear, ("r", "w2"))], ["y"])
     gm = apply([fold_linear], gm)
-    assert count(gm, target=ops.linear) == 2 and explain(gm) == []
+    assert count(gm, target=TARGETS.linear) == 2 and explain(gm) == []
 
 
 @pytest.mark.parametrize("body,outputs,reason", [
-    ([("h", ops.linear, ("x", "w1")), ("y", ops.linear, ("h", "w2")), ("z", ops.relu, ("h",))],
+    ([("h", TARGETS.linear, ("x", "w1")), ("y", TARGETS.linear, ("h", "w2")), ("z", TARGETS.relu, ("h",))],
      ["y", "z"], "inner linear h of y has 2 users"),
-    ([("h", ops.linear, ("x", "w1")), ("v", ops.reduce_mean, ("x", 0)), ("y", ops.linear, ("h", "v"))],
+    ([("h", TARGETS.linear, ("x", "w1")), ("v", TARGETS.reduce_mean, ("x", 0)), ("y", TARGETS.linear, ("h", "v"))],
      ["y"], "weight v of y is computed at run time, not a parameter"),
-    ([("h", ops.linear, ("x", "lo")), ("y", ops.linear, ("h", "hi"))],
+    ([("h", TARGETS.linear, ("x", "lo")), ("y", TARGETS.linear, ("h", "hi"))],
      ["y"], "folding h into y grows the weights: [8, 8] is larger than [2, 8] + [8, 2]"),
 ])
 def test_fold_linear_refusals_carry_reasons(body, outputs, reason):
@@ -210,29 +209,29 @@ def test_fold_linear_refusals_carry_reasons(body, outputs, reason):
 
 def test_rows_flattens_a_per_element_mlp_once():
     gm = model({"w1": w(6, 8), "b1": w(6), "w2": w(5, 6)},
-               [("h", ops.linear, ("x", "w1", "b1")), ("a", ops.relu, ("h",)), ("g", ops.gelu, ("a",)),
-                ("o", ops.linear, ("g", "w2")), ("y", ops.reduce_sum, ("o", 1))], ["y"])
+               [("h", TARGETS.linear, ("x", "w1", "b1")), ("a", TARGETS.relu, ("h",)), ("g", TARGETS.gelu, ("a",)),
+                ("o", TARGETS.linear, ("g", "w2")), ("y", TARGETS.reduce_sum, ("o", 1))], ["y"])
     size = len(gm.graph.nodes)
     gm = apply([rows_pass.rows], gm)
     assert len(gm.graph.nodes) == size + 2  # one reshape before the chain, one unflatten after
-    assert count(gm, target=ops.reshape) == count(gm, target=ops.unflatten_rows) == 1
+    assert count(gm, target=TARGETS.reshape) == count(gm, target=TARGETS.unflatten_rows) == 1
     h = next(n for n in gm.graph.nodes if n.name == "h")
-    assert h.args[0].target is ops.reshape and h.meta["shape"] == ("B*N", 6)
+    assert h.args[0].target is TARGETS.reshape and h.meta["shape"] == ("B*N", 6)
 
 
 def test_rows_stops_the_chain_at_a_shared_value():
     gm = model({"w1": w(6, 8), "w2": w(6, 6)},
-               [("h", ops.linear, ("x", "w1")), ("a", ops.relu, ("h",)), ("o", ops.linear, ("a", "w2")),
-                ("y", ops.add, ("a", "o"))], ["y"])
+               [("h", TARGETS.linear, ("x", "w1")), ("a", TARGETS.relu, ("h",)), ("o", TARGETS.linear, ("a", "w2")),
+                ("y", TARGETS.add, ("a", "o"))], ["y"])
     gm = apply([rows_pass.rows], gm)
     # h..a is one chain (a has two users), o another: each flattened on its own.
-    assert count(gm, target=ops.unflatten_rows) == 2
+    assert count(gm, target=TARGETS.unflatten_rows) == 2
 
 
 @pytest.mark.parametrize("rows, reason", [
-    ([("p", ops.reduce_sum, ("x", 1)), ("h", ops.linear, ("p", "w")), ("y", ops.relu, ("h",))],
+    ([("p", TARGETS.reduce_sum, ("x", 1)), ("h", TARGETS.linear, ("p", "w")), ("y", TARGETS.relu, ("h",))],
      "chain h..y is on rank-2 rows already"),
-    ([("a", ops.relu, ("x",)), ("y", ops.tanh, ("a",))],
+    ([("a", TARGETS.relu, ("x",)), ("y", TARGETS.tanh, ("a",))],
      "chain a..y holds no linear with a 2-D parameter weight"),
 ])
 def test_rows_leaves_2d_rows_and_chains_without_a_linear(rows, reason):
@@ -259,15 +258,15 @@ def test_default_pipeline_is_the_cleanup_list_then_the_checks():
 
 def test_pipeline_dumps_after_the_named_pass():
     gm = model({"w1": w(8, 8), "w2": w(8, 8)},
-               [("h", ops.linear, ("x", "w1")), ("y", ops.linear, ("h", "w2"))], ["y"])
+               [("h", TARGETS.linear, ("x", "w1")), ("y", TARGETS.linear, ("h", "w2"))], ["y"])
     seen = []
     default_pipeline().run(gm, dump_after=["fold_linear", "dce"],
-                           dump=lambda step, g: seen.append((step.name, count(g, target=ops.matmul))))
+                           dump=lambda step, g: seen.append((step.name, count(g, target=TARGETS.matmul))))
     assert seen == [("fold_linear", 1), ("dce", 0)]
 
 
 def test_pipeline_rejects_unknown_dump_names():
-    gm = model({}, [("y", ops.relu, ("x",))], ["y"])
+    gm = model({}, [("y", TARGETS.relu, ("x",))], ["y"])
     with pytest.raises(PassError, match="no_such_pass"):
         default_pipeline().run(gm, dump_after=["no_such_pass"])
 
@@ -277,6 +276,6 @@ def test_pipeline_names_the_pass_that_crashed():
     def broken(gm):
         raise ValueError("boom")
 
-    gm = model({}, [("y", ops.relu, ("x",))], ["y"])
+    gm = model({}, [("y", TARGETS.relu, ("x",))], ["y"])
     with pytest.raises(PassError, match=r"pass 'broken' failed after \[cse\]: boom"):
         Pipeline([cse, broken]).run(gm)

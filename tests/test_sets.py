@@ -7,7 +7,7 @@ import torch
 
 import compiler
 from dsl.errors import SpecError
-from runtime import sets
+from tests.graphs import TARGETS
 from runtime.session import InputError, Session
 
 KINDS = ("sum", "mean", "max", "min")
@@ -152,8 +152,8 @@ def test_torch_modes_agree():
     x = torch.randn(50, 3)
     offsets = torch.tensor([0, 10, 10, 31, 50])
     for kind in KINDS:
-        torch.testing.assert_close(sets.segment_reduce(x, offsets, kind, True),
-                                   sets.segment_reduce(x, offsets, kind, False))
+        torch.testing.assert_close(TARGETS.segment_reduce(x, offsets, kind, True),
+                                   TARGETS.segment_reduce(x, offsets, kind, False))
 
 
 @pytest.mark.parametrize("offsets, message", [
@@ -197,7 +197,7 @@ def test_unsqueeze_pairs_elements_by_broadcasting(tmp_path):
                                               ([0, 2, 7], r"end at the number of elements \(5\), got 0 ... 7")])
 def test_triton_segment_op_names_bad_offsets_on_its_torch_path(offsets, message):
     pytest.importorskip("triton")
-    from runtime.triton import ops as triton_ops
+    from ops import custom as triton_ops
 
     with pytest.raises(ValueError, match=message):
         triton_ops.segment_reduce(torch.randn(5, 4), torch.tensor(offsets), "sum")

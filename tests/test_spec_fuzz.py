@@ -1,4 +1,4 @@
-"""The project's spec fuzzer (dsl/fuzz.py), CI-sized: grammar derivations and hostile mutations of the
+"""The project's spec fuzzer (compiler/fuzz.py), CI-sized: grammar derivations and hostile mutations of the
 examples each end in a checked model or a SpecError that points into its file, never another
 exception; a model the checker accepts also lowers. benchmarks/fuzz_specs.py runs 10,000 and more."""
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsl import fuzz
+from compiler import fuzz
 from compiler.lower import lower
 
 EXAMPLES = fuzz.example_texts(Path(__file__).resolve().parent.parent / "examples")

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton", reason="triton is not installed: the Triton backend cannot run")
 
-from runtime import frames, ops, sets  # noqa: E402
+from tests.graphs import TARGETS  # noqa: E402
 from runtime.triton.build import load, module_source  # noqa: E402
 from runtime.triton.templates import (CHUNK_ROWS, FRAME_HELPERS, Act, Linear, PCAFrames,  # noqa: E402
                                       RMSNormLinear, SegmentReduce)
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(glob.glob(str(ROOT / "examples" / "*.inv")))
 REFUSED = {"broken_symmetry.inv"}  # shipped to show a refusal, as in tests/test_examples.py
 KINDS = ("sum", "mean", "max", "min")
-REDUCE = {"sum": ops.reduce_sum, "mean": ops.reduce_mean, "max": ops.reduce_max, "min": ops.reduce_min}
+REDUCE = {"sum": TARGETS.reduce_sum, "mean": TARGETS.reduce_mean, "max": TARGETS.reduce_max, "min": TARGETS.reduce_min}
 
 
 def close(got, want, kind="sum", tol=1e-5):
@@ -61,7 +61,7 @@ def test_csr_segments_match_reference_with_empty_sets(seg, kind, variant):
     x = torch.randn(90, 5, generator=gen())
     offsets = torch.tensor([0, 0, 10, 10, 60, 90, 90])  # empty sets first, in the middle and last
     got = getattr(seg, f"launch_{kind}_csr")(x, offsets, variant=variant)
-    want = sets.segment_reduce(torch.relu(x), offsets, kind, deterministic=True)
+    want = TARGETS.segment_reduce(torch.relu(x), offsets, kind, deterministic=True)
     close(got, want, kind)
     assert not got[[0, 2, 5]].any(), "empty sets reduce to 0"
 
@@ -73,7 +73,7 @@ def test_dense_and_masked_forms_match_reference(seg, kind):
     mask[0, 1] = False  # an empty set
     close(getattr(seg, f"launch_{kind}_dense")(x), REDUCE[kind](torch.relu(x), 2), kind)
     got = getattr(seg, f"launch_{kind}_masked")(x, mask)
-    close(got, sets.masked_reduce(torch.relu(x), mask, 2, kind), kind)
+    close(got, TARGETS.masked_reduce(torch.relu(x), mask, 2, kind), kind)
     assert not got[0, 1].any()
 
 
@@ -83,7 +83,7 @@ def test_atomic_variant_takes_over_unbalanced_sets():
     offsets = torch.tensor([0] + lengths).cumsum(0)
     x = torch.randn(int(offsets[-1]), 4, generator=gen(3))
     assert m.unbalanced(offsets, CHUNK_ROWS)
-    want = sets.segment_reduce(x, offsets, "sum", deterministic=True)
+    want = TARGETS.segment_reduce(x, offsets, "sum", deterministic=True)
     close(m.launch_total(x, offsets), want, tol=1e-4)  # 2560 fp32 terms, summed in another order
     close(m.launch_total(x, offsets, variant="csr"), want, tol=1e-4)
 
@@ -95,11 +95,11 @@ def test_fused_row_map_sum_of_relu_of_linear():
     g = gen(4)
     x, w, b = torch.randn(40, 6, generator=g), torch.randn(20, 6, generator=g), torch.randn(20, generator=g)
     offsets = torch.tensor([0, 7, 7, 33, 40])
-    close(m.launch_pool(x, offsets, w, b), sets.segment_reduce(torch.relu(ops.linear(x, w, b)), offsets, "sum"))
+    close(m.launch_pool(x, offsets, w, b), TARGETS.segment_reduce(torch.relu(TARGETS.linear(x, w, b)), offsets, "sum"))
     x, mask = torch.randn(3, 6, 3, generator=g), torch.rand(3, 6, generator=g) > 0.4
     w0, b0, w1 = torch.randn(16, 3, generator=g), torch.randn(16, generator=g), torch.randn(8, 16, generator=g) / 4
-    rows = ops.sigmoid(ops.gelu(ops.tanh(ops.linear(ops.silu(ops.linear(x, w0, b0)), w1))))
-    close(m.launch_deep(x, mask, w0, b0, w1), sets.masked_reduce(rows, mask, 1, "mean"))
+    rows = TARGETS.sigmoid(TARGETS.gelu(TARGETS.tanh(TARGETS.linear(TARGETS.silu(TARGETS.linear(x, w0, b0)), w1))))
+    close(m.launch_deep(x, mask, w0, b0, w1), TARGETS.masked_reduce(rows, mask, 1, "mean"))
 
 
 # -- rmsnorm + linear --------------------------------------------------------------------------------
@@ -109,8 +109,8 @@ def test_rmsnorm_linear_matches_reference(norm_weight, bias, epilogue):
     g = gen(5)
     x, w = torch.randn(2, 19, 80, generator=g), torch.randn(72, 80, generator=g) / 9
     gamma, b = torch.rand(80, generator=g) + 0.5, torch.randn(72, generator=g)
-    want = ops.linear(ops.rmsnorm(x, gamma if norm_weight else None, 1e-6), w, b if bias else None)
-    want = ops.silu(want) if epilogue else want
+    want = TARGETS.linear(TARGETS.rmsnorm(x, gamma if norm_weight else None, 1e-6), w, b if bias else None)
+    want = TARGETS.silu(want) if epilogue else want
     args = [x] + ([gamma] if norm_weight else []) + [w] + ([b] if bias else [])
     close(m.launch_proj(*args), want)
 
@@ -131,8 +131,8 @@ def test_pca_frames_match_runtime_frames(proper, masked):
     pos = torch.randn(4, 11, 3, generator=g) * torch.tensor([3.0, 1.0, 0.3]) + 2.0
     mask = (torch.rand(4, 11, generator=g) > 0.3) if masked else None
     c, basis, points = m.launch_frames(pos, *([mask] if masked else []))
-    want_c = frames.frame_centroid(pos, mask)
-    want_basis = frames.frame_basis(pos, want_c, mask, proper)
+    want_c = TARGETS.frame_centroid(pos, mask)
+    want_basis = TARGETS.frame_basis(pos, want_c, mask, proper)
     close(c, want_c[:, 0])
     same_frames(basis, want_basis)
     assert torch.allclose(torch.linalg.det(basis), torch.ones(()), atol=1e-5) or not proper
@@ -143,12 +143,12 @@ def test_pca_frames_match_runtime_frames(proper, masked):
 
 # -- custom ops -------------------------------------------------------------------------------------
 def test_custom_ops_run_kernels_in_interpreter_and_torch_otherwise(monkeypatch):
-    from runtime.triton.ops import register
+    from ops.custom import register
     invc = register()
     g = gen(7)
     x, offsets = torch.randn(30, 8, generator=g), torch.tensor([0, 4, 4, 30])
     w, b = torch.randn(12, 8, generator=g), torch.randn(12, generator=g)
-    want = sets.segment_reduce(torch.relu(ops.linear(x, w, b)), offsets, "max", True)
+    want = TARGETS.segment_reduce(torch.relu(TARGETS.linear(x, w, b)), offsets, "max", True)
     close(invc.segment_reduce(x, offsets, "max", True, w, b, "relu"), want, tol=1e-5)
     pos = torch.randn(2, 9, 3, generator=g)
     c, basis, points = invc.pca_frames(pos, None, False)
@@ -163,7 +163,7 @@ def test_custom_ops_run_kernels_in_interpreter_and_torch_otherwise(monkeypatch):
 
     exported = torch.export.export(Proj(), (xr, wr))
     assert "invc.rmsnorm_linear" in str(exported.graph)
-    close(exported.module()(xr, wr), ops.linear(ops.rmsnorm(xr, None, 1e-6), wr))
+    close(exported.module()(xr, wr), TARGETS.linear(TARGETS.rmsnorm(xr, None, 1e-6), wr))
 
 
 # -- generated kernels compile for a real GPU ---------------------------------------------------------
@@ -203,7 +203,7 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 def sample_inputs(gm, sizes=None, seed=0):
     """Random inputs by placeholder; an int input read as CSR offsets gets valid offsets."""
     sizes, g, out = sizes or {"B": 3, "N": 7, "S": 5, "E": 11}, gen(seed), {}
-    offsets = {n.args[1] for n in gm.graph.nodes if n.op == "call_function" and n.target is sets.segment_reduce}
+    offsets = {n.args[1] for n in gm.graph.nodes if n.op == "call_function" and n.target is TARGETS.segment_reduce}
     for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
         shape = [sizes[d] if isinstance(d, str) else d for d in node.meta["shape"]]
         dtype = node.meta["dtype"]
@@ -342,17 +342,15 @@ def test_explain_lists_kernels_and_fallbacks_with_reasons(tmp_path, capsys):
 def test_every_op_has_a_torch_form_except_the_frame_construction():
     """The launcher must run any op outside a kernel; frame construction only runs as the kernel
     (canonical frames and frame_conditioning make compile fail with a clear error)."""
-    import inspect as inspect_
-    from runtime.triton.torch_source import EMBEDDED, EXPRESSIONS
-    vocabulary = {f for _, f in inspect_.getmembers(ops, inspect_.isfunction) if not f.__name__.startswith("_")}
-    missing = {f.__name__ for f in vocabulary - set(EXPRESSIONS) - set(EMBEDDED)}
+    from ops.registry import VOCABULARY
+    missing = {name for name, op in VOCABULARY.graph.items() if op.triton is None and not op.embed}
     assert missing == {"frame_centroid", "frame_basis", "frame_conditioning"}
 
 
 def test_unsupported_dtype_falls_back_with_reason():
     from compiler.triton_backend import plan
     from tests.graphs import build
-    gm = build({"x": (("B", "N", 4), "f64")}, [("pooled", ops.reduce_sum, ["x"], {"axis": 1})], {"y": "pooled"})
+    gm = build({"x": (("B", "N", 4), "f64")}, [("pooled", TARGETS.reduce_sum, ["x"], {"axis": 1})], {"y": "pooled"})
     the_plan = plan(gm)
     assert not the_plan.regions
     assert "dtype f64 has no template" in the_plan.explain()

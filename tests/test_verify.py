@@ -140,7 +140,7 @@ def test_verify_samples_valid_offsets_ids_and_an_empty_set():
     """Ragged inputs get CSR offsets (0 first, the row count last, never decreasing, one set empty),
     segment ids below the set count, and masks whose first set is all padding."""
     from compiler.verify import SIZES, sample_inputs
-    from dsl.checker import check
+    from ops.registry import check
     from dsl.program import load_text
     m = check(load_text("model m() {\n  symmetry S(R)\n  input x: f32[R, 4]\n  input o: i64[K]\n"
                         "  input ids: i64[R]\n  input sets: f32[S, 1]\n  input mask: bool[B, N]\n"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compiler  # noqa: E402
 from data import load  # noqa: E402
-from runtime import frames  # noqa: E402
+from ops import frames  # noqa: E402
 
 SPEC = ROOT / "examples" / "nbody.inv"
 INPUTS = ("pos", "vel", "charge")

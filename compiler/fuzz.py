@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from dsl.checker import check
+from ops.registry import check
 from dsl.errors import SpecError
 from dsl.parser import _lark
 from dsl.program import load

@@ -1,14 +1,14 @@
-"""torch.library custom ops backed by the Triton templates; the torch implementation elsewhere.
+"""torch.library custom ops backed by runtime/triton's templates, falling back to the ops' torch forms.
 
     invc::segment_reduce(x, offsets, kind, deterministic, weight, bias, activation)
         kind over CSR sets of rows of act(linear(x)) (the linear and act optional) -> [S, D]
     invc::masked_reduce(x, mask, kind)          kind over axis -2 of x [..., N, D], mask [..., N]
     invc::pca_frames(pos, mask, proper)         (centroid [B, 1, 3], basis [B, F, 3, 3],
-                                                 points in each frame [B*F, N, 3]), as runtime/frames.py
+                                                 points in each frame [B*F, N, 3]), as ops/frames.py
     invc::rmsnorm_linear(x, norm_weight, weight, bias, eps)
 
 CUDA tensors run the kernels, and so do CPU tensors under TRITON_INTERPRET=1; any other device,
-or a dtype without a template (f64), runs runtime/sets.py, runtime/frames.py or runtime/ops.py.
+or a dtype without a template (f64), runs the torch forms of ops/.
 The ops are defined on the first `register()`, so importing invc never needs triton.
 segment_reduce is an opaque custom_op: its launcher validates offsets and sizes its chunk table
 on the host, which tracing cannot see through. The others are triton_ops, whose kernels
@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from common.dtypes import name_of
-from runtime import frames, ops, sets
+from ops import elementwise, frames, linear, norms, sets
 from runtime.triton import prelude
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, Act, Linear,
                                       PCAFrames, RMSNormLinear, SegmentReduce)
@@ -48,8 +48,8 @@ def _steps(weight, bias, activation: str) -> tuple:
 
 
 def _row_map(x, weight, bias, activation: str):
-    x = x if weight is None else ops.linear(x, weight, bias)
-    return x if activation == "none" else getattr(ops, activation)(x)
+    x = x if weight is None else linear.linear(x, weight, bias)
+    return x if activation == "none" else getattr(elementwise, activation)(x)
 
 
 Tensor, Maybe = torch.Tensor, Optional[torch.Tensor]
@@ -88,7 +88,7 @@ def pca_frames(pos: Tensor, mask: Maybe, proper: bool) -> tuple[Tensor, Tensor, 
 
 def rmsnorm_linear(x: Tensor, norm_weight: Maybe, weight: Tensor, bias: Maybe, eps: float) -> Tensor:
     if not _kernels_for(x):
-        return ops.linear(ops.rmsnorm(x, norm_weight, eps), weight, bias)
+        return linear.linear(norms.rmsnorm(x, norm_weight, eps), weight, bias)
     config = RMSNormLinear("rmsnorm_linear", weight.shape[1], weight.shape[0], eps, norm_weight is not None,
                            bias is not None, (), name_of(x.dtype))
     return _launcher(config)(x, *[t for t in (norm_weight, weight, bias) if t is not None])

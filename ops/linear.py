@@ -1,0 +1,176 @@
+"""Linear maps: linear, mlp (linear layers with activations between), embedding and matmul.
+
+A linear map on the last axis commutes with anything acting on the other axes; matmul contracts
+two tensors, so a permuted axis must meet the same permutation.
+"""
+from common.lazy import Lazy
+from dsl.groups import Fact, Invariant, Permuted, Rotated, Simplex, Squared, Translated
+from dsl.rules import Tensor, features, with_last
+from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, axis_name, join_permuted, moving_weights,
+                                placement, what)
+from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
+from ops.elementwise import ACTIVATIONS, onnx_binary
+from ops.op import Doc, GraphOp, SpecOp
+
+torch, F = Lazy("torch"), Lazy("torch.nn.functional")
+
+
+# -- checker rules ---------------------------------------------------------------------------------
+def linear_layer(ctx, x: Value, out: int, bias: bool, prefix: str = "") -> Value:
+    d = features(ctx, x)
+    if out < 1:
+        ctx.error(f"linear needs a positive output width, got {out}")
+    params = {f"{prefix}weight": ParamSpec((out, d), "fan_in")}
+    if bias:
+        params[f"{prefix}bias"] = ParamSpec((out,), "zeros")
+    return ctx.emit("linear", (x,), with_last(x, out), params=params)
+
+
+def check_linear(ctx, x: Tensor, out: int, bias: bool = True):
+    return linear_layer(ctx, x, out, bias)
+
+
+def check_mlp(ctx, x: Tensor, widths: list, act: str = "relu", bias: bool = True):
+    """Linear layers of the given widths with `act` between them (not after the last)."""
+    if not widths or not all(isinstance(w, int) for w in widths):
+        ctx.error("mlp needs `widths`, a non-empty list of ints", "for example widths=[64, 64]")
+    if act not in ACTIVATIONS:
+        ctx.error(f"unknown activation {act!r}", f"use one of {', '.join(ACTIVATIONS)}")
+    for i, w in enumerate(widths):
+        if i:
+            x = ctx.emit(act, (x,), x.type)
+        x = linear_layer(ctx, x, w, bias, prefix=f"{i}.")
+    return x
+
+
+def check_embedding(ctx, ids: Tensor, num: int, dim: int):
+    if ids.type.dtype not in INTS:
+        ctx.error(f"embedding expects integer ids (i32 or i64), got {ids.type}")
+    params = {"weight": ParamSpec((num, dim), "normal")}
+    return ctx.emit("embedding", (ids,), TensorType("f32", ids.type.shape + (dim,)), params=params)
+
+
+def check_matmul(ctx, a: Tensor, b: Tensor):
+    if a.type.dtype != b.type.dtype:
+        ctx.error(f"matmul of {a.type} and {b.type}: dtypes differ")
+    if a.type.rank < 2 or b.type.rank < 2:
+        ctx.error(f"matmul needs two tensors of rank >= 2, got {a.type} and {b.type}")
+    if a.type.shape[-1] != b.type.shape[-2]:
+        ctx.error(f"matmul of {a.type} and {b.type}: inner dims {a.type.shape[-1]} and "
+                  f"{b.type.shape[-2]} differ")
+    lead = broadcast(a.type.shape[:-2], b.type.shape[:-2])
+    if isinstance(lead, str):
+        ctx.error(f"matmul of {a.type} and {b.type}: batch dims do not broadcast: {lead}")
+    return ctx.emit("matmul", (a, b), TensorType(a.type.dtype, lead + (a.type.shape[-2], b.type.shape[-1])))
+
+
+# -- symmetry rules --------------------------------------------------------------------------------
+def symmetry_linear(call: Call) -> Fact:
+    """A linear map on the last axis commutes with anything acting on the other axes; a bias
+    breaks rotations, and no weights keep a translation (they would need to sum to one)."""
+    x, bias = call.arg(0), call.arg(2, "bias")
+    refused = moving_weights(call, (call.arg(1), bias))
+    last, fact = len(x.shape) - 1, x.fact
+    if refused or last in axes_of(fact):
+        return refused or call.broken(f"{call.spelled} over {axis_name(x, last)}",
+                                      POOL_HINT.format(dim=x.shape[last]) if isinstance(fact, Permuted) else COORD_HINT)
+    if isinstance(fact, Translated):
+        return call.broken(f"{call.spelled} of positions",
+                           "subtract the centroid first: pos - mean(pos, axis=N, keepdim=true)")
+    if isinstance(fact, (Rotated, Squared)) and bias is not None:
+        return call.broken(f"{call.spelled} with a bias on {what(x)}", "use bias=false")
+    return fact
+
+
+def symmetry_embedding(call: Call) -> Fact:
+    ids = call.arg(0)
+    return ids.fact if isinstance(ids.fact, Permuted) else call.broken(f"embedding of {what(ids)}")
+
+
+def symmetry_matmul(call: Call) -> Fact:
+    a, b = call.arg(0), call.arg(1)
+    if all(isinstance(x.fact, (Invariant, Permuted)) for x in (a, b)):
+        return _permuted_matmul(call, a, b)
+    if any(isinstance(x.fact, Permuted) for x in (a, b)):
+        return call.broken(f"matmul of {what(a)} and {what(b)}")
+    return _coordinate_matmul(call, a, b)
+
+
+def _matmul_places(call: Call, a: Operand, b: Operand) -> tuple[dict, dict]:
+    """Output axis -> (dim, permuted?) of each side. Right-aligned, a's rows land on the output's
+    rows and b's columns on its columns; the contracted axes have no output axis."""
+    rank = len(call.shape)
+    pa, pb = placement(a, rank), placement(b, rank)
+    del pa[rank - 1], pb[rank - 2]
+    return pa, pb
+
+
+def _permuted_matmul(call: Call, a: Operand, b: Operand) -> Fact:
+    # Summing over a permuted axis against the same permutation is invariant; against a fixed
+    # axis it is a fixed weighting of the set's elements.
+    if (len(a.shape) - 1 in axes_of(a.fact)) != (len(b.shape) - 2 in axes_of(b.fact)):
+        dim = a.shape[-1]
+        return call.broken(f"matmul contracts {dim} of a permuted tensor with a fixed one",
+                           POOL_HINT.format(dim=dim))
+    return join_permuted(call, list(zip((a.fact, b.fact), _matmul_places(call, a, b))), "matmul")
+
+
+def _coordinate_matmul(call: Call, a: Operand, b: Operand) -> Fact:
+    inner_a, inner_b = len(a.shape) - 1, len(b.shape) - 2
+    if a.fact == Rotated(inner_a) and b.fact == Rotated(inner_b):
+        return Invariant()  # rows of a dotted with columns of b
+    if not isinstance(a.fact, Invariant) and not isinstance(b.fact, Invariant):
+        return call.broken(f"matmul of {what(a)} and {what(b)}", COORD_HINT)
+    x, inner = (a, inner_a) if isinstance(b.fact, Invariant) else (b, inner_b)
+    if x.fact.axis == inner:
+        return call.broken(f"matmul over {axis_name(x, inner)}", COORD_HINT)
+    convex = x is b and isinstance(a.fact, Simplex) and a.fact.axis == inner_a
+    if isinstance(x.fact, Translated) and not convex:  # softmax rows of a summing positions are convex
+        return call.broken("matmul of positions", "subtract the centroid first, or weight by a softmax along the contracted axis")
+    k = x.fact.axis + len(call.shape) - len(x.shape)
+    other = _matmul_places(call, a, b)[1 if x is a else 0]
+    if other.get(k, (1,))[0] != 1:
+        return call.broken("matmul treats the 3 coordinates separately", COORD_HINT)
+    return type(x.fact)(k)
+
+
+# -- torch forms: the fx call_function targets -----------------------------------------------------
+def linear(x, weight, bias=None):
+    return F.linear(x, weight, bias)
+
+
+def embedding(ids, weight):
+    return F.embedding(ids, weight)
+
+
+def matmul(a, b):
+    return torch.matmul(a, b)
+
+
+# -- ONNX emitters ----------------------------------------------------------------------------------
+def affine(g, x, weight, bias):
+    y = g.op("MatMul", x, g.transposed(weight))
+    return y if bias is None else g.op("Add", y, g.value(bias))
+
+
+def onnx_linear(g, node, x, weight, bias):
+    return affine(g, g.value(x), weight, bias)
+
+
+def onnx_embedding(g, node, ids, weight):
+    return g.op("Gather", g.value(weight), g.value(ids), axis=0)
+
+
+SPEC = (
+    SpecOp("linear", check_linear, Doc("linear", "`linear(x, out, bias=true)`", "`[..., out]`; weight `[out, in]`")),
+    SpecOp("mlp", check_mlp, Doc("mlp", '`mlp(x, widths, act="relu", bias=true)`',
+                                 "linear layers, `act` between them (not after the last)"), emits=("linear",)),
+    SpecOp("embedding", check_embedding,
+           Doc("embedding", "`embedding(ids, num, dim)`", "ids `i32`/`i64` → `f32[..., dim]`")),
+    SpecOp("matmul", check_matmul, Doc("matmul", "`matmul(a, b)` or `a @ b`", "batch dims broadcast"), operator="@"),
+)
+GRAPH = (
+    GraphOp(linear, symmetry_linear, onnx_linear, lambda x, weight, bias: f"F.linear({x}, {weight}, {bias})"),
+    GraphOp(embedding, symmetry_embedding, onnx_embedding, lambda ids, weight: f"F.embedding({ids}, {weight})"),
+    GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})"),
+)

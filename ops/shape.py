@@ -1,0 +1,195 @@
+"""Shape ops: concat, reshape (and flatten, unsqueeze), permute (and transpose), and the rows
+pass's unflatten_rows. A fact survives a reshape on every axis that keeps its size and stride."""
+import ast
+
+from common.lazy import Lazy
+
+from dsl.groups import Fact, Invariant, Permuted
+from dsl.rules import Axis, Tensor
+from dsl.symmetry_rules import COORD_HINT, COORDINATES, POOL_HINT, Call, axes_of, axis_name, merged, moved, what
+from dsl.types import TensorType, dim_product
+from ops.op import Doc, GraphOp, SpecOp
+
+torch = Lazy("torch")
+
+
+# -- checker rules ---------------------------------------------------------------------------------
+def check_concat(ctx, *tensors: Tensor, axis: Axis = -1):
+    if not tensors:
+        ctx.error("concat needs at least one tensor")
+    first = tensors[0]
+    ax = ctx.axis(first, axis)
+    for t in tensors[1:]:
+        if t.type.dtype != first.type.dtype or t.type.rank != first.type.rank or any(
+                a != b for i, (a, b) in enumerate(zip(t.type.shape, first.type.shape)) if i != ax):
+            ctx.error(f"concat along axis {ax}: {t.type} does not fit {first.type}")
+    shape = list(first.type.shape)
+    shape[ax] = sum_dims([t.type.shape[ax] for t in tensors])
+    return ctx.emit("concat", (tuple(tensors),), TensorType(first.type.dtype, tuple(shape)),
+                    kwargs={"axis": ax})
+
+
+def sum_dims(dims):
+    if all(isinstance(d, int) for d in dims):
+        return sum(dims)
+    if len(set(dims)) == 1:
+        return dim_product([len(dims), dims[0]])
+    return "+".join(map(str, dims))
+
+
+def check_reshape(ctx, x: Tensor, shape: list):
+    target = [ctx.dim(d) for d in shape]
+    return ctx.emit("reshape", (x,), TensorType(x.type.dtype, tuple(target)),
+                    kwargs={"shape": ctx.reshape_spec(x, tuple(target))})
+
+
+def check_flatten(ctx, x: Tensor, start: Axis = 0, end: Axis = -1):
+    s, e = ctx.axis(x, start), ctx.axis(x, end)
+    if s > e:
+        ctx.error(f"flatten: start axis {s} comes after end axis {e}")
+    shape = x.type.shape
+    target = shape[:s] + (dim_product(shape[s:e + 1]),) + shape[e + 1:]
+    return ctx.emit("reshape", (x,), TensorType(x.type.dtype, target),
+                    kwargs={"shape": ctx.reshape_spec(x, target)})
+
+
+def check_permute(ctx, x: Tensor, order: list):
+    perm = tuple(ctx.axis(x, a) for a in order)
+    if sorted(perm) != list(range(x.type.rank)):
+        ctx.error(f"permute order {list(perm)} is not a permutation of the {x.type.rank} axes of {x.type}")
+    return ctx.emit("permute", (x,), TensorType(x.type.dtype, tuple(x.type.shape[p] for p in perm)),
+                    kwargs={"perm": perm})
+
+
+def check_transpose(ctx, x: Tensor, a: Axis = -2, b: Axis = -1):
+    perm = list(range(x.type.rank))
+    i, j = ctx.axis(x, a), ctx.axis(x, b)
+    perm[i], perm[j] = perm[j], perm[i]
+    return ctx.emit("permute", (x,), TensorType(x.type.dtype, tuple(x.type.shape[p] for p in perm)),
+                    kwargs={"perm": tuple(perm)})
+
+
+def check_unsqueeze(ctx, x: Tensor, axis: int):
+    """A new axis of size 1 at `axis` (of the result), e.g. to pair set elements by broadcasting."""
+    rank = x.type.rank + 1
+    if not -rank <= axis < rank:
+        ctx.error(f"unsqueeze: axis {axis} is out of range for a result of rank {rank}")
+    ax = axis % rank
+    target = x.type.shape[:ax] + (1,) + x.type.shape[ax:]
+    return ctx.emit("reshape", (x,), TensorType(x.type.dtype, target),
+                    kwargs={"shape": ctx.reshape_spec(x, target)})
+
+
+# -- symmetry rules --------------------------------------------------------------------------------
+def symmetry_concat(call: Call) -> Fact:
+    parts, axis = call.arg(0), call.arg(1, "axis")
+    fact = merged(p.fact for p in parts)
+    if fact is None:
+        a = parts[0]
+        b = next(p for p in parts if merged((a.fact, p.fact)) is None)
+        return call.broken(f"concat joins {what(a)} with {what(b)}",
+                           COORD_HINT if any(isinstance(p.fact, COORDINATES) for p in parts) else
+                           "concat tensors that transform alike")
+    if axis in axes_of(fact):
+        return call.broken(f"concat along {axis_name(parts[0], axis)}",
+                           "concat along a feature axis" if isinstance(fact, Permuted) else
+                           "stack vectors along another axis")
+    return fact
+
+
+def same_axis(src: tuple, dst: tuple, k: int) -> int | None:
+    """Where axis k of `src` survives a reshape to `dst` unmerged: same size, same stride."""
+    before = dim_product(src[:k])
+    return next((j for j, d in enumerate(dst) if d == src[k] and dim_product(dst[:j]) == before), None)
+
+
+def symmetry_reshape(call: Call) -> Fact:
+    x = call.arg(0)
+    axes = [same_axis(x.shape, call.shape, k) for k in axes_of(x.fact)]
+    if isinstance(x.fact, Invariant):
+        return moved(x.fact, axes)
+    if None in axes:
+        k = axes_of(x.fact)[axes.index(None)]
+        return call.broken(f"{call.spelled} over {axis_name(x, k)}",
+                           POOL_HINT.format(dim=x.shape[k]) if isinstance(x.fact, Permuted) else
+                           "keep the 3 coordinates on an axis of their own")
+    return moved(x.fact, axes)
+
+
+def symmetry_unflatten_rows(call: Call) -> Fact:
+    """Rows flattened from a set or from coordinates no longer say which axis moved (passes/rows.py
+    runs after the symmetry check for that reason), so only invariant rows (handled by `apply`)
+    keep a fact."""
+    return call.broken(f"{call.spelled} of {what(call.arg(0))}", "flattened rows lose their axes")
+
+
+def symmetry_permute(call: Call) -> Fact:
+    x, perm = call.arg(0), list(call.arg(1, "perm"))
+    return moved(x.fact, sorted(perm.index(k) for k in axes_of(x.fact)))
+
+
+# -- torch forms: the fx call_function targets -----------------------------------------------------
+def concat(tensors, axis):
+    return torch.cat(list(tensors), axis)
+
+
+def reshape(x, shape):
+    return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
+
+
+def unflatten_rows(y, like):
+    """y [rows, F] back to like's leading dims: [*like.shape[:-1], F]. The rows pass flattens a
+    row-wise chain once; the leading dims are read from `like` at run time, so symbolic ones work."""
+    return y.reshape(*like.shape[:-1], y.shape[-1])
+
+
+def permute(x, perm):
+    return x.permute(perm)
+
+
+# -- ONNX emitters ----------------------------------------------------------------------------------
+def onnx_concat(g, node, tensors, axis):
+    return g.op("Concat", *(g.value(t) for t in tensors), axis=axis)
+
+
+def onnx_reshape(g, node, x, shape):
+    # ONNX Reshape reads 0 (copy the input dim) and -1 (infer) exactly as the contract's spec.
+    return g.op("Reshape", g.value(x), g.ints(shape))
+
+
+def onnx_unflatten_rows(g, node, y, like):
+    # like's leading dims and y's width, both read at run time: one Reshape serves every B and N.
+    shape = g.op("Concat", g.op("Shape", g.value(like), end=-1), g.op("Shape", g.value(y), start=-1), axis=0)
+    return g.op("Reshape", g.value(y), shape)
+
+
+def onnx_permute(g, node, x, perm):
+    return g.op("Transpose", g.value(x), perm=[p % len(perm) for p in perm])
+
+
+def triton_reshape(x, shape):
+    """The checker's ONNX-style spec resolved in source: 0 copies the input's dim."""
+    spec = ast.literal_eval(shape)
+    return f"{x}.reshape({', '.join(f'{x}.shape[{i}]' if s == 0 else str(s) for i, s in enumerate(spec))})"
+
+
+SPEC = (
+    SpecOp("concat", check_concat, Doc("concat", "`concat(a, b, ..., axis=-1)`", "")),
+    SpecOp("reshape", check_reshape,
+           Doc("reshape", "`reshape(x, [B, N, 4, 16])`", "at most one symbolic dim may move")),
+    SpecOp("flatten", check_flatten,
+           Doc("flatten", "`flatten(x, start=0, end=-1)`", "merges axes `start..end` (`[B, N*64]`)"), emits=("reshape",)),
+    SpecOp("unsqueeze", check_unsqueeze, Doc("unsqueeze", "`unsqueeze(x, axis)`", "a new axis of size 1 (for pairwise messages)"),
+           emits=("reshape",)),
+    SpecOp("permute", check_permute, Doc("permute, transpose", "`permute(x, [B, 2, N])`, `transpose(x, a=-2, b=-1)`",
+                                         "axes by index or by dim name")),
+    SpecOp("transpose", check_transpose, emits=("permute",)),
+)
+GRAPH = (
+    GraphOp(concat, symmetry_concat, onnx_concat, lambda tensors, axis: f"torch.cat({tensors}, {axis})"),
+    GraphOp(reshape, symmetry_reshape, onnx_reshape, triton_reshape, sees_invariants=True, keeps_weights=True),
+    GraphOp(unflatten_rows, symmetry_unflatten_rows, onnx_unflatten_rows,
+            lambda y, like: f"{y}.reshape(*{like}.shape[:-1], {y}.shape[-1])"),
+    GraphOp(permute, symmetry_permute, onnx_permute, lambda x, perm: f"{x}.permute({perm})",
+            sees_invariants=True, keeps_weights=True),
+)
