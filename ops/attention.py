@@ -104,6 +104,7 @@ def onnx_attention(g, node, x, w_qkv, b_qkv, w_out, b_out, heads, mask, causal):
     return affine(g, g.op("Reshape", out, g.ints(keep + [-1])), w_out, b_out)
 
 
+TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("attention", check_attention, Doc(
         "attention", "`attention(x, heads=1, mask=none, causal=false)`",

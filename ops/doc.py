@@ -9,10 +9,10 @@ import re
 import sys
 from pathlib import Path
 
-from ops import attention, elementwise, frames, linear, norms, reductions, sets, shape
+from ops.registry import FAMILIES
 
 LANGUAGE = Path(__file__).resolve().parent.parent / "dsl" / "LANGUAGE.md"
-TABLES = {"ops": (linear, norms, elementwise, attention, shape, reductions), "sets and frames": (sets, frames)}
+TABLES = {f.TABLE: tuple(g for g in FAMILIES if g.TABLE == f.TABLE) for f in FAMILIES}  # in registry order
 
 
 def table(families) -> str:

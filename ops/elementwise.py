@@ -197,6 +197,7 @@ def onnx_binary(op_type):
     return emit
 
 
+TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("relu", check_activation, Doc("activations", "`relu gelu silu tanh sigmoid (x)`", "same shape")),
     *(SpecOp(a, check_activation) for a in ACTIVATIONS[1:]),

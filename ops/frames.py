@@ -318,6 +318,7 @@ def triton_frame_tile(x, frames):
 
 
 FRAMES = frozenset({"frames"})
+TABLE = "sets and frames"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("frame_average", check_frame_average, Doc(
         "frame_average",

@@ -161,6 +161,7 @@ def onnx_embedding(g, node, ids, weight):
     return g.op("Gather", g.value(weight), g.value(ids), axis=0)
 
 
+TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("linear", check_linear, Doc("linear", "`linear(x, out, bias=true)`", "`[..., out]`; weight `[out, in]`")),
     SpecOp("mlp", check_mlp, Doc("mlp", '`mlp(x, widths, act="relu", bias=true)`',

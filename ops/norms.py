@@ -79,6 +79,7 @@ def triton_rmsnorm(x, weight, eps):
     return scaled if weight == "None" else f"{scaled} * {weight}"
 
 
+TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("layernorm", check_layernorm, Doc("layernorm, rmsnorm", "`layernorm(x, eps=1e-5, affine=true)`, "
                                              "`rmsnorm(x, eps=1e-6, affine=true)`", "over the last axis")),

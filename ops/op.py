@@ -2,7 +2,8 @@
 a checker rule, whose signature is the op's, that emits graph ops. A graph op is a torch.fx
 call_function target (linear, reshape, masked_reduce, frame_basis): a plain torch function, with
 its symmetry rule, its ONNX emitter and its torch source for the Triton launcher beside it. A
-family module lists both kinds in SPEC and GRAPH; ops/registry.py joins the families.
+family module lists both kinds in SPEC and GRAPH, and the language reference's TABLE that lists
+its spec ops; ops/registry.py joins the families.
 """
 from __future__ import annotations
 
@@ -49,9 +50,8 @@ class Vocabulary:
     and by target, and which spec ops lower to a graph op of another name."""
 
     def __init__(self, families):
-        self.families = tuple(families)
-        spec = [o for f in self.families for o in f.SPEC]
-        self.graph = {o.name: o for f in self.families for o in f.GRAPH}
+        spec = [o for f in families for o in f.SPEC]
+        self.graph = {o.name: o for f in families for o in f.GRAPH}
         self.spec = {o.name: o.rule for o in spec if o.named}
         self.operators = {o.operator: (o.name, o.rule) for o in spec if o.operator}
         self.by_target = {o.torch: o for o in self.graph.values()}
@@ -59,7 +59,7 @@ class Vocabulary:
         for o in spec:
             for g in o.emits:
                 self.aliases[g] = (*self.aliases.get(g, ()), o.name)
-        for names in ([o.name for o in spec], [o.name for f in self.families for o in f.GRAPH]):
+        for names in ([o.name for o in spec], [o.name for f in families for o in f.GRAPH]):
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
                 raise ValueError(f"ops defined twice: {', '.join(twice)}")

@@ -49,6 +49,7 @@ def triton_reduction(method: str):
     return lambda x, axis, keepdim: f"{x}.{method}({axis}, keepdim={keepdim})"
 
 
+TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("sum", check_reduction,
            Doc("sum, mean, max, min", "`sum(x, axis=N, keepdim=false)`", "reduction over one axis")),

@@ -418,6 +418,7 @@ def onnx_gather(g, node, x, index, axis):
 
 
 INDICES = frozenset({"indices"})
+TABLE = "sets and frames"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("pool", check_pool, Doc("pool", '`pool(x, axis=N, kind="sum", mask=m)`', "`kind` is sum, mean, max or min; "
                                    "`mask: bool` over x's dims up to the set axis; an empty set gives 0"),

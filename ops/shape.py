@@ -173,6 +173,7 @@ def triton_reshape(x, shape):
     return f"{x}.reshape({', '.join(f'{x}.shape[{i}]' if s == 0 else str(s) for i, s in enumerate(spec))})"
 
 
+TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
 SPEC = (
     SpecOp("concat", check_concat, Doc("concat", "`concat(a, b, ..., axis=-1)`", "")),
     SpecOp("reshape", check_reshape,

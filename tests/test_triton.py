@@ -200,30 +200,18 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 
 
 # -- example specs, compiled and run standalone --------------------------------------------------------
-def sample_inputs(gm, sizes=None, seed=0):
-    """Random inputs by placeholder; an int input read as CSR offsets gets valid offsets."""
-    sizes, g, out = sizes or {"B": 3, "N": 7, "S": 5, "E": 11}, gen(seed), {}
-    offsets = {n.args[1] for n in gm.graph.nodes if n.op == "call_function" and n.target is TARGETS.segment_reduce}
-    for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
-        shape = [sizes[d] if isinstance(d, str) else d for d in node.meta["shape"]]
-        dtype = node.meta["dtype"]
-        if node in offsets:
-            cuts = torch.randint(0, sizes["N"] + 1, (shape[0] - 2,), generator=g).sort().values
-            out[node.meta["name"]] = torch.cat([torch.tensor([0]), cuts, torch.tensor([sizes["N"]])])
-        elif dtype == "bool":
-            out[node.meta["name"]] = torch.rand(shape, generator=g) > 0.3
-        elif dtype.startswith("f"):
-            out[node.meta["name"]] = torch.randn(shape, generator=g)
-        else:
-            out[node.meta["name"]] = torch.randint(0, 4, shape, generator=g, dtype=getattr(torch, f"int{dtype[1:]}"))
-    return out
+def sample_inputs(module) -> dict:
+    """verify's sampler, by input name: valid offsets, segment ids and indices for what reads them."""
+    from compiler.verify import sample_inputs as sampled
+    checked = module.meta["invc"]
+    return dict(zip((p.name for p in checked.inputs), sampled(checked, {"B": 3, "N": 7, "S": 5, "E": 11})))
 
 
 STANDALONE = textwrap.dedent("""
     import importlib.abc, importlib.util, json, sys, torch
     class NoInvc(importlib.abc.MetaPathFinder):  # the module must need only torch and triton
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("compiler", "dsl", "passes", "runtime"):
+            if name.split(".")[0] in ("common", "compiler", "dsl", "ops", "passes", "runtime"):
                 raise ImportError(f"standalone module imported invc's {name}")
     sys.meta_path.insert(0, NoInvc())
     for job in json.loads(sys.argv[1]):
@@ -279,7 +267,7 @@ def test_example_compiles_and_matches_torch_standalone(compiled_examples, spec):
     for region in plan.regions:
         for name in region.config.kernels:
             assert f"def {name}(" in source and "# From graph nodes" in source
-    assert "import runtime" not in source and "from runtime" not in source
+    assert not any(f"{how} {package}" in source for how in ("import", "from") for package in ("runtime", "ops"))
 
 
 def test_examples_use_every_kind_of_template(compiled_examples):
