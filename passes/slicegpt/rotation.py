@@ -139,10 +139,6 @@ class Part:
     key: str = ""                 # the shortcut's name, where `read` and `write` differ
     tied: Linear | None = None    # the head reader that shares the token table
 
-    @property
-    def readers(self) -> list[Linear]:
-        return [x for n in self.norms for x in n.readers if x is not self.tied]
-
 
 def start(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int]) -> Rotation:
     """The float64 store, a tied head's table before rotation, and the plan that the sliced model keeps."""
@@ -176,7 +172,7 @@ def fuse_norms(p: Part) -> Part:
 def rotate_axes(p: Part) -> Part:
     """Readers ·Q of the group they read, writers Qᵀ· of the group they write; a shortcut between the two."""
     r = p.r
-    for x in p.readers:
+    for x in [x for n in p.norms for x in n.readers if x is not p.tied]:
         r.turn(x.weight, x.axis, p.read)
     for w in p.writers:
         r.turn(w.weight, w.axis, p.write)
