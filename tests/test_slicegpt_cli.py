@@ -154,5 +154,10 @@ def test_print_passes_lists_the_steps_without_a_model(capsys, flags, names):
     assert inner == ["fuse_norms", "rotate_axes", "write_back"]
     calibrate = next(line for line in lines if " calibrate " in line)
     assert ("block by block" in calibrate) == ("shortcut" in flags)
+
+
+def test_slice_without_a_model_says_what_it_needs(workdir, capsys):
     assert main(["slice"]) == 2
     assert "slice needs MODEL_DIR, --calib, -o (or --print-passes)" in capsys.readouterr().err
+    assert main(["slice", str(workdir / "llama"), "-o", str(workdir / "bad")]) == 2
+    assert "slice needs --calib (or --print-passes)" in capsys.readouterr().err
