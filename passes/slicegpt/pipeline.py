@@ -167,6 +167,7 @@ def reference(job: Job) -> Job:
 
 
 def _parts(job: Job) -> list[rotation.Part]:
+    """Start rotating: the parts that `rotate` folds, rotates and writes back, one after the other."""
     job.rotated = rotation.start(job.model, job.structure, job.calibration.rotations, job.calibration.groups)
     return rotation.parts(job.rotated)
 
