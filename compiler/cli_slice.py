@@ -11,14 +11,14 @@ def register(sub) -> None:
     # No torch import here: registering must stay cheap for the commands that never touch a model.
     p = sub.add_parser("slice", help="rotate and slice the residual stream of a HF causal LM (SliceGPT)",
                        description="SliceGPT on a Hugging Face causal LM directory; see passes/slicegpt/README.md.")
-    p.add_argument("model", type=Path, help="HF model directory (config, weights, tokenizer)")
+    p.add_argument("model", type=Path, nargs="?", help="HF model directory (config, weights, tokenizer)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of stream dimensions to drop, in [0, 1) (default 0.25)")
     p.add_argument("--schedule", default=None,
                    help="shortcut mode: one sparsity per block, comma-separated (e.g. 0.1,0.2,0.3), "
                         "for the stream each block writes; replaces --sparsity")
-    p.add_argument("--calib", type=Path, nargs="+", required=True, help="calibration text files")
-    p.add_argument("-o", "--output", type=Path, required=True, help="directory to write (atomically)")
+    p.add_argument("--calib", type=Path, nargs="+", help="calibration text files")
+    p.add_argument("-o", "--output", type=Path, help="directory to write (atomically)")
     p.add_argument("--mode", default="shortcut-free",
                    help="shortcut-free (default): one rotation for the whole stream, no extra parameters; "
                         "shortcut: one rotation per block, joined by shortcut matrices")
@@ -32,6 +32,9 @@ def register(sub) -> None:
                    help="skip the refit after slicing (shortcut-free mode: every block's readers and writers "
                         "are refit by ridge least squares to reproduce the dense block on the calibration text)")
     p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx, checked with onnxruntime")
+    p.add_argument("--print-passes", action="store_true", help="print the steps slice runs with these options and exit")
+    p.add_argument("--dump-after", action="append", default=[], metavar="STEP",
+                   help="print what the model and the steps so far hold after this step (repeatable)")
     p.set_defaults(run=run_slice)
 
     e = sub.add_parser("eval-ppl", help="perplexity of a dense or sliced model directory on a text")
@@ -64,63 +67,68 @@ def _progress(desc: str):
     return lambda it: tqdm(it, desc=desc, file=sys.stderr, leave=False)
 
 
-def _tokenizer(path: Path):
-    import transformers
-
-    from common.errors import InvcError
-    try:
-        return transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise InvcError(f"{path}: no usable tokenizer: {err}") from err
-
-
 def run_slice(args) -> int:
     from common.errors import InvcError
     from common.files import check_dir_target, refuse_overlap
-    from passes.slicegpt import checkpoint, data
+    from compiler.commands import _dump
+    from passes.slicegpt import checkpoint
     from passes.slicegpt.onnx_export import export_onnx
+    from passes.slicegpt.pipeline import Files, Job, report, steps
+
+    files = Files(args.model, args.calib, args.output, args.seq_len, args.samples, args.batch_size)
+    job = Job(_options(args), files=files)
+    if args.print_passes:
+        print(steps(job))
+        return 0
+    missing = [name for name, given in (("MODEL_DIR", args.model), ("--calib", args.calib), ("-o", args.output))
+               if given is None]
+    if missing:
+        raise InvcError(f"slice needs {', '.join(missing)} (or --print-passes)")
+    refuse_overlap(args.output, args.model, "sliced model")
+    check_dir_target(args.output, "sliced model", checkpoint.PLAN)
+    seconds: dict[str, float] = {}
+    job = steps(job).run(job, args.dump_after, _dump, seconds)
+    _print_report(args, job, report(job, seconds))
+    if args.onnx:
+        err = export_onnx(job.model, args.output / "model.onnx")
+        print(f"  onnx: {args.output / 'model.onnx'} (onnxruntime vs torch: {err:.1e} relative)")
+    return 0
+
+
+def _options(args):
+    """The options, with --mode and --schedule checked before anything is read."""
+    from common.errors import InvcError
+    from passes.slicegpt.pipeline import Options
     from passes.slicegpt.refit import RIDGE
-    from passes.slicegpt.slicing import MODES, group_dims, slice_model
-    from passes.slicegpt.standard import standard_model
-    from passes.slicegpt.structure import discover
+    from passes.slicegpt.slicing import MODES
 
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
-    schedule = _schedule(args.schedule)
-    refuse_overlap(args.output, args.model, "sliced model")
-    check_dir_target(args.output, "sliced model", checkpoint.PLAN)
-    model = checkpoint.load(args.model)
-    structure = discover(model)
-    group_dims(structure, args.mode, args.sparsity, schedule, args.multiple)  # refused before the long work
-    tok = _tokenizer(args.model)
-    rows = data.token_sequences(tok, data.read_texts(args.calib), args.seq_len, args.samples)
-    report = slice_model(model, data.batches(rows, args.batch_size), args.sparsity, args.mode, args.multiple,
-                         args.untie_head, structure, progress=_progress("calibrating"), schedule=schedule,
-                         refit=None if args.no_refit else RIDGE)
-    std, why = standard_model(model) if args.mode == "shortcut-free" else (None, "shortcut mode")
-    checkpoint.save_sliced(model, args.output, tok, std)
+    return Options(args.sparsity, args.mode, args.multiple, args.untie_head, _schedule(args.schedule),
+                   refit=None if args.no_refit else RIDGE, progress=_progress("calibrating"))
+
+
+def _print_report(args, job, report) -> None:
+    schedule = job.options.schedule
     level = f"schedule {schedule}" if schedule else f"sparsity {report.sparsity}"
     print(f"sliced {args.model} -> {args.output} ({report.mode}, {level})")
     print(f"  structure: {report.structure}")
     print(f"  parameters: {report.params_before:,} -> {report.params_after:,} "
           f"({100.0 * report.params_after / report.params_before:.1f}%), "
           f"{report.shortcuts} shortcut matrices, head map: {'yes' if report.head_map else 'no'}")
-    print(f"  calibration: {len(rows)} x {args.seq_len} tokens; time {report.seconds:.1f} s")
+    print(f"  calibration: {sum(len(b['input_ids']) for b in job.batches)} x {args.seq_len} tokens; "
+          f"time {report.seconds:.1f} s")
     print("  refit: " + ("off" if report.refit is None else f"ridge {report.refit:g}"))
     for block, dim in zip(report.blocks, report.dims):
         print(f"  {block}: stream {report.width} -> {dim}")
-    print("  format: " + ("plain family checkpoint" if std is not None else f"invc sliced checkpoint ({why})"))
-    if args.onnx:
-        err = export_onnx(model, args.output / "model.onnx")
-        print(f"  onnx: {args.output / 'model.onnx'} (onnxruntime vs torch: {err:.1e} relative)")
-    return 0
+    print(f"  format: {job.saved}")
 
 
 def run_eval(args) -> int:
     from passes.slicegpt import checkpoint, data
 
     model = checkpoint.load(args.model)
-    tok = _tokenizer(args.model)
+    tok = data.tokenizer(args.model)
     rows = data.token_sequences(tok, data.read_texts(args.text), args.seq_len, args.samples)
     ppl = data.perplexity(model, rows, args.batch_size, progress=_progress("evaluating"))
     print(f"perplexity {ppl:.3f} on {len(rows)} x {args.seq_len} tokens ({args.model})")

@@ -96,6 +96,7 @@ def test_cli_runs_as_a_module_and_refuses_with_reason(workdir):
     (["--schedule", "0.25,0.5"], "needs mode 'shortcut'"),
     (["--mode", "shortcut", "--schedule", "0.25"], "one sparsity per block"),
     (["--mode", "shortcut", "--schedule", "0.25,lots"], "comma-separated"),
+    (["--dump-after", "rotate_axes"], "names no pass in the pipeline: rotate_axes"),
 ])
 def test_cli_bad_input(workdir, capsys, argv, message):
     argv = [a.format(root=workdir) for a in argv]
@@ -110,9 +111,14 @@ def test_cli_bad_input(workdir, capsys, argv, message):
 def test_slice_with_a_schedule(workdir, capsys):
     out = workdir / "scheduled"
     assert main(["slice", str(workdir / "llama"), "--mode", "shortcut", "--schedule", "0.25,0.5", "--calib",
-                 str(workdir / "calib.txt"), "-o", str(out), "--seq-len", "32", "--samples", "4"]) == 0
+                 str(workdir / "calib.txt"), "-o", str(out), "--seq-len", "32", "--samples", "4",
+                 "--dump-after", "discover", "--dump-after", "slice"]) == 0
     text = capsys.readouterr().out
     assert "schedule [0.25, 0.5]" in text and "stream 64 -> 48" in text and "stream 64 -> 32" in text
+    discovered, sliced = text.split("# after discover\n")[1].split("# after slice\n")
+    assert "structure   stream width 64, 2 blocks" in discovered and "widths      [48, 48, 32]" in discovered
+    assert "rotations" not in discovered and "adapters    2 shortcuts, head map: no" in sliced
+    assert "LlamaForCausalLM, 86,336 parameters" in discovered and "59,856 parameters" in sliced
     assert [n["dim"] for n in load(out).invc_slice.plan["norms"]] == [48, 48, 48, 32, 32]
 
 
@@ -129,3 +135,29 @@ def test_sliced_dir_loads_without_restating_sparsity(workdir):
     ids = torch.randint(0, VOCAB, (1, 10))
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, load(out)(ids).logits, atol=1e-6)
+
+
+SHORTCUT_FREE_STEPS = ["load", "discover", "tokenize", "calibrate", "reference", "rotate", "replace_norms",
+                       "self_check", "refit", "slice", "save"]
+
+
+@pytest.mark.parametrize("flags, names", [
+    ([], SHORTCUT_FREE_STEPS),
+    (["--no-refit", "--untie-head"], ["load", "untie_head", *SHORTCUT_FREE_STEPS[1:8], "slice", "save"]),
+    (["--mode", "shortcut"], [name for name in SHORTCUT_FREE_STEPS if name != "refit"]),
+])
+def test_print_passes_lists_the_steps_without_a_model(capsys, flags, names):
+    assert main(["slice", "--print-passes", *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [m.group(1) for m in map(re.compile(r" ?\d+\. (\S+)").match, lines) if m] == names
+    inner = [line.split()[0] for line in lines if line.startswith(" " * 6)]
+    assert inner == ["fuse_norms", "rotate_axes", "write_back"]
+    calibrate = next(line for line in lines if " calibrate " in line)
+    assert ("block by block" in calibrate) == ("shortcut" in flags)
+
+
+def test_slice_without_a_model_says_what_it_needs(workdir, capsys):
+    assert main(["slice"]) == 2
+    assert "slice needs MODEL_DIR, --calib, -o (or --print-passes)" in capsys.readouterr().err
+    assert main(["slice", str(workdir / "llama"), "-o", str(workdir / "bad")]) == 2
+    assert "slice needs --calib (or --print-passes)" in capsys.readouterr().err

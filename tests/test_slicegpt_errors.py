@@ -45,6 +45,12 @@ def test_nan_in_calibration_names_the_layer():
         slice_model(model, token_batches(1), 0.25, structure=structure_of("llama"))
 
 
+def test_a_step_that_fails_is_named_with_the_steps_before_it():
+    batches = [{"input_ids": torch.zeros(2, 16)}]   # float ids: the embedding fails inside the step
+    with pytest.raises(PassError, match=r"pass 'calibrate' failed after \[discover\]: .*indices"):
+        slice_model(tiny_model("llama"), batches, 0.25, structure=structure_of("llama"))
+
+
 def test_missing_directory(tmp_path):
     with pytest.raises(InvcError, match="not a model directory"):
         load(tmp_path / "nothing")

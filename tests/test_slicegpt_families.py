@@ -7,8 +7,9 @@ import torch
 import transformers as T
 
 from passes.slicegpt import count_parameters, export_onnx, load, save_sliced, slice_model, standard_model
-from passes.slicegpt.rotation import apply
-from passes.slicegpt.slicing import group_dims, rotation_groups
+from passes.base import Pipeline
+from passes.slicegpt.pipeline import Job, Options, cut, replace_norms, rotate
+from passes.slicegpt.slicing import Calibration, group_dims, rotation_groups
 from test_slicegpt_models import FAMILIES, HIDDEN, RMS_FAMILIES, VOCAB, structure_of, token_batches, tiny_model
 
 IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(7))
@@ -34,13 +35,20 @@ def relative_mse(a: torch.Tensor, b: torch.Tensor) -> float:
 BEAT_NAIVE = 0.7
 
 
+def rotate_and_cut(model, s, mode: str, rotations: list[torch.Tensor], dims: list[int]) -> None:
+    """The pipeline's steps from rotate to slice with these rotations and widths (no self-check, no refit)."""
+    groups = rotation_groups(s, mode)
+    job = Job(Options(mode=mode), model, structure=s, calibration=Calibration(s, mode, groups, rotations),
+              groups=groups, dims=dims)
+    Pipeline([rotate, replace_norms, cut]).run(job)
+
+
 def naive_sliced(family: str, mode: str, sparsity: float | None = 0.25, schedule=None,
                  build=tiny_model, structure=structure_of):
     """The same model cut to the same per-group widths with identity rotations: no PCA at all."""
     s, model = structure(family), build(family)
     dims = group_dims(s, mode, sparsity, schedule, 8)
-    with torch.no_grad():
-        apply(model, s, [torch.eye(HIDDEN, dtype=torch.float64)] * len(dims), rotation_groups(s, mode), dims)
+    rotate_and_cut(model, s, mode, [torch.eye(HIDDEN, dtype=torch.float64)] * len(dims), dims)
     return model
 
 

@@ -7,8 +7,7 @@ import torch
 from passes.base import PassError
 from passes.slicegpt import calibrate, export_onnx, load, save_sliced, slice_model
 from passes.slicegpt.calibration import stream_readers
-from passes.slicegpt.rotation import apply
-from test_slicegpt_families import BEAT_NAIVE, logits, naive_sliced, relative, relative_mse
+from test_slicegpt_families import BEAT_NAIVE, logits, naive_sliced, relative, relative_mse, rotate_and_cut
 from test_slicegpt_models import HIDDEN, structure_of, token_batches, tiny_model
 
 
@@ -48,8 +47,7 @@ def test_each_rotation_is_the_pca_of_the_already_sliced_stream(family):
     for g in range(len(cal.rotations)):
         model = tiny_model(family)
         rotations = cal.rotations[:g] + [eye] * (len(cal.rotations) - g)
-        with torch.no_grad():
-            apply(model, s, rotations, cal.groups, cal.dims[:g] + [HIDDEN] * (len(cal.dims) - g))
+        rotate_and_cut(model, s, "shortcut", rotations, cal.dims[:g] + [HIDDEN] * (len(cal.dims) - g))
         positions = [k for k, group in enumerate(cal.groups) if group == g]
         want = leading_projector(observed_moment(model, s, batches, positions), cal.dims[g])
         kept = cal.rotations[g][:, :cal.dims[g]]

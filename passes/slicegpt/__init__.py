@@ -1,10 +1,11 @@
-"""SliceGPT as passes on existing torch models: discover the residual stream, fold the norms,
-rotate it by PCA and slice it. See README.md in this folder."""
+"""SliceGPT as steps on existing torch models: discover the residual stream, calibrate, fold the norms,
+rotate it by PCA and slice it (pipeline.py, printed by `invc slice --print-passes`). See README.md here."""
 from passes.slicegpt.checkpoint import load, save_sliced
 from passes.slicegpt.data import perplexity, token_sequences
 from passes.slicegpt.modules import count_parameters
 from passes.slicegpt.onnx_export import export_onnx
-from passes.slicegpt.slicing import MODES, Calibration, SliceReport, calibrate, kept_dims, slice_model
+from passes.slicegpt.pipeline import calibrate, slice_model
+from passes.slicegpt.slicing import MODES, Calibration, SliceReport, kept_dims
 from passes.slicegpt.standard import standard_model
 from passes.slicegpt.structure import Structure, discover
 

@@ -10,6 +10,15 @@ import torch
 from common.errors import InvcError
 
 
+def tokenizer(path: Path):
+    """The tokenizer saved with a model directory."""
+    import transformers
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise InvcError(f"{path}: no usable tokenizer: {err}") from err
+
+
 def read_texts(paths: Iterable[Path | str]) -> str:
     parts = []
     for p in map(Path, paths):

@@ -3,6 +3,10 @@
 Stream positions: 0 is the embedding output, k is the output of residual add k. Each position lies in
 one rotation group; readers of branch k use the rotation of position k-1, its writers that of
 position k, and where the two differ the residual path carries a shortcut. All arithmetic is float64.
+The stream is folded and rotated one part at a time (the embeddings, each residual add, the head), each
+part's weights written back before the next: folding and rotating share one float64 pass, because
+writing the folded weights back in between would round them, and folding the whole model first would
+hold all of it in float64 at once.
 
 Groups may keep different widths (a per-layer schedule). HF's forward code adds a block's residual
 and branch, so the stream tensor keeps one width, the widest; narrower groups are zero-padded to it
@@ -10,7 +14,7 @@ and the norms read only their group's leading dims.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -106,78 +110,107 @@ def center(store: ParamStore, lin: Linear) -> None:
         store.set(lin.bias, b - b.mean())
 
 
-def apply(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int],
-          dims: list[int], before_cut: Callable[[nn.Module], None] = lambda _m: None) -> SliceAdapters:
-    """Fold and rotate at full width (exact), run `before_cut` on the rotated model (the self-check and
-    the refit), then slice group g to dims[g]; returns the (installed) adapters the result needs."""
-    adapters, axes = rotate(model, s, rotations, groups)
-    before_cut(model)
-    cut(model, s, adapters, axes, groups, dims)
-    return adapters
+@dataclass
+class Rotation:
+    """The stream being folded and rotated at full width: the float64 store, and what slicing needs later."""
+    model: nn.Module
+    s: Structure
+    q: list[torch.Tensor]                # one rotation per group
+    groups: list[int]                    # the rotation group of each stream position
+    store: ParamStore
+    adapters: SliceAdapters
+    table: torch.Tensor | None           # a tied head's embedding table before rotation
+    axes: list[tuple[str, int, int]] = field(default_factory=list)  # (parameter, axis, group): what slicing narrows
+    head_scale: float = 1.0              # the final norm's scale, when a tied head's map reduces to one
+
+    def turn(self, name: str, axis: int, group: int) -> None:
+        self.store.set(name, along(self.store.get(name), axis, self.q[group]))
+        self.axes.append((name, axis, group))
 
 
-def rotate(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int]):
-    """Fold the norms and rotate every stream axis, keeping all D dims. Returns the adapters and the
-    stream axes as (parameter, axis, rotation group), which is what slicing narrows."""
-    store, D = ParamStore(model), s.width
-    q = rotations
-    axes: list[tuple[str, int, int]] = []
-    token = s.embeddings[0]
-    head = s.final
-    tied_head = [r for r in head.readers if r.weight == token.weight]
-    emb_orig = store.get(token.weight).clone() if tied_head else None
-    for e in s.embeddings:
-        if s.layer_norm:
-            center(store, e)
-        store.set(e.weight, along(store.get(e.weight), 1, q[groups[0]]))
-        axes.append((e.weight, 1, groups[0]))
-    store.commit()
-    plan = {"width": D, "dim": D, "shortcuts": [], "head": None, "embedding": token.module,
-            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset, "dim": D}
+@dataclass
+class Part:
+    """What one write-back covers: the embeddings, one residual add, or the head."""
+    r: Rotation
+    norms: list[Norm]             # folded into their readers, which read rotation group `read`
+    writers: list[Linear]         # write into rotation group `write`
+    read: int
+    write: int
+    key: str = ""                 # the shortcut's name, where `read` and `write` differ
+    tied: Linear | None = None    # the head reader that shares the token table
+
+
+def start(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int]) -> Rotation:
+    """The float64 store, a tied head's table before rotation, and the plan that the sliced model keeps."""
+    store, token = ParamStore(model), s.embeddings[0].weight
+    table = store.get(token).clone() if s.tied else None
+    plan = {"width": s.width, "dim": s.width, "shortcuts": [], "head": None, "embedding": s.embeddings[0].module,
+            "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset, "dim": s.width}
                       for n in s.norms],
             "padded": []}
-    cuts: dict[str, torch.Tensor] = {}
-    for k, b in enumerate(s.branches, start=1):
-        src, dst = groups[k - 1], groups[k]
-        for n in b.norms:
-            fold_norm(store, n, D)
-            for r in n.readers:
-                store.set(r.weight, along(store.get(r.weight), r.axis, q[src]))
-                axes.append((r.weight, r.axis, src))
-        for w in b.writers:
-            if s.layer_norm:
-                center(store, w)
-            store.set(w.weight, along(store.get(w.weight), w.axis, q[dst]))
-            axes.append((w.weight, w.axis, dst))
-            if w.bias:
-                store.set(w.bias, store.get(w.bias) @ q[dst])
-                axes.append((w.bias, -1, dst))
-        if src != dst:
-            key = f"s{k}"
-            cuts[key] = q[src].T @ q[dst]
-            axes += [(f"invc_slice.shortcuts.{key}", 0, src), (f"invc_slice.shortcuts.{key}", 1, dst)]
-            plan["shortcuts"].append({"key": key, "norm": b.norms[0].module, "writer": b.writers[0].module})
-        store.commit()
-    last = groups[len(s.branches)]
-    fold_norm(store, head, D, skip=token.weight)
-    for r in head.readers:
-        if r.weight != token.weight:
-            store.set(r.weight, along(store.get(r.weight), r.axis, q[last]))
-            axes.append((r.weight, r.axis, last))
-    head_scale = 1.0
-    adapters = SliceAdapters(plan)
-    if tied_head:
-        head_scale = _tie_head(store, adapters, head, tied_head[0], emb_orig, q[groups[0]], q[last], s.layer_norm)
-        axes += [("invc_slice.head_map", 0, last), ("invc_slice.head_map", 1, groups[0]),
-                 ("invc_slice.head_u", 0, last)]
-    store.commit()
-    _replace_norms(model, s, head_scale)
-    axes += [(n.module + ".weight", 0, group) for n, group in zip(s.norms, read_groups(s, groups))]
-    for key, m in cuts.items():
-        adapters.shortcuts[key] = nn.Parameter(m.to(token_dtype(model)))
-    model.invc_slice = adapters
-    adapters.install(model)
-    return adapters, axes
+    return Rotation(model, s, rotations, groups, store, SliceAdapters(plan), table)
+
+
+def parts(r: Rotation) -> list[Part]:
+    """The embeddings (writers of position 0), each residual add, and the head, in stream order."""
+    s, g, last = r.s, r.groups, r.groups[len(r.s.branches)]
+    tied = next((x for x in s.final.readers if x.weight == s.embeddings[0].weight), None)
+    return [Part(r, [], s.embeddings, g[0], g[0]),
+            *(Part(r, b.norms, b.writers, g[k - 1], g[k], f"s{k}") for k, b in enumerate(s.branches, start=1)),
+            Part(r, [s.final], [], last, last, tied=tied)]
+
+
+def fuse_norms(p: Part) -> Part:
+    """Fold each norm's scale and bias into its readers; centre the writers of a LayerNorm model."""
+    for n in p.norms:
+        fold_norm(p.r.store, n, p.r.s.width, skip=p.tied.weight if p.tied else None)
+    for w in p.writers if p.r.s.layer_norm else []:
+        center(p.r.store, w)
+    return p
+
+
+def rotate_axes(p: Part) -> Part:
+    """Readers ·Q of the group they read, writers Qᵀ· of the group they write; a shortcut between the two."""
+    r = p.r
+    for x in [x for n in p.norms for x in n.readers if x is not p.tied]:
+        r.turn(x.weight, x.axis, p.read)
+    for w in p.writers:
+        r.turn(w.weight, w.axis, p.write)
+        if w.bias:
+            r.turn(w.bias, -1, p.write)
+    if p.read != p.write:
+        _shortcut(p)
+    if p.tied:
+        _tie(p)
+    return p
+
+
+def write_back(p: Part) -> Part:
+    p.r.store.commit()
+    return p
+
+
+def _shortcut(p: Part) -> None:
+    r, name = p.r, f"invc_slice.shortcuts.{p.key}"
+    r.adapters.shortcuts[p.key] = nn.Parameter((r.q[p.read].T @ r.q[p.write]).to(token_dtype(r.model)))
+    r.axes += [(name, 0, p.read), (name, 1, p.write)]
+    r.adapters.plan["shortcuts"].append({"key": p.key, "norm": p.norms[0].module, "writer": p.writers[0].module})
+
+
+def _tie(p: Part) -> None:
+    r, first = p.r, p.r.groups[0]
+    r.head_scale = _tie_head(r.store, r.adapters, p.norms[0], p.tied, r.table, r.q[first], r.q[p.read],
+                             r.s.layer_norm)
+    r.axes += [("invc_slice.head_map", 0, p.read), ("invc_slice.head_map", 1, first),
+               ("invc_slice.head_u", 0, p.read)]
+
+
+def replace_norms(r: Rotation) -> None:
+    """Every stream norm becomes a bare RMSNorm over the original width; the adapters go in as hooks."""
+    _replace_norms(r.model, r.s, r.head_scale)
+    r.axes += [(n.module + ".weight", 0, group) for n, group in zip(r.s.norms, read_groups(r.s, r.groups))]
+    r.model.invc_slice = r.adapters
+    r.adapters.install(r.model)
 
 
 def cut(model: nn.Module, s: Structure, adapters: SliceAdapters, axes: list[tuple[str, int, int]],

@@ -42,62 +42,79 @@ def capture(model: nn.Module, s: Structure, batches: Iterable[dict]) -> list[Bat
     Replaying already assumes that a block's arguments besides the stream do not depend on earlier
     blocks. So from the second batch on, a block that returned just the stream is not computed
     (it hands its input on): only the first block's input and the calls are kept."""
-    blocks = s.blocks
-    captured: list[Batch] = []
-    current: dict[str, BlockCall] = {}
-    first: list[torch.Tensor] = []
-    plain: set[str] = set()
-
-    def recorder(name: str):
-        def hook(_mod, args, kwargs):
-            stream = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(stream, torch.Tensor) or stream.shape[-1] != s.width:
-                raise PassError(f"block {name!r} is not called with the residual stream as its first "
-                                "argument or as hidden_states, so it cannot be replayed")
-            if name == blocks[0]:
-                first.append(stream)
-            current[name] = BlockCall(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
-        return hook
-
-    def returns_stream(name: str):
-        def hook(_mod, args, kwargs, out):
-            stream = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(out, torch.Tensor) and out.shape == stream.shape:
-                plain.add(name)
-        return hook
-
-    def stop(_mod, _args):
-        raise _Stop
-
-    handles = [model.get_submodule(b).register_forward_pre_hook(recorder(b), with_kwargs=True) for b in blocks]
-    handles += [model.get_submodule(b).register_forward_hook(returns_stream(b), with_kwargs=True) for b in blocks]
-    handles.append(model.get_submodule(s.final.module).register_forward_pre_hook(stop))
-    skipped: dict[nn.Module, object] = {}
+    recorder, captured = _Recorder(model, s), []
     try:
         for i, batch in enumerate(batches):
             if i == 1:
-                # Remember any forward set on the instance (accelerate's offloading hooks live there).
-                skipped = {model.get_submodule(b): model.get_submodule(b).__dict__.get("forward")
-                           for b in blocks if b in plain}
-                for block in skipped:
-                    block.forward = _hand_on
-            current.clear()
-            first.clear()
-            mask = batch.get("attention_mask")
-            try:
-                model(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False)
-            except _Stop:
-                pass
-            captured.append(Batch(first[0], mask, dict(current)))
+                recorder.skip_plain_blocks()
+            captured.append(recorder.run(batch))
     finally:
-        for h in handles:
+        recorder.close()
+    return captured
+
+
+class _Recorder:
+    """Hooks on every block that record its call, and on the final norm that stop the model there."""
+
+    def __init__(self, model: nn.Module, s: Structure):
+        self.model, self.s = model, s
+        self.calls: dict[str, BlockCall] = {}
+        self.first: list[torch.Tensor] = []
+        self.plain: set[str] = set()          # blocks that returned just the stream
+        self.skipped: dict[nn.Module, object] = {}
+        mods = [model.get_submodule(b) for b in s.blocks]
+        self.handles = [m.register_forward_pre_hook(self._record(b), with_kwargs=True) for b, m in zip(s.blocks, mods)]
+        self.handles += [m.register_forward_hook(self._returns_stream(b), with_kwargs=True)
+                         for b, m in zip(s.blocks, mods)]
+        self.handles.append(model.get_submodule(s.final.module).register_forward_pre_hook(_stop))
+
+    def run(self, batch: dict) -> Batch:
+        self.calls.clear()
+        self.first.clear()
+        mask = batch.get("attention_mask")
+        try:
+            self.model(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False)
+        except _Stop:
+            pass
+        return Batch(self.first[0], mask, dict(self.calls))
+
+    def _record(self, name: str):
+        def hook(_mod, args, kwargs):
+            stream = args[0] if args else kwargs.get("hidden_states")
+            if not isinstance(stream, torch.Tensor) or stream.shape[-1] != self.s.width:
+                raise PassError(f"block {name!r} is not called with the residual stream as its first "
+                                "argument or as hidden_states, so it cannot be replayed")
+            if name == self.s.blocks[0]:
+                self.first.append(stream)
+            self.calls[name] = BlockCall(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
+        return hook
+
+    def _returns_stream(self, name: str):
+        def hook(_mod, args, kwargs, out):
+            stream = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(out, torch.Tensor) and out.shape == stream.shape:
+                self.plain.add(name)
+        return hook
+
+    def skip_plain_blocks(self) -> None:
+        # Remember any forward set on the instance (accelerate's offloading hooks live there).
+        self.skipped = {self.model.get_submodule(b): self.model.get_submodule(b).__dict__.get("forward")
+                        for b in self.s.blocks if b in self.plain}
+        for block in self.skipped:
+            block.forward = _hand_on
+
+    def close(self) -> None:
+        for h in self.handles:
             h.remove()
-        for block, own in skipped.items():
+        for block, own in self.skipped.items():
             if own is None:
                 del block.forward
             else:
                 block.forward = own
-    return captured
+
+
+def _stop(_mod, _args):
+    raise _Stop
 
 
 def _hand_on(*args, **kwargs) -> torch.Tensor:
