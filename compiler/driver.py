@@ -124,27 +124,20 @@ def parameter_count(module) -> int:
 
 
 def metadata(checked: CheckedModel) -> dict[str, str]:
-    from runtime.session import INDEX_KEY, VOCAB_KEY
     return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
-            **{f"invc.{k}": v for k, v in checked.declarations().items()},
-            **{VOCAB_KEY + name: str(rows) for name, rows in token_inputs(checked).items()},
-            **{INDEX_KEY + name: str(dim) for name, dim in gathered_inputs(checked).items()}}
+            **{f"invc.{k}": v for k, v in checked.declarations().items()}, **index_bounds(checked)}
 
 
-def token_inputs(checked: CheckedModel) -> dict[str, int]:
-    """Inputs that feed an embedding directly, with the fewest rows a table they index has."""
+def index_bounds(checked: CheckedModel) -> dict[str, str]:
+    """The run-time range of every input an op reads as indices (its `Indices`): VOCAB_KEY + name, the
+    fewest rows of a table it indexes; INDEX_KEY + name, the dim (a name or a size) it picks from."""
+    from runtime.session import INDEX_KEY, VOCAB_KEY
     inputs = {p.value.id: p.name for p in checked.inputs}
-    rows: dict[str, int] = {}
+    bounds: dict[str, str] = {}
     for n in checked.nodes:
-        ids = n.args[0] if n.op == "embedding" else None
+        ix = checked.vocabulary.graph[n.op].indices
+        ids = n.args[ix.arg] if ix else None
         if getattr(ids, "id", None) in inputs:
-            name = inputs[ids.id]
-            rows[name] = min(rows.get(name, n.params["weight"].shape[0]), n.params["weight"].shape[0])
-    return rows
-
-
-def gathered_inputs(checked: CheckedModel) -> dict[str, str | int]:
-    """Inputs that gather reads as its index, with the dim (a name or a size) they index."""
-    inputs = {p.value.id: p.name for p in checked.inputs}
-    return {inputs[n.args[1].id]: n.args[0].type.shape[n.kwargs["axis"]]
-            for n in checked.nodes if n.op == "gather" and n.args[1].id in inputs}
+            key, bound = (VOCAB_KEY if ix.table else INDEX_KEY) + inputs[ids.id], ix.bound(n)
+            bounds[key] = str(min(int(bounds.get(key, bound)), bound) if ix.table else bound)
+    return bounds

@@ -339,24 +339,19 @@ def _mask(shape: list, gen: torch.Generator) -> torch.Tensor:
 
 def _index_readers(checked, size) -> dict:
     """Input value id -> sampler, for integer inputs that index: CSR offsets (sorted, from 0 to the
-    row count, one set empty), segment ids (in [0, S-1): the last set is empty), embedding ids,
-    gathered positions (in range)."""
-    readers = {}
+    row count, one set empty); ids an op reads as `Indices`, in the narrowest range any reader allows
+    (segment ids leave the last set empty)."""
+    readers, highs = {}, {}
     for node in checked.nodes:
-        if node.op == "segment_reduce":
+        op = checked.vocabulary.graph[node.op]
+        if op.offsets is not None:
             rows = size(node.args[0].type.shape[0])
-            readers[node.args[1].id] = lambda shape, gen, rows=rows: _offsets(shape[0], rows, gen)
-        elif node.op == "scatter_reduce":
-            sets = size(node.value.type.shape[0])
-            readers[node.args[1].id] = lambda shape, gen, sets=sets: torch.randint(0, max(sets - 1, 1), shape,
-                                                                                   generator=gen)
-        elif node.op == "gather":
-            n = size(node.args[0].type.shape[node.kwargs["axis"]])
-            readers.setdefault(node.args[1].id, lambda shape, gen, n=n: torch.randint(0, n, shape, generator=gen))
-        elif node.op == "embedding":
-            num = next(iter(node.params.values())).shape[0]
-            readers[node.args[0].id] = lambda shape, gen, num=num: torch.randint(0, num, shape, generator=gen)
-    return readers
+            readers[node.args[op.offsets].id] = lambda shape, gen, rows=rows: _offsets(shape[0], rows, gen)
+        if op.indices is not None:
+            ids, high = node.args[op.indices.arg], size(op.indices.bound(node)) - op.indices.spare_last
+            highs[ids.id] = min(highs.get(ids.id, high), high)
+    return {**readers, **{i: lambda shape, gen, high=max(h, 1): torch.randint(0, high, shape, generator=gen)
+                          for i, h in highs.items()}}
 
 
 def _offsets(length: int, rows: int, gen: torch.Generator) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, a
                                 placement, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
 from ops.elementwise import ACTIVATIONS, onnx_binary
-from ops.op import Doc, GraphOp, SpecOp
+from ops.op import Doc, GraphOp, Indices, SpecOp
 
 torch, F = Lazy("torch"), Lazy("torch.nn.functional")
 
@@ -172,6 +172,7 @@ SPEC = (
 )
 GRAPH = (
     GraphOp(linear, symmetry_linear, onnx_linear, lambda x, weight, bias: f"F.linear({x}, {weight}, {bias})"),
-    GraphOp(embedding, symmetry_embedding, onnx_embedding, lambda ids, weight: f"F.embedding({ids}, {weight})"),
+    GraphOp(embedding, symmetry_embedding, onnx_embedding, lambda ids, weight: f"F.embedding({ids}, {weight})",
+            indices=Indices(0, lambda node: node.params["weight"].shape[0], table=True)),
     GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})"),
 )

@@ -30,6 +30,17 @@ class SpecOp:
 
 
 @dataclass(frozen=True)
+class Indices:
+    """An integer argument that picks rows or elements: its values must lie in [0, bound). The driver
+    records the bound in the ONNX metadata, so Session refuses others at run time, and verify samples
+    valid ones (the narrowest range when several ops read one input)."""
+    arg: int                    # the argument's position among the node's args
+    bound: Callable             # OpNode -> the exclusive bound: a size, or the name of a dim
+    table: bool = False         # the rows of a weight table (token ids): recorded as the vocabulary
+    spare_last: bool = False    # verify leaves the last row unpicked: an empty set's claims must hold too
+
+
+@dataclass(frozen=True)
 class GraphOp:
     torch: Callable                 # the fx target itself: its __name__ is the op's name
     symmetry: Callable              # Call -> Fact (dsl/symmetry_rules.py's apply handles the common cases)
@@ -39,6 +50,8 @@ class GraphOp:
     sees_invariants: bool = False   # its result is not simply invariant when its inputs are
     reads: frozenset = frozenset()  # facts only some ops may read: "frames", "weights", "indices"
     keeps_weights: bool = False     # its result may still sum to one (a Simplex)
+    indices: Indices | None = None  # an argument that must index within a bound
+    offsets: int | None = None      # the position of an argument holding CSR offsets over args[0]'s rows
 
     @property
     def name(self) -> str:

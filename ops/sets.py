@@ -43,7 +43,7 @@ from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
 from dsl.rules import Axis, Tensor, float_input
 from dsl.symmetry_rules import COORD_HINT, Call, Operand, axes_of, merged, moved, reduced, what
 from dsl.types import INTS, ParamSpec, TensorType, Value
-from ops.op import Doc, GraphOp, SpecOp
+from ops.op import Doc, GraphOp, Indices, SpecOp
 from ops.reductions import KINDS
 
 torch, np, helper = Lazy("torch"), Lazy("numpy"), Lazy("onnx.helper")
@@ -432,7 +432,8 @@ SPEC = (
         "`deterministic=true` uses no atomics"), emits=("segment_reduce",)),
     SpecOp("scatter_pool", check_scatter_pool, Doc(
         "scatter_pool", '`scatter_pool(x, ids, like=t, kind="sum")`',
-        "ragged sets by segment id; the number of sets is dim 0 of `like`"), emits=("scatter_reduce",)),
+        "ragged sets by segment id; the number of sets is dim 0 of `like`; an id outside the sets is "
+        "refused at run time"), emits=("scatter_reduce",)),
     SpecOp("gather", check_gather, Doc(
         "gather", "`gather(x, index, axis=N)`",
         "the elements of x at the positions `index: i64[E]` along `axis`, which becomes `E` (an edge list's "
@@ -441,8 +442,9 @@ SPEC = (
 GRAPH = (
     GraphOp(masked_reduce, symmetry_masked_reduce, onnx_masked_reduce, embed=True),
     GraphOp(attention_pool, symmetry_attention_pool, onnx_attention_pool, embed=True),
-    GraphOp(segment_reduce, symmetry_segment_reduce, onnx_segment_reduce, embed=True),
-    GraphOp(scatter_reduce, symmetry_scatter_reduce, onnx_scatter_reduce, embed=True, reads=INDICES),
+    GraphOp(segment_reduce, symmetry_segment_reduce, onnx_segment_reduce, embed=True, offsets=1),
+    GraphOp(scatter_reduce, symmetry_scatter_reduce, onnx_scatter_reduce, embed=True, reads=INDICES,
+            indices=Indices(1, lambda node: node.value.type.shape[0], spare_last=True)),
     GraphOp(gather, symmetry_gather, onnx_gather, lambda x, index, axis: f"{x}.index_select({axis}, {index})",
-            reads=INDICES),
+            reads=INDICES, indices=Indices(1, lambda node: node.args[0].type.shape[node.kwargs["axis"]])),
 )

@@ -60,6 +60,25 @@ def test_node_ids_outside_the_set_are_refused(edge_list_model, bad):
         session.run({**good, **edges})
 
 
+def test_segment_ids_outside_the_sets_are_refused(tmp_path):
+    """ids read only by scatter_pool index the sets (dim 0 of `like`): out of range, they are refused
+    before ONNX ScatterND could drop or misplace a row."""
+    spec = tmp_path / "scatter.inv"
+    spec.write_text("model scatter() {\n  input x: f32[R, 4]\n  input ids: i64[R]\n  input sets: f32[S, 2]\n"
+                    "  p = scatter_pool(x, ids, like=sets, kind=\"sum\")\n  output p\n}\n")
+    compiler.compile(spec, out=tmp_path / "scatter.onnx")
+    session = Session(tmp_path / "scatter.onnx")
+    assert session.index == {"ids": "S"}
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((5, 4), np.float32), "ids": np.array([0, 2, 1, 2, 0]),
+             "sets": np.zeros((3, 2), np.float32)}
+    got = session.run(feeds)["p"]
+    assert not np.abs(got[2] - feeds["x"][[1, 3]].sum(0)).max() > 1e-5
+    feeds["ids"][4] = 3
+    with pytest.raises(InputError, match=r"input 'ids': id 3 at \[4\] is outside \[0, 3\) \(the 3 elements of dim S\)"):
+        session.run(feeds)
+
+
 def test_invc_run_refuses_bad_token_ids(transformer, tmp_path, capsys):
     np.save(tmp_path / "ids.npy", np.array([[3, -1]], np.int64))
     np.save(tmp_path / "mask.npy", np.ones((1, 2), bool))
