@@ -151,7 +151,8 @@ def test_tied_head_reads_every_kept_direction_in_shortcut_mode():
     y = seen[0].double()[..., :report.dim]
     h = y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) / HIDDEN + dense.config.rms_norm_eps)
     kept = report.calibration.rotations[-1][:, :report.dim]
-    want = h @ kept.T @ torch.diag(dense.model.norm.weight.detach().double()) @ dense.model.embed_tokens.weight.detach().double().T
+    gamma, table = (dense.get_submodule(n).weight.detach().double() for n in ("model.norm", "model.embed_tokens"))
+    want = h @ kept.T @ torch.diag(gamma) @ table.T
     err = relative(out, want)
     assert err <= 1e-5, f"head logits off by {err:.2e} relative"
     assert not report.head_map
