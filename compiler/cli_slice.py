@@ -81,7 +81,7 @@ def run_slice(args) -> int:
     from passes.slicegpt import checkpoint, data
     from passes.slicegpt.onnx_export import export_onnx
     from passes.slicegpt.refit import RIDGE
-    from passes.slicegpt.slicing import MODES, group_dims, slice_model
+    from passes.slicegpt.slicing import MODES, group_dims, own_head, slice_model
     from passes.slicegpt.standard import standard_model
     from passes.slicegpt.structure import discover
 
@@ -91,6 +91,8 @@ def run_slice(args) -> int:
     refuse_overlap(args.output, args.model, "sliced model")
     check_dir_target(args.output, "sliced model", checkpoint.PLAN)
     model = checkpoint.load(args.model)
+    if args.mode == "shortcut":
+        own_head(model, None)   # before discovery, which would otherwise run again on the untied model
     structure = discover(model)
     group_dims(structure, args.mode, args.sparsity, schedule, args.multiple)  # refused before the long work
     tok = _tokenizer(args.model)
