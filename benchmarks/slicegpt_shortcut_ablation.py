@@ -8,7 +8,7 @@ Each argument is one variant: comma-separated switches from shortcut mode as the
 slicegpt_smollm2.py, and scores the held-out plays (in domain) and Emma (dev) only; Persuasion (test)
 is never scored here. Run slicegpt_smollm2.py once first: it fetches the model and the texts.
 
-Switches, each one difference from the reference SliceGPT (see /work/shared/NOTES.md):
+Switches, each one difference between invc and the reference SliceGPT:
 - head=shared      a tied head keeps sharing the embedding's sliced table, behind a map, which also
                    projects the head's input onto the embedding output's subspace (invc before own_head;
                    the package, like the reference, now gives it its own table W·Q_last);
