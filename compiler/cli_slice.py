@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive(int), default=4)
     p.add_argument("--multiple", type=positive(int), default=8, help="kept dimensions are rounded down to this multiple")
     p.add_argument("--untie-head", action="store_true",
-                   help="give a tied head its own table so the result stays a plain model of its family")
+                   help="give a tied head its own table so the result stays a plain model of its family "
+                        "(shortcut mode always does)")
     p.add_argument("--no-refit", action="store_true",
                    help="skip the refit after slicing (shortcut-free mode: every block's readers and writers "
                         "are refit by ridge least squares to reproduce the dense block on the calibration text)")

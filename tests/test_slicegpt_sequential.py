@@ -133,3 +133,36 @@ def test_capture_gives_each_block_its_own_forward_back():
     with torch.no_grad():
         model(**token_batches(1)[0], use_cache=False)
     assert len(calls) == 2  # the model runs through the wrapper again
+
+
+def test_tied_head_reads_every_kept_direction_in_shortcut_mode():
+    """The head must see the last block's whole kept stream: logits = RMSNorm_D(y)·Q_last[:, :d]ᵀ·diag(γ)·Eᵀ,
+    with γ and E the dense model's. Sharing the embedding's sliced table would also project onto the
+    embedding output's subspace, which shortcut mode rotates differently."""
+    dense = tiny_model("llama", tie_word_embeddings=True)
+    model = tiny_model("llama", tie_word_embeddings=True)
+    report = slice_model(model, token_batches(2), 0.25, "shortcut")
+    seen = []
+    handle = model.get_submodule("model.norm").register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    out = logits(model).double()
+    handle.remove()
+    y = seen[0].double()[..., :report.dim]
+    h = y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) / HIDDEN + dense.config.rms_norm_eps)
+    kept = report.calibration.rotations[-1][:, :report.dim]
+    gamma, table = (dense.get_submodule(n).weight.detach().double() for n in ("model.norm", "model.embed_tokens"))
+    want = h @ kept.T @ torch.diag(gamma) @ table.T
+    err = relative(out, want)
+    assert err <= 1e-5, f"head logits off by {err:.2e} relative"
+    assert not report.head_map
+
+
+def test_shortcut_calibration_serves_a_fresh_tied_model():
+    """calibrate() gives the head of the model it reads its own table; a fresh identical model sliced
+    with that calibration must end up the same."""
+    batches = token_batches(2)
+    first = tiny_model("llama", tie_word_embeddings=True)
+    cal = calibrate(first, batches, "shortcut", sparsity=0.25)
+    slice_model(first, batches, 0.25, calibration=cal)
+    second = tiny_model("llama", tie_word_embeddings=True)
+    slice_model(second, batches, 0.25, calibration=cal)
+    assert torch.equal(logits(first), logits(second))
