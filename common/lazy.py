@@ -12,8 +12,9 @@ class Lazy:
         self._name = name
 
     def __getattr__(self, attr: str):
-        module = sys.modules.get(self._name) or importlib.import_module(self._name)
-        return getattr(module, attr)
+        value = getattr(sys.modules.get(self._name) or importlib.import_module(self._name), attr)
+        setattr(self, attr, value)  # kept: the ops' forward passes look it up again on every call
+        return value
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name}>"
