@@ -201,9 +201,15 @@ def bench_check(args) -> None:
 
 
 # -- inference -----------------------------------------------------------------------------------
-def _ort_session(path, threads: int):
+def _ort_session(path, threads: int, native: bool = True):
+    """A plain onnxruntime session, with invc's native frame kernels registered as invc's Session
+    does (`native=False`: the frames' ONNX function bodies run instead)."""
     import onnxruntime as ort
+
+    from runtime import native as kernels
     opts = ort.SessionOptions()
+    if native:
+        kernels.register(opts)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -2,8 +2,7 @@
 
     python benchmarks/frame_overhead.py             # batches 1 and 64, N = 32
     python benchmarks/frame_overhead.py --quick
-    git show main:runtime/frames.py > /tmp/frames_main.py
-    python benchmarks/frame_overhead.py --baseline /tmp/frames_main.py    # old kernels side by side
+    python benchmarks/frame_overhead.py --before /tmp/invc-before    # an older checkout, side by side
 
 The FA model is examples/pointcloud_classifier.inv (8 frames of E(3) around a DeepSets backbone,
 hidden 64); the bare backbone is the same def called directly. Both are compiled by invc and run
@@ -15,17 +14,18 @@ exported to ONNX).
 The frame computation alone (frame_centroid and frame_basis, 8 frames, in a model of its own) is
 timed too, as is the canonical model (canonical=true: one frame, one backbone call). "frame -
 call" subtracts the cost of calling an ORT session at all, which the frame does not add inside a
-model. `--baseline FILE` emits every ONNX frame op with FILE's kernels (an older runtime/frames.py)
-and times those models in the same loops, so old and new ratios are side by side.
+model. Each frame model runs twice in the same loops: with invc's native frame kernels registered
+(runtime/native.py, as invc's Session runs it) and without, where onnxruntime inlines the frames'
+ONNX function bodies: the standard-op form every other runtime runs, the nodes of earlier rounds.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
-import inspect
+import json
 import itertools
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -103,42 +103,26 @@ def _empty_onnx(path: Path) -> Path:
     return save_onnx(to_onnx(gm), path)
 
 
-class _Kernels:
-    """An older runtime/frames.py behind the current emitters' calls (frame_in gained `frames`)."""
-
-    def __init__(self, path: Path):
-        spec = importlib.util.spec_from_file_location("baseline_frames", path)
-        self.module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.module)
-
-    def __getattr__(self, name):  # baselines from before OnnxMath moved into runtime/frames.py lack it
-        return getattr(self.module, name) if hasattr(self.module, name) else getattr(frames, name)
-
-    def into_frames(self, m, x, basis, c, count):
-        takes_count = len(inspect.signature(self.module.into_frames).parameters) == 5
-        return self.module.into_frames(m, x, basis, c, *([count] if takes_count else []))
+def onnx_models(tmp: Path) -> dict:
+    return {"empty": _empty_onnx(tmp / "empty.onnx"), "bare": _spec_onnx(BARE, "bare.inv", tmp / "bare.onnx"),
+            "fa": compiler.compile(FA_SPEC, out=tmp / "fa.onnx").out,
+            "canonical": _spec_onnx(CANONICAL, "canonical.inv", tmp / "canonical.onnx"),
+            "frame": _frame_only_onnx(tmp / "frame.onnx")}
 
 
-@contextlib.contextmanager
-def _kernels(baseline: Path | None):
-    """The ONNX frame emitters use `baseline`'s kernels inside this block (current ones if None)."""
-    current = frame_ops.kernels
-    frame_ops.kernels = current if baseline is None else _Kernels(baseline)
-    try:
-        yield
-    finally:
-        frame_ops.kernels = current
-
-
-def onnx_models(tmp: Path, baseline: Path | None) -> dict:
-    """The frame models, each emitted with the current kernels and, given a baseline, with its."""
-    models = {"empty": _empty_onnx(tmp / "empty.onnx"), "bare": _spec_onnx(BARE, "bare.inv", tmp / "bare.onnx")}
-    for tag, kernels in [("", None)] + ([("old ", baseline)] if baseline else []):
-        with _kernels(kernels):
-            models[tag + "fa"] = compiler.compile(FA_SPEC, out=tmp / f"{tag}fa.onnx").out
-            models[tag + "canonical"] = _spec_onnx(CANONICAL, "canonical.inv", tmp / f"{tag}canonical.onnx")
-            models[tag + "frame"] = _frame_only_onnx(tmp / f"{tag}frame.onnx")
-    return models
+def models_before(checkout: Path, tmp: Path) -> dict:
+    """The same models compiled by another checkout's own frame_overhead.py (its onnx_models took a
+    second argument, None, in earlier rounds)."""
+    folder = tmp / "before"
+    folder.mkdir()
+    code = ("import inspect, json, sys; from pathlib import Path; sys.path[:0] = ['.', 'benchmarks']; "
+            "import frame_overhead as f; extra = len(inspect.signature(f.onnx_models).parameters) - 1; "
+            "print(json.dumps({k: str(v) for k, v in f.onnx_models(Path(sys.argv[1]), *[None] * extra).items()}))")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=checkout, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(checkout)})
+    if done.returncode != 0:
+        sys.exit(f"frame_overhead: the checkout {checkout} did not compile its models:\n{done.stderr[-2000:]}")
+    return {k: Path(v) for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
 def naive_fa(backbone):
@@ -158,8 +142,8 @@ def _feeds(batch: int, n: int) -> dict:
     return {"pos": rng.standard_normal((batch, n, 3)).astype(np.float32), "mask": np.ones((batch, n), bool)}
 
 
-def _ort(model, feeds: dict, threads: int):
-    session = _ort_session(model, threads)
+def _ort(model, feeds: dict, threads: int, native: bool = True):
+    session = _ort_session(model, threads, native)
     return lambda: session.run(None, feeds)
 
 
@@ -173,10 +157,17 @@ def _eager(module, feeds: dict):
 
 
 def row(batch: int, n: int, models: dict, args) -> list[list[str]]:
-    """One table row per kernel set (new, then old): ratios over the bare backbone in the same loops."""
+    """One table row per kernel set (native, then the ONNX function bodies): ratios over the bare
+    backbone in the same loops."""
     feeds, wide = _feeds(batch, n), _feeds(8 * batch, n)
-    runners = {k: _ort(path, feeds, args.threads)
-               for k, path in models["onnx"].items()}
+    runners = {k: _ort(path, feeds, args.threads) for k, path in models["onnx"].items()}
+    runners.update({f"bodies {k}": _ort(models["onnx"][k], feeds, args.threads, native=False)
+                    for k in ("fa", "canonical", "frame")})
+    tags = ["", "bodies "]
+    if "before" in models:
+        runners.update({f"before {k}": _ort(models["before"][k], feeds, args.threads, native=False)
+                        for k in ("fa", "canonical", "frame")})
+        tags.append("before ")
     runners["bare8"] = _ort(models["onnx"]["bare"], wide, args.threads)
     if args.eager:
         runners.update({"eager bare": _eager(models["bare"], feeds), "eager fa": _eager(models["fa"], feeds),
@@ -184,8 +175,8 @@ def row(batch: int, n: int, models: dict, args) -> list[list[str]]:
     t = _per_call(runners, args)
     bare = t["bare"]
     rows = []
-    for tag in ["", "old "] if "old fa" in t else [""]:
-        rows.append([str(batch), tag.strip() or "new", f"{bare * 1e6:.1f}", f"{t[tag + 'frame'] * 1e6:.1f}",
+    for tag in tags:
+        rows.append([str(batch), tag.strip() or "native", f"{bare * 1e6:.1f}", f"{t[tag + 'frame'] * 1e6:.1f}",
                      f"{t[tag + 'frame'] / bare:.2f}x", f"{(t[tag + 'frame'] - t['empty']) / bare:.2f}x",
                      f"{t[tag + 'fa'] * 1e6:.1f}", f"{t[tag + 'fa'] / bare:.2f}x",
                      f"{t[tag + 'canonical'] * 1e6:.1f}", f"{t[tag + 'canonical'] / bare:.2f}x",
@@ -202,7 +193,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--budget", type=float, default=0.2, help="seconds per timed loop (default 0.2)")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op and torch threads (default 1)")
-    p.add_argument("--baseline", type=Path, help="an older runtime/frames.py to time side by side")
+    p.add_argument("--before", type=Path, help="another checkout of invc (an older revision) to time side by side")
     p.add_argument("--eager", action="store_true", help="also time torch eager and a naive eigh FA")
     p.add_argument("--quick", action="store_true", help="smoke mode: one repeat, short loops")
     args = p.parse_args()
@@ -212,8 +203,10 @@ def main() -> None:
     print(f"# machine: {os.cpu_count()} CPUs, {_cpu_name()}; load average {os.getloadavg()[0]:.2f}; "
           f"{args.threads} thread(s)")
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"onnx": onnx_models(Path(tmp), args.baseline), "bare": spec_module(BARE, "bare.inv"),
+        models = {"onnx": onnx_models(Path(tmp)), "bare": spec_module(BARE, "bare.inv"),
                   "fa": compiler.build(FA_SPEC)}
+        if args.before:
+            models["before"] = models_before(args.before.resolve(), Path(tmp))
         rows = [r for b in args.batches for r in row(b, args.size, models, args)]
     header = ["batch", "kernels", "ORT bare", "frame alone", "frame/bare", "(frame - call)/bare", "ORT FA",
               "FA/bare", "ORT canonical", "canonical/bare", "bare 8x batch/bare"]

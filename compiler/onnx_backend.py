@@ -27,9 +27,10 @@ __all__ = ["to_onnx", "save_onnx"]
 class GraphBuilder:
     """Collects ONNX nodes and initializers while walking the fx graph; emitters call its methods."""
 
-    def __init__(self, gm: fx.GraphModule, reserved: set[str]):
-        self.gm = gm
+    def __init__(self, gm: fx.GraphModule | None, reserved: set[str], opset: int = 18):
+        self.gm, self.opset = gm, opset
         self.nodes: list[onnx.NodeProto] = []
+        self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
         self.initializers: list[onnx.TensorProto] = []
         self.used = set(reserved)
         self.names: dict[fx.Node, str] = {}
@@ -43,6 +44,19 @@ class GraphBuilder:
             name = f"{base}_{i}"
         self.used.add(name)
         return name
+
+    def function(self, domain: str, name: str, inputs: list[str], body) -> str:
+        """A call of the model-local ONNX function domain:name. `body(builder, *formal_inputs)` writes
+        its nodes once per model and returns its result; a runtime with a kernel registered under
+        that name runs the kernel instead (runtime/native.py)."""
+        if (domain, name) not in self.functions:
+            f = FunctionBuilder(self.opset)
+            formal = [f"x{i}" for i in range(len(inputs))]
+            f.used.update(formal)
+            f.name_result(body(f, *formal), "y")
+            self.functions[domain, name] = helper.make_function(
+                domain, name, formal, ["y"], f.nodes, [helper.make_opsetid("", self.opset)])
+        return self.op(name, *inputs, domain=domain)
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         out = self.fresh(f"{self.scope}/{op_type}")
@@ -104,6 +118,19 @@ class GraphBuilder:
             self.nodes.append(helper.make_node("Identity", [result], [name], name=name))
 
 
+class FunctionBuilder(GraphBuilder):
+    """Builds a function body: a function sees no initializers, so constants are Constant nodes."""
+
+    def __init__(self, opset: int):
+        super().__init__(None, set(), opset)
+
+    def const(self, array: np.ndarray, base: str | None = None) -> str:
+        name = self.fresh(base or f"{self.scope}/const")
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name,
+                                           value=numpy_helper.from_array(np.asarray(array), name)))
+        return name
+
+
 def _target_name(target) -> str:
     return getattr(target, "__qualname__", None) or repr(target)
 
@@ -121,7 +148,7 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
                         "(Reduce* axes as an input)")
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     out_names, out_nodes = map(list, zip(*named_outputs(gm)))
-    g = GraphBuilder(gm, {n.meta["name"] for n in inputs} | set(out_names))
+    g = GraphBuilder(gm, {n.meta["name"] for n in inputs} | set(out_names), opset)
     g.names.update((n, n.meta["name"]) for n in inputs)
     # A computed node returned once is written under its output name directly.
     direct = {n: name for n, name in zip(out_nodes, out_names)
@@ -135,9 +162,9 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
     graph = helper.make_graph(g.nodes, graph_name, [_value_info(n.meta["name"], n) for n in inputs],
                               [_value_info(name, n) for n, name in zip(out_nodes, out_names)],
                               initializer=g.initializers)
-    opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="invc",
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted({d for d, _ in g.functions})]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="invc", functions=list(g.functions.values()),
+                              ir_version=helper.find_min_ir_version_for(opsets[:1]))  # >= 8: functions
     return stamp(model, dict(metadata or {}))
 
 

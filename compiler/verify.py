@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from common.dtypes import torch_dtype
+from runtime import native
 
 
 @dataclass(frozen=True)
@@ -379,11 +380,20 @@ def _backends(gm, checked, onnx) -> list:
     names = [p.name for p in checked.inputs]
     _same_ports(onnx, session, checked)
 
-    def run_onnx(*xs):
-        return tuple(torch.from_numpy(v) for v in session.run(dict(zip(names, xs))).values())
+    def runner(session):
+        return lambda *xs: tuple(torch.from_numpy(v) for v in session.run(dict(zip(names, xs))).values())
 
-    return [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
-            ("torch fp64, random weights", redrawn(gm), torch.float64), ("onnx fp32", run_onnx, torch.float32)]
+    backends = [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
+                ("torch fp64, random weights", redrawn(gm), torch.float64), ("onnx fp32", runner(session), torch.float32)]
+    if session.kernels != native.BODIES and _has_frame_functions(onnx):  # the portable form is measured too
+        backends.append(("onnx fp32, frame bodies", runner(Session(onnx, native_frames=False)), torch.float32))
+    return backends
+
+
+def _has_frame_functions(onnx) -> bool:
+    import onnx as onnx_lib
+    model = onnx if hasattr(onnx, "functions") else onnx_lib.load(str(onnx), load_external_data=False)
+    return any(f.domain == native.DOMAIN for f in model.functions)
 
 
 def redrawn(gm, seed: int = 1):

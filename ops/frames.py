@@ -20,6 +20,7 @@ from dsl.types import FLOATS, TensorType, Value, dim_product
 from ops.elementwise import symmetry_arithmetic
 from ops.op import Doc, GraphOp, SpecOp
 from ops.sets import mask_refused, set_mask
+from runtime import native
 
 kernels = Lazy("runtime.frames")  # the shared arithmetic, and its torch and ONNX primitives
 # Frame-averaging groups (spelled as in `symmetry`) -> proper, i.e. det = +1 frames only.
@@ -269,17 +270,22 @@ def frame_conditioning(pos, mask=None):
 # -- ONNX emitters: the same kernels over ONNX nodes -----------------------------------------------
 def onnx_frame_centroid(g, node, pos, mask):
     m = kernels.OnnxMath(g)
-    return kernels.centroid_of(m, m.wrap(pos), m.wrap(mask)).name
+    name = native.op_name("centroid", pos.meta["dtype"], masked=mask is not None)
+    return m.fused(name, kernels.centroid_of, m.wrap(pos), m.wrap(mask)).name
 
 
 def onnx_frame_basis(g, node, pos, centroid, mask, proper, canonical):
     m = kernels.OnnxMath(g)
-    return kernels.basis_of(m, m.wrap(pos), m.wrap(centroid), m.wrap(mask), proper, canonical).name
+    name = native.op_name("basis", pos.meta["dtype"], masked=mask is not None, proper=proper, canonical=canonical)
+    return m.fused(name, lambda m, *args: kernels.basis_of(m, *args, proper, canonical),
+                   m.wrap(pos), m.wrap(centroid), m.wrap(mask)).name
 
 
 def onnx_frame_in(g, node, x, basis, centroid):
-    m = kernels.OnnxMath(g)
-    return kernels.into_frames(m, m.wrap(x), m.wrap(basis), m.wrap(centroid), basis.meta["shape"][1]).name
+    m, frames = kernels.OnnxMath(g), basis.meta["shape"][1]
+    name = native.op_name("in", x.meta["dtype"], frames=frames, centered=centroid is not None)
+    return m.fused(name, lambda m, *args: kernels.into_frames(m, *args, frames),
+                   m.wrap(x), m.wrap(basis), m.wrap(centroid)).name
 
 
 def onnx_frame_tile(g, node, x, count):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from common.dtypes import name_of, numpy_dtype, onnx_type, torch_dtype
+from runtime import native
 
 # Gap below which an eigenvector (or its orthogonalized partner) counts as undetermined; the
 # eigensolver works in float64 on a trace-normalized covariance, so this is relative.
@@ -201,6 +202,19 @@ class OnnxMath:
 
     def wrap(self, node):
         return None if node is None else _Value(self.g.value(node), node.meta["dtype"])
+
+    def fused(self, name: str | None, kernel, *args):
+        """kernel(m, *args) as one call of the ONNX function invc.frames:`name`, whose body is the
+        kernel's nodes: onnxruntime runs runtime/frames.c's kernel of that name where it is
+        registered (runtime/native.py), any runtime the body elsewhere. No name: the nodes inline."""
+        if name is None:
+            return kernel(self, *args)
+        given = [a for a in args if a is not None]
+
+        def body(f, *formal):
+            values = iter(_Value(n, a.dtype) for n, a in zip(formal, given))
+            return kernel(OnnxMath(f), *(None if a is None else next(values) for a in args)).name
+        return _Value(self.g.function(native.DOMAIN, name, [a.name for a in given], body), given[0].dtype)
 
     def add(self, a, b):
         return self._op("Add", a, b)
@@ -456,10 +470,14 @@ def into_frames(m, x, basis, c, frames: int):
 
 
 def tile(m, x, frames: int):
+    if frames == 1:  # one frame: the rows are the batch's own
+        return x
     return m.reshape_tail(m.concat([m.unsqueeze(x, 1)] * frames, 1), [-1], x, 1)
 
 
 def out_of_frames(m, y, basis, c, kind: str, frames: int):
+    if kind == "invariant" and frames == 1:  # the mean of one frame's rows is those rows
+        return y
     per_frame = m.reshape_tail(y, [-1, frames], y, 1)                      # [B, F, ...]
     if kind == "invariant":
         return m.mean(per_frame, (1,))

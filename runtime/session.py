@@ -12,6 +12,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from common.dtypes import from_ort, numpy_dtype
+from runtime import native
 from runtime.inputs import InputError, empty_dim, out_of_range
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -57,16 +58,16 @@ _LOAD_ERRORS = (_ort_errors.InvalidProtobuf, _ort_errors.InvalidArgument, _ort_e
                 _ort_errors.NoModel, _ort_errors.Fail, _ort_errors.NotImplemented)
 
 
-def _load(model, providers: list[str]) -> ort.InferenceSession:
+def _load(model, providers: list[str], options) -> ort.InferenceSession:
     if hasattr(model, "SerializeToString"):  # built in memory: a failure is a bug, shown in full
-        return ort.InferenceSession(model.SerializeToString(), providers=providers)
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     path = Path(model)
     if not path.exists():
         raise InputError(f"model file not found: {path}")
     if not path.is_file():
         raise InputError(f"model {path} is not a file; expected an .onnx file")
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except _LOAD_ERRORS as e:
         reason = str(e).rsplit(":", 1)[-1].strip()  # onnxruntime prefixes a code and the path
         raise InputError(f"cannot load model {path}: not a valid ONNX file ({reason})") from None
@@ -90,9 +91,12 @@ def _stamp_note(model) -> str | None:
 class Session:
     """An onnxruntime session that checks names, ranks, static dims, dtypes and symbolic dims first."""
 
-    def __init__(self, model, provider: str = "auto"):
+    def __init__(self, model, provider: str = "auto", native_frames: bool = True):
         providers = choose_providers(provider, ort.get_available_providers())
-        self._session = _load(model, providers)
+        options = ort.SessionOptions()
+        # Which frame kernels run, and why; without them onnxruntime runs the ONNX function bodies.
+        self.kernels = native.register(options) if native_frames else native.BODIES
+        self._session = _load(model, providers, options)
         self.note = _stamp_note(model)  # after _load, which names a missing or invalid file
         # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.
         self.provider: str = self._session.get_providers()[0]

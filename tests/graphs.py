@@ -14,7 +14,7 @@ TARGETS = SimpleNamespace(**{name: op.torch for name, op in VOCABULARY.graph.ite
 # Shapes are found by running at these sizes; a dim of one of these sizes is read back as the
 # symbol, so static dims in tests must avoid multiples of 11 and 13.
 TRACE = {"B": 11, "N": 13}
-_SYMBOLS = {11: "B", 13: "N", 143: "B*N", **{13 * k: f"N*{k}" for k in range(2, 11)}}
+_SYMBOLS = {11: "B", 13: "N", 143: "B*N", **{13 * k: f"N*{k}" for k in range(2, 11)}, 44: "B*4", 88: "B*8"}
 
 
 def build(inputs: dict, rows: list, outputs: dict, params: dict | None = None) -> fx.GraphModule:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from common.cache import CacheError, private_cache
+
 # Not imported here: tests/test_triton.py must import triton first, under TRITON_INTERPRET=1.
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed: the generated module cannot be imported")
@@ -56,7 +58,7 @@ def test_the_build_cache_is_private_and_planted_files_are_not_imported(tmp_path,
     from runtime.triton import build
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert build.load(SOURCE, "probe").VALUE == 42
-    cache = build.cache_dir()
+    cache = private_cache("triton")
     assert cache.stat().st_mode & 0o777 == 0o700 and cache.stat().st_uid == os.getuid()
     # A file under the expected name with other content (planted, or damaged) is replaced, not run.
     [planted] = cache.glob("probe_*.py")
@@ -70,14 +72,14 @@ def test_a_cache_others_can_write_or_own_is_refused(tmp_path, monkeypatch):
     cache = tmp_path / "invc" / "triton"
     cache.mkdir(parents=True)
     cache.chmod(0o777)
-    with pytest.raises(build.CacheError, match="not a private directory"):
+    with pytest.raises(CacheError, match="not a private directory"):
         build.load(SOURCE, "probe")
     cache.chmod(0o700)
     if os.getuid() == 0:  # only root can give a folder away
         os.chown(cache, 12345, 12345)
-        with pytest.raises(build.CacheError, match="owner uid 12345"):
+        with pytest.raises(CacheError, match="owner uid 12345"):
             build.load(SOURCE, "probe")
     cache.rmdir()
     cache.symlink_to(tmp_path)
-    with pytest.raises(build.CacheError):
+    with pytest.raises(CacheError):
         build.load(SOURCE, "probe")

@@ -9,8 +9,9 @@ import ast
 import hashlib
 import importlib.util
 import os
-import stat
 from pathlib import Path
+
+from common.cache import private_cache
 
 PRELUDE = Path(__file__).with_name("prelude.py")
 IMPORTS = {"math": "import math", "os": "import os", "torch": "import torch",
@@ -59,31 +60,11 @@ def module_source(docstring: str, body: str) -> str:
     return "\n".join([f'"""{docstring}\n"""', *imports, "", "", helpers, "", "", body.rstrip(), ""])
 
 
-class CacheError(Exception):
-    """The build cache is not private to this user, so nothing in it may be imported."""
-    exit_code = 2
-
-
-def cache_dir() -> Path:
-    """The per-user build cache, $XDG_CACHE_HOME/invc/triton (default ~/.cache/invc/triton): outside
-    /tmp, where another user could create the folder first. It is made 0700 and refused unless it is a
-    real directory owned by this user that no one else can write."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = base / "invc" / "triton"
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = cache.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise CacheError(f"Triton build cache {cache} is not a private directory of this user "
-                         f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); "
-                         f"remove it or set XDG_CACHE_HOME to a private folder")
-    return cache
-
-
 def load(source: str, name: str = "invc_triton"):
     """Import a rendered module from a file in the private cache; the file is used only when its
     content hash is the source's, else it is written afresh."""
     digest = hashlib.sha256(source.encode()).hexdigest()
-    path = cache_dir() / f"{name}_{digest[:16]}.py"
+    path = private_cache("triton") / f"{name}_{digest[:16]}.py"
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(source, encoding="utf-8")

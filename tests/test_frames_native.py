@@ -1,0 +1,218 @@
+"""The native frame kernels (runtime/frames.c) against the frames' torch forms and their ONNX
+function bodies, on drawn clouds: generic, tied, collinear, planar, coincident, tiny, masked (all
+masked too), NaN-padded, in float32 and float64, for every group and mode. Then whole models, the
+portable file, the fallbacks, and the kernels' own refusals."""
+import functools
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import compiler
+from compiler.onnx_backend import to_onnx
+from runtime import frames, native
+from runtime.session import Session
+from tests.graphs import TARGETS, build
+
+pytestmark = pytest.mark.skipif(native.library()[0] is None, reason=native.library()[1])
+
+FAMILIES = ("generic", "cube", "octahedron", "collinear", "planar", "coincident", "few")
+
+
+@functools.cache
+def frame_graph(dtype: str, masked: bool, proper: bool, canonical: bool):
+    """centroid, basis, points and vectors in the frames: every op with a native kernel."""
+    extra = {"mask": "mask"} if masked else {}
+    rows = [("c", TARGETS.frame_centroid, ["pos"], extra),
+            ("f", TARGETS.frame_basis, ["pos", "c"], {**extra, "proper": proper, "canonical": canonical}),
+            ("p", TARGETS.frame_in, ["pos", "f", "c"]), ("v", TARGETS.frame_in, ["vel", "f"])]
+    inputs = {"pos": (("B", "N", 3), dtype), "vel": (("B", "N", 2, 3), dtype)}
+    if masked:
+        inputs["mask"] = (("B", "N"), "bool")
+    gm = build(inputs, rows, {name: name for name, *_ in rows})
+    model = to_onnx(gm)
+    return gm, Session(model), Session(model, native_frames=False)
+
+
+def cloud(family: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """One cloud [n, 3]: exact ties for the symmetric families (axis-aligned, small integers, so
+    float32 holds them exactly), a random rotation and scale for the generic one."""
+    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    shapes = {"cube": signs, "octahedron": np.concatenate([np.eye(3), -np.eye(3)]),
+              "collinear": np.outer(np.arange(n) - 1.0, [1.0, 2.0, -2.0]),
+              "planar": np.stack([np.arange(n) % 3, np.arange(n) // 3, np.zeros(n)], -1) * 2.0,
+              "coincident": np.full((n, 3), 3.0), "few": rng.integers(-4, 5, (min(n, 2), 3)).astype(float)}
+    if family in shapes:
+        return shapes[family] + rng.integers(-3, 4, 3)
+    q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    return (rng.standard_normal((n, 3)) * [3.0, 1.5, 0.5]) @ q * 10.0 ** rng.uniform(-2, 2) + rng.normal(0, 5, 3)
+
+
+def batch(families: list, n: int, masked: bool, dtype, rng) -> dict:
+    pts = [cloud(f, n, rng) for f in families]
+    n = max(len(p) for p in pts)
+    pos = np.full((len(pts), n, 3), np.nan)  # padding is NaN: a kernel that reads it is caught
+    mask = np.zeros((len(pts), n), bool)
+    for i, p in enumerate(pts):
+        pos[i, :len(p)], mask[i, :len(p)] = p, True
+        if rng.random() < 0.15:
+            mask[i] = False  # all masked: the frame is built from all points
+            pos[i] = np.nan_to_num(pos[i], nan=1.0)
+    if not masked:
+        pos = np.where(np.isnan(pos), 1.0, pos)
+    feeds = {"pos": pos.astype(dtype), "vel": rng.standard_normal((len(pts), n, 2, 3)).astype(dtype)}
+    return {**feeds, "mask": mask} if masked else feeds
+
+
+def decided(pos: torch.Tensor, mask, proper: bool, canonical: bool) -> np.ndarray:
+    """The clouds whose frames any rounding decides the same way: eigen-gaps clearly apart from the
+    tie threshold and, for a canonical frame, third moments clearly away from 0. Elsewhere either
+    branch is right (a tie, or a tie in the fallback's own choice), and rounding picks."""
+    apart = frames.conditioning(frames.TORCH, pos.double(), mask) > 1e-4
+    return (apart & (frames.sign_margin(pos.double(), mask, proper) > 1e-4) if canonical else apart).numpy()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(["f32", "f64"]), masked=st.booleans(), proper=st.booleans(), canonical=st.booleans(),
+       families=st.lists(st.sampled_from(FAMILIES + ("generic",) * 3), min_size=1, max_size=5), n=st.integers(1, 12),
+       seed=st.integers(0, 2**32 - 1))
+def test_native_kernels_match_torch_and_the_onnx_bodies(dtype, masked, proper, canonical, families, n, seed):
+    gm, fast, portable = frame_graph(dtype, masked, proper, canonical)
+    feeds = batch(families, n, masked, np.float32 if dtype == "f32" else np.float64, np.random.default_rng(seed))
+    got, body = fast.run(feeds), portable.run(feeds)
+    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        want = dict(zip("cfpv", gm(*tensors.values())))
+    mask = tensors.get("mask")
+    same = decided(tensors["pos"], mask, proper, canonical)
+    tol = 2e-5 if dtype == "f32" else 1e-9
+    scale = np.abs(np.nan_to_num(feeds["pos"])).max(axis=(1, 2))[:, None] + 1.0
+
+    def close(a, b, clouds, unit, what):
+        a, b = a.reshape(len(same), -1)[clouds], b.reshape(len(same), -1)[clouds]
+        assert np.array_equal(np.isnan(a), np.isnan(b)), f"{what}: NaN in one only"
+        err = np.abs(a - b) / unit[clouds] if np.ndim(unit) else np.abs(a - b)
+        assert not np.nanmax(err, initial=0.0) > tol, f"{what}: {np.nanmax(err, initial=0.0):.2e}"
+
+    every = np.ones(len(same), bool)
+    close(got["c"], want["c"].numpy(), every, scale, "centroid vs torch")
+    close(got["c"], body["c"], every, scale, "centroid vs ONNX bodies")
+    # Every frame is orthonormal; where rounding decides none of it, that is all that is fixed.
+    f = torch.from_numpy(got["f"]).double()
+    close((f.transpose(-1, -2) @ f).numpy(), np.broadcast_to(np.eye(3), f.shape).copy(), every, 1.0, "orthonormal")
+    det = torch.linalg.det(f).numpy()  # proper frames are rotations; all 8 are 4 rotations and 4 reflections
+    if proper:
+        close(det, np.ones_like(det), every, 1.0, "det of proper frames")
+    elif not canonical:
+        close(np.sort(det, -1), np.repeat([[-1.0] * 4 + [1.0] * 4], len(det), 0), every, 1.0, "dets of 8 frames")
+    close(got["f"], want["f"].numpy(), same, 1.0, "basis vs torch")
+    close(got["f"], body["f"], same, 1.0, "basis vs ONNX bodies")
+    # Points and vectors in the kernel's own frames, as torch's frame_in puts them.
+    c, basis = torch.from_numpy(got["c"]), torch.from_numpy(got["f"])
+    with torch.no_grad():
+        moved = {"p": TARGETS.frame_in(tensors["pos"], basis, c), "v": TARGETS.frame_in(tensors["vel"], basis)}
+    vel_scale = np.abs(feeds["vel"]).max(axis=(1, 2, 3))[:, None] + 1.0
+    close(got["p"], moved["p"].numpy(), every, scale, "points vs torch")
+    close(got["v"], moved["v"].numpy(), every, vel_scale, "vectors vs torch")
+    close(got["p"], body["p"], same, scale, "points vs ONNX bodies")
+
+
+@pytest.mark.parametrize("gap", [3e-4, 3e-5, 1e-5])
+def test_near_ties_above_the_threshold_are_solved_not_replaced(gap):
+    """Relative eigen-gaps a little above GAP_TOL: both ends are trusted, as in torch (a tie
+    threshold set too high would swap in the fixed fallback axes here)."""
+    gm, fast, _ = frame_graph("f64", False, False, False)
+    rng = np.random.default_rng(7)
+    q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    half = np.diag(np.sqrt(np.array([1 + 2 * gap, 1 + gap, 1.0]) / 2))
+    pos = (np.concatenate([half, -half]) @ q.T + 1.5)[None]
+    got = fast.run({"pos": pos, "vel": rng.standard_normal((1, 6, 2, 3))})
+    with torch.no_grad():
+        want = gm(torch.from_numpy(pos), torch.zeros(1, 6, 2, 3, dtype=torch.float64))[1].numpy()
+    assert frames.conditioning(frames.TORCH, torch.from_numpy(pos), None).item() > frames.GAP_TOL
+    np.testing.assert_allclose(got["f"], want, atol=1e-16 / gap ** 2 + 1e-12)
+    np.testing.assert_allclose(np.abs(got["f"][0, 0]), np.abs(q), atol=1e-16 / gap ** 2 + 1e-12)
+
+
+def test_nan_in_nan_out():
+    gm, fast, _ = frame_graph("f32", False, False, False)
+    feeds = batch(["generic", "generic"], 6, False, np.float32, np.random.default_rng(3))
+    feeds["pos"][1, 2, 0] = np.nan
+    got = fast.run(feeds)
+    assert np.isfinite(got["p"].reshape(2, -1)[0]).all() and np.isnan(got["p"].reshape(2, -1)[1]).all()
+
+
+@pytest.mark.parametrize("name, dims", [("pointcloud_classifier", {"B": 3, "N": 9}),
+                                        ("nbody", {"B": 4, "N": 5})])
+def test_models_agree_with_and_without_the_kernels(name, dims):
+    result = compiler.compile(f"examples/{name}.inv")
+    onnx.checker.check_model(result.onnx, full_check=True)  # the portable file: standard functions
+    assert {f.domain for f in result.onnx.functions} == {native.DOMAIN}
+    fast, portable = Session(result.onnx), Session(result.onnx, native_frames=False)
+    assert fast.kernels.startswith("frame kernels: native") and portable.kernels == native.BODIES
+    rng = np.random.default_rng(0)
+    feeds = {i.name: (rng.random([dims.get(d, d) for d in i.shape]) < 0.8 if i.dtype == np.bool_ else
+                      rng.standard_normal([dims.get(d, d) for d in i.shape]).astype(i.dtype)) for i in fast.inputs}
+    with torch.no_grad():
+        want = result.module(*(torch.from_numpy(v) for v in feeds.values()))
+    for got in (fast.run(feeds), portable.run(feeds)):
+        np.testing.assert_allclose(next(iter(got.values())), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_compiler_the_bodies_run(monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    native.library.cache_clear()
+    try:
+        line = Session(frame_graph_model()).kernels
+        assert line.startswith(native.BODIES) and "no C compiler" in line
+        monkeypatch.setenv("CC", "false")  # a compiler that fails: its first line is the reason
+        native.library.cache_clear()
+        assert "did not build" in Session(frame_graph_model()).kernels
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv(native.DISABLE, "0")
+        native.library.cache_clear()
+        assert Session(frame_graph_model()).kernels == f"{native.BODIES} ({native.DISABLE}=0)"
+    finally:
+        native.library.cache_clear()
+
+
+def frame_graph_model():
+    return to_onnx(frame_graph("f32", True, False, False)[0])
+
+
+def test_the_kernels_refuse_shapes_their_names_do_not_allow():
+    """A hand-written file calling a kernel with a 4-frame basis where its name says 8."""
+    from onnx import TensorProto, helper
+    node = helper.make_node("FrameIn8Centered32", ["x", "basis", "c"], ["y"], domain=native.DOMAIN)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3]),
+                                            helper.make_tensor_value_info("basis", TensorProto.FLOAT, [1, 4, 3, 3]),
+                                            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(native.DOMAIN, 1)])
+    session = Session(model)
+    with pytest.raises(Exception, match="the basis must be \\[B, F, 3, 3\\] with F frames"):
+        session.run({"x": np.ones((1, 4, 3), np.float32), "basis": np.ones((1, 4, 3, 3), np.float32),
+                     "c": np.zeros((1, 1, 3), np.float32)})
+
+
+def test_names_match_the_kernels_registered():
+    """Every name op_name() can spell is a kernel of runtime/frames.c (a misspelled one would
+    silently run the slow body)."""
+    from onnx import TensorProto, helper
+    names = {native.op_name("centroid", d, masked=True) for d in native.WIDTHS}
+    names |= {native.op_name("basis", d, masked=m, proper=p, canonical=c)
+              for d in native.WIDTHS for m in (0, 1) for p in (0, 1) for c in (0, 1)}
+    names |= {native.op_name("in", d, frames=f, centered=c) for d in native.WIDTHS for f in (1, 4, 8) for c in (0, 1)}
+    for name in sorted(names):
+        node = helper.make_node(name, ["x"], ["y"], domain=native.DOMAIN)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(native.DOMAIN, 1)])
+        try:
+            Session(model)
+        except Exception as e:  # noqa: BLE001 - a known kernel fails on its arity or types, never its name
+            assert "is not a registered function/op" not in str(e), name
+    assert len(names) == 30
