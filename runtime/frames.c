@@ -483,20 +483,12 @@ static Config *add(int *count, enum Kind kind, int f64) {
     Config *c = &configs[(*count)++];
     memset(c, 0, sizeof *c);
     c->kind = kind, c->f64 = f64;
-    OrtCustomOp *op = &c->base;
-    op->version = API_VERSION;
-    op->GetName = op_name;
-    op->GetExecutionProviderType = op_provider;
-    op->GetInputType = op_input_type;
-    op->GetInputTypeCount = op_inputs;
-    op->GetOutputType = op_output_type;
-    op->GetOutputTypeCount = op_outputs;
-    op->KernelDestroy = destroy_kernel;
-    op->GetInputCharacteristic = op_required;
-    op->GetOutputCharacteristic = op_required;
-    op->GetInputMemoryType = op_memory;
-    op->CreateKernelV2 = create_kernel;
-    op->KernelComputeV2 = compute;
+    c->base = (OrtCustomOp){.version = API_VERSION, .GetName = op_name, .GetExecutionProviderType = op_provider,
+                            .GetInputType = op_input_type, .GetInputTypeCount = op_inputs,
+                            .GetOutputType = op_output_type, .GetOutputTypeCount = op_outputs,
+                            .KernelDestroy = destroy_kernel, .GetInputCharacteristic = op_required,
+                            .GetOutputCharacteristic = op_required, .GetInputMemoryType = op_memory,
+                            .CreateKernelV2 = create_kernel, .KernelComputeV2 = compute};
     return c;
 }
 
