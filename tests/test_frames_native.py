@@ -162,6 +162,13 @@ def test_models_agree_with_and_without_the_kernels(name, dims):
         np.testing.assert_allclose(next(iter(got.values())), want.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_verify_measures_the_native_kernels_and_the_bodies():
+    from compiler.verify import verify
+    report = verify("examples/pointcloud_classifier.inv", trials=2)
+    onnx_rows = {m.backend for m in report.rows if m.backend.startswith("onnx")}
+    assert onnx_rows == {"onnx fp32, native frame kernels", "onnx fp32, frame bodies"} and report.ok
+
+
 def test_without_a_compiler_the_bodies_run(monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     native.library.cache_clear()
