@@ -2,11 +2,12 @@
 
     python examples/nbody/train.py --minutes 8          # stops at 8 minutes or --epochs, first
     python examples/nbody/train.py --epochs 1 --train 64 --val 32 --test 32
-    python examples/nbody/train.py --minutes 60 --weight-decay 0.01 --no-test --save runs/a.pt
-    python examples/nbody/train.py --evaluate runs/a.pt   # its test MSE, once, at the very end
+    python examples/nbody/train.py --minutes 60 --weight-decay 0.01 --no-test --save .data/runs/a.pt
+    python examples/nbody/train.py --evaluate .data/runs/a.pt   # its test MSE, once, at the very end
 
-Adam (AdamW with decoupled weight decay when `--weight-decay` is above 0) on the mean squared error of the predicted positions (frame 40 from frame 30), as in the EGNN
+Adam on the mean squared error of the predicted positions (frame 40 from frame 30), as in the EGNN
 and frame-averaging papers; batch 100 and a cosine learning-rate decay over the wall-time budget.
+`--weight-decay W` above 0 switches to AdamW (decoupled weight decay W).
 `--frames` says in which frames the backbone runs while training:
 
     all        every one of the 8 frames, as the spec's model does (8 backbone rows per cloud);
