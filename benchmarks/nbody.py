@@ -4,19 +4,25 @@
     python benchmarks/nbody.py --minutes 2 --frames all
     git show main:runtime/frames.py > /tmp/frames_main.py
     python benchmarks/nbody.py --steps-only --baseline /tmp/frames_main.py
+    python benchmarks/nbody.py --weight-decay 0.1 --no-test --save .data/runs/b.pt   # a candidate
+    python benchmarks/nbody.py --evaluate .data/runs/b.pt       # the chosen one's test MSE, once
+    python benchmarks/nbody.py --plot-runs .data/runs/a.json .data/runs/b.json   # their curves
 
 Generates the data (.data/, cached: 3000 train, 2000 validation, 2000 test trajectories), times
 training steps side by side, trains with examples/nbody/train.py, and prints one table row beside
 the papers' numbers, which come from thousands of epochs on GPUs. The validation curve (MSE against
-training seconds) goes to a PNG. The step table times, in interleaved repeats of the same batches:
-today's step (the frame kernels of `--baseline`, all 8 frames, Adam's per-parameter loop), and with
-the current kernels and fused Adam: all 8 frames, and one frame per cloud (sampled, canonical).
+training seconds) goes to a PNG. Configurations are compared with `--no-test` (validation only),
+and only the chosen checkpoint is evaluated on the test split. The step table times, in
+interleaved repeats of the same batches: today's step (the frame kernels of `--baseline`, all 8
+frames, Adam's per-parameter loop), and with the current kernels and fused Adam: all 8 frames, and
+one frame per cloud (sampled, canonical).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -31,13 +37,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples" / "nbody"))
 
 from core import interleaved, print_table  # noqa: E402
-from train import SPEC, one_frame, optimizer, split, step, train  # noqa: E402
+from train import SPEC, evaluate, one_frame, optimizer, split, step, train  # noqa: E402
 
 import compiler  # noqa: E402
 from runtime import frames  # noqa: E402
 
 PAPERS = [("FA-GNN (Puny et al., 2022)", "0.0057"), ("EGNN (Satorras et al., 2021)", "0.0071"),
           ("SEGNN (Brandstetter et al., 2022)", "0.0043"), ("Multivector Neurons (2024)", "0.0035")]
+WEIGHT_DECAY = 0.01  # AdamW's, chosen on validation over 0.1 (BENCHMARKS.md, n-body, round 3)
 FRAME_OPS = ("frame_centroid", "frame_basis", "frame_in", "frame_tile", "frame_out")
 
 
@@ -76,12 +83,16 @@ def step_table(args) -> None:
                 f"{os.getloadavg()[0]:.2f})", ["step", "ms", "speed-up over the first"], rows)
 
 
-def plot(curve: list, path: Path, title: str) -> None:
+def plot(curves: dict[str, list], path: Path, title: str) -> None:
+    """Validation MSE against training minutes, one line per run (label -> [(seconds, epoch, mse)])."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([s / 60 for s, _, _ in curve], [v for _, _, v in curve], marker=".")
+    for label, curve in curves.items():
+        ax.plot([s / 60 for s, _, _ in curve], [v for _, _, v in curve], marker=".", label=label)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
     for name, mse in PAPERS[:2]:
         ax.axhline(float(mse), ls="--", lw=0.8, color="gray")
         ax.text(0, float(mse), f" {name.split(' (')[0]} {mse}", va="bottom", fontsize=8, color="gray")
@@ -95,23 +106,43 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=60.0, help="training wall-time budget (default 60)")
     p.add_argument("--frames", choices=("all", "sampled", "canonical"), default="sampled")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3, chosen on validation)")
-    p.add_argument("--validate-every", type=float, default=60.0, help="training seconds between validations")
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
+                   help=f"AdamW's decoupled decay (default {WEIGHT_DECAY:g}, chosen on validation; 0: Adam)")
+    p.add_argument("--validate-every", type=float, default=120.0, help="training seconds between validations")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     p.add_argument("--baseline", type=Path, help="an older runtime/frames.py: today's step, side by side")
     p.add_argument("--repeats", type=int, default=5, help="repeats of the step table (default 5)")
     p.add_argument("--steps-only", action="store_true", help="time the training steps, do not train")
     p.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "nbody_validation.png")
+    p.add_argument("--no-test", action="store_true", help="train and validate only: the test split stays unseen")
+    p.add_argument("--save", type=Path, help="write the best-validation state_dict here (and a .json beside it)")
+    p.add_argument("--evaluate", type=Path, help="only print the test MSE of this saved state_dict")
+    p.add_argument("--plot-runs", type=Path, nargs="+", help="only plot the curves of these saved runs' .json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.evaluate:
+        print(f"test MSE {evaluate(args.evaluate, args.frames):.5f} of {args.evaluate}")
+        return
+    if args.plot_runs:
+        runs = [json.loads(path.read_text()) for path in args.plot_runs]
+        plot({f"weight decay {r['weight_decay']:g} (best {r['best_val_mse']:.4f})": r["curve"] for r in runs},
+             args.plot, f"nbody.inv, {runs[0]['frames']} frames, lr {runs[0]['lr']:g}, batch {runs[0]['batch']}")
+        print(f"# validation curves: {args.plot}")
+        return
     print(f"# machine: {os.cpu_count()} CPUs ({platform.machine()}); load average {os.getloadavg()[0]:.2f}")
     step_table(args)
     if args.steps_only:
         return
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
     r = train(args.minutes, batch=args.batch, lr=args.lr, frames_=args.frames, validate_every=args.validate_every,
-              log=lambda line: print(f"#   {line}", flush=True))
-    plot(r["curve"], args.plot, f"nbody.inv, {args.frames} frames, lr {args.lr:g}, batch {args.batch}")
-    rows = [[f"invc nbody.inv ({args.frames} frames, this CPU)", f"{r['test_mse']:.4f}",
+              log=lambda line: print(f"#   {line}", flush=True), weight_decay=args.weight_decay,
+              test=not args.no_test, save=args.save)
+    plot({f"weight decay {args.weight_decay:g}": r["curve"]}, args.plot,
+         f"nbody.inv, {args.frames} frames, lr {args.lr:g}, batch {args.batch}")
+    tested = "not evaluated" if r["test_mse"] is None else f"{r['test_mse']:.4f}"
+    rows = [[f"invc nbody.inv ({args.frames} frames, weight decay {args.weight_decay:g}, this CPU)", tested,
              f"{r['epochs']} epochs, {r['seconds'] / 60:.1f} min of training; best validation "
              f"{r['val_mse']:.4f}; {r['train']} train / {r['val']} val / {r['test']} test"]]
     rows += [[name, mse, "paper"] for name, mse in PAPERS]

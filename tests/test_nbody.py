@@ -1,9 +1,11 @@
 """The n-body generator against a direct particle-by-particle simulation, its conservation law,
 and one epoch of the training script on a tiny subset."""
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import compiler
@@ -55,6 +57,27 @@ def test_training_runs_one_epoch(tmp_path):
                          log=lambda _: None)
     assert result["epochs"] == 1 and np.isfinite(result["test_mse"]) and result["test_mse"] > 0
     assert [row[1] for row in result["curve"]] == [1] and result["val_mse"] == result["curve"][0][2]
+
+
+def test_validation_only_training_saves_the_checkpoint_that_evaluate_tests(tmp_path):
+    sizes = {"train_size": 20, "val_size": 10, "test_size": 10}
+    blind = train.train(epochs=2, minutes=5, batch=10, validate_every=0, weight_decay=0.1, test=False,
+                        save=tmp_path / "blind.pt", log=lambda _: None, **sizes)
+    saved = json.loads((tmp_path / "blind.json").read_text())
+    assert blind["test_mse"] is None and saved["best_val_mse"] == blind["val_mse"] == min(r[2] for r in blind["curve"])
+    assert saved["weight_decay"] == 0.1 and len(saved["curve"]) == 2
+    # The same run with the test split: evaluating its saved checkpoint gives the test MSE it reports.
+    seen = train.train(epochs=2, minutes=5, batch=10, validate_every=0, weight_decay=0.1,
+                       save=tmp_path / "seen.pt", log=lambda _: None, **sizes)
+    assert seen["val_mse"] == pytest.approx(blind["val_mse"], rel=1e-3)  # threaded sums: not bitwise
+    assert train.evaluate(tmp_path / "seen.pt", **sizes) == pytest.approx(seen["test_mse"], rel=1e-5)
+
+
+def test_weight_decay_switches_to_adamw_and_zero_keeps_adam():
+    model = compiler.build(train.SPEC)
+    assert type(train.optimizer(model, 1e-3)) is torch.optim.Adam
+    adamw = train.optimizer(model, 1e-3, weight_decay=0.01)
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.01 and adamw.defaults["fused"]
 
 
 def nbody_inputs(b: int):
