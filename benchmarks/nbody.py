@@ -44,7 +44,8 @@ from runtime import frames  # noqa: E402
 
 PAPERS = [("FA-GNN (Puny et al., 2022)", "0.0057"), ("EGNN (Satorras et al., 2021)", "0.0071"),
           ("SEGNN (Brandstetter et al., 2022)", "0.0043"), ("Multivector Neurons (2024)", "0.0035")]
-WEIGHT_DECAY = 0.01  # AdamW's, chosen on validation over 0.1 (BENCHMARKS.md, n-body, round 3)
+CHOSEN = ROOT / "examples" / "nbody_drift.inv"  # nbody.inv plus the mean velocity's drift (round 3)
+WEIGHT_DECAY = 0.0  # Adam: AdamW 0.01 and 0.1 validated worse than no decay (BENCHMARKS.md, n-body, round 3)
 FRAME_OPS = ("frame_centroid", "frame_basis", "frame_in", "frame_tile", "frame_out")
 
 
@@ -110,6 +111,8 @@ def main() -> None:
                    help=f"AdamW's decoupled decay (default {WEIGHT_DECAY:g}, chosen on validation; 0: Adam)")
     p.add_argument("--validate-every", type=float, default=120.0, help="training seconds between validations")
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--spec", type=Path, default=CHOSEN,
+                   help="the model (default examples/nbody_drift.inv, chosen on validation; or examples/nbody.inv)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     p.add_argument("--baseline", type=Path, help="an older runtime/frames.py: today's step, side by side")
     p.add_argument("--repeats", type=int, default=5, help="repeats of the step table (default 5)")
@@ -122,12 +125,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.evaluate:
-        print(f"test MSE {evaluate(args.evaluate, args.frames):.5f} of {args.evaluate}")
+        print(f"test MSE {evaluate(args.evaluate, args.frames, spec=args.spec):.5f} of {args.evaluate}")
         return
     if args.plot_runs:
-        runs = [json.loads(path.read_text()) for path in args.plot_runs]
-        plot({f"weight decay {r['weight_decay']:g} (best {r['best_val_mse']:.4f})": r["curve"] for r in runs},
-             args.plot, f"nbody.inv, {runs[0]['frames']} frames, lr {runs[0]['lr']:g}, batch {runs[0]['batch']}")
+        runs = {path.stem: json.loads(path.read_text()) for path in args.plot_runs}
+        plot({f"{name}: {r['frames']}, lr {r['lr']:g}, decay {r['weight_decay']:g} (best {r['best_val_mse']:.4f})":
+              r["curve"] for name, r in runs.items()}, args.plot, f"n-body validation, batch {args.batch}")
         print(f"# validation curves: {args.plot}")
         return
     print(f"# machine: {os.cpu_count()} CPUs ({platform.machine()}); load average {os.getloadavg()[0]:.2f}")
@@ -138,11 +141,11 @@ def main() -> None:
         args.save.parent.mkdir(parents=True, exist_ok=True)
     r = train(args.minutes, batch=args.batch, lr=args.lr, frames_=args.frames, validate_every=args.validate_every,
               log=lambda line: print(f"#   {line}", flush=True), weight_decay=args.weight_decay,
-              test=not args.no_test, save=args.save)
-    plot({f"weight decay {args.weight_decay:g}": r["curve"]}, args.plot,
-         f"nbody.inv, {args.frames} frames, lr {args.lr:g}, batch {args.batch}")
+              test=not args.no_test, save=args.save, spec=args.spec)
+    plot({f"{args.spec.name}, weight decay {args.weight_decay:g}": r["curve"]}, args.plot,
+         f"{args.spec.name}, {args.frames} frames, lr {args.lr:g}, batch {args.batch}")
     tested = "not evaluated" if r["test_mse"] is None else f"{r['test_mse']:.4f}"
-    rows = [[f"invc nbody.inv ({args.frames} frames, weight decay {args.weight_decay:g}, this CPU)", tested,
+    rows = [[f"invc {args.spec.name} ({args.frames} frames, weight decay {args.weight_decay:g}, this CPU)", tested,
              f"{r['epochs']} epochs, {r['seconds'] / 60:.1f} min of training; best validation "
              f"{r['val_mse']:.4f}; {r['train']} train / {r['val']} val / {r['test']} test"]]
     rows += [[name, mse, "paper"] for name, mse in PAPERS]
