@@ -385,19 +385,13 @@ def _backends(gm, checked, onnx) -> list:
 
     backends = [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
                 ("torch fp64, random weights", redrawn(gm), torch.float64)]
-    if not _has_frame_functions(onnx):
+    if not session.frames:
         return backends + [("onnx fp32", runner(session), torch.float32)]
     # Frames run as native kernels where they are registered; the portable bodies are measured too.
     bodies = ("onnx fp32, frame bodies", runner(Session(onnx, native_frames=False)), torch.float32)
     if session.kernels == native.BODIES:
         return backends + [bodies]
     return backends + [("onnx fp32, native frame kernels", runner(session), torch.float32), bodies]
-
-
-def _has_frame_functions(onnx) -> bool:
-    import onnx as onnx_lib
-    model = onnx if hasattr(onnx, "functions") else onnx_lib.load(str(onnx), load_external_data=False)
-    return any(f.domain == native.DOMAIN for f in model.functions)
 
 
 def redrawn(gm, seed: int = 1):

@@ -65,6 +65,18 @@ def library() -> tuple[Path | None, str]:
     return path, f"frame kernels: native ({path})"
 
 
+def uses_frames(model) -> bool:
+    """Whether an ONNX model (in memory, or a file) imports the frames' domain: only then are the
+    kernels built and registered. A file onnx cannot parse says no here; loading it names the fault."""
+    if not hasattr(model, "functions"):
+        import onnx
+        try:
+            model = onnx.load(str(model), load_external_data=False)
+        except Exception:  # noqa: BLE001 - a damaged or missing file is reported by the session
+            return False
+    return any(o.domain == DOMAIN for o in model.opset_import)
+
+
 def register(options) -> str:
     """Register the kernels in onnxruntime SessionOptions where they build; returns library()'s line."""
     path, line = library()

@@ -95,7 +95,8 @@ class Session:
         providers = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
         # Which frame kernels run, and why; without them onnxruntime runs the ONNX function bodies.
-        self.kernels = native.register(options) if native_frames else native.BODIES
+        self.frames = native.uses_frames(model)
+        self.kernels = native.register(options) if native_frames and self.frames else native.BODIES
         self._session = _load(model, providers, options)
         self.note = _stamp_note(model)  # after _load, which names a missing or invalid file
         # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.

@@ -153,6 +153,7 @@ def test_models_agree_with_and_without_the_kernels(name, dims):
     assert {f.domain for f in result.onnx.functions} == {native.DOMAIN}
     fast, portable = Session(result.onnx), Session(result.onnx, native_frames=False)
     assert fast.kernels.startswith("frame kernels: native") and portable.kernels == native.BODIES
+    assert not Session(compiler.compile("examples/mlp.inv").onnx).frames  # no frames: nothing built
     rng = np.random.default_rng(0)
     feeds = {i.name: (rng.random([dims.get(d, d) for d in i.shape]) < 0.8 if i.dtype == np.bool_ else
                       rng.standard_normal([dims.get(d, d) for d in i.shape]).astype(i.dtype)) for i in fast.inputs}

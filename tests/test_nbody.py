@@ -71,6 +71,9 @@ def test_validation_only_training_saves_the_checkpoint_that_evaluate_tests(tmp_p
                        save=tmp_path / "seen.pt", log=lambda _: None, **sizes)
     assert seen["val_mse"] == pytest.approx(blind["val_mse"], rel=1e-3)  # threaded sums: not bitwise
     assert train.evaluate(tmp_path / "seen.pt", **sizes) == pytest.approx(seen["test_mse"], rel=1e-5)
+    # The drift model has the same weights' names: evaluating with it would give a silently wrong number.
+    with pytest.raises(SystemExit, match="was trained with .*nbody.inv.*pass --spec"):
+        train.evaluate(tmp_path / "seen.pt", spec=Path(train.ROOT) / "examples" / "nbody_drift.inv", **sizes)
 
 
 def test_weight_decay_switches_to_adamw_and_zero_keeps_adam():

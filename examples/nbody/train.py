@@ -123,7 +123,8 @@ def train(minutes: float, epochs: int = 10**9, train_size: int = 3000, val_size:
             if save:
                 save.with_suffix(".json").write_text(json.dumps({
                     "curve": curve, "best_val_mse": best[0], "epochs": done, "frames": frames_, "lr": lr,
-                    "batch": batch, "weight_decay": weight_decay, "seed": seed, "train": train_size}))
+                    "batch": batch, "weight_decay": weight_decay, "seed": seed, "train": train_size,
+                    "spec": str(spec)}))
     model.load_state_dict(best[1])
     return {"epochs": done, "seconds": spent, "train_mse": loss, "val_mse": best[0], "curve": curve,
             "test_mse": mse(evaluated, data["test"]) if test else None, "frames": frames_,
@@ -133,8 +134,17 @@ def train(minutes: float, epochs: int = 10**9, train_size: int = 3000, val_size:
 def evaluate(checkpoint: Path, frames_: str = "sampled", train_size: int = 3000, val_size: int = 2000,
              test_size: int = 2000, spec: Path = SPEC) -> float:
     """The test MSE of a saved state_dict: the model `train` would have tested, on the same split."""
+    run = checkpoint.with_suffix(".json")
+    recorded = json.loads(run.read_text()).get("spec") if run.is_file() else None
+    if recorded and Path(recorded).resolve() != Path(spec).resolve():  # same weights' names, another model
+        raise SystemExit(f"train.py: {checkpoint} was trained with {recorded} ({run}), not {spec}; "
+                         f"pass --spec {recorded}")
     model = compiler.build(spec)
-    model.load_state_dict(torch.load(checkpoint))
+    try:
+        model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    except (OSError, RuntimeError, EOFError) as e:  # missing, damaged, or another spec's weights
+        raise SystemExit(f"train.py: cannot evaluate {checkpoint} with {spec}: {str(e).splitlines()[0]} "
+                         "(give the --spec the run was trained with; its .json names it)") from None
     evaluated = model if frames_ == "sampled" else one_frame(model, frames_)
     return mse(evaluated, split(train_size, val_size, test_size)["test"])
 
