@@ -1,6 +1,6 @@
 """The n-body task of the frame-averaging paper: train examples/nbody.inv under a stated budget.
 
-    python benchmarks/nbody.py                           # 60 minutes of training, sampled frames
+    python benchmarks/nbody.py                           # the chosen configuration: 30 minutes, then test
     python benchmarks/nbody.py --minutes 2 --frames all
     git show main:runtime/frames.py > /tmp/frames_main.py
     python benchmarks/nbody.py --steps-only --baseline /tmp/frames_main.py
@@ -44,7 +44,10 @@ from runtime import frames  # noqa: E402
 
 PAPERS = [("FA-GNN (Puny et al., 2022)", "0.0057"), ("EGNN (Satorras et al., 2021)", "0.0071"),
           ("SEGNN (Brandstetter et al., 2022)", "0.0043"), ("Multivector Neurons (2024)", "0.0035")]
-CHOSEN = ROOT / "examples" / "nbody_drift.inv"  # nbody.inv plus the mean velocity's drift (round 3)
+# Chosen on validation (BENCHMARKS.md, n-body, round 4): the walking backbone with a near-pair feature,
+# validated and kept as a moving average of its weights.
+CHOSEN = ROOT / "examples" / "nbody_walk_near.inv"
+EMA = 0.999
 WEIGHT_DECAY = 0.0  # Adam: AdamW 0.01 and 0.1 validated worse than no decay (BENCHMARKS.md, n-body, round 3)
 FRAME_OPS = ("frame_centroid", "frame_basis", "frame_in", "frame_tile", "frame_out")
 
@@ -104,15 +107,19 @@ def plot(curves: dict[str, list], path: Path, title: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=60.0, help="training wall-time budget (default 60)")
+    p.add_argument("--minutes", type=float, default=30.0,
+                   help="training wall-time budget; the learning rate's cosine spans it (default 30)")
     p.add_argument("--frames", choices=("all", "sampled", "canonical"), default="sampled")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3, chosen on validation)")
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
                    help=f"AdamW's decoupled decay (default {WEIGHT_DECAY:g}, chosen on validation; 0: Adam)")
-    p.add_argument("--validate-every", type=float, default=120.0, help="training seconds between validations")
+    p.add_argument("--ema", type=float, default=EMA,
+                   help=f"validate, keep and test a moving average of the weights, this decay per step (default {EMA:g}; 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="the weights' initialization and the batches' order (default 0)")
+    p.add_argument("--validate-every", type=float, default=60.0, help="training seconds between validations")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--spec", type=Path, default=CHOSEN,
-                   help="the model (default examples/nbody_drift.inv, chosen on validation; or examples/nbody.inv)")
+                   help="the model (default examples/nbody_walk_near.inv, chosen on validation)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     p.add_argument("--baseline", type=Path, help="an older runtime/frames.py: today's step, side by side")
     p.add_argument("--repeats", type=int, default=5, help="repeats of the step table (default 5)")
@@ -129,7 +136,7 @@ def main() -> None:
         return
     if args.plot_runs:
         runs = {path.stem: json.loads(path.read_text()) for path in args.plot_runs}
-        plot({f"{name}: {r['frames']}, lr {r['lr']:g}, decay {r['weight_decay']:g} (best {r['best_val_mse']:.4f})":
+        plot({f"{name}: {Path(r.get('spec', 'spec not recorded')).name}, ema {r.get('ema', 0):g}, seed {r['seed']} (best {r['best_val_mse']:.4f})":
               r["curve"] for name, r in runs.items()}, args.plot, f"n-body validation, batch {args.batch}")
         print(f"# validation curves: {args.plot}")
         return
@@ -141,13 +148,14 @@ def main() -> None:
         args.save.parent.mkdir(parents=True, exist_ok=True)
     r = train(args.minutes, batch=args.batch, lr=args.lr, frames_=args.frames, validate_every=args.validate_every,
               log=lambda line: print(f"#   {line}", flush=True), weight_decay=args.weight_decay,
-              test=not args.no_test, save=args.save, spec=args.spec)
-    plot({f"{args.spec.name}, weight decay {args.weight_decay:g}": r["curve"]}, args.plot,
+              test=not args.no_test, save=args.save, spec=args.spec, ema=args.ema, seed=args.seed)
+    config = f"weight decay {args.weight_decay:g}, ema {args.ema:g}, seed {args.seed}"
+    plot({f"{args.spec.name}, {config}": r["curve"]}, args.plot,
          f"{args.spec.name}, {args.frames} frames, lr {args.lr:g}, batch {args.batch}")
-    tested = "not evaluated" if r["test_mse"] is None else f"{r['test_mse']:.4f}"
-    rows = [[f"invc {args.spec.name} ({args.frames} frames, weight decay {args.weight_decay:g}, this CPU)", tested,
+    tested = "not evaluated" if r["test_mse"] is None else f"{r['test_mse']:.5f}"
+    rows = [[f"invc {args.spec.name} ({args.frames} frames, {config}, this CPU)", tested,
              f"{r['epochs']} epochs, {r['seconds'] / 60:.1f} min of training; best validation "
-             f"{r['val_mse']:.4f}; {r['train']} train / {r['val']} val / {r['test']} test"]]
+             f"{r['val_mse']:.5f}; {r['train']} train / {r['val']} val / {r['test']} test"]]
     rows += [[name, mse, "paper"] for name, mse in PAPERS]
     print_table("n-body test MSE (positions 1000 steps ahead)", ["model", "test MSE", "budget"], rows)
     print(f"# validation curve: {args.plot}; load average at the end {os.getloadavg()[0]:.2f}")

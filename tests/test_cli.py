@@ -31,6 +31,16 @@ def test_check_prints_the_typed_interface():
     assert "input  x: f32[B, N, 3]" in r.stdout and "output logits: f32[B, 10]" in r.stdout
 
 
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `invc graph spec | head -1`: the pipe closes while invc still writes, as with cat or grep.
+    with subprocess.Popen([sys.executable, "-m", "compiler.cli", "graph", ROOT / "examples" / "nbody.inv"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+        first = p.stdout.readline()
+        p.stdout.close()
+        stderr = p.stderr.read().decode()
+    assert first and p.returncode == 141 and stderr == ""
+
+
 def test_bad_spec_exits_2_with_location_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.inv"
     bad.write_text("model m() {\n  input x: f32[B, 4]\n  y = layernrm(x)\n  output y\n}\n")

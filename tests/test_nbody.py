@@ -111,3 +111,27 @@ def test_canonical_twin_is_the_canonical_spec(tmp_path):
         compiler.build(spec, seed=3), nbody_inputs(6)
     with torch.no_grad():
         torch.testing.assert_close(twin(*inputs), direct(*inputs), rtol=0, atol=0)
+
+
+def test_ema_keeps_the_moving_average_of_the_trained_weights(tmp_path, monkeypatch):
+    # One step an epoch; every step's weights are recorded, and their average is computed here by hand.
+    seen, take_step = [], train.step
+
+    def recording(model, opt, batch):
+        loss = take_step(model, opt, batch)
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return loss
+    monkeypatch.setattr(train, "step", recording)
+    decay = 0.6
+    r = train.train(epochs=3, minutes=5, train_size=10, val_size=10, test_size=10, batch=10, validate_every=1e9,
+                    ema=decay, test=False, save=tmp_path / "ema.pt", log=lambda _: None)
+    assert len(seen) == 3 and [row[1] for row in r["curve"]] == [3]
+    want = seen[0]
+    for weights in seen[1:]:
+        want = {k: decay * want[k] + (1 - decay) * weights[k] for k in want}
+    kept = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert kept.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(kept[k], want[k], rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(kept[k], seen[-1][k]) for k in kept)  # not simply the last step's weights
+    assert json.loads((tmp_path / "ema.json").read_text())["ema"] == decay

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_file
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".data"
 PARTICLES, LOC_STD, VEL_NORM, STRENGTH = 5, 1.0, 0.5, 1.0
@@ -83,7 +85,8 @@ def load(train: int = 3000, test: int = 2000, seed: int = 0, cache: Path = CACHE
             return _split(dict(f), train)
     data = generate(train + test, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **data)
+    with atomic_file(path, "n-body data") as f:  # runs started together must not read a half-written file
+        np.savez(f, **data)
     return _split(data, train)
 
 

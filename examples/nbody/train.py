@@ -7,7 +7,9 @@
 
 Adam on the mean squared error of the predicted positions (frame 40 from frame 30), as in the EGNN
 and frame-averaging papers; batch 100 and a cosine learning-rate decay over the wall-time budget.
-`--weight-decay W` above 0 switches to AdamW (decoupled weight decay W).
+`--weight-decay W` above 0 switches to AdamW (decoupled weight decay W). `--ema D` above 0 validates,
+keeps and tests a moving average of the weights (decay D per step), which trains no differently.
+`--spec` trains another model with the same inputs (examples/nbody_walk_near.inv: benchmarks/nbody.py's).
 `--frames` says in which frames the backbone runs while training:
 
     all        every one of the 8 frames, as the spec's model does (8 backbone rows per cloud);
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.fx as fx
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -94,29 +97,32 @@ def split(train_size: int, val_size: int, test_size: int) -> dict[str, dict[str,
 def train(minutes: float, epochs: int = 10**9, train_size: int = 3000, val_size: int = 2000,
           test_size: int = 2000, batch: int = 100, lr: float = 1e-3, frames_: str = "sampled",
           seed: int = 0, validate_every: float = 30.0, spec: Path = SPEC, log=print, weight_decay: float = 0.0,
-          test: bool = True, save: Path | None = None) -> dict:
+          test: bool = True, save: Path | None = None, ema: float = 0.0) -> dict:
     """Train until `epochs` or `minutes` of training (validation excluded) runs out; returns the
     test MSE of the best validated checkpoint (None when `test` is off), the validation curve and
     what it cost. `save` gets the best state_dict each time validation improves, so a run cut
-    short still leaves its best checkpoint."""
+    short still leaves its best checkpoint. `ema` above 0 validates, saves and tests an exponential
+    moving average of the weights (decay `ema` per step) instead of the last step's weights."""
     torch.manual_seed(seed)
     data = split(train_size, val_size, test_size)
     if not test:  # configurations are compared on validation: the test split stays out of reach
         del data["test"]
     model = compiler.build(spec, seed=seed)
-    trained, evaluated = one_frame(model, frames_), model if frames_ == "sampled" else one_frame(model, frames_)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema)) if ema else None
+    shadow = averaged.module if averaged else model  # the weights that are validated and kept
+    trained, evaluated = one_frame(model, frames_), shadow if frames_ == "sampled" else one_frame(shadow, frames_)
     opt = optimizer(model, lr, weight_decay)
     budget, spent, done, curve, best = minutes * 60, 0.0, 0, [], (math.inf, None)
     while done < epochs and spent < budget:
         start = time.perf_counter()
         loss = _epoch(trained, opt, data["train"], batch, lambda: lr * 0.5 * (1 + math.cos(
-            math.pi * min(1.0, (spent + time.perf_counter() - start) / budget))))
+            math.pi * min(1.0, (spent + time.perf_counter() - start) / budget))), averaged)
         spent, done = spent + time.perf_counter() - start, done + 1
         if spent >= (len(curve) + 1) * validate_every or spent >= budget or done == epochs:
             val = mse(evaluated, data["val"])
             curve.append((spent, done, val))
             if val < best[0]:
-                best = (val, copy.deepcopy(model.state_dict()))
+                best = (val, copy.deepcopy(shadow.state_dict()))
                 if save:
                     torch.save(best[1], save)
             log(f"epoch {done}: train MSE {loss:.5f}, validation MSE {val:.5f} ({spent:.0f} s)")
@@ -124,8 +130,8 @@ def train(minutes: float, epochs: int = 10**9, train_size: int = 3000, val_size:
                 save.with_suffix(".json").write_text(json.dumps({
                     "curve": curve, "best_val_mse": best[0], "epochs": done, "frames": frames_, "lr": lr,
                     "batch": batch, "weight_decay": weight_decay, "seed": seed, "train": train_size,
-                    "spec": str(spec)}))
-    model.load_state_dict(best[1])
+                    "spec": str(spec), "ema": ema}))
+    shadow.load_state_dict(best[1])
     return {"epochs": done, "seconds": spent, "train_mse": loss, "val_mse": best[0], "curve": curve,
             "test_mse": mse(evaluated, data["test"]) if test else None, "frames": frames_,
             "train": train_size, "val": val_size, "test": test_size, "threads": torch.get_num_threads()}
@@ -158,13 +164,15 @@ def optimizer(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def _epoch(model, opt, data: dict, batch: int, rate) -> float:
+def _epoch(model, opt, data: dict, batch: int, rate, averaged: AveragedModel | None) -> float:
     order = torch.randperm(len(data["pos"]))
     total, count = 0.0, 0
     for i in range(0, len(order), batch):
         for group in opt.param_groups:
             group["lr"] = rate()
         loss = step(model, opt, {k: v[order[i:i + batch]] for k, v in data.items()})
+        if averaged:
+            averaged.update_parameters(model)
         total, count = total + loss * min(batch, len(order) - i), count + min(batch, len(order) - i)
     return total / count
 
@@ -191,6 +199,9 @@ def main() -> None:
     p.add_argument("--frames", choices=FRAMES, default="sampled")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled decay (default 0: Adam)")
     p.add_argument("--validate-every", type=float, default=30.0, help="training seconds between validations")
+    p.add_argument("--seed", type=int, default=0, help="the weights' initialization and the batches' order (default 0)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="validate and keep a moving average of the weights, this decay per step (default 0: off)")
     p.add_argument("--no-test", action="store_true", help="do not evaluate (or keep) the test split")
     p.add_argument("--save", type=Path, help="write the best-validation state_dict here (and a .json beside it)")
     p.add_argument("--evaluate", type=Path, help="only print the test MSE of this saved state_dict")
@@ -206,7 +217,7 @@ def main() -> None:
         args.save.parent.mkdir(parents=True, exist_ok=True)
     r = train(args.minutes, args.epochs, args.train, args.val, args.test, args.batch, args.lr, args.frames,
               validate_every=args.validate_every, spec=args.spec, weight_decay=args.weight_decay,
-              test=not args.no_test, save=args.save)
+              test=not args.no_test, save=args.save, ema=args.ema, seed=args.seed)
     tested = "not evaluated" if r["test_mse"] is None else f"{r['test_mse']:.5f}"
     print(f"test MSE {tested} (best validation {r['val_mse']:.5f}) after {r['epochs']} epochs, "
           f"{r['seconds'] / 60:.1f} min ({r['train']} train / {r['val']} val / {r['test']} test, "
