@@ -68,7 +68,10 @@ def test_slice_and_export_never_write_into_their_model_directory(tmp_path, capsy
 
 # A compile whose ONNX write stops halfway, until a signal comes.
 SLOW_WRITE = textwrap.dedent("""
-    import sys, time, contextlib
+    import sys, time, contextlib, signal
+    # As at a terminal: a shell's background job (CI's, say) starts with SIGINT ignored, and so
+    # would this child, which then could never see the Ctrl-C the test sends.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import compiler.onnx_backend as backend
     from common.files import atomic_file
     @contextlib.contextmanager
