@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         with limits.using(**parse_limits(getattr(args, "limit", []))):
-            return int(args.run(args) or 0)
+            code = int(args.run(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+            return code
     except KeyboardInterrupt:
         print("invc: interrupted", file=sys.stderr)
         return 130
