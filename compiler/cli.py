@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -43,6 +44,16 @@ def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or stdout is no file (captured, closed)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers live
@@ -56,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print("invc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if not _reader_gone():
+            raise  # another pipe broke: that is an error, not a reader that stopped early
         # The reader went away (`invc graph x.inv | head`): stop quietly, as cat and grep do. Standard
         # output goes to /dev/null so that the interpreter's flush at exit does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

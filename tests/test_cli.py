@@ -1,4 +1,5 @@
 """The invc command line end to end, through subprocesses, as a user runs it."""
+import argparse
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import compiler
+from compiler import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEPSETS = ROOT / "examples" / "deepsets.inv"
@@ -43,6 +45,16 @@ def test_a_reader_that_is_gone_gets_no_traceback(command):
     finally:
         os.close(write)
     assert r.returncode == 141 and r.stderr == ""
+
+
+def test_a_pipe_other_than_standard_output_breaking_is_an_error(monkeypatch):
+    # Only a reader that left standard output ends quietly; any other broken pipe must still surface.
+    def broken(args):
+        raise BrokenPipeError("a worker's pipe")
+    command_line = argparse.Namespace(parse_args=lambda argv: argparse.Namespace(run=broken))
+    monkeypatch.setattr(cli, "parser", lambda: command_line)
+    with pytest.raises(BrokenPipeError, match="a worker's pipe"):
+        cli.main([])
 
 
 def test_bad_spec_exits_2_with_location_and_no_traceback(tmp_path):

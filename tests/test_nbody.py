@@ -135,3 +135,9 @@ def test_ema_keeps_the_moving_average_of_the_trained_weights(tmp_path, monkeypat
         torch.testing.assert_close(kept[k], want[k], rtol=1e-6, atol=1e-7)
     assert any(not torch.equal(kept[k], seen[-1][k]) for k in kept)  # not simply the last step's weights
     assert json.loads((tmp_path / "ema.json").read_text())["ema"] == decay
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1, float("nan")])
+def test_a_decay_outside_0_1_is_refused_before_training(decay):
+    with pytest.raises(SystemExit, match=r"--ema .* is not a decay per step in \[0, 1\)"):
+        train.train(epochs=1, minutes=1, train_size=10, val_size=10, test_size=10, ema=decay, log=lambda _: None)

@@ -103,6 +103,9 @@ def train(minutes: float, epochs: int = 10**9, train_size: int = 3000, val_size:
     what it cost. `save` gets the best state_dict each time validation improves, so a run cut
     short still leaves its best checkpoint. `ema` above 0 validates, saves and tests an exponential
     moving average of the weights (decay `ema` per step) instead of the last step's weights."""
+    if not 0 <= ema < 1:  # a decay of 1 or more would keep (or blow up) the initial weights; NaN fails too
+        raise SystemExit(f"train.py: --ema {ema} is not a decay per step in [0, 1); "
+                         "0 turns the average off, 0.999 is the validated choice")
     torch.manual_seed(seed)
     data = split(train_size, val_size, test_size)
     if not test:  # configurations are compared on validation: the test split stays out of reach
