@@ -155,27 +155,44 @@ def _cloud(call: Call, pos: Operand, centered: Fact, mask) -> Fact | None:
     return call.broken(f"{call.spelled} of {what(pos)}", "build frames from positions [B, N, 3]")
 
 
-def _unique(call: Call, pos: Operand) -> Broken | None:
-    """Frames are unique, and their averages exact, only for clouds in general position: distinct
-    covariance eigenvalues and, for one canonical frame, third moments that do not vanish. Almost
-    every cloud given as input is (`invc verify` measures how far from a tie); a computed one can
-    miss it by construction, for every input: a layernorm puts its points on a circle, a mean
-    collapses them. Then a tie is settled by rounding: a rotation meets a fixed fallback axis, a
-    permutation reorders the sums that pick a sign. So a computed cloud is refused wherever a tie
-    would break the claim: under rotations, and for canonical frames under any group."""
-    canonical = call.arg(4, "canonical")
-    if pos.is_input or not (canonical or call.group.rotates):
+def _general_position(call: Call, pos: Operand) -> Broken | None:
+    """What a frame proof promises: the claim, for every input cloud in general position (three
+    distinct covariance eigenvalues and, for a canonical frame, third moments that do not vanish
+    along the axes whose signs it picks). Almost every input cloud is; `invc verify` measures how
+    far its sampled ones are from a tie. A cloud that cannot be in general position for any input
+    is refused under every group, since a tie is then settled by rounding, which a permutation or a
+    translation changes as surely as a rotation: a computed cloud (a mean broadcast back collapses
+    it to one point, a projection onto a plane or a line flattens it; the checker cannot tell), and
+    an input whose static set size is degenerate."""
+    if not pos.is_input:
+        return call.broken(f"{call.spelled} builds frames from a computed cloud, which may be degenerate "
+                           "(tied eigenvalues or a vanishing third moment) for every input",
+                           "build the frames from an input `is position` and pass computed points with the "
+                           "vector or scalar role")
+    degenerate = _degenerate_size(pos.shape[1], call.arg(4, "canonical"), call.arg(3, "proper"))
+    if degenerate:
+        n = pos.shape[1]
+        return call.broken(f"{call.spelled} builds frames from a cloud of {n} point{'s' * (n != 1)}, {degenerate} "
+                           "for every input", "give the set axis 4 or more points, or a symbolic size" +
+                           ("; or use proper frames (group=\"SE(3)\") or all frames" if n == 3 else ""))
+    return None
+
+
+def _degenerate_size(n, canonical: bool, proper: bool) -> str | None:
+    """Why every cloud of n points misses general position, or None (symbolic n: some do not)."""
+    if not isinstance(n, int):
         return None
-    mode = "a canonical frame" if canonical else "frames"
-    return call.broken(f"{call.spelled} builds {mode} from a computed cloud, which may be degenerate "
-                       "(tied eigenvalues or a vanishing third moment) for every input",
-                       "build the frames from an input `is position` and pass computed points with "
-                       "the vector or scalar role" + ("" if call.group.rotates else "; or use all frames"))
+    if n <= 2:
+        return "which ties every eigenvalue" if n <= 1 else "which lie on a line (two eigenvalues tie)"
+    if n == 3 and canonical and not proper:
+        return ("which lie in a plane: a canonical frame with reflections picks the sign of its normal "
+                "from a third moment of 0")
+    return None
 
 
 def symmetry_frame_basis(call: Call) -> Fact:
     pos, centroid, mask = call.arg(0), call.arg(1, "centroid"), call.arg(2, "mask")
-    refused = _unique(call, pos)
+    refused = _general_position(call, pos)
     if refused:
         return refused
     fact = _cloud(call, pos, _relative(call, pos, centroid), mask)

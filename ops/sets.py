@@ -41,7 +41,7 @@ from common.dtypes import numpy_dtype, onnx_type
 from common.lazy import Lazy
 from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
 from dsl.rules import Axis, Tensor, float_input
-from dsl.symmetry_rules import COORD_HINT, Call, Operand, axes_of, merged, moved, reduced, what
+from dsl.symmetry_rules import COORD_HINT, COORDINATES, Call, Operand, axes_of, merged, moved, reduced, what
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
 from ops.reductions import KINDS
@@ -135,9 +135,16 @@ def check_gather(ctx, x: Tensor, index: Tensor, axis: Axis = 0):
 
 # -- symmetry rules --------------------------------------------------------------------------------
 def mask_refused(call: Call, x: Operand, mask) -> Broken | None:
-    """A mask over x's leading axes must be permuted exactly where x is."""
+    """A mask over x's leading axes must be permuted exactly where x is, and select whole elements:
+    one over the coordinate axis of a vector, position or coordinate product keeps other elements
+    for each coordinate, which no rotation or translation commutes with."""
     if mask is None:
         return None
+    # (a mask whose last axis, the pooled one, is the coordinate axis: `reduced` refuses the partial sum)
+    if isinstance(x.fact, COORDINATES) and x.fact.axis < len(mask.shape) - 1:
+        return call.broken(f"{call.spelled} with a mask along the 3 coordinates of {what(x)}",
+                           "a mask selects whole elements: give it the set axes only, or move the coordinate "
+                           "axis after the set axis")
     axes = tuple(k for k in axes_of(x.fact) if k < len(mask.shape)) if isinstance(x.fact, Permuted) else ()
     expected = replace(x.fact, axes=axes) if axes else Invariant()
     if merged((mask.fact, expected)) is not None:

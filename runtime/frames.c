@@ -18,6 +18,7 @@
  *   FrameIn{1,4,8}[Centered]T(x [B,...,3], basis [B,F,3,3][, centroid [B,1,3]]) -> [B*F,...,3]
  * tests/test_frames_native.py checks them against the torch forms and the ONNX bodies.
  */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -88,6 +89,7 @@ typedef struct OrtCustomOp {
 
 /* -- the arithmetic of runtime/frames.py --------------------------------------------------------- */
 #define TOL_GAP 1e-6 /* GAP_TOL */
+#define SPREAD_ULPS 64.0 /* SPREAD_ULPS */
 
 /* torch.maximum / minimum: NaN in, NaN out (C's fmax would drop it). */
 static double mx(double a, double b) { return (isnan(a) || isnan(b)) ? NAN : (a > b ? a : b); }
@@ -188,13 +190,19 @@ static void eigenvector(const double b[3][3], double e, double v[3]) {
 static void principal_axes(const Cloud *c, double axes[3][3]) {
     int any = any_real(c);
     double xx = 0, xy = 0, xz = 0, yy = 0, yz = 0, zz = 0, d[3]; /* in registers: the hot loop */
+    double size = 0; /* Σ |x|², for rounding_floor */
     for (int64_t i = 0; i < c->n; i++) {
         if (!real(c, any, i))
             continue; /* padding, NaN included, must not count */
         centered(c, i, d);
         xx += d[0] * d[0], xy += d[0] * d[1], xz += d[0] * d[2];
         yy += d[1] * d[1], yz += d[1] * d[2], zz += d[2] * d[2];
+        for (int k = 0; k < 3; k++) {
+            double x = element(c->pos, 3 * i + k, c->f64);
+            size += x * x;
+        }
     }
+    double ulps = SPREAD_ULPS * (c->f64 ? DBL_EPSILON : FLT_EPSILON);
     double cov[3][3] = {{xx, xy, xz}, {xy, yy, yz}, {xz, yz, zz}};
     double trace = cov[0][0] + cov[1][1] + cov[2][2], scale = mx(trace, 1e-300), b[3][3];
     for (int i = 0; i < 3; i++)
@@ -203,6 +211,8 @@ static void principal_axes(const Cloud *c, double axes[3][3]) {
     double lam[3], ends[2][3];
     eigenvalues(b, lam);
     double gaps[2] = {lam[0] - lam[1], lam[1] - lam[2]};
+    if (size * (ulps * ulps) >= trace) /* a cloud collapsed to rounding is one point (a NaN trace is not) */
+        gaps[0] = gaps[1] = 0.0;
     int swap = first_extreme(gaps, 2, 1) == 1; /* the better separated end goes first */
     eigenvector(b, lam[0], ends[swap]);
     eigenvector(b, lam[2], ends[!swap]);

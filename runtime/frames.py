@@ -48,6 +48,11 @@ TOL = 1e-9
 # Relative eigen-gap under which two eigenvalues count as tied: the closed form resolves gaps to
 # about 1e-8 (a square root of rounding error near a double root), so ties are decided well above.
 GAP_TOL = 1e-6
+# A cloud whose spread is within rounding of its coordinates is one point: every eigenvalue tied.
+# Trace normalization would blow that rounding up into a spectrum that looks well separated, and a
+# permutation or a translation, which changes the rounding, would turn the frame. Rounding of a
+# computation's last steps leaves a few units in the last place (ulps); 64 is far above that.
+SPREAD_ULPS = 64
 GROUPS = {"E3": False, "O3": False, "SE3": True, "SO3": True}  # name -> proper (det = +1 only)
 
 
@@ -340,6 +345,20 @@ def covariance(m, pos, c, mask):
     return m.matmul(m.transpose(xc, (0, 2, 1)), xc)
 
 
+def rounding_floor(m, pos, mask):
+    """[B, 1, 1] float64: the covariance trace at or under which the cloud counts as one point,
+    (SPREAD_ULPS·eps)² Σ |x|² over its real points (eps of the points' dtype)."""
+    x = pos if mask is None else m.where(real_points(m, pos, mask), pos, 0.0)
+    x = m.cast(x, "f64")
+    ulps = SPREAD_ULPS * float(np.finfo(numpy_dtype(m.dtype(pos))).eps)
+    return m.mul(m.sum(m.mul(x, x), (-2, -1), True), ulps * ulps)
+
+
+def cloud_axes(m, pos, c, mask):
+    """principal_axes of the cloud's covariance, a cloud collapsed to rounding counted as a point."""
+    return principal_axes(m, covariance(m, pos, c, mask), rounding_floor(m, pos, mask))
+
+
 def adjugate(m, a, lead: int):
     """Cofactor matrix of a [..., 3, 3] (= adjugate for symmetric a); `lead` = rank - 2."""
     flat = m.reshape(a, [0] * lead + [9])
@@ -391,10 +410,11 @@ def _cross(m, a, b):
     return m.matmul(outer, m.const(LEVI_CIVITA, a))
 
 
-def principal_axes(m, cov):
+def principal_axes(m, cov, floor=None):
     """Right-handed orthonormal eigenvectors [B, 3, 3] (columns, by decreasing eigenvalue), and
     the relative eigen-gaps λ1 - λ2, λ2 - λ3 [B, 1, 2]. The better separated end of the spectrum
-    is trusted; a gap under GAP_TOL counts as a tie, whose eigenvectors fall back to fixed axes."""
+    is trusted; a gap under GAP_TOL counts as a tie, whose eigenvectors fall back to fixed axes.
+    A trace at or under `floor` [B, 1, 1] (rounding_floor) ties every gap: the fixed axes."""
     trace = m.sum(m.mul(cov, m.const(EYE, cov)), (-2, -1), True)
     scale = m.maximum(trace, m.const(1e-300, cov))
     # Trace-normalized and made traceless: the same eigenvectors, eigenvalues shifted by 1/3 (all
@@ -402,6 +422,8 @@ def principal_axes(m, cov):
     b = m.sub(m.div(cov, scale), m.mul(m.div(trace, scale), m.const(EYE / 3, cov)))
     lam = eigenvalues(m, b)
     gaps = m.matmul(lam, m.const(GAP_DIFFERENCES, lam))                        # [B, 1, 2]
+    if floor is not None:  # (a NaN trace compares false, and its NaN gaps stay)
+        gaps = m.where(m.ge(floor, trace), 0.0, gaps)
     # One-hot of the larger gap, as the permutation [[p1, p3], [p3, p1]]: it puts the trusted end
     # first, and the same matrix puts it back in place (v1 first, g12 >= g23 when equal).
     pick = m.onehot_argmax(gaps, True, 2)
@@ -438,14 +460,14 @@ def _third_moment_signs(m, pos, c, mask, axes, proper):
 
 
 def basis_of(m, pos, c, mask, proper, canonical):
-    axes, _ = principal_axes(m, covariance(m, pos, c, mask))
+    axes, _ = cloud_axes(m, pos, c, mask)
     signs = _third_moment_signs(m, pos, c, mask, axes, proper) if canonical else \
         m.const(_sign_patterns(proper), axes)
     return m.cast(m.mul(m.unsqueeze(axes, 1), signs), m.dtype(pos))
 
 
 def conditioning(m, pos, mask):
-    gaps = principal_axes(m, covariance(m, pos, centroid_of(m, pos, mask), mask))[1]
+    gaps = cloud_axes(m, pos, centroid_of(m, pos, mask), mask)[1]
     smaller = m.reduce_min(gaps)
     # Rounding can leave a tied gap a hair below 0.
     return m.cast(m.reshape(m.maximum(smaller, m.const(0.0, smaller)), [-1]), m.dtype(pos))
@@ -506,7 +528,7 @@ def sign_margin(pos, mask=None, proper=False):
     chooses of |Σ y³| / (Σ |y|²)^(3/2), y the centered points along the axis (0: a third moment
     vanishes, as in any point-symmetric cloud, and the canonical frame is ambiguous there)."""
     c = centroid_of(TORCH, pos, mask)
-    axes, _ = principal_axes(TORCH, covariance(TORCH, pos, c, mask))
+    axes, _ = cloud_axes(TORCH, pos, c, mask)
     y = (pos - c).double() @ axes
     if mask is not None:
         y = torch.where(mask[..., None], y, 0.0)
