@@ -345,26 +345,28 @@ def residual_block(p):
     return p.bind(f"{name}({x.name}) repeat {p.rng.choice([1, 2])}", x.dims)
 
 
-def frame(p):
-    """frame_average around a drawn backbone, with a random group, roles, out, mask and canonical."""
-    pos = next((t for t, role in p.inputs if role == "position" and t.dims[:2] == ("B", "N")), None)
+def frame(p, cloud: Tensor | None = None):
+    """frame_average around a drawn backbone, with a random group, roles, out, mask and canonical:
+    of an input cloud [B, S, 3] (S symbolic or static), or of `cloud`, a computed one."""
+    rng = p.rng
+    inputs = [t for t, role in p.inputs if role == "position" and _is_cloud(t)]
+    pos = cloud or (rng.choice(inputs) if inputs else None)
     if not pos:
         return None
-    rng = p.rng
     cands = [t for t in p.scope if t.dtype == "f" and t.dims[:1] == ("B",) and t is not pos]
-    clouds = [t for t in cands if t.dims == ("B", "N", 3)]
-    if clouds and rng.random() < 0.2:  # a centred cloud, a vector or another derived cloud as positions
+    clouds = [t for t in cands if t.dims == pos.dims]
+    if clouds and not cloud and rng.random() < 0.2:  # a centred cloud, a vector or another derived cloud
         pos = rng.choice(clouds)
         cands.remove(pos)
     args = [pos] + rng.sample(cands, min(len(cands), rng.choice([0, 1, 2])))
     roles = ["position"] + [("vector" if t.dims[-1] == 3 and rng.random() < 0.6 else "scalar") for t in args[1:]]
     if rng.random() < 0.15 and len(args) > 1:  # a role that may disagree with the tensor
         roles[1] = rng.choice(["position", "vector", "scalar"])
-    mask = p.masks.get(("B", "N")) if rng.random() < 0.4 else None
+    mask = p.masks.get(pos.dims[:2]) if rng.random() < 0.4 else None
     out = rng.choice(ROLE_OF_OUT)
     group = rng.choice(["E(3)", "O(3)", "SE(3)", "SO(3)"])
     params = [f"a{i}" for i in range(len(args))] + (["m"] if mask else [])
-    body = _backbone(rng, args, params, out)
+    body = _backbone(rng, args, params, out, pos.dims[1])
     name = f"bb{len(p.defs)}"
     p.defs.append(f"def {name}({', '.join(params)}) {{\n{body}\n}}")
     kw = f', group="{group}", out="{out}"' + (f", mask={mask.name}" if mask else "") + \
@@ -379,11 +381,12 @@ def _declared_roles(p, args) -> list:
     return [{"invariant": "scalar"}.get(declared.get(t.name), declared.get(t.name)) for t in args]
 
 
-def _backbone(rng, args, params, out) -> str:
-    """A per-row backbone over the folded batch: mixes the points' features, pools over N (with
-    the mask when given), and returns [M, 4] (invariant) or [M, N, 3] (vector, position)."""
+def _backbone(rng, args, params, out, points) -> str:
+    """A per-row backbone over the folded batch: mixes the points' features, pools over the set
+    axis `points` (with the mask when given), and returns [M, 4] (invariant) or [M, points, 3]
+    (vector, position)."""
     a0 = params[0]
-    feats = [f"linear({n}, 4)" for n, t in zip(params, args) if t.dims[1:2] == ("N",)]
+    feats = [f"linear({n}, 4)" for n, t in zip(params, args) if t.dims[1:2] == (points,)]
     h = " + ".join(feats[:2]) if feats else f"linear({a0}, 4)"
     lines = [f"  h = silu({h})"]
     if rng.random() < 0.5:
@@ -398,10 +401,84 @@ def _backbone(rng, args, params, out) -> str:
     return "\n".join(lines)
 
 
+# -- layouts, masks, static set sizes and computed clouds (issue 21, classes 1 and 2) --------------
+
+STATIC_POINTS = (1, 2, 3, 4)  # static set sizes: 1 and 2 points are degenerate, 3 planar
+
+
+def _is_cloud(t: Tensor) -> bool:
+    return len(t.dims) == 3 and t.dims[0] == "B" and t.dims[2] == 3
+
+
+def _static_cloud(p) -> None:
+    """Inputs over a static set axis beside the symbolic ones: a cloud of 1 to 4 points, and
+    maybe its vectors and features."""
+    n = p.rng.choice(STATIC_POINTS)
+    _input(p, Tensor("spos", ("B", n, 3)), "position")
+    if p.rng.random() < 0.5:
+        _input(p, Tensor("svel", ("B", n, 3)), "vector")
+    if p.rng.random() < 0.5:
+        _input(p, Tensor("sh", ("B", n, 2)), "scalar")
+
+
+def _mask_over(p, dims: tuple) -> Tensor:
+    """The bool input over `dims`, declared when first asked for."""
+    if dims not in p.masks:
+        p.masks[dims] = _input(p, Tensor(f"m{len(p.masks)}", dims, "b"), None)
+    return p.masks[dims]
+
+
+def relayout(p):
+    """The coordinate axis moved anywhere before the last ([B, 3, N], [3, B, N], ...)."""
+    x = p.pick(lambda t: len(t.dims) >= 3 and t.dims[-1] == 3)
+    if x:
+        k = p.rng.randrange(len(x.dims) - 1)
+        dims = list(x.dims)
+        dims[k], dims[-1] = dims[-1], dims[k]
+        return p.bind(f"transpose({x.name}, a={k}, b=-1)", tuple(dims))
+
+
+def masked_pool(p):
+    """A pool over any axis k but the first, with a mask of rank k + 1 over the dims up to it, which
+    may hold the coordinate axis (the mask then keeps other elements for each coordinate)."""
+    x = p.pick(lambda t: len(t.dims) >= 2)
+    if x:
+        k = p.rng.randrange(1, len(x.dims))
+        mask = _mask_over(p, x.dims[:k + 1])
+        how = p.rng.choice(["sum", "mean", "max", "min"])
+        return p.bind(f'pool({x.name}, axis={k}, kind="{how}", mask={mask.name})', x.dims[:k] + x.dims[k + 1:])
+
+
+def collapsed_cloud(p):
+    """A computed cloud, often degenerate for every input, then (mostly) frames built from it: all
+    points at the centroid (exactly, to rounding, or 1e-12 apart), or projected onto a line or a
+    plane through it."""
+    x = p.pick(_is_cloud)
+    if not x:
+        return None
+    form = p.rng.choice(["rounding", "exact", "near", "line", "plane"])
+    mean = f"mean({x.name}, axis=1, keepdim=true)"
+    if form in ("line", "plane"):
+        d = p.bind(f"{x.name} - {mean}", x.dims)
+        u = p.bind(f"mean({d.name} * sum({d.name} * {d.name}, axis=-1, keepdim=true), axis=1, keepdim=true)",
+                   x.dims[:1] + (1, 3))
+        along = f"sum({d.name} * {u.name}, axis=-1, keepdim=true) * {u.name}"
+        cloud = p.bind(f"{mean} + {along}" if form == "line" else
+                       f"{x.name} - {along} / sum({u.name} * {u.name}, axis=-1, keepdim=true)", x.dims)
+    elif form == "near":
+        h = p.pick(lambda t: len(t.dims) == 3 and t.dims[:2] == x.dims[:2] and t.dims[2] != 3) or x
+        scores = f"{h.name} @ transpose({h.name}, a=-2, b=-1) * 0.000000000001"
+        cloud = p.bind(f"softmax({scores}, axis=-1) @ {x.name}", x.dims)
+    else:
+        cloud = p.bind(f"{x.name} - ({x.name} - {mean})" if form == "rounding" else
+                       f"{x.name} - {x.name} + {mean}", x.dims)
+    return frame(p, cloud) if p.rng.random() < 0.7 else cloud
+
+
 VOCABULARY = [linear, mlp, norm, elementwise, elementwise, arithmetic, divide, matmul, attention, concat,
               flatten, transpose, reduce, pool, attention_pool, ragged, unsqueeze, embedding, gather, scatter_back,
-              centred, squared_norm, pairs, convex, residual_block, frame]
-MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic]
+              centred, squared_norm, pairs, convex, residual_block, frame, relayout, masked_pool, collapsed_cloud]
+MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic, relayout, masked_pool, collapsed_cloud]
 GRAPH_MOTIFS = [gather, gather, scatter_back, scatter_back, squared_norm, arithmetic]  # message passing
 
 
@@ -445,6 +522,8 @@ def draw(seed: int) -> tuple[Program, list]:
             p.masks[("B", "N", 3)] = _input(p, Tensor("cmask", ("B", "N", 3), "b"), None)
         if rng.random() < 0.2:
             _input(p, Tensor("tok", ("B", "N"), "i"), None)
+        if scenario == "euclid" and rng.random() < 0.4:
+            _static_cloud(p)
     steps = rng.randrange(2, 8)
     for _ in range(steps * 3):
         if len(p.lines) >= steps:
@@ -495,13 +574,18 @@ def sample(p: Program, gen: torch.Generator, empty_set: bool) -> dict:
 
 
 def _mask(shape: list, gen: torch.Generator, empty_set: bool) -> torch.Tensor:
-    """Each set drops one random element (of 5), so that a kept cloud of points stays generic (at
-    least 4 points, distinct covariance eigenvalues: frames are exact only there); with
-    `empty_set`, the first set keeps none."""
-    m = torch.ones(shape, dtype=torch.bool)
-    flat = m.reshape(shape[0], shape[1], -1)
-    drop = torch.randint(0, shape[1], (shape[0],), generator=gen)
-    flat[torch.arange(shape[0]), drop] = False
+    """A mask that varies along every axis it has: one constant along some axis (the coordinates,
+    say) hides a claim that fails where it varies. A set mask [B, S] of a set longer than 4 drops
+    one random element per set, so that a kept cloud stays generic (at least 4 points, distinct
+    covariance eigenvalues: frames are exact only there); a shorter one keeps every point; a mask
+    of higher rank keeps each entry with probability 0.7. With `empty_set`, the first set keeps
+    none."""
+    if len(shape) == 2:
+        m = torch.ones(shape, dtype=torch.bool)
+        if shape[1] > 4:
+            m[torch.arange(shape[0]), torch.randint(0, shape[1], (shape[0],), generator=gen)] = False
+    else:
+        m = torch.rand(shape, generator=gen) < 0.7
     if empty_set:
         m[0] = False
     return m

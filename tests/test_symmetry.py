@@ -240,8 +240,8 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                                           "y = pool(transpose(vel, 1, 2), axis=2, mask=cm)",
                                                           "output y is vector"],
                                                          "pool", "pool with a mask along the 3 coordinates of a vector"),
-    "a masked dot product, coordinates first": ([SN_E3, VEL, "input cm: bool[B, 3, N]",
-                                                 "p = pool(transpose(vel * vel, 1, 2), axis=N, kind=\"mean\", mask=cm)",
+    "a masked dot product, coordinates first": ([E3, VEL, "input cm: bool[B, 3, N]",
+                                                 "p = pool(transpose(vel * vel, 1, 2), axis=2, kind=\"mean\", mask=cm)",
                                                  "y = sum(p, axis=1)", "output y is invariant"],
                                                 "pool", "a mask along the 3 coordinates of coordinate products"),
     # Class 2: the position role must be a position.
