@@ -429,23 +429,35 @@ def _mask_over(p, dims: tuple) -> Tensor:
 
 
 def relayout(p):
-    """The coordinate axis moved anywhere before the last ([B, 3, N], [3, B, N], ...)."""
-    x = p.pick(lambda t: len(t.dims) >= 3 and t.dims[-1] == 3)
+    """The coordinate axis moved anywhere before the last ([B, 3, N], [3, B, N], ...), often of a
+    vector (a vector input, or a cloud centred here), then often a sum or mean over an axis after
+    it, with a mask over the dims up to that axis."""
+    vectors = [t for t, role in p.inputs if role == "vector" and len(t.dims) >= 3]
+    clouds = [t for t, role in p.inputs if role == "position" and _is_cloud(t)]
+    if p.rng.random() < 0.5 and (vectors or clouds):
+        x = p.rng.choice(vectors + clouds)
+        if x in clouds:
+            x = p.bind(f"{x.name} - mean({x.name}, axis=1, keepdim=true)", x.dims)
+    else:
+        x = p.pick(lambda t: len(t.dims) >= 3 and t.dims[-1] == 3)
     if x:
         k = p.rng.randrange(len(x.dims) - 1)
         dims = list(x.dims)
         dims[k], dims[-1] = dims[-1], dims[k]
-        return p.bind(f"transpose({x.name}, a={k}, b=-1)", tuple(dims))
+        moved = p.bind(f"transpose({x.name}, a={k}, b=-1)", tuple(dims))
+        if p.rng.random() < 0.6:
+            return masked_pool(p, moved, p.rng.randrange(k + 1, len(dims)), ("sum", "mean"))
+        return moved
 
 
-def masked_pool(p):
-    """A pool over any axis k but the first, with a mask of rank k + 1 over the dims up to it, which
+def masked_pool(p, x: Tensor | None = None, k: int | None = None, kinds=("sum", "mean", "max", "min")):
+    """A pool over axis k (any but the first), with a mask of rank k + 1 over the dims up to it, which
     may hold the coordinate axis (the mask then keeps other elements for each coordinate)."""
-    x = p.pick(lambda t: len(t.dims) >= 2)
+    x = x or p.pick(lambda t: len(t.dims) >= 2)
     if x:
-        k = p.rng.randrange(1, len(x.dims))
+        k = k or p.rng.randrange(1, len(x.dims))
         mask = _mask_over(p, x.dims[:k + 1])
-        how = p.rng.choice(["sum", "mean", "max", "min"])
+        how = p.rng.choice(kinds)
         return p.bind(f'pool({x.name}, axis={k}, kind="{how}", mask={mask.name})', x.dims[:k] + x.dims[k + 1:])
 
 
