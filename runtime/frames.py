@@ -25,7 +25,9 @@ coincide (relative gap under GAP_TOL: symmetric, collinear or planar clouds, N <
 eigenvector of the distinct one is kept and the rest of the basis falls back to a fixed choice:
 the coordinate axis least aligned with the kept vector, made orthogonal to it (a fixed basis when
 all three coincide). The output is then finite, and the same in torch and ONNX, but only
-approximately invariant; frame_conditioning says where. The canonical frame
+approximately invariant; frame_conditioning says where. A cloud whose spread is within rounding
+of its coordinates (SPREAD_ULPS) counts as one point, all three tied: trace normalization would
+otherwise make its rounding look like a well separated spectrum. The canonical frame
 is exact only away from ties: also where a third moment along an axis is 0.
 
 The kernels below take `m`, a namespace of tensor primitives: TORCH, or its twin OnnxMath, which

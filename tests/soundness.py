@@ -358,6 +358,8 @@ def frame(p, cloud: Tensor | None = None):
     if clouds and not cloud and rng.random() < 0.2:  # a centred cloud, a vector or another derived cloud
         pos = rng.choice(clouds)
         cands.remove(pos)
+    points = [t for t in cands if t.dims[1:2] == pos.dims[1:2]]  # what the backbone reads along the set
+    cands = points if points and rng.random() < 0.7 else cands
     args = [pos] + rng.sample(cands, min(len(cands), rng.choice([0, 1, 2])))
     roles = ["position"] + [("vector" if t.dims[-1] == 3 and rng.random() < 0.6 else "scalar") for t in args[1:]]
     if rng.random() < 0.15 and len(args) > 1:  # a role that may disagree with the tensor
@@ -415,7 +417,7 @@ def _static_cloud(p) -> None:
     maybe its vectors and features."""
     n = p.rng.choice(STATIC_POINTS)
     _input(p, Tensor("spos", ("B", n, 3)), "position")
-    if p.rng.random() < 0.5:
+    if p.rng.random() < 0.8:
         _input(p, Tensor("svel", ("B", n, 3)), "vector")
     if p.rng.random() < 0.5:
         _input(p, Tensor("sh", ("B", n, 2)), "scalar")
@@ -464,10 +466,12 @@ def masked_pool(p, x: Tensor | None = None, k: int | None = None, kinds=("sum", 
 def collapsed_cloud(p):
     """A computed cloud, often degenerate for every input, then (mostly) frames built from it: all
     points at the centroid (exactly, to rounding, or 1e-12 apart), or projected onto a line or a
-    plane through it."""
-    x = p.pick(_is_cloud)
-    if not x:
+    plane through it. Of an input cloud: the plane's normal, from the cloud's third moments, is
+    then never 0 (a collapsed cloud's would be, and the projection would divide by it)."""
+    clouds = [t for t, role in p.inputs if role == "position" and _is_cloud(t)]
+    if not clouds:
         return None
+    x = p.rng.choice(clouds)
     form = p.rng.choice(["rounding", "exact", "near", "line", "plane"])
     mean = f"mean({x.name}, axis=1, keepdim=true)"
     if form in ("line", "plane"):

@@ -119,6 +119,27 @@ def test_degenerate_clouds_give_finite_frames_and_zero_conditioning(name):
     assert TARGETS.frame_conditioning(clouds(1, 10, torch.float32)).item() > 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_a_cloud_collapsed_to_rounding_counts_as_one_point(dtype):
+    """Every point at the centroid up to rounding (a mean broadcast back, as a spec computes it):
+    trace normalization would make the rounding a well separated spectrum, and the frame would turn
+    with any permutation or translation. It counts as one point: conditioning 0, the fixed axes of
+    a coincident cloud, unmoved by a permutation or a translation."""
+    pos = clouds(6, 9, dtype) * 10.0
+    collapsed = pos - (pos - pos.mean(1, keepdim=True))
+    assert (collapsed - collapsed[:, :1]).abs().max() > 0  # rounding is there to be seen
+    coincident = collapsed[:, :1].expand_as(collapsed)
+    fixed = TARGETS.frame_basis(coincident, TARGETS.frame_centroid(coincident))
+    moves = (collapsed[:, torch.randperm(9, generator=GEN)], collapsed + torch.tensor([7.0, -3.0, 5.0], dtype=dtype))
+    for cloud in (collapsed, *moves):
+        assert TARGETS.frame_conditioning(cloud).max().item() == 0.0
+        assert torch.equal(TARGETS.frame_basis(cloud, TARGETS.frame_centroid(cloud)), fixed)
+    assert "neither mode is exact" in frames.recommend(collapsed)
+    # A cloud small beside its distance from the origin, but well above rounding, keeps its spectrum.
+    tiny = pos.mean(1, keepdim=True) + (pos - pos.mean(1, keepdim=True)) * (1e-3 if dtype == torch.float32 else 1e-9)
+    assert TARGETS.frame_conditioning(tiny).min().item() > 1e-3
+
+
 def test_empty_masked_cloud_builds_its_frame_from_all_points():
     """A cloud whose mask keeps nothing still has a frame that moves with it (LANGUAGE.md, empty
     sets): its centroid and basis are those of the unmasked cloud, in torch and in ONNX alike."""
@@ -317,6 +338,20 @@ def test_verify_measures_the_cloud_the_frames_see(tmp_path):
                     "  output y is invariant\n}\n")
     report = verify(spec, trials=1)
     assert report.conditioning <= frames.GAP_TOL and "neither mode is exact" in report.frame_mode, str(report)
+
+
+def test_verify_reports_a_collapsed_cloud_as_tied(tmp_path):
+    """Every point replaced by the centroid, to rounding: verify reports a tie and all frames, not
+    a healthy conditioning and canonical=true; the frames (the fixed axes) then keep S(N)."""
+    from compiler.verify import verify
+    spec = tmp_path / "collapsed.inv"
+    spec.write_text("def bb(p, v) { return linear(pool(relu(linear(concat(p, v, axis=-1), 8)), axis=1), 2) }\n"
+                    "model m() {\n  symmetry S(N)\n  input h: f32[B, N, 3]\n  input vel: f32[B, N, 3]\n"
+                    "  c = h - (h - mean(h, axis=N, keepdim=true))\n"
+                    "  y = frame_average(bb, [c, vel], roles=[\"position\", \"vector\"])\n  output y is invariant\n}\n")
+    report = verify(spec, trials=2)
+    assert report.conditioning == 0.0 and "neither mode is exact" in report.frame_mode, str(report)
+    assert report.static.startswith("refused: frame_average builds frames from a computed cloud") and report.ok
 
 
 def test_canonical_nbody_is_equivariant(tmp_path):

@@ -325,6 +325,23 @@ def assert_refused_claim_is_false(lines):
         measure(checked(*lines, prove=False))
 
 
+# Issue 21's classes 1 (masks along the coordinates) and 2 (clouds degenerate for every input).
+ISSUE_21 = [name for name in REFUSED if "mask along" in name or "masked dot product" in name
+            or "collapsed cloud under" in name or " point" in name]
+
+
+@pytest.mark.parametrize("name", ISSUE_21)
+def test_verify_fails_what_check_refuses_of_issue_21(name, tmp_path):
+    """`invc verify` fails every such case too: on torch in fp32 and fp64 and on ONNX, with the
+    spec's weights and drawn ones. Where the two disagree, one of them is wrong."""
+    from compiler.verify import verify
+    path = tmp_path / "s.inv"
+    path.write_text(spec(*REFUSED[name][0]))
+    report = verify(path, trials=2)
+    assert report.static.startswith("refused") and not report.ok, str(report)
+    assert all(not m.ok for m in report.rows if "fp64" in m.backend), str(report)
+
+
 def test_the_first_breaking_op_is_reported():
     with pytest.raises(SpecError) as e:
         checked(E3, POS, "a = relu(pos)", "b = linear(pos, 3)", "y = b + a", "output y is position")
