@@ -466,13 +466,15 @@ def masked_pool(p, x: Tensor | None = None, k: int | None = None, kinds=("sum", 
 def collapsed_cloud(p):
     """A computed cloud, often degenerate for every input, then (mostly) frames built from it: all
     points at the centroid (exactly, to rounding, or 1e-12 apart), or projected onto a line or a
-    plane through it. Of an input cloud: the plane's normal, from the cloud's third moments, is
-    then never 0 (a collapsed cloud's would be, and the projection would divide by it)."""
+    plane through it. Of an input cloud of 3 points or more: the plane's normal, from the cloud's
+    third moments, is then never 0 (a collapsed cloud's would be, or one of 1 or 2 points, and the
+    projection would divide by it)."""
     clouds = [t for t, role in p.inputs if role == "position" and _is_cloud(t)]
     if not clouds:
         return None
     x = p.rng.choice(clouds)
-    form = p.rng.choice(["rounding", "exact", "near", "line", "plane"])
+    spread = not isinstance(x.dims[1], int) or x.dims[1] >= 3
+    form = p.rng.choice(["rounding", "exact", "near"] + ["line", "plane"] * spread)
     mean = f"mean({x.name}, axis=1, keepdim=true)"
     if form in ("line", "plane"):
         d = p.bind(f"{x.name} - {mean}", x.dims)
