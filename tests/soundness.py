@@ -799,7 +799,8 @@ def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tupl
 
 
 def shrink(o: Outcome, p: Program, outputs: list) -> Outcome:
-    """Delete statements one at a time while the spec still shows the same kind of failure."""
+    """Delete statements, then defs, one at a time while the spec still shows the same kind of
+    failure."""
     def fails(prog: Program) -> Outcome | None:
         live = [(n, c) for n, c in outputs if any(line.startswith(f"  {n} =") for line in prog.lines)]
         if not live:
@@ -818,4 +819,9 @@ def shrink(o: Outcome, p: Program, outputs: list) -> Outcome:
             if r is not None:
                 p, best, changed = trial, r, True
                 break
+    for d in list(p.defs):  # a def no statement calls any more
+        trial = Program(p.rng, p.groups, p.inputs, p.lines, [x for x in p.defs if x is not d], p.scope, p.masks)
+        r = fails(trial)
+        if r is not None:
+            p, best = trial, r
     return best
