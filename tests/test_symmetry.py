@@ -331,15 +331,16 @@ ISSUE_21 = [name for name in REFUSED if "mask along" in name or "masked dot prod
 
 
 @pytest.mark.parametrize("name", ISSUE_21)
-def test_verify_fails_what_check_refuses_of_issue_21(name, tmp_path):
-    """`invc verify` fails every such case too: on torch in fp32 and fp64 and on ONNX, with the
-    spec's weights and drawn ones. Where the two disagree, one of them is wrong."""
-    from compiler.verify import verify
+def test_invc_verify_fails_what_check_refuses_of_issue_21(name, tmp_path, capsys):
+    """`invc verify` fails every such case too (exit 1), in fp64 with the spec's weights and with
+    drawn ones. Where it and `invc check` disagree, one of them is wrong."""
+    from compiler.cli import main
     path = tmp_path / "s.inv"
     path.write_text(spec(*REFUSED[name][0]))
-    report = verify(path, trials=2)
-    assert report.static.startswith("refused") and not report.ok, str(report)
-    assert all(not m.ok for m in report.rows if "fp64" in m.backend), str(report)
+    assert main(["verify", str(path), "--trials", "2"]) == 1
+    out = capsys.readouterr().out
+    fp64 = [row for row in out.splitlines() if "fp64" in row]
+    assert "static: refused" in out and fp64 and all(row.endswith("FAILED") for row in fp64), out
 
 
 def test_the_first_breaking_op_is_reported():
