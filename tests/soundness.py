@@ -13,9 +13,9 @@ scatter pools, unsqueeze, defs with `repeat`, and frame_average with every group
 mask and canonical flag. Layouts and shapes as users write them: the coordinate axis anywhere
 (`[B, 3, N]`), masked pools with masks of every rank (drawn to vary along every axis), set axes of
 a static size (1 to 4 points) beside symbolic ones, and frames of computed clouds, collapsing ones
-included (a mean broadcast back, points 1e-12 apart, a projection onto a line or a plane). Motifs that often carry a symmetry (centred clouds, squared norms, pair
-differences, softmax-weighted sums) are drawn beside plain random ops, so that proofs are common
-and near-misses are too.
+included (a mean broadcast back, points 1e-12 apart, a projection onto a line or a plane). Motifs
+that often carry a symmetry (centred clouds, squared norms, pair differences, softmax-weighted
+sums) are drawn beside plain random ops, so that proofs are common and near-misses are too.
 """
 from __future__ import annotations
 
