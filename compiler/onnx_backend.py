@@ -18,9 +18,12 @@ from common.errors import InvcError
 from common.files import atomic_file
 from passes.base import attribute, bound_args, named_outputs
 from ops.registry import VOCABULARY
+from runtime.session import GUARD_KEY
 from runtime.stamp import stamp
 
-__all__ = ["to_onnx", "save_onnx"]
+__all__ = ["to_onnx", "save_onnx", "GUARD_PREFIX"]
+
+GUARD_PREFIX = "invc.guard/"  # run-time checks in the graph; GUARD_KEY + node name says why
 
 
 
@@ -36,6 +39,8 @@ class GraphBuilder:
         self.names: dict[fx.Node, str] = {}
         self.transposes: dict[fx.Node, str] = {}
         self.scope = ""
+        self.where = ""  # the spec op being emitted, for run-time refusals: "gather `y` (3:5)"
+        self.guards: dict[str, str] = {}  # guard node name -> why the run is refused there
 
     def fresh(self, base: str) -> str:
         name, i = base, 0
@@ -67,6 +72,31 @@ class GraphBuilder:
         name = self.fresh(base or f"{self.scope}/const")
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
+
+    def refuse_unless(self, ok: str, value: str, why: str) -> str:
+        """`value` itself when the bool scalar `ok` holds at run time; otherwise the run fails at a
+        Reshape to an impossible shape, in any runtime. ONNX has no assertion; the node's name, which
+        onnxruntime quotes in its error, maps to `why` in the metadata (GUARD_KEY), so the Session
+        refuses with that reason instead of running on to a silently wrong result."""
+        shape = self.op("Where", ok, self.op("Shape", value), self.scalar(-2, "i64"))
+        name = self.fresh(f"{GUARD_PREFIX}{self.scope}/{len(self.guards)}")
+        self.nodes.append(helper.make_node("Reshape", [value, shape], [name], name=name))
+        self.guards[name] = f"{self.where}: {why}"
+        return name
+
+    def indices(self, ids: str, dtype: str, bound: str, why: str) -> str:
+        """Integer ids as i64 (ONNX's scatters take no i32), checked to lie in [0, bound) at run time:
+        ONNX Gather reads -1 as the last row and an id past the end gives an error deep inside the
+        runtime. `bound` is an i64 value of shape [] or [1], read from a shape at run time where the
+        extent is computed, so the check holds whatever path the ids took."""
+        ids = ids if dtype == "i64" else self.op("Cast", ids, to=onnx_type("i64"))
+        outside = self.op("Or", self.op("Less", ids, self.scalar(0, "i64")), self.op("GreaterOrEqual", ids, bound))
+        return self.refuse_unless(self.none(outside), ids, f"an index is outside {why}")
+
+    def none(self, flags: str) -> str:
+        """A bool scalar: true when no element of the bool tensor `flags` is set (also when it is empty)."""
+        count = self.op("ReduceSum", self.op("Cast", flags, to=onnx_type("i64")), keepdims=0)
+        return self.op("Equal", count, self.scalar(0, "i64"))
 
     def scalar(self, value, dtype: str) -> str:
         return self.const(np.array(value, numpy_dtype(dtype)))
@@ -105,6 +135,7 @@ class GraphBuilder:
             raise InvcError(f"ONNX backend: node {node.name!r} has unsupported target "
                             f"{node.op} {_target_name(node.target)}; supported: the graph ops of ops/")
         self.scope = node.name
+        self.where = f"{op.name} `{node.name}` at {node.meta.get('pos', '?')}"
         self.name_result(op.onnx(self, node, *bound_args(node).values()), name)
         self.names[node] = name
 
@@ -165,7 +196,8 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted({d for d, _ in g.functions})]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="invc", functions=list(g.functions.values()),
                               ir_version=helper.find_min_ir_version_for(opsets[:1]))  # >= 8: functions
-    return stamp(model, dict(metadata or {}))
+    guards = {GUARD_KEY + name: why for name, why in g.guards.items()}
+    return stamp(model, {**(metadata or {}), **guards})
 
 
 def save_onnx(model: onnx.ModelProto, path) -> Path:

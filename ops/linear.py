@@ -158,7 +158,9 @@ def onnx_linear(g, node, x, weight, bias):
 
 
 def onnx_embedding(g, node, ids, weight):
-    return g.op("Gather", g.value(weight), g.value(ids), axis=0)
+    rows = weight.meta["shape"][0]
+    checked = g.indices(g.value(ids), ids.meta["dtype"], g.ints([rows]), f"[0, {rows}), the embedding table's rows")
+    return g.op("Gather", g.value(weight), checked, axis=0)
 
 
 TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
