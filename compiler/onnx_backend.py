@@ -171,6 +171,20 @@ def _value_info(name: str, node: fx.Node) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, onnx_type(node.meta["dtype"]), list(node.meta["shape"]))
 
 
+def loadable(model: onnx.ModelProto, data: bytes) -> None:
+    """Refuse a model that onnx's full check (types included) or onnxruntime's loader rejects."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # loading is the check
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnx's and onnxruntime's errors share no base class but Exception
+        raise InvcError(f"ONNX backend: the model {model.graph.name!r} is not a valid ONNX file, so none "
+                        f"was written ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); "
+                        "this is a bug in invc: the checker should have refused the spec") from None
+
+
 def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
             metadata: dict[str, str] | None = None, opset: int = 18) -> onnx.ModelProto:
     """The ONNX model of `gm`; every `metadata` entry lands in metadata_props."""
@@ -201,8 +215,10 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
 
 
 def save_onnx(model: onnx.ModelProto, path) -> Path:
-    """Write atomically, so a failed compile leaves no file behind."""
+    """Write atomically, so a failed compile leaves no file behind, and only a file that onnx's checker
+    passes and onnxruntime loads: a model the emitters got wrong is an error here, never a file."""
     data = model.SerializeToString()
+    loadable(model, data)
     with atomic_file(path, "ONNX model") as f:
         f.write(data)
     return Path(path)

@@ -40,7 +40,7 @@ from dataclasses import replace
 from common.dtypes import numpy_dtype, onnx_type
 from common.lazy import Lazy
 from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
-from dsl.rules import Axis, Tensor, float_input
+from dsl.rules import Axis, Tensor, float_input, weighted_input
 from dsl.symmetry_rules import COORD_HINT, Call, Operand, axes_of, merged, moved, reduced, what
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
@@ -77,7 +77,7 @@ def check_pool(ctx, x: Tensor, axis: Axis, kind: str = "sum", mask: Tensor = Non
 def check_attention_pool(ctx, x: Tensor, axis: Axis = -2, mask: Tensor = None):
     """Softmax-attention pooling with a learned query over the set axis, which must be x's
     second to last (the last holds the features)."""
-    float_input(ctx, x)
+    weighted_input(ctx, x)
     ax = ctx.axis(x, axis)
     if x.type.rank < 2 or ax != x.type.rank - 2 or not isinstance(x.type.shape[-1], int):
         ctx.error(f"attention_pool needs x as [..., N, D] with the set axis N second to last and "
@@ -372,7 +372,12 @@ def _offsets_counts(g, offsets: str) -> str:
 
 
 def _scatter(g, x: str, ids: str, count: str, kind: str, rank: int, dtype: str) -> str:
-    """[R, ...] rows into [S, ...] sets by ScatterND; count [S] (i64) is each set's row count."""
+    """[R, ...] rows into [S, ...] sets by ScatterND; count [S] (i64) is each set's row count.
+    onnxruntime has no f16 ScatterND with a reduction, so f16 rows are reduced in f32 (exact for
+    max and min; a sum rounds once, at the end)."""
+    if dtype == "f16":
+        wide = _scatter(g, g.op("Cast", x, to=onnx_type("f32")), ids, count, kind, rank, "f32")
+        return g.op("Cast", wide, to=onnx_type("f16"))
     shape = g.op("Concat", g.op("Shape", count), g.op("Shape", x, start=1), axis=0)
     index = g.op("Unsqueeze", ids, g.ints([1]))
     out = g.op("ScatterND", _fill(g, shape, IDENTITY[kind], dtype), index, x, reduction=SCATTER[kind])
