@@ -125,31 +125,4 @@ def parameter_count(module) -> int:
 
 def metadata(checked: CheckedModel) -> dict[str, str]:
     return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
-            **{f"invc.{k}": v for k, v in checked.declarations().items()}, **index_bounds(checked)}
-
-
-def index_bounds(checked: CheckedModel) -> dict[str, str]:
-    """The run-time range of every input an op reads as indices (its `Indices`) or as CSR offsets:
-    VOCAB_KEY + name, the fewest rows of a table it indexes; INDEX_KEY + name, every dim (a name,
-    an expression or a size) it picks from, comma-separated; OFFSETS_KEY + name, the rows its
-    offsets cover. Indices and offsets computed inside the model are checked in the graph itself
-    (compiler/onnx_backend.py's `indices`); these let the Session refuse inputs before the run,
-    naming the id at fault."""
-    from runtime.session import INDEX_KEY, OFFSETS_KEY, VOCAB_KEY
-    inputs = {p.value.id: p.name for p in checked.inputs}
-    vocab: dict[str, int] = {}
-    dims: dict[str, set] = {}
-    rows: dict[str, set] = {}
-    for n in checked.nodes:
-        op = checked.vocabulary.graph[n.op]
-        ids = inputs.get(getattr(n.args[op.indices.arg], "id", None)) if op.indices else None
-        if ids and op.indices.table:
-            vocab[ids] = min(vocab.get(ids, op.indices.bound(n)), op.indices.bound(n))
-        elif ids:
-            dims.setdefault(ids, set()).add(str(op.indices.bound(n)))
-        cuts = inputs.get(getattr(n.args[op.offsets], "id", None)) if op.offsets is not None else None
-        if cuts:
-            rows.setdefault(cuts, set()).add(str(n.args[0].type.shape[0]))
-    return {**{VOCAB_KEY + k: str(v) for k, v in vocab.items()},
-            **{INDEX_KEY + k: ",".join(sorted(v)) for k, v in dims.items()},
-            **{OFFSETS_KEY + k: ",".join(sorted(v)) for k, v in rows.items()}}
+            **{f"invc.{k}": v for k, v in checked.declarations().items()}}

@@ -18,7 +18,7 @@ from common.errors import InvcError
 from common.files import atomic_file
 from passes.base import attribute, bound_args, named_outputs
 from ops.registry import VOCABULARY
-from runtime.session import GUARD_KEY
+from runtime.session import GUARD_KEY, INDEX_KEY, OFFSETS_KEY, VOCAB_KEY
 from runtime.stamp import stamp
 
 __all__ = ["to_onnx", "save_onnx", "GUARD_PREFIX"]
@@ -185,9 +185,35 @@ def loadable(model: onnx.ModelProto, data: bytes) -> None:
                         "this is a bug in invc: the checker should have refused the spec") from None
 
 
+def input_facts(checked) -> dict[str, str]:
+    """The run-time range of every input an op reads as indices (its `Indices`) or as CSR offsets:
+    VOCAB_KEY + name, the fewest rows of a table it indexes; INDEX_KEY + name, every dim (a name,
+    an expression or a size) it picks from, comma-separated; OFFSETS_KEY + name, the rows its
+    offsets cover. Indices and offsets computed inside the model are checked in the graph itself
+    (GraphBuilder.indices); these let the Session refuse inputs before the run, naming the id at fault."""
+    inputs = {p.value.id: p.name for p in checked.inputs}
+    vocab: dict[str, int] = {}
+    dims: dict[str, set] = {}
+    rows: dict[str, set] = {}
+    for n in checked.nodes:
+        op = checked.vocabulary.graph[n.op]
+        ids = inputs.get(getattr(n.args[op.indices.arg], "id", None)) if op.indices else None
+        if ids and op.indices.table:
+            vocab[ids] = min(vocab.get(ids, op.indices.bound(n)), op.indices.bound(n))
+        elif ids:
+            dims.setdefault(ids, set()).add(str(op.indices.bound(n)))
+        cuts = inputs.get(getattr(n.args[op.offsets], "id", None)) if op.offsets is not None else None
+        if cuts:
+            rows.setdefault(cuts, set()).add(str(n.args[0].type.shape[0]))
+    return {**{VOCAB_KEY + k: str(v) for k, v in vocab.items()},
+            **{INDEX_KEY + k: ",".join(sorted(v)) for k, v in dims.items()},
+            **{OFFSETS_KEY + k: ",".join(sorted(v)) for k, v in rows.items()}}
+
+
 def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
             metadata: dict[str, str] | None = None, opset: int = 18) -> onnx.ModelProto:
-    """The ONNX model of `gm`; every `metadata` entry lands in metadata_props."""
+    """The ONNX model of `gm`; every `metadata` entry lands in metadata_props, with the facts about
+    the inputs of the spec it was lowered from (`input_facts`), so they travel in every file."""
     if opset < 18:
         raise InvcError(f"ONNX backend: opset {opset} is too old; the emitters use opset-18 forms "
                         "(Reduce* axes as an input)")
@@ -210,8 +236,9 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted({d for d, _ in g.functions})]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="invc", functions=list(g.functions.values()),
                               ir_version=helper.find_min_ir_version_for(opsets[:1]))  # >= 8: functions
+    facts = input_facts(gm.meta["invc"]) if "invc" in gm.meta else {}
     guards = {GUARD_KEY + name: why for name, why in g.guards.items()}
-    return stamp(model, {**(metadata or {}), **guards})
+    return stamp(model, {**(metadata or {}), **facts, **guards})
 
 
 def save_onnx(model: onnx.ModelProto, path) -> Path:

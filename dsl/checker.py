@@ -495,9 +495,9 @@ def _fits(v, kind):
         return v if isinstance(v, Value) else None
     if kind is Axis:
         return v if isinstance(v, Sym) or (isinstance(v, int) and not isinstance(v, bool)) else None
-    if kind is float:  # an op's float argument (an epsilon, a scale) is never nan or inf
-        return float(v) if _is_number(v) and math.isfinite(v) else None
-    if kind is Positive:
+    if kind is float:
+        return float(v) if _is_number(v) else None
+    if kind is Positive:  # an epsilon: nan, inf, 0 or below would give nan or inf results
         return float(v) if _is_number(v) and math.isfinite(v) and v > 0 else None
     if kind is int:
         return v if isinstance(v, int) and not isinstance(v, bool) else None
@@ -529,8 +529,8 @@ def _describe(v) -> str:
 
 
 def _kind_name(kind) -> str:
-    return {Tensor: "a tensor", Axis: "an axis (index or dim name)", float: "a finite number",
-            Positive: "a finite number above 0"}.get(kind, getattr(kind, "__name__", str(kind)))
+    return {Tensor: "a tensor", Axis: "an axis (index or dim name)", Positive: "a finite number above 0"}.get(
+        kind, getattr(kind, "__name__", str(kind)))
 
 
 def _arity_error(expr: ast.Call, sig: inspect.Signature, e: TypeError) -> SpecError:
