@@ -41,6 +41,7 @@ class GraphBuilder:
         self.scope = ""
         self.where = ""  # the spec op being emitted, for run-time refusals: "gather `y` (3:5)"
         self.guards: dict[str, str] = {}  # guard node name -> why the run is refused there
+        self.checked: dict[tuple[str, str], str] = {}  # (ids, extent) -> the ids, checked once
 
     def fresh(self, base: str) -> str:
         name, i = base, 0
@@ -84,14 +85,18 @@ class GraphBuilder:
         self.guards[name] = f"{self.where}: {why}"
         return name
 
-    def indices(self, ids: str, dtype: str, bound: str, why: str) -> str:
+    def indices(self, ids: str, dtype: str, bound, why: str) -> str:
         """Integer ids as i64 (ONNX's scatters take no i32), checked to lie in [0, bound) at run time:
         ONNX Gather reads -1 as the last row and an id past the end gives an error deep inside the
-        runtime. `bound` is an i64 value of shape [] or [1], read from a shape at run time where the
-        extent is computed, so the check holds whatever path the ids took."""
-        ids = ids if dtype == "i64" else self.op("Cast", ids, to=onnx_type("i64"))
-        outside = self.op("Or", self.op("Less", ids, self.scalar(0, "i64")), self.op("GreaterOrEqual", ids, bound))
-        return self.refuse_unless(self.none(outside), ids, f"an index is outside {why}")
+        runtime. `bound()` writes the bound, an i64 value of shape [] or [1], read from a shape at run
+        time where the extent is computed, so the check holds whatever path the ids took. `why` names the extent by
+        its dim ("[0, N), ..."), which the checker's types make equal wherever it is equal, so ids
+        read by several ops over one dim (an edge list's senders) are checked once."""
+        if (ids, why) not in self.checked:
+            wide = ids if dtype == "i64" else self.op("Cast", ids, to=onnx_type("i64"))
+            outside = self.op("Or", self.op("Less", wide, self.scalar(0, "i64")), self.op("GreaterOrEqual", wide, bound()))
+            self.checked[ids, why] = self.refuse_unless(self.none(outside), wide, f"an index is outside {why}")
+        return self.checked[ids, why]
 
     def none(self, flags: str) -> str:
         """A bool scalar: true when no element of the bool tensor `flags` is set (also when it is empty)."""

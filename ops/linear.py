@@ -160,7 +160,7 @@ def onnx_linear(g, node, x, weight, bias):
 
 def onnx_embedding(g, node, ids, weight):
     rows = weight.meta["shape"][0]
-    checked = g.indices(g.value(ids), ids.meta["dtype"], g.ints([rows]), f"[0, {rows}), the embedding table's rows")
+    checked = g.indices(g.value(ids), ids.meta["dtype"], lambda: g.ints([rows]), f"[0, {rows}), the embedding table's rows")
     return g.op("Gather", g.value(weight), checked, axis=0)
 
 

@@ -427,7 +427,8 @@ def onnx_segment_reduce(g, node, x, offsets, kind, deterministic):
 
 def onnx_scatter_reduce(g, node, x, segment_ids, like, kind):
     sets_ = g.op("Shape", g.value(like), start=0, end=1)
-    ids = g.indices(g.value(segment_ids), segment_ids.meta["dtype"], sets_, f"[0, {like.meta['shape'][0]}), the sets (dim 0 of `like`)")
+    ids = g.indices(g.value(segment_ids), segment_ids.meta["dtype"], lambda: sets_,
+                    f"[0, {like.meta['shape'][0]}), the sets (dim 0 of `like`)")
     ones = _fill(g, g.op("Shape", ids), 1, "i64")
     count = g.op("ScatterElements", _fill(g, sets_, 0, "i64"), ids, ones, axis=0, reduction="add")
     return _scatter(g, g.value(x), ids, count, kind, len(x.meta["shape"]), x.meta["dtype"])
@@ -435,8 +436,8 @@ def onnx_scatter_reduce(g, node, x, segment_ids, like, kind):
 
 def onnx_gather(g, node, x, index, axis):
     xv = g.value(x)
-    size = g.op("Shape", xv, start=axis, end=axis + 1)
-    checked = g.indices(g.value(index), index.meta["dtype"], size, f"[0, {x.meta['shape'][axis]}), the size of axis {axis} of its input")
+    checked = g.indices(g.value(index), index.meta["dtype"], lambda: g.op("Shape", xv, start=axis, end=axis + 1),
+                        f"[0, {x.meta['shape'][axis]}), the size of axis {axis} of its input")
     return g.op("Gather", xv, checked, axis=axis)
 
 

@@ -385,3 +385,24 @@ def test_triton_writes_non_finite_constants_that_run(tmp_path, monkeypatch):
         finite = torch.isfinite(want)
         assert torch.equal(got[finite], want[finite]) and torch.equal(torch.isnan(got), torch.isnan(want))
         assert torch.equal(got[torch.isinf(want)], want[torch.isinf(want)]) and (~finite).any()
+
+
+def test_a_file_onnxruntime_cannot_load_is_never_written(tmp_path):
+    """The emitters' mistakes stop at save: a weight of another dtype than its MatMul partner."""
+    from common.errors import InvcError
+    from compiler.onnx_backend import save_onnx
+    model, _ = compiled(tmp_path, "model m() {\n input x: f32[B, 4]\n y = linear(x, 3)\n output y\n}\n")
+    weight = model.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight).astype(np.float64), weight.name))
+    with pytest.raises(InvcError, match=r"is not a valid ONNX file, so none was written"):
+        save_onnx(model, tmp_path / "bad.onnx")
+    assert list(tmp_path.glob("bad*")) == []
+
+
+def test_ids_read_by_several_ops_over_one_dim_are_checked_once():
+    """egnn_sparse gathers by senders and receivers 8 times and scatters by receivers twice: three
+    checks, one per index input and extent, each before the first op that reads it."""
+    model = compiler.compile(compiler.driver.Path(__file__).parent.parent / "examples" / "egnn_sparse.inv").onnx
+    guards = [n for n in model.graph.node if n.name.startswith("invc.guard/")]
+    assert sorted(n.input[0] for n in guards) == ["receivers", "receivers", "senders"]
+    assert sum(n.op_type == "Gather" for n in model.graph.node) == 8
