@@ -14,7 +14,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from common.dtypes import from_ort, numpy_dtype
 from runtime import native
-from runtime.inputs import InputError, empty_dim, out_of_range
+from runtime.inputs import InputError, bad_offsets, empty_dim, out_of_range
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # invc's facts about its inputs, in the metadata of the files it writes (and covered by its stamp):
@@ -252,19 +252,11 @@ def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray], seen: 
     own check at run time stands behind it."""
     sizes = {d: size for d, (_, _, size) in seen.items()}
     for info in filter(is_offsets, inputs):
-        offsets = feeds[info.name]
         where = f"input {info.name!r} (CSR offsets, S+1 entries)"
-        if offsets.size == 0 or offsets[0] != 0:
-            raise InputError(f"{where} must start at 0, got {offsets[:1].tolist() or 'nothing'}")
-        drops = np.flatnonzero(np.diff(offsets) < 0)
-        if drops.size:
-            k = int(drops[0])
-            raise InputError(f"{where} must never decrease: offsets[{k + 1}] = {offsets[k + 1]} < "
-                             f"offsets[{k}] = {offsets[k]}")
         for dim in info.offsets:
-            rows = dim_size(dim, sizes)
-            if rows is not None and offsets[-1] != rows:
-                raise InputError(f"{where} must end at the row count {rows} (dim {dim}), got {offsets[-1]}")
+            reason = bad_offsets(where, feeds[info.name], dim_size(dim, sizes), f" (dim {dim})")
+            if reason:
+                raise InputError(reason)
 
 
 def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: int | None = None) -> dict:
