@@ -21,7 +21,7 @@ from ops.registry import VOCABULARY
 from runtime.session import GUARD_KEY, INDEX_KEY, OFFSETS_KEY, VOCAB_KEY
 from runtime.stamp import stamp
 
-__all__ = ["to_onnx", "save_onnx", "GUARD_PREFIX"]
+__all__ = ["to_onnx", "save_onnx"]
 
 GUARD_PREFIX = "invc.guard/"  # run-time checks in the graph; GUARD_KEY + node name says why
 
@@ -75,7 +75,7 @@ class GraphBuilder:
         return name
 
     def refuse_unless(self, ok: str, value: str, why: str) -> str:
-        """`value` itself when the bool scalar `ok` holds at run time; otherwise the run fails at a
+        """`value` itself when the bool `ok` (a scalar or [1]) holds at run time; otherwise the run fails at a
         Reshape to an impossible shape, in any runtime. ONNX has no assertion; the node's name, which
         onnxruntime quotes in its error, maps to `why` in the metadata (GUARD_KEY), so the Session
         refuses with that reason instead of running on to a silently wrong result."""
@@ -88,17 +88,19 @@ class GraphBuilder:
     def indices(self, ids: str, dtype: str, bound, why: str) -> str:
         """Integer ids as i64 (ONNX's scatters take no i32), checked to lie in [0, bound) at run time:
         ONNX Gather reads -1 as the last row and an id past the end gives an error deep inside the
-        runtime. `bound()` writes the bound, an i64 value of shape [] or [1], read from a shape at run
-        time where the extent is computed, so the check holds whatever path the ids took. `why` names the extent by
-        its dim ("[0, N), ..."), which the checker's types make equal wherever it is equal, so ids
-        read by several ops over one dim (an edge list's senders) are checked once."""
+        runtime. `bound()` writes the bound, an i64 value of shape [] or [1], read from a shape at
+        run time where the extent is computed, so the check holds whatever path the ids took. `why`
+        names the extent by its dim ("[0, N), ..."), which the checker's types make equal wherever
+        it is equal, so ids read by several ops over one dim (an edge list's senders) are checked once."""
         if (ids, why) not in self.checked:
             wide = ids if dtype == "i64" else self.op("Cast", ids, to=onnx_type("i64"))
-            outside = self.op("Or", self.op("Less", wide, self.scalar(0, "i64")), self.op("GreaterOrEqual", wide, bound()))
-            self.checked[ids, why] = self.refuse_unless(self.none(outside), wide, f"an index is outside {why}")
+            # Two reductions and no temporaries the size of the ids (an empty one gives its identity).
+            low, high = (self.op(r, wide, keepdims=0) for r in ("ReduceMin", "ReduceMax"))
+            inside = self.op("And", self.op("GreaterOrEqual", low, self.scalar(0, "i64")), self.op("Less", high, bound()))
+            self.checked[ids, why] = self.refuse_unless(inside, wide, f"an index is outside {why}")
         return self.checked[ids, why]
 
-    def none(self, flags: str) -> str:
+    def all_false(self, flags: str) -> str:
         """A bool scalar: true when no element of the bool tensor `flags` is set (also when it is empty)."""
         count = self.op("ReduceSum", self.op("Cast", flags, to=onnx_type("i64")), keepdims=0)
         return self.op("Equal", count, self.scalar(0, "i64"))

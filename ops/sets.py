@@ -418,8 +418,8 @@ def _checked_offsets(g, offsets: str, dtype: str, x: str) -> str:
     wrong = g.op("Concat", g.op("Not", g.op("Equal", ends, g.scalar(0, "i64"))),
                  g.op("Less", _offsets_counts(g, ov), g.scalar(0, "i64")),
                  g.op("Less", g.op("Size", ov), g.ints([2])), axis=0)
-    return g.refuse_unless(g.none(wrong), ov, "its CSR offsets must start at 0, never decrease and end "
-                                              "at the row count of its input, with at least 2 entries")
+    return g.refuse_unless(g.all_false(wrong), ov, "its CSR offsets must start at 0, never decrease and "
+                                                   "end at the row count of its input, with at least 2 entries")
 
 
 def onnx_segment_reduce(g, node, x, offsets, kind, deterministic):

@@ -25,6 +25,7 @@ GUARD_KEY = "invc.guard."      # "invc.guard.<node>" = why a run that fails at t
 _QUIET = ort.RunOptions()
 _QUIET.log_severity_level = 4  # a refused run is reported once, by the Session, not also in onnxruntime's log
 
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A model input or output; shape entries are ints, symbolic names (str) or None (unnamed)."""

@@ -3,6 +3,7 @@ classes 3 and 4). Offsets and ids are checked whatever their name and whatever p
 through the model; every edit to a written file is refused; every op and dtype the checker accepts
 gives a file that onnxruntime loads and that computes what torch computes."""
 import math
+import re
 
 import numpy as np
 import onnx
@@ -55,13 +56,8 @@ def test_offsets_are_checked_whatever_their_name(tmp_path, name):
     assert_matches_torch(module, session, {"x": x, name: np.array([0, 2, 2, 6])})
     for bad, words in [([0, 4, 2, 6], "must never decrease"), ([1, 2, 4, 6], "must start at 0"),
                        ([0, 2, 3, 5], "must end at the row count 6 (dim N)"), ([0, 2, 4, 7], "must end at the row count 6")]:
-        with pytest.raises(InputError, match=rf"input '{name}' \(CSR offsets, S\+1 entries\) {re_escape(words)}"):
+        with pytest.raises(InputError, match=rf"input '{name}' \(CSR offsets, S\+1 entries\) {re.escape(words)}"):
             session.run({"x": x, name: np.array(bad)})
-
-
-def re_escape(text: str) -> str:
-    import re
-    return re.escape(text)
 
 
 def test_a_float_input_named_like_offsets_is_not_taken_for_rows(tmp_path):
@@ -251,7 +247,7 @@ def restamped(model: onnx.ModelProto, **entries) -> onnx.ModelProto:
     (OFFSETS_KEY + "tokens", "N*", "is not a list of dims"), (VOCAB_KEY + "nothing", "3", "names no input")])
 def test_malformed_facts_refuse_the_file_in_one_line(tmp_path, key, value, words):
     model, _ = compiled(tmp_path, FRAMED)
-    with pytest.raises(InputError, match=rf"metadata '{re_escape(key)}' .*{words}"):
+    with pytest.raises(InputError, match=rf"metadata '{re.escape(key)}' .*{words}"):
         Session(restamped(model, **{key: value}))
 
 
