@@ -416,3 +416,15 @@ def test_the_torch_module_refuses_the_offsets_the_session_refuses(tmp_path, dete
                        ([2, 6], "must start at 0")]:
         with pytest.raises(InputError, match=rf"segment_pool's CSR offsets {words}"):
             module(x, torch.tensor(bad))
+
+
+def test_invc_run_reports_the_graphs_refusal_in_one_line(tmp_path, capsys):
+    from compiler.cli import main
+    spec, model = tmp_path / "c.inv", tmp_path / "c.onnx"
+    spec.write_text(INDEXED["computed"][0])
+    assert main(["compile", str(spec), "-o", str(model)]) == 0
+    np.savez(tmp_path / "in.npz", x=rows(5), ids=np.array([0, 4]))
+    capsys.readouterr()
+    assert main(["run", str(model), "-i", str(tmp_path / "in.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gather `y` at" in err and "an index is outside [0, N)" in err, err
