@@ -404,20 +404,6 @@ def test_ids_read_by_several_ops_over_one_dim_are_checked_once():
     assert sum(n.op_type == "Gather" for n in model.graph.node) == 8
 
 
-@pytest.mark.parametrize("deterministic", ["false", "true"])
-def test_the_torch_module_refuses_the_offsets_the_session_refuses(tmp_path, deterministic):
-    """torch.segment_reduce reads past the rows for offsets beyond them, and drops rows for short ones."""
-    _, module = compiled(tmp_path, "model m() {\n input x: f32[N, 4]\n input cuts: i64[S]\n"
-                                   f" y = segment_pool(x, cuts, deterministic={deterministic})\n output y\n}}\n")
-    x = torch.from_numpy(rows(6))
-    assert module(x, torch.tensor([0, 2, 6])).shape == (2, 4)
-    for bad, words in [([0, 2, 7], "must end at the row count 6 of its input, got 7"),
-                       ([0, 2, 5], "must end at the row count 6"), ([0, 4, 2, 6], "must never decrease"),
-                       ([2, 6], "must start at 0")]:
-        with pytest.raises(InputError, match=rf"segment_pool's CSR offsets {words}"):
-            module(x, torch.tensor(bad))
-
-
 def test_invc_run_reports_the_graphs_refusal_in_one_line(tmp_path, capsys):
     from compiler.cli import main
     spec, model = tmp_path / "c.inv", tmp_path / "c.onnx"
