@@ -125,19 +125,4 @@ def parameter_count(module) -> int:
 
 def metadata(checked: CheckedModel) -> dict[str, str]:
     return {"invc.source_sha256": checked.source_hash, "invc.spec": checked.file,
-            **{f"invc.{k}": v for k, v in checked.declarations().items()}, **index_bounds(checked)}
-
-
-def index_bounds(checked: CheckedModel) -> dict[str, str]:
-    """The run-time range of every input an op reads as indices (its `Indices`): VOCAB_KEY + name, the
-    fewest rows of a table it indexes; INDEX_KEY + name, the dim (a name or a size) it picks from."""
-    from runtime.session import INDEX_KEY, VOCAB_KEY
-    inputs = {p.value.id: p.name for p in checked.inputs}
-    bounds: dict[str, str] = {}
-    for n in checked.nodes:
-        ix = checked.vocabulary.graph[n.op].indices
-        ids = n.args[ix.arg] if ix else None
-        if getattr(ids, "id", None) in inputs:
-            key, bound = (VOCAB_KEY if ix.table else INDEX_KEY) + inputs[ids.id], ix.bound(n)
-            bounds[key] = str(min(int(bounds.get(key, bound)), bound) if ix.table else bound)
-    return bounds
+            **{f"invc.{k}": v for k, v in checked.declarations().items()}}

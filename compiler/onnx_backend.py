@@ -18,9 +18,12 @@ from common.errors import InvcError
 from common.files import atomic_file
 from passes.base import attribute, bound_args, named_outputs
 from ops.registry import VOCABULARY
+from runtime.session import GUARD_KEY, INDEX_KEY, OFFSETS_KEY, VOCAB_KEY
 from runtime.stamp import stamp
 
 __all__ = ["to_onnx", "save_onnx"]
+
+GUARD_PREFIX = "invc.guard/"  # run-time checks in the graph; GUARD_KEY + node name says why
 
 
 
@@ -36,6 +39,9 @@ class GraphBuilder:
         self.names: dict[fx.Node, str] = {}
         self.transposes: dict[fx.Node, str] = {}
         self.scope = ""
+        self.where = ""  # the spec op being emitted, for run-time refusals: "gather `y` (3:5)"
+        self.guards: dict[str, str] = {}  # guard node name -> why the run is refused there
+        self.checked: dict[tuple[str, str], str] = {}  # (ids, extent) -> the ids, checked once
 
     def fresh(self, base: str) -> str:
         name, i = base, 0
@@ -67,6 +73,37 @@ class GraphBuilder:
         name = self.fresh(base or f"{self.scope}/const")
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
+
+    def refuse_unless(self, ok: str, value: str, why: str) -> str:
+        """`value` itself when the bool `ok` (a scalar or [1]) holds at run time; otherwise the run fails at a
+        Reshape to an impossible shape, in any runtime. ONNX has no assertion; the node's name, which
+        onnxruntime quotes in its error, maps to `why` in the metadata (GUARD_KEY), so the Session
+        refuses with that reason instead of running on to a silently wrong result."""
+        shape = self.op("Where", ok, self.op("Shape", value), self.scalar(-2, "i64"))
+        name = self.fresh(f"{GUARD_PREFIX}{self.scope}/{len(self.guards)}")
+        self.nodes.append(helper.make_node("Reshape", [value, shape], [name], name=name))
+        self.guards[name] = f"{self.where}: {why}"
+        return name
+
+    def indices(self, ids: str, dtype: str, bound, why: str) -> str:
+        """Integer ids as i64 (ONNX's scatters take no i32), checked to lie in [0, bound) at run time:
+        ONNX Gather reads -1 as the last row and an id past the end gives an error deep inside the
+        runtime. `bound()` writes the bound, an i64 value of shape [] or [1], read from a shape at
+        run time where the extent is computed, so the check holds whatever path the ids took. `why`
+        names the extent by its dim ("[0, N), ..."), which the checker's types make equal wherever
+        it is equal, so ids read by several ops over one dim (an edge list's senders) are checked once."""
+        if (ids, why) not in self.checked:
+            wide = ids if dtype == "i64" else self.op("Cast", ids, to=onnx_type("i64"))
+            # Two reductions and no temporaries the size of the ids (an empty one gives its identity).
+            low, high = (self.op(r, wide, keepdims=0) for r in ("ReduceMin", "ReduceMax"))
+            inside = self.op("And", self.op("GreaterOrEqual", low, self.scalar(0, "i64")), self.op("Less", high, bound()))
+            self.checked[ids, why] = self.refuse_unless(inside, wide, f"an index is outside {why}")
+        return self.checked[ids, why]
+
+    def all_false(self, flags: str) -> str:
+        """A bool scalar: true when no element of the bool tensor `flags` is set (also when it is empty)."""
+        count = self.op("ReduceSum", self.op("Cast", flags, to=onnx_type("i64")), keepdims=0)
+        return self.op("Equal", count, self.scalar(0, "i64"))
 
     def scalar(self, value, dtype: str) -> str:
         return self.const(np.array(value, numpy_dtype(dtype)))
@@ -105,6 +142,7 @@ class GraphBuilder:
             raise InvcError(f"ONNX backend: node {node.name!r} has unsupported target "
                             f"{node.op} {_target_name(node.target)}; supported: the graph ops of ops/")
         self.scope = node.name
+        self.where = f"{op.name} `{node.name}` at {node.meta.get('pos', '?')}"
         self.name_result(op.onnx(self, node, *bound_args(node).values()), name)
         self.names[node] = name
 
@@ -140,9 +178,49 @@ def _value_info(name: str, node: fx.Node) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, onnx_type(node.meta["dtype"]), list(node.meta["shape"]))
 
 
+def loadable(model: onnx.ModelProto, data: bytes) -> None:
+    """Refuse a model that onnx's full check (types included) or onnxruntime's loader rejects."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # loading is the check
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnx's and onnxruntime's errors share no base class but Exception
+        raise InvcError(f"ONNX backend: the model {model.graph.name!r} is not a valid ONNX file, so none "
+                        f"was written ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); "
+                        "this is a bug in invc: the checker should have refused the spec") from None
+
+
+def input_facts(checked) -> dict[str, str]:
+    """The run-time range of every input an op reads as indices (its `Indices`) or as CSR offsets:
+    VOCAB_KEY + name, the fewest rows of a table it indexes; INDEX_KEY + name, every dim (a name,
+    an expression or a size) it picks from, comma-separated; OFFSETS_KEY + name, the rows its
+    offsets cover. Indices and offsets computed inside the model are checked in the graph itself
+    (GraphBuilder.indices); these let the Session refuse inputs before the run, naming the id at fault."""
+    inputs = {p.value.id: p.name for p in checked.inputs}
+    vocab: dict[str, int] = {}
+    dims: dict[str, set] = {}
+    rows: dict[str, set] = {}
+    for n in checked.nodes:
+        op = checked.vocabulary.graph[n.op]
+        ids = inputs.get(getattr(n.args[op.indices.arg], "id", None)) if op.indices else None
+        if ids and op.indices.table:
+            vocab[ids] = min(vocab.get(ids, op.indices.bound(n)), op.indices.bound(n))
+        elif ids:
+            dims.setdefault(ids, set()).add(str(op.indices.bound(n)))
+        cuts = inputs.get(getattr(n.args[op.offsets], "id", None)) if op.offsets is not None else None
+        if cuts:
+            rows.setdefault(cuts, set()).add(str(n.args[0].type.shape[0]))
+    return {**{VOCAB_KEY + k: str(v) for k, v in vocab.items()},
+            **{INDEX_KEY + k: ",".join(sorted(v)) for k, v in dims.items()},
+            **{OFFSETS_KEY + k: ",".join(sorted(v)) for k, v in rows.items()}}
+
+
 def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
             metadata: dict[str, str] | None = None, opset: int = 18) -> onnx.ModelProto:
-    """The ONNX model of `gm`; every `metadata` entry lands in metadata_props."""
+    """The ONNX model of `gm`; every `metadata` entry lands in metadata_props, with the facts about
+    the inputs of the spec it was lowered from (`input_facts`), so they travel in every file."""
     if opset < 18:
         raise InvcError(f"ONNX backend: opset {opset} is too old; the emitters use opset-18 forms "
                         "(Reduce* axes as an input)")
@@ -165,12 +243,16 @@ def to_onnx(gm: fx.GraphModule, *, graph_name: str = "invc",
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted({d for d, _ in g.functions})]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="invc", functions=list(g.functions.values()),
                               ir_version=helper.find_min_ir_version_for(opsets[:1]))  # >= 8: functions
-    return stamp(model, dict(metadata or {}))
+    facts = input_facts(gm.meta["invc"]) if "invc" in gm.meta else {}
+    guards = {GUARD_KEY + name: why for name, why in g.guards.items()}
+    return stamp(model, {**(metadata or {}), **facts, **guards})
 
 
 def save_onnx(model: onnx.ModelProto, path) -> Path:
-    """Write atomically, so a failed compile leaves no file behind."""
+    """Write atomically, so a failed compile leaves no file behind, and only a file that onnx's checker
+    passes and onnxruntime loads: a model the emitters got wrong is an error here, never a file."""
     data = model.SerializeToString()
+    loadable(model, data)
     with atomic_file(path, "ONNX model") as f:
         f.write(data)
     return Path(path)

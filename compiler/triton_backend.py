@@ -26,6 +26,7 @@ from ops.linear import linear
 from ops.norms import rmsnorm
 from ops.reductions import reduce_max, reduce_mean, reduce_min, reduce_sum
 from ops.registry import VOCABULARY
+from runtime.triton.build import literal
 from runtime.triton.torch_source import embedded_source
 from runtime.triton.templates import (ACTIVATIONS, FRAME_HELPERS, KERNEL_DTYPES, MAX_FUSED_WIDTH, Act,
                                       Linear, PCAFrames, RMSNormLinear, SegmentReduce)
@@ -308,7 +309,7 @@ def _render(value, names: _Names) -> str:
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_render(v, names) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
-    return repr(value)
+    return literal(value)
 
 
 def _expression(node, names: _Names, helpers: dict) -> str:

@@ -14,7 +14,7 @@ from dsl import ast, limits
 from dsl.errors import SpecError, did_you_mean
 from dsl.groups import declare
 from dsl.program import Program
-from dsl.rules import Axis, DefRef, Tensor
+from dsl.rules import Axis, DefRef, Positive, Tensor
 from dsl.types import DTYPES, CheckedModel, OpNode, Port, Sym, TensorType, Value, dim_product
 
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -497,6 +497,8 @@ def _fits(v, kind):
         return v if isinstance(v, Sym) or (isinstance(v, int) and not isinstance(v, bool)) else None
     if kind is float:
         return float(v) if _is_number(v) else None
+    if kind is Positive:  # an epsilon: nan, inf, 0 or below would give nan or inf results
+        return float(v) if _is_number(v) and math.isfinite(v) and v > 0 else None
     if kind is int:
         return v if isinstance(v, int) and not isinstance(v, bool) else None
     return v if isinstance(v, kind) else None
@@ -527,7 +529,8 @@ def _describe(v) -> str:
 
 
 def _kind_name(kind) -> str:
-    return {Tensor: "a tensor", Axis: "an axis (index or dim name)"}.get(kind, getattr(kind, "__name__", str(kind)))
+    return {Tensor: "a tensor", Axis: "an axis (index or dim name)", Positive: "a finite number above 0"}.get(
+        kind, getattr(kind, "__name__", str(kind)))
 
 
 def _arity_error(expr: ast.Call, sig: inspect.Signature, e: TypeError) -> SpecError:

@@ -7,9 +7,9 @@ import math
 
 from common.lazy import Lazy
 from dsl.groups import Fact, Invariant, Permuted, Rotated, Simplex, Squared, Translated, Weighted
-from dsl.rules import Axis, Tensor, float_input
+from dsl.rules import Axis, Tensor, float_input, numeric
 from dsl.symmetry_rules import COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, what
-from dsl.types import TensorType, Value, broadcast
+from dsl.types import INTS, TensorType, Value, broadcast
 from ops.op import Doc, GraphOp, SpecOp
 
 torch, F = Lazy("torch"), Lazy("torch.nn.functional")
@@ -21,6 +21,9 @@ SYMBOLS = {fn: sym for sym, fn in BINARY.items()}  # "add" -> "+"
 # -- checker rules ---------------------------------------------------------------------------------
 def check_activation(ctx, x: Tensor):
     float_input(ctx, x)
+    if ctx.op == "gelu" and x.type.dtype == "f64":
+        ctx.error(f"gelu of {x.type}: onnxruntime has no f64 Erf, so the file would not load",
+                  "use f32, or silu or tanh, which run in f64")
     return ctx.emit(ctx.op, (x,), x.type)
 
 
@@ -32,6 +35,8 @@ def check_softmax(ctx, x: Tensor, axis: Axis = -1):
 def check_arithmetic(ctx, a, b):
     """Elementwise a (op) b with broadcasting; one side may be a Python number."""
     tensors = [v for v in (a, b) if isinstance(v, Value)]
+    for t in tensors:
+        numeric(ctx, t, f"`{ctx.symbol}`")
     if len(tensors) == 2:
         if a.type.dtype != b.type.dtype:
             ctx.error(f"`{ctx.symbol}` of {a.type} and {b.type}: dtypes differ")
@@ -39,11 +44,20 @@ def check_arithmetic(ctx, a, b):
         if isinstance(shape, str):
             ctx.error(f"`{ctx.symbol}` of {a.type} and {b.type}: {shape}",
                       "symbolic dims with different names never broadcast; reshape or reduce first")
-        return ctx.emit(ctx.op, (a, b), TensorType(a.type.dtype, shape))
-    return ctx.emit(ctx.op, (a, b), tensors[0].type)
+        return ctx.emit(ctx.op, (a, b), TensorType(_promoted(ctx, a, b), shape))
+    return ctx.emit(ctx.op, (a, b), TensorType(_promoted(ctx, a, b), tensors[0].type.shape))
+
+
+def _promoted(ctx, a, b) -> str:
+    """The result dtype torch computes, which the ONNX emitter casts the operands to: integers
+    divided, or scaled by a fractional number, give f32 (3 / 2 is 1.5 in both runtimes)."""
+    dtype = next(v.type.dtype for v in (a, b) if isinstance(v, Value))
+    fractional = ctx.op == "div" or any(isinstance(v, float) for v in (a, b))
+    return "f32" if dtype in INTS and fractional else dtype
 
 
 def check_neg(ctx, a: Value):
+    numeric(ctx, a, "unary `-`")
     return ctx.emit("neg", (a,), a.type)
 
 

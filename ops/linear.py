@@ -5,7 +5,7 @@ two tensors, so a permuted axis must meet the same permutation.
 """
 from common.lazy import Lazy
 from dsl.groups import Fact, Invariant, Permuted, Rotated, Simplex, Squared, Translated
-from dsl.rules import Tensor, features, with_last
+from dsl.rules import Tensor, features, numeric, with_last
 from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, axis_name, join_permuted, moving_weights,
                                 placement, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
@@ -51,6 +51,7 @@ def check_embedding(ctx, ids: Tensor, num: int, dim: int):
 
 
 def check_matmul(ctx, a: Tensor, b: Tensor):
+    numeric(ctx, a, "matmul")
     if a.type.dtype != b.type.dtype:
         ctx.error(f"matmul of {a.type} and {b.type}: dtypes differ")
     if a.type.rank < 2 or b.type.rank < 2:
@@ -158,7 +159,9 @@ def onnx_linear(g, node, x, weight, bias):
 
 
 def onnx_embedding(g, node, ids, weight):
-    return g.op("Gather", g.value(weight), g.value(ids), axis=0)
+    rows = weight.meta["shape"][0]
+    checked = g.indices(g.value(ids), ids.meta["dtype"], lambda: g.ints([rows]), f"[0, {rows}), the embedding table's rows")
+    return g.op("Gather", g.value(weight), checked, axis=0)
 
 
 TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops

@@ -2,7 +2,7 @@
 from common.lazy import Lazy
 from common.dtypes import onnx_type
 from dsl.groups import Fact, Permuted, Rotated
-from dsl.rules import Tensor, features
+from dsl.rules import Positive, Tensor, features
 from dsl.symmetry_rules import COORD_HINT, Call, axis_name, what
 from dsl.types import ParamSpec, Value
 from ops.op import Doc, GraphOp, SpecOp
@@ -19,11 +19,11 @@ def _norm(ctx, x: Value, eps: float, affine: bool, with_bias: bool) -> Value:
     return ctx.emit(ctx.op, (x,), x.type, kwargs={"eps": float(eps)}, params=params)
 
 
-def check_layernorm(ctx, x: Tensor, eps: float = 1e-5, affine: bool = True):
+def check_layernorm(ctx, x: Tensor, eps: Positive = 1e-5, affine: bool = True):
     return _norm(ctx, x, eps, affine, with_bias=True)
 
 
-def check_rmsnorm(ctx, x: Tensor, eps: float = 1e-6, affine: bool = True):
+def check_rmsnorm(ctx, x: Tensor, eps: Positive = 1e-6, affine: bool = True):
     return _norm(ctx, x, eps, affine, with_bias=False)
 
 

@@ -1,15 +1,19 @@
 """Reductions over one axis: sum, mean, max and min (reduce_sum, ... in graphs). Over a set they
 forget its order; over the coordinates only a sum or mean of coordinate products is invariant."""
 from dsl.groups import Fact
-from dsl.rules import Axis, Tensor
+from dsl.rules import Axis, Tensor, numeric
 from dsl.symmetry_rules import Call, reduced
-from dsl.types import TensorType
+from dsl.types import FLOATS, TensorType
 from ops.op import Doc, GraphOp, SpecOp
 
 KINDS = ("sum", "mean", "max", "min")  # the reductions; pool and friends take the same kinds
 
 
 def check_reduction(ctx, x: Tensor, axis: Axis, keepdim: bool = False):
+    numeric(ctx, x, ctx.op)
+    if ctx.op == "mean" and x.type.dtype not in FLOATS:
+        ctx.error(f"mean of an integer tensor {x.type}: its mean is not an integer",
+                  "sum it, or declare the input as a float")
     ax = ctx.axis(x, axis)
     shape = tuple(1 if i == ax else d for i, d in enumerate(x.type.shape)) if keepdim else \
         x.type.shape[:ax] + x.type.shape[ax + 1:]
@@ -22,7 +26,7 @@ def symmetry_reduce(call: Call) -> Fact:
 
 
 def reduce_sum(x, axis, keepdim=False):
-    return x.sum(axis, keepdim=keepdim)
+    return x.sum(axis, keepdim=keepdim, dtype=x.dtype)  # torch sums i32 to i64; ONNX and the checker keep i32
 
 
 def reduce_mean(x, axis, keepdim=False):
@@ -56,7 +60,8 @@ SPEC = (
     *(SpecOp(k, check_reduction) for k in KINDS[1:]),
 )
 GRAPH = (
-    GraphOp(reduce_sum, symmetry_reduce, onnx_reduce("ReduceSum"), triton_reduction("sum"),
+    GraphOp(reduce_sum, symmetry_reduce, onnx_reduce("ReduceSum"),
+            lambda x, axis, keepdim: f"{x}.sum({axis}, keepdim={keepdim}, dtype={x}.dtype)",
             reads=frozenset({"weights"})),  # softmax-weighted positions, summed over the weights' axis
     GraphOp(reduce_mean, symmetry_reduce, onnx_reduce("ReduceMean"), triton_reduction("mean")),
     GraphOp(reduce_max, symmetry_reduce, onnx_reduce("ReduceMax"), triton_reduction("amax")),

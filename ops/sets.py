@@ -40,7 +40,7 @@ from dataclasses import replace
 from common.dtypes import numpy_dtype, onnx_type
 from common.lazy import Lazy
 from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
-from dsl.rules import Axis, Tensor, float_input
+from dsl.rules import Axis, Tensor, float_input, weighted_input
 from dsl.symmetry_rules import COORD_HINT, COORDINATES, Call, Operand, axes_of, merged, moved, reduced, what
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
@@ -77,7 +77,7 @@ def check_pool(ctx, x: Tensor, axis: Axis, kind: str = "sum", mask: Tensor = Non
 def check_attention_pool(ctx, x: Tensor, axis: Axis = -2, mask: Tensor = None):
     """Softmax-attention pooling with a learned query over the set axis, which must be x's
     second to last (the last holds the features)."""
-    float_input(ctx, x)
+    weighted_input(ctx, x)
     ax = ctx.axis(x, axis)
     if x.type.rank < 2 or ax != x.type.rank - 2 or not isinstance(x.type.shape[-1], int):
         ctx.error(f"attention_pool needs x as [..., N, D] with the set axis N second to last and "
@@ -379,7 +379,12 @@ def _offsets_counts(g, offsets: str) -> str:
 
 
 def _scatter(g, x: str, ids: str, count: str, kind: str, rank: int, dtype: str) -> str:
-    """[R, ...] rows into [S, ...] sets by ScatterND; count [S] (i64) is each set's row count."""
+    """[R, ...] rows into [S, ...] sets by ScatterND; count [S] (i64) is each set's row count.
+    onnxruntime has no f16 ScatterND with a reduction, so f16 rows are reduced in f32 (exact for
+    max and min; a sum rounds once, at the end)."""
+    if dtype == "f16":
+        wide = _scatter(g, g.op("Cast", x, to=onnx_type("f32")), ids, count, kind, rank, "f32")
+        return g.op("Cast", wide, to=onnx_type("f16"))
     shape = g.op("Concat", g.op("Shape", count), g.op("Shape", x, start=1), axis=0)
     index = g.op("Unsqueeze", ids, g.ints([1]))
     out = g.op("ScatterND", _fill(g, shape, IDENTITY[kind], dtype), index, x, reduction=SCATTER[kind])
@@ -404,8 +409,23 @@ def _gathered(g, x: str, offsets: str, count: str, kind: str, rank: int, dtype: 
     return _masked(g, g.op("Gather", x, rows, axis=0), real, 1, kind, rank + 1, dtype)
 
 
+def _checked_offsets(g, offsets: str, dtype: str, x: str) -> str:
+    """CSR offsets as i64, checked at run time to start at 0, never decrease and end at x's row count,
+    which the graph reads from x itself: rows the model computes (gathered ones) are counted right."""
+    ov = offsets if dtype == "i64" else g.op("Cast", offsets, to=onnx_type("i64"))
+    ends = g.op("Concat", g.op("Slice", ov, g.ints([0]), g.ints([1]), g.ints([0])),
+                g.op("Sub", g.op("Slice", ov, g.ints([-1]), g.ints([2 ** 62]), g.ints([0])),
+                     g.op("Shape", x, start=0, end=1)), axis=0)
+    wrong = g.op("Concat", g.op("Not", g.op("Equal", ends, g.scalar(0, "i64"))),
+                 g.op("Less", _offsets_counts(g, ov), g.scalar(0, "i64")),
+                 g.op("Less", g.op("Size", ov), g.ints([2])), axis=0)
+    return g.refuse_unless(g.all_false(wrong), ov, "its CSR offsets must start at 0, never decrease and "
+                                                   "end at the row count of its input, with at least 2 entries")
+
+
 def onnx_segment_reduce(g, node, x, offsets, kind, deterministic):
-    xv, ov, rank, dtype = g.value(x), g.value(offsets), len(x.meta["shape"]), x.meta["dtype"]
+    xv, rank, dtype = g.value(x), len(x.meta["shape"]), x.meta["dtype"]
+    ov = _checked_offsets(g, g.value(offsets), offsets.meta["dtype"], xv)
     count = _offsets_counts(g, ov)
     if deterministic:
         return _gathered(g, xv, ov, count, kind, rank, dtype)
@@ -413,15 +433,19 @@ def onnx_segment_reduce(g, node, x, offsets, kind, deterministic):
 
 
 def onnx_scatter_reduce(g, node, x, segment_ids, like, kind):
-    ids = g.value(segment_ids)
     sets_ = g.op("Shape", g.value(like), start=0, end=1)
+    ids = g.indices(g.value(segment_ids), segment_ids.meta["dtype"], lambda: sets_,
+                    f"[0, {like.meta['shape'][0]}), the sets (dim 0 of `like`)")
     ones = _fill(g, g.op("Shape", ids), 1, "i64")
     count = g.op("ScatterElements", _fill(g, sets_, 0, "i64"), ids, ones, axis=0, reduction="add")
     return _scatter(g, g.value(x), ids, count, kind, len(x.meta["shape"]), x.meta["dtype"])
 
 
 def onnx_gather(g, node, x, index, axis):
-    return g.op("Gather", g.value(x), g.value(index), axis=axis)
+    xv = g.value(x)
+    checked = g.indices(g.value(index), index.meta["dtype"], lambda: g.op("Shape", xv, start=axis, end=axis + 1),
+                        f"[0, {x.meta['shape'][axis]}), the size of axis {axis} of its input")
+    return g.op("Gather", xv, checked, axis=axis)
 
 
 INDICES = frozenset({"indices"})

@@ -40,6 +40,21 @@ def empty_dim(name: str, declared: tuple, shape: tuple) -> str | None:
     return None
 
 
+def bad_offsets(where: str, offsets: np.ndarray, rows: int | None, rows_label: str = "") -> str | None:
+    """Why CSR offsets are refused, or None: they start at 0, never decrease and end at the row count
+    (None: not known here). A bad offset would otherwise index rows that are not there, or
+    silently drop some."""
+    if offsets.size == 0 or offsets[0] != 0:
+        return f"{where} must start at 0, got {offsets[:1].tolist() or 'nothing'}"
+    drops = np.flatnonzero(np.diff(offsets) < 0)
+    if drops.size:
+        k = int(drops[0])
+        return f"{where} must never decrease: offsets[{k + 1}] = {offsets[k + 1]} < offsets[{k}] = {offsets[k]}"
+    if rows is not None and offsets[-1] != rows:
+        return f"{where} must end at the row count {rows}{rows_label}, got {offsets[-1]}"
+    return None
+
+
 def out_of_range(name: str, ids: np.ndarray, vocab: int, rows: str = "the embedding table's {} rows") -> str | None:
     """Why token ids (or gathered positions) are refused, or None: each must index a row of the
     embedding's table (an element of the gathered axis). ONNX Gather would read -1 as the last row,

@@ -4,7 +4,8 @@ Nothing in runtime/ imports dsl/ or compiler/, and torch only arrives as tensors
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,16 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from common.dtypes import from_ort, numpy_dtype
 from runtime import native
-from runtime.inputs import InputError, empty_dim, out_of_range
+from runtime.inputs import InputError, bad_offsets, empty_dim, out_of_range
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-VOCAB_KEY = "invc.vocab."  # metadata: "invc.vocab.tokens" = "256", the rows input `tokens` indexes
-INDEX_KEY = "invc.index."  # metadata: "invc.index.senders" = "N", the dim (or size) input `senders` indexes
-
+# invc's facts about its inputs, in the metadata of the files it writes (and covered by its stamp):
+VOCAB_KEY = "invc.vocab."      # "invc.vocab.tokens" = "256": the rows of the table input `tokens` indexes
+INDEX_KEY = "invc.index."      # "invc.index.senders" = "N,E": the dims (or sizes) `senders` indexes, all of them
+OFFSETS_KEY = "invc.offsets."  # "invc.offsets.cuts" = "N": `cuts` holds CSR offsets over N rows
+GUARD_KEY = "invc.guard."      # "invc.guard.<node>" = why a run that fails at that check node is refused
+_QUIET = ort.RunOptions()
+_QUIET.log_severity_level = 4  # a refused run is reported once, by the Session, not also in onnxruntime's log
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class TensorInfo:
     name: str
     dtype: np.dtype | None
     shape: tuple[int | str | None, ...]
+    offsets: tuple[str, ...] = ()  # CSR offsets over this many rows (dims), as invc's metadata says
 
     def __str__(self) -> str:
         dtype = "?" if self.dtype is None else self.dtype.name
@@ -82,7 +88,7 @@ def _stamp_note(model) -> str | None:
     verdict = stamp.verify(model if in_memory else onnx.load(str(model)))
     label = "the in-memory model" if in_memory else str(model)
     if verdict == "unstamped":
-        return f"note: {label} was not written by invc; its weights were not checked"
+        return f"note: {label} was not written by invc; its content and facts were not checked"
     if verdict:
         raise InputError(f"cannot load {label}: {verdict}")
     return None
@@ -101,18 +107,29 @@ class Session:
         self.note = _stamp_note(model)  # after _load, which names a missing or invalid file
         # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.
         self.provider: str = self._session.get_providers()[0]
-        self.inputs = [_info(a) for a in self._session.get_inputs()]
-        self.outputs = [_info(a) for a in self._session.get_outputs()]
         meta = self._session.get_modelmeta().custom_metadata_map
-        # Token-id inputs and the table size each indexes, as invc records them (VOCAB_KEY + name).
-        self.vocab = {k[len(VOCAB_KEY):]: int(v) for k, v in meta.items() if k.startswith(VOCAB_KEY)}
-        self.index = {k[len(INDEX_KEY):]: v for k, v in meta.items() if k.startswith(INDEX_KEY)}
+        facts = Facts(meta, [a.name for a in self._session.get_inputs()])
+        # Token-id inputs and the table size each indexes; index inputs and the dims they pick from.
+        self.vocab, self.index, self.guards = facts.vocab, facts.index, facts.guards
+        self.inputs = [replace(_info(a), offsets=facts.offsets.get(a.name, ())) for a in self._session.get_inputs()]
+        self.outputs = [_info(a) for a in self._session.get_outputs()]
 
     def run(self, inputs: dict | None = None, /, **kwargs) -> dict[str, np.ndarray]:
         feeds = {name: _to_numpy(v) for name, v in {**(inputs or {}), **kwargs}.items()}
         self.check(feeds)
-        results = self._session.run(None, feeds)
+        try:
+            results = self._session.run(None, feeds, _QUIET)
+        except _ort_errors.Fail as e:
+            why = self.refusal(str(e))
+            if why is None:
+                raise
+            raise InputError(f"refused at run time by a check in the model: {why}") from None
         return {o.name: r for o, r in zip(self.outputs, results)}
+
+    def refusal(self, error: str) -> str | None:
+        """Why invc's check node that an onnxruntime error names refused the run (None: no such node)."""
+        node = re.search(r"Name:'([^']*)'", error)
+        return self.guards.get(node.group(1)) if node else None
 
     def check(self, feeds: dict[str, np.ndarray]) -> None:
         expected = [i.name for i in self.inputs]
@@ -129,13 +146,11 @@ class Session:
             reason = empty_dim(info.name, info.shape, feeds[info.name].shape)
             if reason is None and info.name in self.vocab:
                 reason = out_of_range(info.name, feeds[info.name], self.vocab[info.name])
-            dim = self.index.get(info.name, "")
-            size = int(dim) if dim.isdigit() else seen.get(dim, (None, None, None))[2]
-            if reason is None and size is not None:
-                reason = out_of_range(info.name, feeds[info.name], size, f"the {{}} elements of dim {dim}")
+            if reason is None and info.name in self.index:
+                reason = _outside_dims(info.name, feeds[info.name], self.index[info.name], seen)
             if reason:
                 raise InputError(reason)
-        check_offsets(self.inputs, feeds)
+        check_offsets(self.inputs, feeds, seen)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -163,36 +178,86 @@ def _check_input(info: TensorInfo, array: np.ndarray, seen: dict) -> None:
                                  f"but {got} in {where} (dim {axis})")
 
 
+class Facts:
+    """invc's facts about a model's inputs, read from its metadata (the keys above). A malformed entry
+    refuses the file: a fact that cannot be read must not silently turn its check off."""
+
+    def __init__(self, meta: dict[str, str], inputs: list[str]):
+        self.vocab = {n: _count(k, v) for n, k, v in _entries(meta, VOCAB_KEY, inputs)}
+        self.index = {n: _dims(k, v) for n, k, v in _entries(meta, INDEX_KEY, inputs)}
+        self.offsets = {n: tuple(_dims(k, v)) for n, k, v in _entries(meta, OFFSETS_KEY, inputs)}
+        self.guards = {k[len(GUARD_KEY):]: v for k, v in meta.items() if k.startswith(GUARD_KEY)}
+
+
+def _entries(meta: dict[str, str], prefix: str, inputs: list[str]):
+    for key, value in sorted(meta.items()):
+        if key.startswith(prefix):
+            name = key[len(prefix):]
+            if name not in inputs:
+                raise InputError(f"metadata {key!r} names no input of the model; its inputs are: {', '.join(inputs)}")
+            yield name, key, value
+
+
+def _count(key: str, value: str) -> int:
+    if not (value.isdecimal() and value.isascii() and 0 < int(value) < 2 ** 63):
+        raise InputError(f"metadata {key!r} = {value[:40]!r} is not a row count (a whole number above 0)")
+    return int(value)
+
+
+_DIM = re.compile(r"[A-Za-z_]\w*|\d+")
+_DIM_EXPR = re.compile(rf"(?:{_DIM.pattern})(?:[*+-](?:{_DIM.pattern}))*")
+
+
+def _dims(key: str, value: str) -> list[str]:
+    """Comma-separated dims: sizes, symbolic names or their sums and products (N, 8*N, N+M-1)."""
+    dims = value.split(",")
+    if not all(_DIM_EXPR.fullmatch(d) for d in dims):
+        raise InputError(f"metadata {key!r} = {value[:40]!r} is not a list of dims (such as N or 8*N)")
+    return dims
+
+
+def dim_size(dim: str, sizes: dict[str, int]) -> int | None:
+    """The size of a dim expression (N, 8*N, N+M-1) from the symbolic dims' sizes; None when one of
+    its names has no size."""
+    total = 0
+    for sign, term in re.findall(r"([+-]?)([^+-]+)", dim):
+        product = 1
+        for factor in term.split("*"):
+            if not factor.isdecimal() and factor not in sizes:
+                return None
+            product *= int(factor) if factor.isdecimal() else sizes[factor]
+        total += -product if sign == "-" else product
+    return total
+
+
+def _outside_dims(name: str, ids: np.ndarray, dims: list[str], seen: dict) -> str | None:
+    """Why index input `name` is refused: an id outside any of the dims it picks from (the smallest
+    bounds them all)."""
+    sizes = {d: size for d, (_, _, size) in seen.items()}
+    known = [(s, d) for d in dims if (s := dim_size(d, sizes)) is not None]
+    if not known:
+        return None
+    size, dim = min(known)
+    return out_of_range(name, ids, size, f"the {{}} elements of dim {dim}")
+
+
 def is_offsets(info: TensorInfo) -> bool:
-    """CSR offsets of a ragged batch: an integer vector input whose name ends in `offsets`."""
-    return (info.name.endswith("offsets") and len(info.shape) == 1 and info.dtype is not None
-            and np.issubdtype(info.dtype, np.integer))
+    """CSR offsets of a ragged batch, as invc's metadata records them (never guessed from a name)."""
+    return bool(info.offsets)
 
 
-def ragged_rows(inputs: list[TensorInfo]) -> TensorInfo | None:
-    """The input whose dim 0 counts a ragged batch's rows: by convention, the first float input."""
-    return next((i for i in inputs if i.dtype is not None and np.issubdtype(i.dtype, np.floating)
-                 and len(i.shape) >= 1), None)
-
-
-def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray]) -> None:
+def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray], seen: dict) -> None:
     """Offsets start at 0, never decrease and end at the row count, or the run is refused: a bad
-    offset would otherwise index rows that are not there, or silently drop some."""
-    rows_info = ragged_rows(inputs)
+    offset would otherwise index rows that are not there, or silently drop some. The row count is
+    the dim invc recorded (rows the model computes, like gathered ones, have one too); the model's
+    own check at run time stands behind it."""
+    sizes = {d: size for d, (_, _, size) in seen.items()}
     for info in filter(is_offsets, inputs):
-        offsets = feeds[info.name]
-        rows = feeds[rows_info.name].shape[0] if rows_info is not None else None
         where = f"input {info.name!r} (CSR offsets, S+1 entries)"
-        if offsets.size == 0 or offsets[0] != 0:
-            raise InputError(f"{where} must start at 0, got {offsets[:1].tolist() or 'nothing'}")
-        drops = np.flatnonzero(np.diff(offsets) < 0)
-        if drops.size:
-            k = int(drops[0])
-            raise InputError(f"{where} must never decrease: offsets[{k + 1}] = {offsets[k + 1]} < "
-                             f"offsets[{k}] = {offsets[k]}")
-        if rows is not None and offsets[-1] != rows:
-            raise InputError(f"{where} must end at the row count {rows} (dim 0 of input "
-                             f"{rows_info.name!r}), got {offsets[-1]}")
+        for dim in info.offsets:
+            reason = bad_offsets(where, feeds[info.name], dim_size(dim, sizes), f" (dim {dim})")
+            if reason:
+                raise InputError(reason)
 
 
 def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: int | None = None) -> dict:
@@ -210,9 +275,9 @@ def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: 
             feeds[info.name] = _random_array(rng, shape, info.dtype)
         except MemoryError:
             raise InputError(f"a random input {info.name!r} of shape {shape} does not fit in memory") from None
-    rows = ragged_rows(inputs)
+    sizes = {d: got for info in inputs for d, got in zip(info.shape, feeds[info.name].shape) if isinstance(d, str)}
     for info in filter(is_offsets, inputs):  # random integers would be refused as offsets
-        count = feeds[rows.name].shape[0] if rows is not None else 0
+        count = dim_size(info.offsets[0], sizes) or 0
         feeds[info.name] = random_offsets(rng, feeds[info.name].shape[0], count, info.dtype)
     return feeds
 

@@ -8,7 +8,7 @@ import torch
 import compiler
 from compiler.cli import main
 from runtime.session import VOCAB_KEY, InputError, Session
-from runtime.stamp import WEIGHTS_KEY
+from runtime.stamp import CONTENT_KEY
 
 ROOT = compiler.driver.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -50,7 +50,7 @@ def edge_list_model(tmp_path_factory):
 def test_node_ids_outside_the_set_are_refused(edge_list_model, bad):
     """ONNX Gather reads -1 as the last node, where torch fails: the Session refuses both alike."""
     session = Session(edge_list_model)
-    assert session.index == {"senders": "N", "receivers": "N"}
+    assert session.index == {"senders": ["N"], "receivers": ["N"]}
     rng = np.random.default_rng(0)
     edges = {"senders": rng.integers(0, 6, 10), "receivers": np.r_[rng.integers(0, 6, 9), 5]}
     good = {"pos": rng.standard_normal((6, 3), np.float32), "h": rng.standard_normal((6, 4), np.float32), **edges}
@@ -68,7 +68,7 @@ def test_segment_ids_outside_the_sets_are_refused(tmp_path):
                     "  p = scatter_pool(x, ids, like=sets, kind=\"sum\")\n  output p\n}\n")
     compiler.compile(spec, out=tmp_path / "scatter.onnx")
     session = Session(tmp_path / "scatter.onnx")
-    assert session.index == {"ids": "S"}
+    assert session.index == {"ids": ["S"]}
     rng = np.random.default_rng(1)
     feeds = {"x": rng.standard_normal((5, 4), np.float32), "ids": np.array([0, 2, 1, 2, 0]),
              "sets": np.zeros((3, 2), np.float32)}
@@ -140,16 +140,16 @@ def test_a_damaged_file_is_refused_and_a_foreign_one_runs_with_a_note(tmp_path, 
     out = tmp_path / "ds.onnx"
     assert main(["compile", str(EXAMPLES / "deepsets.inv"), "-o", str(out)]) == 0
     model = onnx.load(str(out))
-    assert any(p.key == WEIGHTS_KEY for p in model.metadata_props)
+    assert any(p.key == CONTENT_KEY for p in model.metadata_props)
     assert main(["run", str(out), "--random", "B=2,N=4"]) == 0 and "note:" not in capsys.readouterr().err
     # Not written by invc: the same graph without the stamp runs, with a note.
     foreign = tmp_path / "foreign.onnx"
-    kept = [p for p in model.metadata_props if p.key != WEIGHTS_KEY]
+    kept = [p for p in model.metadata_props if p.key != CONTENT_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     onnx.save(model, str(foreign))
     assert main(["run", str(foreign), "--random", "B=2,N=4"]) == 0
-    assert "was not written by invc; its weights were not checked" in capsys.readouterr().err
+    assert "was not written by invc; its content and facts were not checked" in capsys.readouterr().err
     flip_a_weight_bit(out)
     assert main(["run", str(out), "--random", "B=2,N=4"]) == 2
     assert "the file is damaged" in capsys.readouterr().err

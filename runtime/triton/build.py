@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def literal_text(text: str) -> str:
     generated code: quotes, backslashes, line breaks and other unprintable characters escaped, so it
     can neither end the string nor start a line of code."""
     return repr(text)[1:-1].replace('"', '\\"')
+
+
+def literal(value) -> str:
+    """Python source for a constant (a graph op's argument, a kernel's constexpr). repr spells inf and
+    nan as bare names, which the generated module would look up and not find (a NameError when it
+    runs), so non-finite floats are spelled as calls."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'float("{value}")'
+    return repr(value)
 
 
 def module_source(docstring: str, body: str) -> str:

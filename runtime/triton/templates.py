@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.dtypes import TABLE
+from runtime.triton.build import literal
 
 ACTIVATIONS = {  # per-element maps in Triton; tl has no tanh, so it goes through the sigmoid
     "relu": "tl.maximum({h}, 0.0)",
@@ -324,7 +325,7 @@ class RMSNormLinear:
                   f"def {self.kernels[0]}({', '.join(args)}, BLOCK_ROWS: tl.constexpr, "
                   "BLOCK_OUT: tl.constexpr, BLOCK_K: tl.constexpr):",
                   f"    D_IN: tl.constexpr = {self.d_in}", f"    D_OUT: tl.constexpr = {self.d_out}",
-                  f"    EPS: tl.constexpr = {self.eps!r}",
+                  f"    EPS: tl.constexpr = {literal(self.eps)}",
                   "    row = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)",
                   "    col = tl.program_id(1) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)",
                   "    acc = tl.zeros((BLOCK_ROWS, BLOCK_OUT), tl.float32)",
