@@ -97,13 +97,7 @@ def moved(fact: Fact, axes) -> Fact:
 
 def what(x) -> str:
     """A tensor described by its fact, for messages."""
-    fact = x.fact if isinstance(x, Operand) else Invariant()
-    if isinstance(fact, Permuted):
-        return f"a tensor permuted along {', '.join(str(x.shape[k]) for k in fact.axes)}"
-    words = {Rotated: "a vector", Translated: "a position", Squared: "coordinate products",
-             Weighted: "softmax-weighted positions", FrameBasis: "a frame basis",
-             Invariant: "an invariant" if isinstance(x, Operand) else "a constant"}
-    return next(w for kind, w in words.items() if isinstance(fact, kind))  # Simplex is an Invariant
+    return x.fact.noun(x.shape) if isinstance(x, Operand) else "a constant"
 
 
 def axis_name(x: Operand, k: int) -> str:
