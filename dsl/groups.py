@@ -68,12 +68,14 @@ class Permuted:
 
     `by` names a frame basis when the permutation is that frame's relabeling of its F frames under
     a rotation (frame averaging folds frames into axis 0); "*" marks identical copies per frame,
-    which any relabeling leaves alone; "" is the group's own permutation, S(N)."""
+    which any relabeling leaves alone; "" is the group's own permutation, S(N). A layout names
+    the permutation it induces on an axis that joins sets: "[N]+[N]" (two sets concatenated, π ⊕ π),
+    "B*[N]" (B sets of N flattened into one axis, π within each)."""
     axes: tuple
     by: str = ""
 
     def __str__(self) -> str:
-        frames = f" (frames of {self.by})" if self.by else ""
+        frames = f" (frames of {self.by})" if self.by.isidentifier() or self.by == "*" else f" ({self.by})" * bool(self.by)
         return f"permuted on axis {', '.join(map(str, self.axes))}{frames}"
 
     def describe(self, shape: tuple) -> str:
@@ -148,6 +150,40 @@ class Squared:
 
 
 @dataclass(frozen=True)
+class Outer:
+    """A rank-2 tensor on two coordinate axes, y(g·x) = R y Rᵀ: an outer product v wᵀ or a
+    covariance Xᵀ X of vectors. Only a matmul (which contracts it with a vector back to a vector)
+    and a transpose read it; every other op breaks it."""
+    axes: tuple
+
+    def __str__(self) -> str:
+        return f"rank-2 tensor on axes {', '.join(map(str, self.axes))}"
+
+    def describe(self, shape: tuple) -> str:
+        return "rotated like a rank-2 tensor (R y Rᵀ)"
+
+    def noun(self, shape: tuple) -> str:
+        return "a rank-2 tensor (an outer product)"
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Vectors (or positions) laid end to end along `axis`, as a concat along the coordinates makes
+    them: only a reshape that splits `axis` into [count, 3] reads it, giving the vectors back."""
+    axis: int
+    positions: bool = False
+
+    def __str__(self) -> str:
+        return f"stacked {'positions' if self.positions else 'vectors'} on axis {self.axis}"
+
+    def describe(self, shape: tuple) -> str:
+        return f"{'positions' if self.positions else 'vectors'} stacked along one axis"
+
+    def noun(self, shape: tuple) -> str:
+        return f"{'positions' if self.positions else 'vectors'} stacked along the coordinates"
+
+
+@dataclass(frozen=True)
 class Weighted:
     """Positions (coordinates on `axis`) times Simplex weights along `over`: only their sum over
     `over` means something, a position; every other op breaks it."""
@@ -198,7 +234,8 @@ class Broken:
         return "a tensor whose symmetry is broken"
 
 
-Fact = Invariant | Permuted | Relabeled | Rotated | Translated | Squared | Weighted | FrameBasis | Broken
+Fact = (Invariant | Permuted | Relabeled | Rotated | Translated | Squared | Outer | Stacked | Weighted | FrameBasis |
+        Broken)
 
 
 # Groups -------------------------------------------------------------------------------------
@@ -267,7 +304,11 @@ class Euclidean:
 
     def normalize(self, fact: Fact) -> Fact:
         """Without rotations a vector is invariant; without translations a position is a vector."""
-        if not self.rotates and isinstance(fact, (Rotated, Squared, FrameBasis)):
+        if not self.rotates and isinstance(fact, (Rotated, Squared, Outer, FrameBasis)):
+            return Invariant()
+        if isinstance(fact, Stacked) and fact.positions and not self.translates:
+            return self.normalize(Stacked(fact.axis))
+        if isinstance(fact, Stacked) and not (fact.positions or self.rotates):
             return Invariant()
         if not self.translates and isinstance(fact, (Translated, Weighted)):
             return self.normalize(Rotated(fact.axis))

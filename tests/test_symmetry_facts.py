@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compiler import cli
-from dsl.groups import (Broken, Euclidean, Fact, FrameBasis, Invariant, Permutations, Permuted, Relabeled, Rotated,
-                        Simplex, Squared, Translated, Weighted)
+from dsl.groups import (Broken, Fact, FrameBasis, Invariant, Outer, Permutations, Permuted, Relabeled, Rotated,
+                        Simplex, Squared, Stacked, Translated, Weighted)
 from dsl.program import load_text
 from dsl.symmetry import Verdict, describe, render, verdicts
 from dsl.symmetry_rules import Operand, what
@@ -19,6 +19,7 @@ SHAPE = ("B", "N", 3)
 ONE_OF_EACH = {  # a fact of every kind the prover has: a new kind must say how it prints
     Invariant: Invariant(), Simplex: Simplex(1), Permuted: Permuted((1,)), Relabeled: Relabeled((0,), "N"),
     Rotated: Rotated(2), Translated: Translated(2), Squared: Squared(2), Weighted: Weighted(2, 1),
+    Outer: Outer((1, 2)), Stacked: Stacked(2, True),
     FrameBasis: FrameBasis("f"), Broken: Broken("relu of a vector", "y", "s.inv:3:7"),
 }
 
