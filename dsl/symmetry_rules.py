@@ -111,6 +111,8 @@ def what(x) -> str:
 
 
 def axis_name(x: Operand, k: int) -> str:
+    if isinstance(x.fact, Stacked) and k == x.fact.axis:
+        return "the stacked coordinates"
     return "the 3 coordinates" if isinstance(x.fact, COORDINATES) and k == x.fact.axis else str(x.shape[k])
 
 
