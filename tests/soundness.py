@@ -12,13 +12,18 @@ not), concat, reshapes and transposes, reductions, dense masked pools, attention
 scatter pools, unsqueeze, defs with `repeat`, and frame_average with every group, role, `out`,
 mask and canonical flag. Motifs that often carry a symmetry (centred clouds, squared norms, pair
 differences, softmax-weighted sums) are drawn beside plain random ops, so that proofs are common
-and near-misses are too.
+and near-misses are too. What users write beside that (issue 21): index inputs returned as outputs
+(every fact is an output, and every fact is printed as `invc check` prints it), ids passed through
+defs, set unions, B·N rows, transposed convex combinations, rank-2 products, vectors stacked along
+the coordinates; a quarter of the specs import their defs from a library file.
 """
 from __future__ import annotations
 
 import random
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -26,7 +31,7 @@ from compiler.verify import random_rotation, redrawn
 from ops.registry import check
 from dsl.errors import SpecError
 from dsl.groups import Broken
-from dsl.program import load_text
+from dsl.program import load, load_text
 from dsl.symmetry import refusal, render, verdicts
 from dsl.types import INTS
 
@@ -54,6 +59,7 @@ class Program:
     scope: list = field(default_factory=list)
     masks: dict = field(default_factory=dict)    # dims -> bool Tensor over them
     returned: list = field(default_factory=list)  # integer tensors bound by statements (ids through a def)
+    library: bool = False                          # the defs live in a file the spec imports
     count: int = 0
 
     def fresh(self) -> str:
@@ -84,7 +90,25 @@ class Program:
         ins = [f"  input {t.name}: {_type(t)}" + (f" is {role}" if role else "") for t, role in self.inputs]
         outs = [f"  output {name}" + (f" is {claim}" if claim not in (None, INFERRED) else "")
                 for name, claim in outputs]
-        return "\n".join([*self.defs, "model drawn() {", *head, *ins, *self.lines, *outs, "}", ""])
+        model = ["model drawn() {", *head, *ins, *self.lines, *outs, "}", ""]
+        if self.library and self.defs:  # both files in one text, as _load reads it back
+            return "\n".join([f"# {LIBRARY}", *self.defs, "# drawn.inv", f'import "{LIBRARY}"', *model])
+        return "\n".join([*self.defs, *model])
+
+
+LIBRARY = "lib.inv"
+_FILES = tempfile.TemporaryDirectory(prefix="invc-soundness-")  # where a spec and its library are written
+
+
+def _load(text: str):
+    """The spec as a Program; one with a library has it written beside it and imported."""
+    if not text.startswith(f"# {LIBRARY}\n"):
+        return load_text(text, "drawn.inv")
+    library, model = text.split("# drawn.inv\n", 1)
+    folder = Path(_FILES.name)
+    (folder / LIBRARY).write_text(library)
+    (folder / "drawn.inv").write_text(model)
+    return load(folder / "drawn.inv")
 
 
 def _type(t: Tensor) -> str:
@@ -529,7 +553,7 @@ GRAPH_MOTIFS = [gather, gather, scatter_back, scatter_back, squared_norm, arithm
 def draw(seed: int) -> tuple[Program, list]:
     """A random spec: its groups and inputs, 2-7 statements, and 1-2 outputs with claims."""
     rng = random.Random(seed)
-    p = Program(rng, [])
+    p = Program(rng, [], library=seed % 4 == 1)  # not drawn from rng: the other draws stay as they were
     scenario = rng.choice(["euclid", "euclid", "sets", "ragged", "graph"])
     euclid = rng.choice(["E(3)", "O(3)", "SO(3)", "SE(3)", "T(3)"])
     if scenario == "graph":  # an edge list over nodes N, whose ids S(N) relabels when declared so
@@ -725,11 +749,11 @@ class Outcome:
 def run_spec(p: Program, outputs: list, seed: int) -> Outcome:
     text = p.text(outputs)
     try:
-        program = load_text(text, "drawn.inv")
+        program = _load(text)
         checked = check(program, prove=False)
         if any(claim == INFERRED for _, claim in outputs):
             text = p.text(_inferred_claims(checked, outputs))
-            program = load_text(text, "drawn.inv")
+            program = _load(text)
             checked = check(program, prove=False)
     except SpecError:
         return Outcome(seed, text, "ill-typed")
@@ -847,7 +871,7 @@ def drawn_graph_ops(seeds) -> Counter:
     for seed in seeds:
         p, outputs = draw(seed)
         try:
-            checked = check(load_text(p.text([(n, None) for n, _ in outputs]), "drawn.inv"), prove=False)
+            checked = check(_load(p.text([(n, None) for n, _ in outputs])), prove=False)
         except SpecError:
             continue
         ops.update(node.op for node in checked.nodes)
@@ -870,7 +894,7 @@ def shrink(o: Outcome, p: Program, outputs: list) -> Outcome:
     while changed:
         changed = False
         for i in range(len(p.lines)):
-            trial = Program(p.rng, p.groups, p.inputs, p.lines[:i] + p.lines[i + 1:], p.defs, p.scope, p.masks)
+            trial = replace(p, lines=p.lines[:i] + p.lines[i + 1:])
             r = fails(trial)
             if r is not None:
                 p, best, changed = trial, r, True
