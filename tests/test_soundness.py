@@ -42,3 +42,18 @@ def test_the_generator_draws_every_graph_op_of_the_registry():
     never = set(VOCABULARY.graph) - set(drawn) - set(NOT_IN_SPECS)
     assert not never, f"graph ops the generator never draws: {', '.join(sorted(never))}"
     assert not set(NOT_IN_SPECS) & set(drawn), "an op said to be in no spec was drawn: drop it from NOT_IN_SPECS"
+
+
+def test_the_harness_catches_a_fact_that_does_not_print_and_shrinks_it(monkeypatch):
+    """Issue 21, class 3: with a fact kind the table cannot word (as `index(N)` ids were), the drawn
+    index outputs crash the printing, and the crash shrinks to the bare output."""
+    from dsl.groups import Relabeled
+
+    def unworded(self, shape):
+        raise StopIteration  # what the old table lookup raised for a fact kind it did not list
+    monkeypatch.setattr(Relabeled, "describe", unworded)
+    counts, findings, _ = harness(range(40))
+    crashes = [f for f in findings if f.status == "crash"]
+    assert counts["crash"] >= 1 and crashes, counts
+    smallest = min(crashes, key=lambda f: f.text.count(" = "))
+    assert smallest.text.count(" = ") == 0 and "StopIteration" in smallest.crash, smallest.text
