@@ -431,7 +431,7 @@ def _backbone(rng, args, params, out) -> str:
 
 def union(p):
     """Two sets concatenated along their set axis (a union), usually pooled right away."""
-    x = p.pick(lambda t: "N" in t.dims)
+    x = p.pick(lambda t: "N" in t.dims and len(t.dims) >= 2)  # pooled, it keeps an axis
     ys = x and p.floats(lambda t: t.dims == x.dims)
     if not ys:
         return None
