@@ -75,7 +75,8 @@ class Permuted:
     by: str = ""
 
     def __str__(self) -> str:
-        frames = f" (frames of {self.by})" if self.by.isidentifier() or self.by == "*" else f" ({self.by})" * bool(self.by)
+        layout = self.by and not (self.by.isidentifier() or self.by == "*")  # "[N]+[N]", "B*[N]"
+        frames = f" ({self.by})" if layout else f" (frames of {self.by})" if self.by else ""
         return f"permuted on axis {', '.join(map(str, self.axes))}{frames}"
 
     def describe(self, shape: tuple) -> str:

@@ -40,7 +40,8 @@ def flattened_sets(rng):
 
 
 def rank2(rng):
-    outer = rng.choice(["transpose(d, a=-2, b=-1) @ d", "unsqueeze(sum(vel, axis=N), -1) @ unsqueeze(sum(d, axis=N), -2)"])
+    outer = rng.choice(["transpose(d, a=-2, b=-1) @ d",
+                        "unsqueeze(sum(vel, axis=N), -1) @ unsqueeze(sum(d, axis=N), -2)"])
     product = rng.choice(["t @ unsqueeze(u, -1)", "transpose(unsqueeze(u, -2) @ t, a=-2, b=-1)",
                           "(t @ transpose(t, a=-2, b=-1)) @ unsqueeze(u, -1)"])
     return ["symmetry E(3), S(N)", POS, VEL, CENTRED, f"t = {outer}", "u = sum(vel, axis=N)",
@@ -91,6 +92,17 @@ BOUNDARIES = {
     "two layouts of B·N rows meeting": (["symmetry S(N)", X, "f = flatten(x, start=0, end=1)",
                                         "g = flatten(transpose(x, 0, 1), start=0, end=1)", "y = sum(f * g, axis=0)",
                                         "output y is invariant"], "joins tensors of different"),
+    # A blockwise permutation is named by its layout; joined or merged again, the name would no
+    # longer tell two layouts of the same rows apart, so both are refused.
+    "unions of two layouts of B·N rows": (["symmetry S(N)", X, "f = flatten(x, start=0, end=1)",
+                                          "g = flatten(transpose(x, 0, 1), start=0, end=1)",
+                                          "a = concat(f, f, axis=0)", "b = concat(g, g, axis=0)",
+                                          "y = sum(a * b, axis=0)", "output y is invariant"], "concat along B*N"),
+    "B·N rows merged again": (["symmetry S(N)", X, "f = flatten(x, start=0, end=1)",
+                               "g = flatten(transpose(x, 0, 1), start=0, end=1)",
+                               "a = flatten(concat(unsqueeze(f, 1), unsqueeze(f, 1), axis=1), start=0, end=1)",
+                               "b = flatten(concat(unsqueeze(g, 1), unsqueeze(g, 1), axis=1), start=0, end=1)",
+                               "y = sum(a * b, axis=0)", "output y is invariant"], "flatten over B*N"),
     "a union in causal attention": (["symmetry S(N)", X, "u = concat(x, relu(x), axis=1)",
                                      "y = sum(attention(u, causal=true), axis=1)", "output y is invariant"],
                                     "causal attention over 2*N"),
@@ -104,7 +116,8 @@ BOUNDARIES = {
                                           "y = transpose(t @ transpose(pos, a=-2, b=-1), a=-2, b=-1)",
                                           "output y is position"], "matmul of a rank-2 tensor"),
     "stacked vectors split the wrong way": (["symmetry E(3), S(N)", POS, VEL,
-                                             "y = reshape(concat(vel, vel, axis=-1), [B, N, 3, 2])", "output y is invariant"],
+                                             "y = reshape(concat(vel, vel, axis=-1), [B, N, 3, 2])",
+                                             "output y is invariant"],
                                             "reshape over the stacked coordinates"),
     "a vector stacked with a position": (["symmetry E(3), S(N)", POS, VEL,
                                           "y = reshape(concat(vel, pos, axis=-1), [B, N, 2, 3])", "output y is vector"],
