@@ -125,7 +125,9 @@ def noise_floor(inputs: list, dtype: torch.dtype) -> float:
     """The output size below which rounding alone may fail the pass mark: an output that is 0 by
     construction (the mean of a centred cloud) is compared at this scale, not at its own. Rounding
     of inputs of size s leaves errors of about 64·eps·s; at this floor they measure a tenth of
-    the pass mark."""
+    the pass mark. Integers (ids an output passes on) are exact: compared at a scale of 1 at least."""
+    if not dtype.is_floating_point:
+        return 1.0
     size = max((float(x.abs().max()) for x in inputs if x.is_floating_point() and x.numel()), default=1.0)
     return 640 * torch.finfo(dtype).eps * size / TOLERANCE.get(dtype, TOLERANCE[torch.float32])
 
@@ -346,8 +348,11 @@ def _mask(shape: list, gen: torch.Generator) -> torch.Tensor:
 def _index_readers(checked, size) -> dict:
     """Input value id -> sampler, for integer inputs that index: CSR offsets (sorted, from 0 to the
     row count, one set empty); ids an op reads as `Indices`, in the narrowest range any reader allows
-    (segment ids leave the last set empty)."""
-    readers, highs = {}, {}
+    (segment ids leave the last set empty); ids declared `is index(N)` lie in [0, N) even when
+    only returned, since S(N) relabels them."""
+    from dsl.groups import indexed_dim
+    readers = {}
+    highs = {p.value.id: size(indexed_dim(p.role)) for p in checked.inputs if indexed_dim(p.role)}
     for node in checked.nodes:
         op = checked.vocabulary.graph[node.op]
         if op.offsets is not None:

@@ -8,7 +8,9 @@
 
 A product `S(N) × E(3)` combines groups that act on different axes. A fact says how one tensor
 transforms under one group: invariant, permuted along axes, rotated like a vector, moved like a
-position, or broken (with the op and the rule that broke it). Torch-free: `invc check` uses it.
+position, or broken (with the op and the rule that broke it). Every fact says what it is in words
+(`describe`, for the table `invc check` prints and for claims) and names a tensor that has it
+(`noun`, for refusals), so any fact the prover infers can be printed. Torch-free: `invc check` uses it.
 """
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ class Invariant:
     def __str__(self) -> str:
         return "invariant"
 
+    def describe(self, shape: tuple) -> str:
+        return "invariant"
+
+    def noun(self, shape: tuple) -> str:
+        return "an invariant"
+
     def __eq__(self, other) -> bool:
         return isinstance(other, Invariant)
 
@@ -60,23 +68,41 @@ class Permuted:
 
     `by` names a frame basis when the permutation is that frame's relabeling of its F frames under
     a rotation (frame averaging folds frames into axis 0); "*" marks identical copies per frame,
-    which any relabeling leaves alone; "" is the group's own permutation, S(N)."""
+    which any relabeling leaves alone; "" is the group's own permutation, S(N). A layout names
+    the permutation it induces on an axis that joins sets: "[N]+[N]" (two sets concatenated, π ⊕ π),
+    "B*[N]" (B sets of N flattened into one axis, π within each)."""
     axes: tuple
     by: str = ""
 
     def __str__(self) -> str:
-        frames = f" (frames of {self.by})" if self.by else ""
+        layout = self.by and not (self.by.isidentifier() or self.by == "*")  # "[N]+[N]", "B*[N]"
+        frames = f" ({self.by})" if layout else f" (frames of {self.by})" if self.by else ""
         return f"permuted on axis {', '.join(map(str, self.axes))}{frames}"
+
+    def describe(self, shape: tuple) -> str:
+        return "permuted along " + ", ".join(str(shape[k]) for k in self.axes)
+
+    def noun(self, shape: tuple) -> str:
+        return "a tensor " + self.describe(shape)
 
 
 @dataclass(frozen=True)
 class Relabeled:
-    """Integer positions along the permuted dim (an `index(N)` input): S(N) maps each value i to
-    the new place of element i, and reorders `axes` too. Only gather and scatter_pool read it."""
+    """Integer positions along the permuted dim `dim` (an `index(N)` input): S(N) maps each value i
+    to the new place of element i, and reorders `axes` too. Only gather and scatter_pool read it;
+    an output claimed `is index(N)` is one."""
     axes: tuple = ()
+    dim: str = ""
 
     def __str__(self) -> str:
         return "relabelled indices" + (f", permuted on axis {', '.join(map(str, self.axes))}" if self.axes else "")
+
+    def describe(self, shape: tuple) -> str:
+        moved = f", permuted along {', '.join(str(shape[k]) for k in self.axes)}" if self.axes else ""
+        return f"relabelled indices of {self.dim}{moved}"
+
+    def noun(self, shape: tuple) -> str:
+        return f"indices of {self.dim}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,12 @@ class Rotated:
     def __str__(self) -> str:
         return f"rotated like a vector on axis {self.axis}"
 
+    def describe(self, shape: tuple) -> str:
+        return "rotated like a vector"
+
+    def noun(self, shape: tuple) -> str:
+        return "a vector"
+
 
 @dataclass(frozen=True)
 class Translated:
@@ -96,6 +128,12 @@ class Translated:
     def __str__(self) -> str:
         return f"moved like a position on axis {self.axis}"
 
+    def describe(self, shape: tuple) -> str:
+        return "moved like a position"
+
+    def noun(self, shape: tuple) -> str:
+        return "a position"
+
 
 @dataclass(frozen=True)
 class Squared:
@@ -104,6 +142,46 @@ class Squared:
 
     def __str__(self) -> str:
         return f"coordinate products on axis {self.axis}"
+
+    def describe(self, shape: tuple) -> str:
+        return "coordinate products"
+
+    def noun(self, shape: tuple) -> str:
+        return "coordinate products"
+
+
+@dataclass(frozen=True)
+class Outer:
+    """A rank-2 tensor on two coordinate axes, y(g·x) = R y Rᵀ: an outer product v wᵀ or a
+    covariance Xᵀ X of vectors. Only a matmul (which contracts it with a vector back to a vector)
+    and a transpose read it; every other op breaks it."""
+    axes: tuple
+
+    def __str__(self) -> str:
+        return f"rank-2 tensor on axes {', '.join(map(str, self.axes))}"
+
+    def describe(self, shape: tuple) -> str:
+        return "rotated like a rank-2 tensor (R y Rᵀ)"
+
+    def noun(self, shape: tuple) -> str:
+        return "a rank-2 tensor (an outer product)"
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Vectors (or positions) laid end to end along `axis`, as a concat along the coordinates makes
+    them: only a reshape that splits `axis` into [count, 3] reads it, giving the vectors back."""
+    axis: int
+    positions: bool = False
+
+    def __str__(self) -> str:
+        return f"stacked {'positions' if self.positions else 'vectors'} on axis {self.axis}"
+
+    def describe(self, shape: tuple) -> str:
+        return f"{'positions' if self.positions else 'vectors'} stacked along one axis"
+
+    def noun(self, shape: tuple) -> str:
+        return f"{'positions' if self.positions else 'vectors'} stacked along the coordinates"
 
 
 @dataclass(frozen=True)
@@ -116,6 +194,12 @@ class Weighted:
     def __str__(self) -> str:
         return f"positions weighted along axis {self.over}"
 
+    def describe(self, shape: tuple) -> str:
+        return "softmax-weighted positions"
+
+    def noun(self, shape: tuple) -> str:
+        return "softmax-weighted positions"
+
 
 @dataclass(frozen=True)
 class FrameBasis:
@@ -124,6 +208,12 @@ class FrameBasis:
 
     def __str__(self) -> str:
         return f"frame basis {self.node}"
+
+    def describe(self, shape: tuple) -> str:
+        return "a frame basis (rows rotated, frames relabelled by a rotation)"
+
+    def noun(self, shape: tuple) -> str:
+        return "a frame basis"
 
 
 @dataclass(frozen=True)
@@ -138,8 +228,15 @@ class Broken:
     def __str__(self) -> str:
         return f"broken: {self.reason} ({self.pos})"
 
+    def describe(self, shape: tuple) -> str:
+        return "broken"
 
-Fact = Invariant | Permuted | Relabeled | Rotated | Translated | Squared | Weighted | FrameBasis | Broken
+    def noun(self, shape: tuple) -> str:
+        return "a tensor whose symmetry is broken"
+
+
+Fact = (Invariant | Permuted | Relabeled | Rotated | Translated | Squared | Outer | Stacked | Weighted | FrameBasis |
+        Broken)
 
 
 # Groups -------------------------------------------------------------------------------------
@@ -166,7 +263,7 @@ class Permutations:
     def input_fact(self, shape: tuple, role: str | None) -> Fact:
         axes = tuple(i for i, d in enumerate(shape) if d == self.dim)
         if indexed_dim(role) == self.dim:
-            return Relabeled(axes)
+            return Relabeled(axes, self.dim)
         return Permuted(axes) if axes else Invariant()
 
     def claim(self, shape: tuple, role: str | None) -> Fact | None:
@@ -208,7 +305,11 @@ class Euclidean:
 
     def normalize(self, fact: Fact) -> Fact:
         """Without rotations a vector is invariant; without translations a position is a vector."""
-        if not self.rotates and isinstance(fact, (Rotated, Squared, FrameBasis)):
+        if not self.rotates and isinstance(fact, (Rotated, Squared, Outer, FrameBasis)):
+            return Invariant()
+        if isinstance(fact, Stacked) and fact.positions and not self.translates:
+            return self.normalize(Stacked(fact.axis))
+        if isinstance(fact, Stacked) and not (fact.positions or self.rotates):
             return Invariant()
         if not self.translates and isinstance(fact, (Translated, Weighted)):
             return self.normalize(Rotated(fact.axis))
@@ -320,8 +421,8 @@ def _check_acts(model, g: Group, pos) -> None:
 def _check_role(port, groups: Product, kind: str) -> None:
     if port.role is None:
         return
-    if indexed_dim(port.role) is not None:  # the grammar allows it on inputs only
-        return _check_index(port, groups)
+    if indexed_dim(port.role) is not None:
+        return _check_index(port, groups, kind)
     if port.role not in ROLES:
         raise SpecError.at(port.pos, f"unknown role `{port.role}` for {kind} `{port.name}`",
                            did_you_mean(port.role, ROLES) or f"roles: {', '.join(ROLES)}, index(N)")
@@ -332,13 +433,14 @@ def _check_role(port, groups: Product, kind: str) -> None:
         _check_coordinates(port, groups, kind)
 
 
-def _check_index(port, groups: Product) -> None:
+def _check_index(port, groups: Product, kind: str) -> None:
     dim = indexed_dim(port.role)
     if port.value.type.dtype not in INTS:
-        raise SpecError.at(port.pos, f"input `{port.name}` is {port.role}, so it must hold integers, "
-                                     f"got {port.value.type}", "declare it i64[...]")
+        raise SpecError.at(port.pos, f"{kind} `{port.name}` is {port.role}, so it must hold integers, "
+                                     f"got {port.value.type}", "declare it i64[...]" if kind == "input" else
+                           "only an integer tensor holds indices; claim invariant or leave it unclaimed")
     if Permutations(dim) not in groups.factors:
-        raise SpecError.at(port.pos, f"input `{port.name}` is {port.role}, but the model does not declare S({dim})",
+        raise SpecError.at(port.pos, f"{kind} `{port.name}` is {port.role}, but the model does not declare S({dim})",
                            f"add `symmetry S({dim})`, or drop the role")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dsl import ast
 from dsl.errors import SpecError, source_line
-from dsl.groups import Broken, Fact, Invariant, Permuted, Rotated, Squared, Translated, Weighted
+from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
 from dsl.symmetry_rules import Call, Operand, apply
 from dsl.types import CheckedModel, Value
 
@@ -70,11 +70,7 @@ class Verdict:
 
 
 def describe(fact: Fact, shape: tuple) -> str:
-    if isinstance(fact, Permuted):
-        return "permuted along " + ", ".join(str(shape[k]) for k in fact.axes)
-    words = {Invariant: "invariant", Rotated: "rotated like a vector", Translated: "moved like a position",
-             Squared: "coordinate products", Weighted: "softmax-weighted positions", Broken: "broken"}
-    return next(w for kind, w in words.items() if isinstance(fact, kind))  # Simplex is an Invariant
+    return fact.describe(shape)
 
 
 def verdicts(model: CheckedModel, facts_of=None) -> list[Verdict]:
@@ -106,7 +102,8 @@ def refusal(v: Verdict) -> SpecError:
         return SpecError.at(to_pos(v.fact.pos), f"{v.fact.reason} breaks {v.group} {kind} of output "
                                                 f"`{v.output}`", v.fact.hint)
     hint = f"pool over {v.group.dim} with sum/mean/max" if isinstance(v.fact, Permuted) and \
-        isinstance(v.claim, Invariant) else "declare what the output is: is invariant, is position or is vector"
+        isinstance(v.claim, Invariant) else f"claim it `is index({v.fact.dim})`" if isinstance(v.fact, Relabeled) \
+        else "declare what the output is: is invariant, is position or is vector"
     return SpecError.at(v.pos, f"output `{v.output}` is {describe(v.fact, v.shape)} under {v.group}, "
                                f"but is claimed {describe(v.claim, v.shape)}", hint)
 

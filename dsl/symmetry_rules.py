@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dsl.groups import (Broken, Fact, FrameBasis, Invariant, Permuted, Relabeled, Rotated, Simplex, Squared, Translated,
-                        Weighted)
+from dsl.groups import (Broken, Fact, FrameBasis, Invariant, Outer, Permuted, Relabeled, Rotated, Simplex, Squared,
+                        Stacked, Translated, Weighted)
 
 COORDINATES = (Rotated, Translated, Squared)
 
@@ -52,6 +52,19 @@ class Call:
         return Broken(reason, self.node, self.pos, hint, self.step)
 
 
+GATED = (  # facts that only the ops declaring them in `reads` may take; any other op breaks them
+    (FrameBasis, "frames", "{op} reads a frame basis", "only frame_in and frame_out may"),
+    (Weighted, "weights", "{op} of softmax-weighted positions",
+     "sum them over the softmax axis right away: a convex combination is a position"),
+    (Relabeled, "indices", "{op} of indices that {group} relabels",
+     "read an `index(N)` input only with gather or as scatter_pool's ids"),
+    (Outer, "outer", "{op} of a rank-2 tensor (an outer product)",
+     "contract it with a vector right away: (v wᵀ) u, by matmul, is a vector"),
+    (Stacked, "stacked", "{op} of vectors stacked along the coordinates",
+     "reshape them to [..., k, 3] right away, giving each vector its own coordinate axis"),
+)
+
+
 def apply(call: Call, group, ops: dict) -> Fact:
     """The fact of the op's result under `group`; `ops` maps graph op names to their definitions."""
     op = ops.get(call.op)
@@ -61,14 +74,9 @@ def apply(call: Call, group, ops: dict) -> Fact:
     broken = [f for f in facts if isinstance(f, Broken)]
     if broken:
         return min(broken, key=lambda b: b.step)  # the earliest cause, not a downstream echo
-    if any(isinstance(f, FrameBasis) for f in facts) and "frames" not in op.reads:
-        return call.broken(f"{call.spelled} reads a frame basis", "only frame_in and frame_out may")
-    if any(isinstance(f, Weighted) for f in facts) and "weights" not in op.reads:
-        return call.broken(f"{call.spelled} of softmax-weighted positions",
-                           "sum them over the softmax axis right away: a convex combination is a position")
-    if any(isinstance(f, Relabeled) for f in facts) and "indices" not in op.reads:
-        return call.broken(f"{call.spelled} of indices that {group} relabels",
-                           "read an `index(N)` input only with gather or as scatter_pool's ids")
+    for kind, reads, reason, hint in GATED:
+        if any(isinstance(f, kind) for f in facts) and reads not in op.reads:
+            return call.broken(reason.format(op=call.spelled, group=group), hint)
     if all(isinstance(f, Invariant) for f in facts) and not op.sees_invariants:
         return Invariant()  # a function of invariants is invariant, whatever the op
     fact = group.normalize(op.symmetry(replace(call, group=group)))
@@ -80,9 +88,9 @@ def apply(call: Call, group, ops: dict) -> Fact:
 # Helpers ------------------------------------------------------------------------------------
 
 def axes_of(fact: Fact) -> tuple:
-    if isinstance(fact, Permuted):
+    if isinstance(fact, (Permuted, Outer)):
         return fact.axes
-    return (fact.axis,) if isinstance(fact, (*COORDINATES, Simplex)) else ()
+    return (fact.axis,) if isinstance(fact, (*COORDINATES, Stacked, Simplex)) else ()
 
 
 def moved(fact: Fact, axes) -> Fact:
@@ -92,21 +100,19 @@ def moved(fact: Fact, axes) -> Fact:
         return replace(fact, axes=axes) if axes else Invariant()
     if isinstance(fact, Invariant):
         return Simplex(axes[0]) if isinstance(fact, Simplex) and axes[0] is not None else Invariant()
-    return type(fact)(axes[0])
+    if isinstance(fact, Outer):
+        return Outer(tuple(sorted(axes)))
+    return replace(fact, axis=axes[0])
 
 
 def what(x) -> str:
     """A tensor described by its fact, for messages."""
-    fact = x.fact if isinstance(x, Operand) else Invariant()
-    if isinstance(fact, Permuted):
-        return f"a tensor permuted along {', '.join(str(x.shape[k]) for k in fact.axes)}"
-    words = {Rotated: "a vector", Translated: "a position", Squared: "coordinate products",
-             Weighted: "softmax-weighted positions", FrameBasis: "a frame basis",
-             Invariant: "an invariant" if isinstance(x, Operand) else "a constant"}
-    return next(w for kind, w in words.items() if isinstance(fact, kind))  # Simplex is an Invariant
+    return x.fact.noun(x.shape) if isinstance(x, Operand) else "a constant"
 
 
 def axis_name(x: Operand, k: int) -> str:
+    if isinstance(x.fact, Stacked) and k == x.fact.axis:
+        return "the stacked coordinates"
     return "the 3 coordinates" if isinstance(x.fact, COORDINATES) and k == x.fact.axis else str(x.shape[k])
 
 
@@ -187,6 +193,8 @@ def reduced(call: Call, x: Operand, axis: int, keep: bool, how: str, subsets: bo
         return call.broken(f"{call.spelled} of positions over sets that may be empty",
                            "an empty set pools to 0, which is not a position; pool differences of positions "
                            "(vectors) instead, or take an unmasked mean")
+    if how in ("max", "min") and isinstance(fact, Translated) and not call.group.rotates:
+        return Translated(where(fact.axis))  # max_n (x_n + t) = max_n x_n + t, coordinate by coordinate
     if how in ("max", "min") or (isinstance(fact, Translated) and how == "sum"):
         return call.broken(f"{how} of {what(x)} over {x.shape[axis]}",
                            "mean over N of positions is their centroid" if how == "sum" else

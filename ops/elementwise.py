@@ -89,6 +89,10 @@ ARITHMETIC = {  # (left kind, right kind) -> result kind, on one shared coordina
             (Simplex, Translated): Weighted, (Translated, Simplex): Weighted},
     "div": {(Rotated, Invariant): Rotated, (Squared, Invariant): Squared},
 }
+# Under translations alone nothing rotates, so any invariant offset keeps a position one:
+# (x + t) + c = (x + c) + t, coordinate by coordinate; under rotations c would have to rotate too.
+TRANSLATIONS_ONLY = {"add": {(Translated, Invariant): Translated, (Invariant, Translated): Translated},
+                     "sub": {(Translated, Invariant): Translated}}
 
 
 def symmetry_arithmetic(call: Call) -> Fact:
@@ -105,13 +109,14 @@ def coordinate_arithmetic(call: Call, a, b, sym: str) -> Fact:
     tensors = [x for x in (a, b) if isinstance(x, Operand)]
     axes = {k + rank - len(x.shape) for x in tensors if isinstance(x.fact, COORDINATES) for k in axes_of(x.fact)}
     kinds = tuple(type(x.fact) if isinstance(x, Operand) else Invariant for x in (a, b))
-    table = ARITHMETIC[call.op]
+    rotates = call.group.rotates
+    table = ARITHMETIC[call.op] if rotates else {**ARITHMETIC[call.op], **TRANSLATIONS_ONLY.get(call.op, {})}
     result = table.get(kinds) or table.get(tuple(Invariant if k is Simplex else k for k in kinds))
     if result is None or len(axes) != 1:
         return call.broken(f"{sym} of {what(a)} and {what(b)}", arithmetic_hint(call.op))
     (k,) = axes
-    for x in tensors:  # an invariant factor must be one value per vector
-        if isinstance(x.fact, Invariant) and placement(x, rank).get(k, (1,))[0] != 1:
+    for x in tensors:  # an invariant factor must be one value per vector, which a rotation turns
+        if rotates and isinstance(x.fact, Invariant) and placement(x, rank).get(k, (1,))[0] != 1:
             return call.broken(f"{sym} treats the 3 coordinates separately",
                                "scale by one value per vector: size 1 on the coordinate axis")
     return _weighted(call, tensors, k) if result is Weighted else result(k)

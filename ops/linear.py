@@ -4,7 +4,7 @@ A linear map on the last axis commutes with anything acting on the other axes; m
 two tensors, so a permuted axis must meet the same permutation.
 """
 from common.lazy import Lazy
-from dsl.groups import Fact, Invariant, Permuted, Rotated, Simplex, Squared, Translated
+from dsl.groups import Fact, Invariant, Outer, Permuted, Rotated, Simplex, Squared, Translated
 from dsl.rules import Tensor, features, numeric, with_last
 from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, axis_name, join_permuted, moving_weights,
                                 placement, what)
@@ -120,19 +120,43 @@ def _coordinate_matmul(call: Call, a: Operand, b: Operand) -> Fact:
     inner_a, inner_b = len(a.shape) - 1, len(b.shape) - 2
     if a.fact == Rotated(inner_a) and b.fact == Rotated(inner_b):
         return Invariant()  # rows of a dotted with columns of b
+    rank2 = _rank2_matmul(call, a, b)
+    if rank2 is not None:
+        return rank2
     if not isinstance(a.fact, Invariant) and not isinstance(b.fact, Invariant):
         return call.broken(f"matmul of {what(a)} and {what(b)}", COORD_HINT)
     x, inner = (a, inner_a) if isinstance(b.fact, Invariant) else (b, inner_b)
     if x.fact.axis == inner:
         return call.broken(f"matmul over {axis_name(x, inner)}", COORD_HINT)
-    convex = x is b and isinstance(a.fact, Simplex) and a.fact.axis == inner_a
-    if isinstance(x.fact, Translated) and not convex:  # softmax rows of a summing positions are convex
+    # Weights that sum to one along the contracted axis, on the other side, make a convex combination:
+    # softmax rows of a summing positions (w @ pos), or softmax columns of b (posᵀ @ wᵀ, the transpose).
+    weights, axis = (a, inner_a) if x is b else (b, inner_b)
+    convex = isinstance(weights.fact, Simplex) and weights.fact.axis == axis
+    if isinstance(x.fact, Translated) and not convex:
         return call.broken("matmul of positions", "subtract the centroid first, or weight by a softmax along the contracted axis")
     k = x.fact.axis + len(call.shape) - len(x.shape)
     other = _matmul_places(call, a, b)[1 if x is a else 0]
     if other.get(k, (1,))[0] != 1:
         return call.broken("matmul treats the 3 coordinates separately", COORD_HINT)
     return type(x.fact)(k)
+
+
+def _rank2_matmul(call: Call, a: Operand, b: Operand) -> Fact | None:
+    """Products with rank-2 tensors T (T(g·x) = R T Rᵀ) on the last two axes: a column of vectors
+    times a row of vectors is one (v wᵀ, or the covariance Xᵀ X, summed over the rows of X), and T
+    contracted with vectors gives vectors back: R T Rᵀ R u = R (T u). None: not such a product."""
+    ra, rb, rank = len(a.shape), len(b.shape), len(call.shape)
+    last_two = {"a": Outer((ra - 2, ra - 1)), "b": Outer((rb - 2, rb - 1))}
+    if a.fact == Rotated(ra - 2) and b.fact == Rotated(rb - 1):
+        return Outer((rank - 2, rank - 1))
+    if a.fact == last_two["a"] and b.fact in (Rotated(rb - 2), last_two["b"]):
+        return Rotated(rank - 2) if isinstance(b.fact, Rotated) else Outer((rank - 2, rank - 1))
+    if a.fact == Rotated(ra - 1) and b.fact == last_two["b"]:
+        return Rotated(rank - 1)
+    if isinstance(a.fact, Outer) or isinstance(b.fact, Outer):
+        return call.broken(f"matmul of {what(a)} and {what(b)}",
+                           "contract the rank-2 tensor's last axis with a vector's coordinates: (v wᵀ) u")
+    return None
 
 
 # -- torch forms: the fx call_function targets -----------------------------------------------------
@@ -177,5 +201,6 @@ GRAPH = (
     GraphOp(linear, symmetry_linear, onnx_linear, lambda x, weight, bias: f"F.linear({x}, {weight}, {bias})"),
     GraphOp(embedding, symmetry_embedding, onnx_embedding, lambda ids, weight: f"F.embedding({ids}, {weight})",
             indices=Indices(0, lambda node: node.params["weight"].shape[0], table=True)),
-    GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})"),
+    GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})",
+            reads=frozenset({"outer"})),  # a rank-2 tensor, contracted with vectors
 )

@@ -48,7 +48,7 @@ class GraphOp:
     triton: Callable | None = None  # (rendered args...) -> torch source for the Triton launcher
     embed: bool = False             # no expression: the launcher embeds the torch form's source
     sees_invariants: bool = False   # its result is not simply invariant when its inputs are
-    reads: frozenset = frozenset()  # facts only some ops may read: "frames", "weights", "indices"
+    reads: frozenset = frozenset()  # gated facts it may take (symmetry_rules.GATED): "frames", "weights", ...
     keeps_weights: bool = False     # its result may still sum to one (a Simplex)
     indices: Indices | None = None  # an argument that must index within a bound
     offsets: int | None = None      # the position of an argument holding CSR offsets over args[0]'s rows

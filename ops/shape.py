@@ -4,7 +4,7 @@ import ast
 
 from common.lazy import Lazy
 
-from dsl.groups import Fact, Invariant, Permuted
+from dsl.groups import Fact, Invariant, Permuted, Rotated, Stacked, Translated
 from dsl.rules import Axis, Tensor
 from dsl.symmetry_rules import COORD_HINT, COORDINATES, POOL_HINT, Call, axes_of, axis_name, merged, moved, what
 from dsl.types import TensorType, dim_product
@@ -91,10 +91,27 @@ def symmetry_concat(call: Call) -> Fact:
                            COORD_HINT if any(isinstance(p.fact, COORDINATES) for p in parts) else
                            "concat tensors that transform alike")
     if axis in axes_of(fact):
-        return call.broken(f"concat along {axis_name(parts[0], axis)}",
-                           "concat along a feature axis" if isinstance(fact, Permuted) else
-                           "stack vectors along another axis")
+        return _union(call, parts, fact, axis) if isinstance(fact, Permuted) else _stacked(call, parts, fact, axis)
     return fact
+
+
+def _union(call: Call, parts, fact: Permuted, axis: int) -> Fact:
+    """Sets joined along their set axis (a union): the group's permutation acts on each part, so
+    the result is permuted by the block permutation π ⊕ π, which `by` names. Ops that take any
+    permutation of an axis, the same for every operand (pools, elementwise ops), accept it; ops
+    that need the group's own (gather, frames) refuse a `by`."""
+    if fact.by or fact.axes != (axis,):
+        return call.broken(f"concat along {axis_name(parts[0], axis)}",
+                           "concat along a feature axis, or concat sets with no other set axis")
+    return Permuted((axis,), "+".join(f"[{p.shape[axis]}]" for p in parts))
+
+
+def _stacked(call: Call, parts, fact: Fact, axis: int) -> Fact:
+    """Vectors (or positions) concatenated along their coordinates: each part keeps its 3
+    coordinates, which only a reshape to [..., k, 3] gives back an axis of their own."""
+    if not isinstance(fact, (Rotated, Translated)):
+        return call.broken(f"concat along {axis_name(parts[0], axis)}", "stack vectors along another axis")
+    return Stacked(axis, isinstance(fact, Translated))
 
 
 def same_axis(src: tuple, dst: tuple, k: int) -> int | None:
@@ -109,11 +126,42 @@ def symmetry_reshape(call: Call) -> Fact:
     if isinstance(x.fact, Invariant):
         return moved(x.fact, axes)
     if None in axes:
+        lifted = _merged_set(x, call.shape) if isinstance(x.fact, Permuted) else _unstacked(x, call.shape)
+        if lifted is not None:
+            return lifted
         k = axes_of(x.fact)[axes.index(None)]
         return call.broken(f"{call.spelled} over {axis_name(x, k)}",
                            POOL_HINT.format(dim=x.shape[k]) if isinstance(x.fact, Permuted) else
                            "keep the 3 coordinates on an axis of their own")
     return moved(x.fact, axes)
+
+
+def _merged_set(x, dst: tuple) -> Fact | None:
+    """A set axis flattened with its neighbours into one axis (B·N rows, as graph libraries batch):
+    the group's permutation acts on that axis blockwise, as `by` records (B*[N]: the N inside each B).
+    Every permuted axis must land in the one merged axis. None: no such axis."""
+    src, permuted = x.shape, x.fact.axes
+    if x.fact.by:
+        return None
+    for s in range(min(permuted) + 1):
+        for e in range(max(permuted), len(src)):
+            j = next((j for j, d in enumerate(dst) if d == dim_product(src[s:e + 1])
+                      and dim_product(dst[:j]) == dim_product(src[:s])), None)
+            if j is not None:
+                layout = "*".join(f"[{d}]" if k in permuted else str(d) for k, d in enumerate(src[s:e + 1], s))
+                return Permuted((j,), layout)
+    return None
+
+
+def _unstacked(x, dst: tuple) -> Fact | None:
+    """Vectors stacked along one axis split into [..., count, 3]: row i is the i-th vector again."""
+    if not isinstance(x.fact, Stacked):
+        return None
+    k, src = x.fact.axis, x.shape
+    count = src[k] // 3
+    j = next((j for j in range(len(dst) - 1) if (dst[j], dst[j + 1]) == (count, 3)
+              and dim_product(dst[:j]) == dim_product(src[:k])), None)
+    return None if j is None else (Translated if x.fact.positions else Rotated)(j + 1)
 
 
 def symmetry_unflatten_rows(call: Call) -> Fact:
@@ -188,9 +236,10 @@ SPEC = (
 )
 GRAPH = (
     GraphOp(concat, symmetry_concat, onnx_concat, lambda tensors, axis: f"torch.cat({tensors}, {axis})"),
-    GraphOp(reshape, symmetry_reshape, onnx_reshape, triton_reshape, sees_invariants=True, keeps_weights=True),
+    GraphOp(reshape, symmetry_reshape, onnx_reshape, triton_reshape, sees_invariants=True, keeps_weights=True,
+            reads=frozenset({"stacked"})),  # vectors stacked along the coordinates, split again
     GraphOp(unflatten_rows, symmetry_unflatten_rows, onnx_unflatten_rows,
             lambda y, like: f"{y}.reshape(*{like}.shape[:-1], {y}.shape[-1])"),
     GraphOp(permute, symmetry_permute, onnx_permute, lambda x, perm: f"{x}.permute({perm})",
-            sees_invariants=True, keeps_weights=True),
+            sees_invariants=True, keeps_weights=True, reads=frozenset({"outer"})),  # transposes a rank-2 tensor
 )

@@ -15,13 +15,19 @@ mask and canonical flag. Layouts and shapes as users write them: the coordinate 
 a static size (1 to 4 points) beside symbolic ones, and frames of computed clouds, collapsing ones
 included (a mean broadcast back, points 1e-12 apart, a projection onto a line or a plane). Motifs
 that often carry a symmetry (centred clouds, squared norms, pair differences, softmax-weighted
-sums) are drawn beside plain random ops, so that proofs are common and near-misses are too.
+sums) are drawn beside plain random ops, so that proofs are common and near-misses are too. Also
+what users write beside that: index inputs returned as outputs (every fact is an output, and every
+fact is printed as `invc check` prints it), ids passed through defs, set unions, B·N rows,
+transposed convex combinations, rank-2 products, vectors stacked along the coordinates; a quarter
+of the specs import their defs from a library file.
 """
 from __future__ import annotations
 
 import random
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -29,8 +35,9 @@ from compiler.verify import random_rotation, redrawn
 from ops.registry import check
 from dsl.errors import SpecError
 from dsl.groups import Broken
-from dsl.program import load_text
-from dsl.symmetry import verdicts
+from dsl.program import load, load_text
+from dsl.symmetry import refusal, render, verdicts
+from dsl.types import INTS
 
 TOL = 1e-6          # float64 relative error that still counts as exact
 SIZES = {"B": 3, "N": 5, "R": 7, "S": 3, "K": 4, "E": 8}
@@ -55,6 +62,8 @@ class Program:
     defs: list = field(default_factory=list)
     scope: list = field(default_factory=list)
     masks: dict = field(default_factory=dict)    # dims -> bool Tensor over them
+    returned: list = field(default_factory=list)  # integer tensors bound by statements (ids through a def)
+    library: bool = False                          # the defs live in a file the spec imports
     count: int = 0
 
     def fresh(self) -> str:
@@ -85,7 +94,25 @@ class Program:
         ins = [f"  input {t.name}: {_type(t)}" + (f" is {role}" if role else "") for t, role in self.inputs]
         outs = [f"  output {name}" + (f" is {claim}" if claim not in (None, INFERRED) else "")
                 for name, claim in outputs]
-        return "\n".join([*self.defs, "model drawn() {", *head, *ins, *self.lines, *outs, "}", ""])
+        model = ["model drawn() {", *head, *ins, *self.lines, *outs, "}", ""]
+        if self.library and self.defs:  # both files in one text, as _load reads it back
+            return "\n".join([f"# {LIBRARY}", *self.defs, "# drawn.inv", f'import "{LIBRARY}"', *model])
+        return "\n".join([*self.defs, *model])
+
+
+LIBRARY = "lib.inv"
+_FILES = tempfile.TemporaryDirectory(prefix="invc-soundness-")  # where a spec and its library are written
+
+
+def _load(text: str):
+    """The spec as a Program; one with a library has it written beside it and imported."""
+    if not text.startswith(f"# {LIBRARY}\n"):
+        return load_text(text, "drawn.inv")
+    library, model = text.split("# drawn.inv\n", 1)
+    folder = Path(_FILES.name)
+    (folder / LIBRARY).write_text(library)
+    (folder / "drawn.inv").write_text(model)
+    return load(folder / "drawn.inv")
 
 
 def _type(t: Tensor) -> str:
@@ -494,13 +521,130 @@ def collapsed_cloud(p):
         cloud = p.bind(f"{x.name} - ({x.name} - {mean})" if form == "rounding" else
                        f"{x.name} - {x.name} + {mean}", x.dims)
     return frame(p, cloud) if p.rng.random() < 0.7 else cloud
+# -- issue 21: what users write that the draws above missed ------------------------------------------
+# Sets joined along their set axis, the set axis flattened with its batch, convex combinations
+# written with a transpose, rank-2 products of vectors, vectors stacked along the coordinates, and
+# index inputs returned (directly or through a def) as outputs. Each draws its near misses too.
+
+def union(p):
+    """Two sets concatenated along their set axis (a union), usually pooled right away."""
+    x = p.pick(lambda t: "N" in t.dims and len(t.dims) >= 2)  # pooled, it keeps an axis
+    ys = x and p.floats(lambda t: t.dims == x.dims)
+    if not ys:
+        return None
+    k = x.dims.index("N")
+    u = p.bind(f"concat({x.name}, {p.rng.choice(ys).name}, axis={k})", x.dims[:k] + ("2*N",) + x.dims[k + 1:])
+    if p.rng.random() < 0.7:
+        how = p.rng.choice(["sum", "mean", "max", "min"])
+        return p.bind(f"{how}({u.name}, axis={k})", u.dims[:k] + u.dims[k + 1:])
+    return u
+
+
+def flattened(p):
+    """The set axis flattened with the batch axis (B·N rows, as graph libraries batch), in either
+    layout, usually reduced whole; two layouts of the same rows may then meet."""
+    x = p.pick(lambda t: t.dims[:2] in (("B", "N"), ("N", "B")) and len(t.dims) >= 3)
+    if not x:
+        return None
+    name = x.name if p.rng.random() < 0.7 else f"transpose({x.name}, a=0, b=1)"
+    f = p.bind(f"flatten({name}, start=0, end=1)", ("B*N",) + x.dims[2:])
+    if p.rng.random() < 0.7:
+        return p.bind(f"{p.rng.choice(['sum', 'mean', 'max', 'min'])}({f.name}, axis=0)", x.dims[2:])
+    return f
+
+
+def convex_transposed(p):
+    """Positions contracted with softmax weights written as posᵀ @ w: weights along N make it a
+    convex combination; along another axis they do not."""
+    x = p.pick(lambda t: t.dims == ("B", "N", 3))
+    h = x and p.pick(lambda t: len(t.dims) == 3 and t.dims[:2] == ("B", "N") and isinstance(t.dims[-1], int))
+    if not h:
+        return None
+    k = p.rng.choice([1, 2])
+    w = f"softmax(linear({h.name}, {k}), axis={p.rng.choice(['1', 'N', '-2', '-2', '-1'])})"
+    c = p.bind(f"transpose({x.name}, a=-2, b=-1) @ {w}", ("B", 3, k))
+    return p.bind(f"transpose({c.name}, a=-2, b=-1)", ("B", k, 3)) if p.rng.random() < 0.6 else c
+
+
+def rank2(p):
+    """An outer product or a covariance of coordinate tensors, contracted back with a vector."""
+    a = p.pick(lambda t: t.dims[-1] == 3 and len(t.dims) == 3)
+    bs = a and p.floats(lambda t: t.dims == a.dims)
+    if not bs:
+        return None
+    b, u = p.rng.choice(bs), p.rng.choice(bs)
+    if p.rng.random() < 0.5:  # a covariance [B, 3, 3]; u's vectors as columns [B, 3, N] or rows [B, N, 3]
+        t = p.bind(f"transpose({a.name}, a=-2, b=-1) @ {b.name}", a.dims[:-2] + (3, 3))
+        column, row = (f"transpose({u.name}, a=-2, b=-1)", a.dims[:-2] + (3, a.dims[-2])), (u.name, u.dims)
+    else:  # outer products [B, N, 3, 3]; u's vectors as [B, N, 3, 1] or [B, N, 1, 3]
+        t = p.bind(f"unsqueeze({a.name}, -1) @ unsqueeze({b.name}, -2)", a.dims + (3,))
+        column, row = (f"unsqueeze({u.name}, -1)", u.dims + (1,)), (f"unsqueeze({u.name}, -2)", u.dims[:-1] + (1, 3))
+    form = p.rng.choice(["right", "left", "square"])
+    if form == "right":
+        return p.bind(f"{t.name} @ {column[0]}", _matmul_dims(t.dims, column[1]))
+    if form == "left":
+        return p.bind(f"{row[0]} @ {t.name}", _matmul_dims(row[1], t.dims))
+    return p.bind(f"{t.name} @ transpose({t.name}, a=-2, b=-1)", t.dims)
+
+
+def _matmul_dims(a: tuple, b: tuple) -> tuple:
+    lead = _joined(a[:-2], b[:-2]) if a[:-2] and b[:-2] else a[:-2] or b[:-2]
+    return lead + (a[-2], b[-1])
+
+
+def stacked(p):
+    """Coordinate tensors concatenated along their coordinates, reshaped to [..., k, 3] (or the
+    wrong way, [..., 3, k])."""
+    a = p.pick(lambda t: t.dims[-1] == 3 and all(isinstance(d, str) and "*" not in d or isinstance(d, int)
+                                               for d in t.dims))
+    bs = a and p.floats(lambda t: t.dims == a.dims)
+    if not bs:
+        return None
+    parts = [a.name] + [p.rng.choice(bs).name for _ in range(p.rng.choice([1, 1, 2]))]
+    k = len(parts)
+    split = (k, 3) if p.rng.random() < 0.8 else (3, k)
+    dims = a.dims[:-1] + split
+    return p.bind(f"reshape(concat({', '.join(parts)}), [{', '.join(map(str, dims))}])", dims)
+
+
+def ids_through_def(p):
+    """An index input handed through a def that returns it (or gathers by it): index parameters."""
+    ids = [t for t, role in p.inputs if t.dtype == "i" and role and role.startswith("index(")]
+    if not ids:
+        return None
+    t = p.rng.choice(ids)
+    if p.rng.random() < 0.5 or not _edge_lists(p):
+        name = f"same{len(p.defs)}"
+        p.defs.append(f"def {name}(ids) {{\n  return ids\n}}")
+        out = Tensor(p.fresh(), t.dims, "i")
+        p.lines.append(f"  {out.name} = {name}({t.name})")
+        p.returned.append(out)
+        return out
+    x = p.pick(lambda u: u.dims[:1] == ("N",))
+    if x and t.dims == ("E",):
+        name = f"msg{len(p.defs)}"
+        p.defs.append(f"def {name}(h, s, r) {{\n  return scatter_pool(gather(h, s, axis=0) - gather(h, r, axis=0), "
+                      f"r, like=h)\n}}")
+        other = p.rng.choice(_edge_lists(p))
+        return p.bind(f"{name}({x.name}, {t.name}, {other.name})", x.dims)
+    return None
+
+
+LAYOUT_MOTIFS = [union, flattened, convex_transposed, rank2, stacked, ids_through_def]
+
+
+def layout_motif(p):
+    """One of the draws above, as a motif: often enough to check each lifted rule numerically."""
+    return p.rng.choice(LAYOUT_MOTIFS)(p)
 
 
 VOCABULARY = [linear, mlp, norm, elementwise, elementwise, arithmetic, divide, matmul, attention, concat,
               flatten, transpose, reduce, pool, attention_pool, ragged, unsqueeze, embedding, gather, scatter_back,
-              centred, squared_norm, pairs, convex, residual_block, frame, relayout, masked_pool, collapsed_cloud]
-MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic, relayout, masked_pool, collapsed_cloud]
-GRAPH_MOTIFS = [gather, gather, scatter_back, scatter_back, squared_norm, arithmetic]  # message passing
+              centred, squared_norm, pairs, convex, residual_block, frame, relayout, masked_pool, collapsed_cloud,
+              *LAYOUT_MOTIFS]
+MOTIFS = [centred, squared_norm, pairs, convex, frame, pool, arithmetic, relayout, masked_pool, collapsed_cloud,
+          layout_motif]
+GRAPH_MOTIFS = [gather, gather, scatter_back, scatter_back, squared_norm, arithmetic, union, ids_through_def]
 
 
 # -- drawing a whole spec --------------------------------------------------------------------------
@@ -508,7 +652,7 @@ GRAPH_MOTIFS = [gather, gather, scatter_back, scatter_back, squared_norm, arithm
 def draw(seed: int) -> tuple[Program, list]:
     """A random spec: its groups and inputs, 2-7 statements, and 1-2 outputs with claims."""
     rng = random.Random(seed)
-    p = Program(rng, [])
+    p = Program(rng, [], library=seed % 4 == 1)  # not drawn from rng: the other draws stay as they were
     scenario = rng.choice(["euclid", "euclid", "sets", "ragged", "graph"])
     euclid = rng.choice(["E(3)", "O(3)", "SO(3)", "SE(3)", "T(3)"])
     if scenario == "graph":  # an edge list over nodes N, whose ids S(N) relabels when declared so
@@ -553,13 +697,22 @@ def draw(seed: int) -> tuple[Program, list]:
         op = rng.choice(motifs if rng.random() < 0.5 else VOCABULARY)
         op(p)
     made = [t for t in p.scope if t not in [i[0] for i in p.inputs]] or p.scope[:1]
-    outputs = []
+    made += [t for t in p.returned if any(line.startswith(f"  {t.name} =") for line in p.lines)]
+    outputs = _index_outputs(p)
     coordinates = any(g[0] != "S" for g in p.groups)
     for t in made:  # every statement is an output: each fact the checker infers gets measured
         claims = [None, "invariant", "scalar"] + (["vector", "position"] * 2 if coordinates and t.dims[-1] == 3 else [])
         claim = INFERRED if rng.random() < 0.7 else rng.choice(claims)
         outputs.append((t.name, claim if p.groups else None))
     return p, outputs
+
+
+def _index_outputs(p) -> list:
+    """Index inputs returned as outputs (a layer that also returns its edge list), claimed what the
+    checker infers, nothing, what they are, or wrongly invariant."""
+    ids = [(t, role) for t, role in p.inputs if t.dtype == "i" and role and role.startswith("index(")]
+    return [(t.name, p.rng.choice([INFERRED, INFERRED, None, role, "invariant"]) if p.groups else None)
+            for t, role in ids if p.rng.random() < 0.5]
 
 
 def _input(p, t: Tensor, role):
@@ -702,11 +855,11 @@ class Outcome:
 def run_spec(p: Program, outputs: list, seed: int) -> Outcome:
     text = p.text(outputs)
     try:
-        program = load_text(text, "drawn.inv")
+        program = _load(text)
         checked = check(program, prove=False)
         if any(claim == INFERRED for _, claim in outputs):
             text = p.text(_inferred_claims(checked, outputs))
-            program = load_text(text, "drawn.inv")
+            program = _load(text)
             checked = check(program, prove=False)
     except SpecError:
         return Outcome(seed, text, "ill-typed")
@@ -714,6 +867,7 @@ def run_spec(p: Program, outputs: list, seed: int) -> Outcome:
         return Outcome(seed, text, "crash", crash=f"check: {type(e).__name__}: {e}")
     try:
         table = verdicts(checked) if len(checked.groups) else []
+        _prints(checked, table)
         _enforce_agrees(program, table)
         return _numeric(checked, table, p, seed, text)
     except Exception as e:  # noqa: BLE001
@@ -725,11 +879,26 @@ def _inferred_claims(checked, outputs: list) -> list:
     groups: the checker's own proofs, handed to the numbers."""
     facts = {(v.output, str(v.group)): v.fact for v in verdicts(checked)}
     shapes = {port.name: port.value.type.shape for port in checked.outputs}
+    ids = {port.name for port in checked.outputs if port.value.type.dtype in INTS}
+    index_roles = tuple(f"index({g.dim})" for g in checked.groups if hasattr(g, "dim") and isinstance(g.dim, str))
 
     def score(name, role):
         return sum(g.claim(shapes[name], role) == facts[name, str(g)] for g in checked.groups)
 
-    return [(n, max(ROLE_OF_OUT, key=lambda r: score(n, r)) if c == INFERRED else c) for n, c in outputs]
+    def roles(name):  # integers are claimed invariant or indices, never coordinates
+        return ("invariant", *index_roles) if name in ids else ROLE_OF_OUT
+
+    return [(n, max(roles(n), key=lambda r: score(n, r)) if c == INFERRED else c) for n, c in outputs]
+
+
+def _prints(checked, table: list) -> None:
+    """Every fact the checker infers prints, as `invc check` prints it: the table, and the refusal
+    of each failed claim."""
+    if table:
+        render(checked, table)
+    for v in table:
+        if not v.holds:
+            refusal(v).render()
 
 
 def _enforce_agrees(program, table: list) -> None:
@@ -801,11 +970,26 @@ def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tupl
     return counts, findings, conservative
 
 
+def drawn_graph_ops(seeds) -> Counter:
+    """How often each graph op appears in the well-typed specs of `seeds` (checked, not run): the
+    guard that every op of the registry is drawn reads it."""
+    ops = Counter()
+    for seed in seeds:
+        p, outputs = draw(seed)
+        try:
+            checked = check(_load(p.text([(n, None) for n, _ in outputs])), prove=False)
+        except SpecError:
+            continue
+        ops.update(node.op for node in checked.nodes)
+    return ops
+
+
 def shrink(o: Outcome, p: Program, outputs: list) -> Outcome:
     """Delete statements, then defs, one at a time while the spec still shows the same kind of
     failure."""
     def fails(prog: Program) -> Outcome | None:
-        live = [(n, c) for n, c in outputs if any(line.startswith(f"  {n} =") for line in prog.lines)]
+        inputs = {t.name for t, _ in prog.inputs}  # an input returned as an output stays one
+        live = [(n, c) for n, c in outputs if n in inputs or any(line.startswith(f"  {n} =") for line in prog.lines)]
         if not live:
             return None
         r = run_spec(prog, live, o.seed)
@@ -817,7 +1001,7 @@ def shrink(o: Outcome, p: Program, outputs: list) -> Outcome:
     while changed:
         changed = False
         for i in range(len(p.lines)):
-            trial = Program(p.rng, p.groups, p.inputs, p.lines[:i] + p.lines[i + 1:], p.defs, p.scope, p.masks)
+            trial = replace(p, lines=p.lines[:i] + p.lines[i + 1:])
             r = fails(trial)
             if r is not None:
                 p, best, changed = trial, r, True

@@ -80,8 +80,8 @@ BAD = [  # (lines, line, column, message, hint); line 1 is `model m() {`
      "input `s` is index(N), so it must hold integers", "i64"),
     (["symmetry S(E)", "input h: f32[N, 3]", "input s: i64[E] is index(N)", "output h"], 4, 7,
      "the model does not declare S(N)", "symmetry S(N)"),
-    (["symmetry S(N)", "input h: f32[N, 3]", "input s: i64[N] is index(N)", "output s is index(N)"], 5, 18,
-     "unexpected '('", None),  # a role of inputs only
+    (["symmetry S(N)", "input h: f32[N, 3]", "input s: i64[N] is index(N)", "output h is index(N)"], 5, 8,
+     "output `h` is index(N), so it must hold integers", "integer"),  # an output claims it of ids only
 ]
 
 
