@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     refused = counts["claims refused"]
     print(f"\n{counts['specs']} specs in {seconds:.0f} s ({counts['specs'] / seconds:.1f}/s), "
           f"1-min load {load0:.2f} -> {os.getloadavg()[0]:.2f}")
-    for key in ("checked", "ill-typed", "crash", "claims proved", "false proofs", "claims refused",
+    for key in ("checked", "ill-typed", "crash", "claims proved", "false proofs",
+                "proved, error is float64 rounding", "claims refused",
                 "refused, numerically holds", "refused, numerically broken"):
         print(f"  {key:<30} {counts[key]}")
     print(f"  conservative-refusal rate      {counts['refused, numerically holds'] / max(refused, 1):.1%} "

@@ -57,3 +57,36 @@ def test_the_harness_catches_a_fact_that_does_not_print_and_shrinks_it(monkeypat
     assert counts["crash"] >= 1 and crashes, counts
     smallest = min(crashes, key=lambda f: f.text.count(" = "))
     assert smallest.text.count(" = ") == 0 and "StopIteration" in smallest.crash, smallest.text
+
+
+def _zero_by_construction(claim: str):
+    """The sum of a centred cloud (twice over) is 0 up to rounding; an RMS norm rescales that rounding
+    by 1/sqrt(eps), far above the relative tolerance, though the claim holds exactly."""
+    import random
+    from soundness import Program, Tensor, _input
+    p = Program(random.Random(0), ["S(N)", "T(3)"])
+    _input(p, Tensor("pos", ("B", "N", 3)), "position")
+    centred = p.bind("pos - mean(pos, axis=1, keepdim=true)", ("B", "N", 3))
+    union = p.bind(f"concat({centred.name}, {centred.name}, axis=1)", ("B", "N", 3))
+    total = p.bind(f"sum({union.name}, axis=1)", ("B", 3))
+    p.bind(f"rmsnorm({total.name}, affine=false)", ("B", 3))
+    return p, [("t4", claim)]
+
+
+def test_an_error_that_is_float64_rounding_is_no_false_proof():
+    from soundness import TOL, run_spec
+    p, outputs = _zero_by_construction("invariant")
+    o = run_spec(p, outputs, seed=2090)
+    assert o.status == "checked" and not o.false_proofs, o
+    assert o.rounding and all(not err <= TOL for *_, err in o.rounding), o  # above TOL, yet rounding
+
+
+def test_a_wrong_claim_on_the_same_spec_stays_a_false_proof(monkeypatch):
+    """The rounding test must not excuse a claim the numbers contradict in both precisions: a rule
+    that calls the centred cloud a position (it is a vector) is caught on this spec."""
+    from soundness import run_spec
+    sub = VOCABULARY.graph["sub"]
+    monkeypatch.setitem(VOCABULARY.graph, "sub", replace(sub, symmetry=lambda call: call.operands()[0].fact))
+    p, _ = _zero_by_construction("invariant")
+    o = run_spec(p, [("t1", "position")], seed=2090)
+    assert o.false_proofs and not o.rounding, o
