@@ -24,8 +24,11 @@ def register(sub) -> None:
 def _verify(args) -> int:
     from compiler.verify import plot_format, plot_orbits, verify
     params = parse_params(args.param)
-    if args.plot:
+    if args.plot:  # refused before the slow work: a format matplotlib lacks, or an input in its place
+        from common.files import check_output
+        from dsl.program import load
         plot_format(args.plot)
+        check_output(args.plot, [*load(args.spec).texts, *filter(None, [args.onnx])], "plot")
     report = verify(args.spec, args.onnx, args.model, args.trials, args.tol, args.seed, params=params)
     print(report)
     if args.plot:

@@ -168,9 +168,9 @@ def _run(args) -> int:
     import numpy as np
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
-    if args.out:
-        from common.files import refuse_inputs
-        refuse_inputs(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
+    if args.out:  # refused before the model runs: a missing folder, or an input in its place
+        from common.files import check_output
+        check_output(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
     session = Session(args.model, args.provider)
     if session.note:
         print(session.note, file=sys.stderr)

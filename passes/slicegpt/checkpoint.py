@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import stat
 from pathlib import Path
 
 import torch
@@ -47,9 +48,7 @@ def load(path: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a sliced directory (or a dense HF one) as a ready model in eval mode."""
     import transformers
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InvcError(f"{path}: not a model directory (no config.json)")
+    path = model_dir(path)
     plan_file = path / PLAN
     try:
         plan = json.loads(plan_file.read_text()) if plan_file.exists() else None
@@ -77,6 +76,18 @@ def load(path: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
     except (KeyError, AttributeError) as e:
         raise InvcError(f"{plan_file} does not fit the model in {path / 'config.json'} ({type(e).__name__}: {e}); "
                         "slice the model again to rewrite the directory") from e
+
+
+def model_dir(path: Path | str) -> Path:
+    """`path`, refused by name unless it is a model directory (a folder with config.json)."""
+    path = Path(path)
+    try:
+        config = (path / "config.json").stat()
+    except OSError as e:  # missing, not a folder, a loop of symbolic links, unreadable
+        raise InvcError(f"{path}: not a model directory (no config.json: {e.strerror})") from None
+    if not stat.S_ISREG(config.st_mode):
+        raise InvcError(f"{path}: not a model directory ({path / 'config.json'} is not a file)")
+    return path
 
 
 # torch's own message here advises an unsafe retry; this one does not.
