@@ -192,11 +192,16 @@ def _to_numpy(value) -> np.ndarray:
 FEEDABLE = [numpy_dtype(name).name for name in TABLE]
 
 
+def _unfeedable(info: TensorInfo) -> InputError:
+    return InputError(f"input {info.name!r}: its element type has no numpy dtype, so invc cannot feed it "
+                      f"(it feeds {', '.join(FEEDABLE)})")
+
+
 def _check_input(info: TensorInfo, array: np.ndarray, seen: dict) -> None:
     """`seen` maps each symbolic dim to its first (input, axis, size), to catch N=5 here, N=7 there."""
     where = f"input {info.name!r}"
     if info.dtype is None:
-        raise InputError(f"{where}: its element type has no numpy dtype (invc feeds {', '.join(FEEDABLE)})")
+        raise _unfeedable(info)
     if array.dtype != info.dtype:
         raise InputError(f"{where}: expected dtype {info.dtype.name}, got {array.dtype.name}")
     if array.ndim != len(info.shape):
@@ -245,6 +250,9 @@ def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray]) -> Non
                              f"{rows_info.name!r}), got {offsets[-1]}")
 
 
+_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes of this machine's memory
+
+
 def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: int | None = None,
                   bounds: dict[str, list[str]] | None = None) -> dict:
     """Random feeds that pass `Session.check`: Gaussian floats, ints in [0, 2) or below the least of
@@ -269,13 +277,9 @@ def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: 
     return feeds
 
 
-_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes of this machine's memory
-
-
 def _random_shape(info: TensorInfo, dims: dict, default: int | None) -> list[int]:
     if info.dtype is None:
-        raise InputError(f"input {info.name!r}: its element type has no numpy dtype, so no random "
-                         f"input can be drawn for it (invc feeds {', '.join(FEEDABLE)})")
+        raise _unfeedable(info)
     for axis, dim in enumerate(info.shape):
         if dim is None and default is None:
             raise InputError(f"dim {axis} of input {info.name!r} has neither a name nor a size in the model, "
