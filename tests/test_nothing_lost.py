@@ -139,20 +139,22 @@ def file_cases(root: Path) -> dict[str, tuple]:
     spec.write_text(SPEC)
     (root / "m.onnx").write_bytes(b"not run: refused first")
     np.save(root / "x.npy", np.ones((2, 4), np.float32))
+    np.savez(root / "xs.npz", x=np.ones((2, 4), np.float32))
     model = root / "model"
     return {
         "compile spec": (lambda o: ["compile", "my.inv", "-o", o], spec),
         "compile import": (lambda o: ["compile", "my.inv", "-o", o], lib),
         "run model": (lambda o: ["run", "m.onnx", "--random", "B=2", "-o", o], root / "m.onnx"),
         "run input": (lambda o: ["run", "m.onnx", "-i", "x=x.npy", "-o", o], root / "x.npy"),
+        "run inputs": (lambda o: ["run", "m.onnx", "-i", "xs.npz", "-o", o], root / "xs.npz"),
         "verify onnx": (lambda o: ["verify", "my.inv", "--onnx", "plot.png", "--plot", o], root / "plot.png"),
         "export config": (lambda o: ["export", "model", "-o", o], model / "config.json"),
         "export weights": (lambda o: ["export", "model", "-o", o], model / "model.safetensors"),
     }
 
 
-FILE_CASES = ["compile spec", "compile import", "run model", "run input", "verify onnx", "export config",
-              "export weights"]
+FILE_CASES = ["compile spec", "compile import", "run model", "run input", "run inputs", "verify onnx",
+              "export config", "export weights"]
 
 
 @pytest.mark.parametrize("case", FILE_CASES)
