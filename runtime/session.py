@@ -79,7 +79,8 @@ def _run_failure(message: str) -> str:
     """onnxruntime's error in one line: the node that failed and why, without its source location."""
     node = re.search(r"while running (\S+) node\. Name:'([^']*)'", message)
     reason = message.partition("Status Message:")[2].strip() or message
-    reason = re.sub(r"^/\S+:\d+ [^(]*\([^)]*\)\s*", "", reason.splitlines()[0])  # file:line signature
+    reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason.splitlines()[0])  # its code
+    reason = re.sub(r"^/\S+:\d+ [^(]*\([^)]*\)\s*", "", reason)  # file:line signature
     at = f" (at its {node[1]} node{' ' + repr(node[2]) if node[2] else ''})" if node else ""
     return f"onnxruntime could not run the model{at}: {reason}"
 
@@ -189,20 +190,10 @@ def _to_numpy(value) -> np.ndarray:
     return np.ascontiguousarray(value)
 
 
-FEEDABLE = [numpy_dtype(name).name for name in TABLE]
-
-
-def _unfeedable(info: TensorInfo) -> InputError:
-    return InputError(f"input {info.name!r}: its element type has no numpy dtype, so invc cannot feed it "
-                      f"(it feeds {', '.join(FEEDABLE)})")
-
-
 def _check_input(info: TensorInfo, array: np.ndarray, seen: dict) -> None:
     """`seen` maps each symbolic dim to its first (input, axis, size), to catch N=5 here, N=7 there."""
     where = f"input {info.name!r}"
-    if info.dtype is None:
-        raise _unfeedable(info)
-    if array.dtype != info.dtype:
+    if info.dtype is not None and array.dtype != info.dtype:  # else onnxruntime's own check, as RunFailed
         raise InputError(f"{where}: expected dtype {info.dtype.name}, got {array.dtype.name}")
     if array.ndim != len(info.shape):
         raise InputError(f"{where}: expected rank {len(info.shape)} {_fmt(info.shape)}, "
@@ -277,9 +268,13 @@ def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: 
     return feeds
 
 
+FEEDABLE = [numpy_dtype(name).name for name in TABLE]
+
+
 def _random_shape(info: TensorInfo, dims: dict, default: int | None) -> list[int]:
     if info.dtype is None:
-        raise _unfeedable(info)
+        raise InputError(f"input {info.name!r}: its element type is none of those --random draws "
+                         f"({', '.join(FEEDABLE)}); give that input with --input NAME=FILE.npy")
     for axis, dim in enumerate(info.shape):
         if dim is None and default is None:
             raise InputError(f"dim {axis} of input {info.name!r} has neither a name nor a size in the model, "
