@@ -141,7 +141,8 @@ def run_export(args) -> int:
     from passes.slicegpt.onnx_export import export_onnx
 
     # Every file of the model directory may be read by loading it; an earlier export may be replaced.
-    check_output(args.output, [f for f in checkpoint.model_dir(args.model).iterdir() if f.suffix != ".onnx"], "ONNX model")
+    reads = [f for f in checkpoint.model_dir(args.model).iterdir() if f.suffix != ".onnx"]
+    check_output(args.output, reads, "ONNX model")
     model = checkpoint.load(args.model)
     err = export_onnx(model, args.output)
     print(f"wrote {args.output} (onnxruntime vs torch: {err:.1e} relative)")

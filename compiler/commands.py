@@ -191,7 +191,9 @@ def _run(args) -> int:
     session = Session(args.model, args.provider)
     if session.note:
         print(session.note, file=sys.stderr)
-    feeds = random_inputs(session.inputs, dims, bounds=session.id_bounds()) if args.random else load_inputs(args.input)
+    # Random ids stay below what they index: a table's rows, a dim's size (a vocabulary of 1 included).
+    feeds = random_inputs(session.inputs, dims, bounds=session.id_bounds()) if args.random else \
+        load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
     ms = (time.perf_counter() - t0) * 1000
