@@ -20,10 +20,7 @@ from common.errors import InvcError
 def atomic_path(path, what: str = "file"):
     """Yields a temporary path beside `path` for writers that take a file name; on success it replaces
     `path`, on any failure it vanishes."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        # os.replace would swap a device or directory for our file (-o /dev/null included).
-        raise InvcError(f"cannot write {what} {path}: it exists and is not a regular file")
+    path = check_file_target(path, what)
     sweep_stale(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
@@ -57,10 +54,7 @@ def check_dir_target(path, what: str, marker: str) -> Path:
     if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
         raise InvcError(f"cannot write {what} {path}: it is a non-empty directory without {marker}, "
                         f"so not an earlier {what}; not replacing it (choose another -o)")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise InvcError(f"cannot write {what} {path}: part of its path is a file, not a directory")
-    if not path.parent.exists():
-        raise InvcError(f"cannot write {what} {path}: no such directory {path.parent}")
+    _check_parent(path, what)
     return path
 
 
@@ -131,28 +125,63 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def refuse_inputs(out, inputs, what: str) -> None:
-    """Refuse to write `out` over one of the command's inputs (a spec, an import, a model file)."""
-    out = Path(out)
+def check_output(out, inputs, what: str, marker: str | None = None) -> Path:
+    """The one check of an output before any work starts: the target can be written (a file, or with
+    `marker` a folder, see check_dir_target), and writing it loses no input of the command.
+
+    Writing `out` replaces it, and a folder output replaces everything under it, so it is refused when
+    an input is `out` or lies inside it, or when `out` lies inside an input folder (a model directory).
+    Names do not matter: symbolic links and `..` are resolved, and a hard link or a folder mounted
+    twice is recognised by its inode, so `old/c.txt` is found under `-o ./x/../old` or a link to `old`."""
+    target = _resolved(out, what)
     for source in inputs:
-        if _same(out, Path(source)):
-            raise InvcError(f"cannot write {what} {out}: it is an input of this command ({source}); "
+        path = _resolved(source, "input")
+        if _within(path, target):
+            where = "it is" if _within(target, path) else "it holds"
+            raise InvcError(f"cannot write {what} {out}: {where} an input of this command ({source}), "
+                            "which writing it would delete; choose another -o")
+        if path.is_dir() and _within(target, path):
+            raise InvcError(f"cannot write {what} {out}: it lies inside the input folder {source}; "
                             "choose another -o")
+    return check_file_target(out, what) if marker is None else check_dir_target(out, what, marker)
 
 
-def refuse_overlap(out, folder, what: str) -> None:
-    """Refuse an output directory that is, holds or sits inside the input directory `folder`."""
-    a, b = Path(out).resolve(), Path(folder).resolve()
-    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
-        raise InvcError(f"cannot write {what} {out}: it overlaps the input model directory {folder}; "
-                        "choose another -o")
-
-
-def _same(a: Path, b: Path) -> bool:
+def _resolved(path, what: str) -> Path:
     try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except (OSError, RuntimeError):
+        return Path(path).resolve()
+    except RuntimeError:  # Python 3.11 says "Symlink loop"; later ones raise OSError(ELOOP)
+        raise InvcError(f"{what} {path}: its symbolic links form a loop") from None
+    except OSError as e:
+        raise InvcError(f"{what} {path}: {e.strerror or e}") from None
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it, by resolved name or by identity (inode)."""
+    if path == folder or path.is_relative_to(folder):
+        return True
+    try:
+        if not folder.exists():
+            return False
+        return any(p.exists() and os.path.samefile(p, folder) for p in (path, *path.parents))
+    except OSError:
         return False
+
+
+def check_file_target(path, what: str) -> Path:
+    """Refuse a file output before any long work: a folder or device in its place, or no folder for it."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        # os.replace would swap a device or directory for our file (-o /dev/null included).
+        raise InvcError(f"cannot write {what} {path}: it exists and is not a regular file")
+    _check_parent(path, what)
+    return path
+
+
+def _check_parent(path: Path, what: str) -> None:
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InvcError(f"cannot write {what} {path}: part of its path is a file, not a directory")
+    if not path.parent.exists():
+        raise InvcError(f"cannot write {what} {path}: no such directory {path.parent}")
 
 
 def current_umask() -> int:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from common.errors import InvcError
 from compiler.commands import parse_limits
 from dsl import limits
 from dsl.errors import SpecError
@@ -54,10 +55,49 @@ def _reader_gone() -> bool:
         return False
 
 
+class OutputLost(InvcError):
+    """A write to standard output failed (a full disk, /dev/full): the command's report is lost."""
+
+
+class _CheckedOutput:
+    """Standard output during a command: a failed write raises OutputLost, which main reports in one
+    line. A broken pipe stays a BrokenPipeError, which main tells apart (a reader gone, or not)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._checked(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    @staticmethod
+    def _checked(call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputLost(f"cannot write standard output: {e.strerror or e}") from None
+
+
+def _discard_output() -> None:
+    """Standard output goes to /dev/null, so that the interpreter's flush at exit does not raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if sys.stdout is None:  # started with standard output closed: its descriptor may become a file's
+        print("invc: standard output is closed; redirect it instead, e.g. > /dev/null", file=sys.stderr)
+        return 2
     main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers live
     before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    stdout, sys.stdout = sys.stdout, _CheckedOutput(sys.stdout)
     try:
         with limits.using(**parse_limits(getattr(args, "limit", []))):
             code = int(args.run(args) or 0)
@@ -69,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         if not _reader_gone():
             raise  # another pipe broke: that is an error, not a reader that stopped early
-        # The reader went away (`invc graph x.inv | head`): stop quietly, as cat and grep do. Standard
-        # output goes to /dev/null so that the interpreter's flush at exit does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away (`invc graph x.inv | head`): stop quietly, as cat and grep do.
+        _discard_output()
         return 128 + signal.SIGPIPE
+    except OutputLost as e:
+        _discard_output()
+        print(f"invc: {e}", file=sys.stderr)
+        return e.exit_code
     except Exception as e:  # noqa: BLE001 - only errors that know their exit status are shown plainly
         code = getattr(e, "exit_code", None)
         if code is None:
@@ -81,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e if isinstance(e, SpecError) else f"invc: {e}", file=sys.stderr)
         return code
     finally:
+        sys.stdout = stdout
         if main_thread:
             signal.signal(signal.SIGTERM, before)
 

@@ -70,7 +70,7 @@ def _progress(desc: str):
 
 def run_slice(args) -> int:
     from common.errors import InvcError
-    from common.files import check_dir_target, refuse_overlap
+    from common.files import check_output
     from compiler.commands import _dump
     from passes.slicegpt import checkpoint
     from passes.slicegpt.onnx_export import export_onnx
@@ -85,8 +85,7 @@ def run_slice(args) -> int:
                if given is None]
     if missing:
         raise InvcError(f"slice needs {', '.join(missing)} (or --print-passes)")
-    refuse_overlap(args.output, args.model, "sliced model")
-    check_dir_target(args.output, "sliced model", checkpoint.PLAN)
+    check_output(args.output, [args.model, *args.calib], "sliced model", checkpoint.PLAN)
     seconds: dict[str, float] = {}
     job = steps(job).run(job, args.dump_after, _dump, seconds)
     _print_report(args, job, report(job, seconds))
@@ -137,12 +136,13 @@ def run_eval(args) -> int:
 
 
 def run_export(args) -> int:
-    from common.files import refuse_inputs
+    from common.files import check_output
     from passes.slicegpt import checkpoint
     from passes.slicegpt.onnx_export import export_onnx
 
     # Every file of the model directory may be read by loading it; an earlier export may be replaced.
-    refuse_inputs(args.output, [f for f in args.model.glob("*") if f.suffix != ".onnx"], "ONNX model")
+    reads = [f for f in checkpoint.model_dir(args.model).iterdir() if f.suffix != ".onnx"]
+    check_output(args.output, reads, "ONNX model")
     model = checkpoint.load(args.model)
     err = export_onnx(model, args.output)
     print(f"wrote {args.output} (onnxruntime vs torch: {err:.1e} relative)")

@@ -1,7 +1,7 @@
 """`invc verify`: measure a spec's declared symmetries numerically, on torch and on ONNX."""
 from __future__ import annotations
 
-from compiler.commands import _spec_args, parse_params, positive
+from compiler.commands import _spec_args, parse_params, positive, seed
 from common.errors import CheckFailed
 
 
@@ -17,15 +17,18 @@ def register(sub) -> None:
     p.add_argument("--trials", type=positive(int), default=4, help="group elements sampled per group (default 4)")
     p.add_argument("--tol", type=positive(float), default=1e-4, help="pass mark: max relative error in fp32 (default 1e-4)")
     p.add_argument("--plot", metavar="PNG", help="also draw the error along rotation orbits (NERO-style) to PNG")
-    p.add_argument("--seed", type=int, default=0, help="seed of parameters, inputs and group elements")
+    p.add_argument("--seed", type=seed, default=0, help="seed of parameters, inputs and group elements")
     p.set_defaults(run=_verify)
 
 
 def _verify(args) -> int:
     from compiler.verify import plot_format, plot_orbits, verify
     params = parse_params(args.param)
-    if args.plot:
+    if args.plot:  # refused before the slow work: a format matplotlib lacks, or an input in its place
+        from common.files import check_output
+        from dsl.program import load
         plot_format(args.plot)
+        check_output(args.plot, [*load(args.spec).texts, *filter(None, [args.onnx])], "plot")
     report = verify(args.spec, args.onnx, args.model, args.trials, args.tol, args.seed, params=params)
     print(report)
     if args.plot:

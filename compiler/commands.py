@@ -51,11 +51,19 @@ def parse_limits(items: list[str]) -> dict[str, int]:
     changes = {}
     for item in items:
         name, sep, text = item.partition("=")
-        if not sep or name not in limits.names() or not text.isdecimal() or int(text) < 1:
-            raise InvcError(f"malformed --limit {item!r}: expected NAME=N with N >= 1, "
+        value = decimal(text)
+        if not sep or name not in limits.names() or not value:
+            raise InvcError(f"malformed --limit {item[:40]!r}: expected NAME=N with N from 1 to 2**63-1, "
                             f"NAME one of {', '.join(limits.names())}")
-        changes[name] = int(text)
+        changes[name] = value
     return changes
+
+
+def decimal(text: str) -> int | None:
+    """The count a decimal text spells, from 1 to 2**63-1 (an ONNX dim's int64), else None."""
+    from dsl.limits import INT_MAX
+    value = int(text) if text.isdecimal() and len(text) <= 19 else 0  # 20 digits are past INT_MAX
+    return value if 1 <= value <= INT_MAX else None
 
 
 def positive(kind):
@@ -67,6 +75,15 @@ def positive(kind):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed torch can take, so a bad one is refused with exit 2 before any work."""
+    value = int(text)  # a ValueError becomes argparse's "invalid seed value"
+    if not -2**63 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text[:24]}{'...' if len(text) > 24 else ''} is outside torch's "
+                                         "seed range, -2**63 to 2**64-1")
+    return value
 
 
 def _literal(text: str):
@@ -115,7 +132,7 @@ def _compile_cmd(sub) -> None:
     p.add_argument("--explain", action="store_true",
                    help="with --target triton: list the regions that became kernels and those that "
                         "fell back to torch, with the reason")
-    p.add_argument("--seed", type=int, default=0, help="parameter initialisation seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="parameter initialisation seed (default 0)")
     p.add_argument("--print-passes", action="store_true", help="print the compile pipeline's steps and exit")
     p.add_argument("--dump-after", action="append", default=[], metavar="STEP",
                    help="print the model after this step: the typed ops, the proofs, the fx graph, the "
@@ -168,13 +185,15 @@ def _run(args) -> int:
     import numpy as np
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
-    if args.out:
-        from common.files import refuse_inputs
-        refuse_inputs(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
+    if args.out:  # refused before the model runs: a missing folder, or an input in its place
+        from common.files import check_output
+        check_output(args.out, [args.model] + [i.rpartition("=")[2] for i in args.input], "outputs")
     session = Session(args.model, args.provider)
     if session.note:
         print(session.note, file=sys.stderr)
-    feeds = random_inputs(session.inputs, dims) if args.random else load_inputs(args.input)
+    # Random ids stay below what they index: a table's rows, a dim's size (a vocabulary of 1 included).
+    feeds = random_inputs(session.inputs, dims, bounds=session.id_bounds()) if args.random else \
+        load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
     ms = (time.perf_counter() - t0) * 1000
@@ -191,9 +210,11 @@ def _dims(text: str) -> dict:
     dims = {}
     for item in text.split(","):
         name, sep, size = item.partition("=")
-        if not sep or not name.strip().isidentifier() or not size.strip().isdecimal() or int(size) < 1:
-            raise InvcError(f"malformed --random {text!r}: expected DIM=SIZE,..., e.g. B=2,N=16")
-        dims[name.strip()] = int(size)
+        count = decimal(size.strip())
+        if not sep or not name.strip().isidentifier() or not count:
+            raise InvcError(f"malformed --random {text[:60]!r}: expected DIM=SIZE,..., with SIZE from 1 to "
+                            "2**63-1, e.g. B=2,N=16")
+        dims[name.strip()] = count
     return dims
 
 

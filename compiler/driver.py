@@ -71,7 +71,7 @@ def steps(target: str = "onnx", passes=None, out=None, model=None, params=None, 
     if target not in ("onnx", "triton"):
         raise ValueError(f"unknown target {target!r}; targets: onnx, triton")
     return Pipeline([
-        Step("parse", partial(_parse, out=out), "read the spec and its imports", _program_text),
+        Step("parse", partial(_parse, out=out, target=target), "read the spec and its imports", _program_text),
         Step("check", partial(_check, model=model, overrides=params, prove=False),
              "type-check and elaborate into a typed op list"),
         Step("prove", proved, "prove each claimed output symmetry, or refuse at the op that breaks it", _proofs),
@@ -81,12 +81,17 @@ def steps(target: str = "onnx", passes=None, out=None, model=None, params=None, 
              _emitted)])
 
 
-def _parse(spec, out) -> Program:
-    """The spec and its imports, after refusing an output path that is one of them."""
+def _parse(spec, out, target: str) -> Program:
+    """The spec and its imports, after refusing an output that would replace one of them (or that
+    cannot be written), before any work on the model."""
     program = load(spec)
     if out is not None:
-        from common.files import refuse_inputs
-        refuse_inputs(out, program.texts, "output")
+        from common.files import check_output
+        if target == "triton":
+            from compiler.triton_backend import MARKER
+            check_output(out, program.texts, "Triton module", MARKER)
+        else:
+            check_output(out, program.texts, "output")
     return program
 
 

@@ -64,7 +64,8 @@ def _type(node: fx.Node, value: Value, **extra) -> None:
 
 
 def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    # Modulo 2**64, as torch itself reads a negative seed: any seed in torch's range gives a valid one.
+    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
     if spec.init == "ones":
         t = torch.ones(spec.shape)
     elif spec.init == "zeros":

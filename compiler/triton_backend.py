@@ -352,6 +352,9 @@ LOAD = '''def load(device="cuda", weights=None) -> Model:
 
 
 # -- output ------------------------------------------------------------------------------------------
+MARKER = "model.py"  # what makes a folder an earlier Triton output, which a new one may replace
+
+
 def emit(gm: fx.GraphModule, out: str | Path | None, spec: str, model: str) -> Plan:
     """The plan; with `out`, model.py and weights.pt written into that directory, built in a
     temp dir and renamed into place."""
@@ -360,8 +363,8 @@ def emit(gm: fx.GraphModule, out: str | Path | None, spec: str, model: str) -> P
     if out is None:
         return the_plan
     ast.parse(source)  # a generator bug must fail here, not in the user's import
-    with atomic_dir(out, "Triton module", marker="model.py") as tmp:
-        (tmp / "model.py").write_text(source, encoding="utf-8")
+    with atomic_dir(out, "Triton module", marker=MARKER) as tmp:
+        (tmp / MARKER).write_text(source, encoding="utf-8")
         torch.save(weights, tmp / "weights.pt")
         (tmp / "EXPLAIN.txt").write_text(the_plan.explain() + "\n", encoding="utf-8")
     return the_plan

@@ -29,7 +29,7 @@ def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed
     from runtime.session import Session, random_inputs
 
     session = Session(onnx_path)
-    feeds = random_inputs(session.inputs, dims, seed, default=OTHER_SIZE)
+    feeds = random_inputs(session.inputs, dims, seed, default=OTHER_SIZE, bounds=session.id_bounds())
     got = session.run(feeds)
     module = build(spec, model, seed, params, **kw)
     with torch.no_grad():

@@ -74,13 +74,14 @@ def read_spec(path: Path) -> str:
     """The text of a spec file. Only a regular file is read, and only up to the size limit: a FIFO
     would block forever and /dev/zero never ends."""
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
+        mode = info.st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory")
         if not stat.S_ISREG(mode):
             raise SpecError("not a regular file", str(path), hint="a spec is a .inv text file")
-        with path.open("rb") as f:
-            data = f.read(limits.current().spec_bytes + 1)
+        with path.open("rb") as f:  # no more than the file holds: a raised limit may exceed what read() takes
+            data = f.read(min(limits.current().spec_bytes, info.st_size) + 1)
     except FileNotFoundError:
         raise SpecError("spec file not found", str(path)) from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path

@@ -91,9 +91,12 @@ def _constant(array, dtype, device) -> torch.Tensor:
     ~40 small tensors from numpy cost as much as the arithmetic. Never written to in place."""
     a = np.asarray(array)
     key = (a.tobytes(), a.shape, a.dtype.str, dtype, device)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.as_tensor(a, dtype=dtype, device=device)
-    return _CONSTANTS[key]
+    if key in _CONSTANTS:
+        return _CONSTANTS[key]
+    tensor = torch.as_tensor(a, dtype=dtype, device=device)
+    if type(tensor) is torch.Tensor:  # not a tracer's (torch.export's fake tensors): those die with the trace
+        _CONSTANTS[key] = tensor
+    return tensor
 
 
 class _Torch:

@@ -4,6 +4,8 @@ Nothing in runtime/ imports dsl/ or compiler/, and torch only arrives as tensors
 """
 from __future__ import annotations
 
+import math
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
-from common.dtypes import from_ort, numpy_dtype
+from common.dtypes import TABLE, from_ort, numpy_dtype
 from runtime import native
 from runtime.inputs import InputError, bad_offsets, empty_dim, out_of_range
 
@@ -22,8 +24,6 @@ VOCAB_KEY = "invc.vocab."      # "invc.vocab.tokens" = "256": the rows of the ta
 INDEX_KEY = "invc.index."      # "invc.index.senders" = "N,E": the dims (or sizes) `senders` indexes, all of them
 OFFSETS_KEY = "invc.offsets."  # "invc.offsets.cuts" = "N": `cuts` holds CSR offsets over N rows
 GUARD_KEY = "invc.guard."      # "invc.guard.<node>" = why a run that fails at that check node is refused
-_QUIET = ort.RunOptions()
-_QUIET.log_severity_level = 4  # a refused run is reported once, by the Session, not also in onnxruntime's log
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,36 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
 # What onnxruntime raises for a file that is not a loadable model (they derive from Exception only).
 _LOAD_ERRORS = (_ort_errors.InvalidProtobuf, _ort_errors.InvalidArgument, _ort_errors.InvalidGraph,
                 _ort_errors.NoModel, _ort_errors.Fail, _ort_errors.NotImplemented)
+
+
+# What onnxruntime raises when a loaded model fails to run: dims that disagree inside the graph, memory.
+_RUN_ERRORS = (_ort_errors.Fail, _ort_errors.InvalidArgument, _ort_errors.RuntimeException,
+               _ort_errors.NotImplemented, _ort_errors.EPFail, _ort_errors.EngineError)
+
+
+def _quiet_run() -> ort.RunOptions:
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # a failure is reported once, as RunFailed, not also in onnxruntime's log
+    return options
+
+
+_QUIET_RUN = _quiet_run()
+
+
+def _run_failure(message: str) -> str:
+    """onnxruntime's error in one line: the node that failed and why, without its source location."""
+    node = re.search(r"while running (\S+) node\. Name:'([^']*)'", message)
+    reason = message.partition("Status Message:")[2].strip() or message
+    reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason.splitlines()[0])  # its code
+    reason = re.sub(r"^/\S+:\d+ [^(]*\([^)]*\)\s*", "", reason)  # file:line signature
+    at = f" (at its {node[1]} node{' ' + repr(node[2]) if node[2] else ''})" if node else ""
+    return f"onnxruntime could not run the model{at}: {reason}"
+
+
+class RunFailed(Exception):
+    """onnxruntime refused to run a model on inputs that passed Session.check; the message is its own.
+    Not an InputError: for a model invc wrote, a failure here may be invc's bug."""
+    exit_code = 2
 
 
 def _load(model, providers: list[str], options) -> ort.InferenceSession:
@@ -118,18 +148,27 @@ class Session:
         feeds = {name: _to_numpy(v) for name, v in {**(inputs or {}), **kwargs}.items()}
         self.check(feeds)
         try:
-            results = self._session.run(None, feeds, _QUIET)
-        except _ort_errors.Fail as e:
+            results = self._session.run(None, feeds, _QUIET_RUN)
+        except _RUN_ERRORS as e:
             why = self.refusal(str(e))
-            if why is None:
-                raise
-            raise InputError(f"refused at run time by a check in the model: {why}") from None
+            if why is not None:
+                raise InputError(f"refused at run time by a check in the model: {why}") from None
+            raise RunFailed(_run_failure(str(e))) from None
+        except MemoryError:
+            raise RunFailed("onnxruntime could not run the model: its outputs do not fit in memory") from None
         return {o.name: r for o, r in zip(self.outputs, results)}
 
     def refusal(self, error: str) -> str | None:
         """Why invc's check node that an onnxruntime error names refused the run (None: no such node)."""
         node = re.search(r"Name:'([^']*)'", error)
         return self.guards.get(node.group(1)) if node else None
+
+    def id_bounds(self) -> dict[str, list[str]]:
+        """For each input of ids, the sizes it indexes: a table's rows, the dims (or sizes) it picks from."""
+        bounds: dict[str, list[str]] = {name: [str(rows)] for name, rows in self.vocab.items()}
+        for name, dims in self.index.items():
+            bounds.setdefault(name, []).extend(dims)
+        return bounds
 
     def check(self, feeds: dict[str, np.ndarray]) -> None:
         expected = [i.name for i in self.inputs]
@@ -162,7 +201,7 @@ def _to_numpy(value) -> np.ndarray:
 def _check_input(info: TensorInfo, array: np.ndarray, seen: dict) -> None:
     """`seen` maps each symbolic dim to its first (input, axis, size), to catch N=5 here, N=7 there."""
     where = f"input {info.name!r}"
-    if info.dtype is not None and array.dtype != info.dtype:
+    if info.dtype is not None and array.dtype != info.dtype:  # else onnxruntime's own check, as RunFailed
         raise InputError(f"{where}: expected dtype {info.dtype.name}, got {array.dtype.name}")
     if array.ndim != len(info.shape):
         raise InputError(f"{where}: expected rank {len(info.shape)} {_fmt(info.shape)}, "
@@ -260,20 +299,25 @@ def check_offsets(inputs: list[TensorInfo], feeds: dict[str, np.ndarray], seen: 
                 raise InputError(reason)
 
 
-def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: int | None = None) -> dict:
-    """Random feeds that pass `Session.check`: Gaussian floats, ints in [0, 2), masks 80% true and
-    valid CSR offsets. A symbolic dim is sized from `dims`, else `default` (None: refused)."""
+_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes of this machine's memory
+
+
+def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: int | None = None,
+                  bounds: dict[str, list[str]] | None = None) -> dict:
+    """Random feeds that pass `Session.check`: Gaussian floats, ints in [0, 2) or below the least of
+    their `bounds` (Session.id_bounds), masks 80% true and valid CSR offsets. A symbolic dim is sized
+    from `dims`, else `default` (None: refused)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in inputs:
-        missing = [d for d in info.shape if not isinstance(d, int) and d not in dims]
-        if missing and default is None:
-            raise InputError(f"no size for dim {missing[0]!r} of input {info.name!r}; "
-                             f"give one, e.g. {missing[0]}=4")
-        shape = [d if isinstance(d, int) else dims.get(d, default) for d in info.shape]
+        shape = _random_shape(info, dims, default)
+        sizes = [_size(b, dims, default) for b in (bounds or {}).get(info.name, [])]
+        high = max(1, min([2, *filter(None, sizes)]))  # a table of 0 rows is for Session.check to refuse
         try:
-            feeds[info.name] = _random_array(rng, shape, info.dtype)
-        except MemoryError:
+            if math.prod(shape) * info.dtype.itemsize > _MEMORY:  # refused, not left to the kernel's overcommit
+                raise MemoryError
+            feeds[info.name] = _random_array(rng, shape, info.dtype, high)
+        except (MemoryError, ValueError):  # ValueError: numpy's "array is too big"
             raise InputError(f"a random input {info.name!r} of shape {shape} does not fit in memory") from None
     sizes = {d: got for info in inputs for d, got in zip(info.shape, feeds[info.name].shape) if isinstance(d, str)}
     for info in filter(is_offsets, inputs):  # random integers would be refused as offsets
@@ -282,11 +326,34 @@ def random_inputs(inputs: list[TensorInfo], dims: dict, seed: int = 0, default: 
     return feeds
 
 
-def _random_array(rng: np.random.Generator, shape: list[int], dtype) -> np.ndarray:
+FEEDABLE = [numpy_dtype(name).name for name in TABLE]
+
+
+def _random_shape(info: TensorInfo, dims: dict, default: int | None) -> list[int]:
+    if info.dtype is None:
+        raise InputError(f"input {info.name!r}: its element type is none of those --random draws "
+                         f"({', '.join(FEEDABLE)}); give that input with --input NAME=FILE.npy")
+    for axis, dim in enumerate(info.shape):
+        if dim is None and default is None:
+            raise InputError(f"dim {axis} of input {info.name!r} has neither a name nor a size in the model, "
+                             "so --random cannot size it; give that input with --input NAME=FILE.npy")
+        if isinstance(dim, str) and dim not in dims and default is None:
+            raise InputError(f"no size for dim {dim!r} of input {info.name!r}; give one, e.g. {dim}=4")
+    return [d if isinstance(d, int) else dims.get(d, default) for d in info.shape]
+
+
+def _size(bound: str, dims: dict, default: int | None) -> int | None:
+    """A recorded bound: a size ("256"), a dim ("N") or an expression of dims ("B*N"), sized as the
+    feeds are; None if unknown."""
+    sizes = {name: dims.get(name, default) for name in re.findall(r"[A-Za-z_]\w*", bound)}
+    return dim_size(bound, {name: size for name, size in sizes.items() if size is not None})
+
+
+def _random_array(rng: np.random.Generator, shape: list[int], dtype, high: int = 2) -> np.ndarray:
     if dtype == np.bool_:
         return rng.random(shape) < 0.8
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 2, shape).astype(dtype)
+        return rng.integers(0, high, shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
 
 
@@ -332,10 +399,14 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        # A .npy is mapped, not read: a header claiming more data than the file holds (terabytes, say)
+        # is refused by the mapping instead of allocating it first.
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
         if isinstance(loaded, np.ndarray):
-            return {"": loaded}
+            return {"": np.array(loaded)}
         with loaded:
             return {k: loaded[k] for k in loaded.files}
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read input file {path}: {e}") from e
+    except MemoryError:
+        raise InputError(f"cannot read input file {path}: its arrays do not fit in memory") from None

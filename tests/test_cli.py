@@ -47,6 +47,19 @@ def test_a_reader_that_is_gone_gets_no_traceback(command):
     assert r.returncode == 141 and r.stderr == ""
 
 
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_standard_output_that_cannot_be_written_is_one_line(stdout):
+    """A full disk loses the report, and a closed descriptor could become a file's: both exit 2."""
+    command = [sys.executable, "-m", "compiler.cli", "check", "examples/mlp.inv"]
+    if stdout == "closed":
+        r = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    else:
+        with open(stdout, "w") as full:
+            r = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("invc: "), r.stderr
+    assert ("No space left" if stdout == "/dev/full" else "standard output is closed") in r.stderr
+
+
 def test_a_pipe_other_than_standard_output_breaking_is_an_error(monkeypatch):
     # Only a reader that left standard output ends quietly; any other broken pipe must still surface.
     def broken(args):

@@ -361,3 +361,20 @@ def test_canonical_nbody_is_equivariant(tmp_path):
     assert sum(n.kwargs.get("canonical", False) for n in gm.graph.nodes if n.target is TARGETS.frame_basis) == 1
     pos = clouds(3, 5, torch.float32)
     assert_equivariant(gm, [pos, torch.randn(3, 5, 3, generator=GEN), torch.randn(3, 5, 1, generator=GEN).sign()])
+
+
+@pytest.mark.parametrize("canonical", [False, True])
+def test_a_trace_leaves_no_fake_constant_behind(monkeypatch, canonical):
+    """torch.export traces with fake tensors; a kernel constant made then must not be cached for the
+    eager runs that follow (each then failed with ".numpy() is not supported for tensor subclasses")."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setattr(frames, "_CONSTANTS", {})
+    pos = clouds(2, 7, torch.float32)
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        traced = fake.from_tensor(pos)
+        frames.basis_of(frames.TORCH, traced, frames.centroid_of(frames.TORCH, traced, None), None, False, canonical)
+    basis = frames.basis_of(frames.TORCH, pos, frames.centroid_of(frames.TORCH, pos, None), None, False, canonical)
+    assert type(basis) is torch.Tensor and all(type(c) is torch.Tensor for c in frames._CONSTANTS.values())
+    want = frames.basis_of(frames.TORCH, pos.double(), frames.centroid_of(frames.TORCH, pos.double(), None),
+                           None, False, canonical)
+    assert (basis.double() - want).abs().max() <= 1e-4

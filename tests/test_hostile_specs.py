@@ -139,3 +139,35 @@ def test_the_cli_refuses_fifos_dev_zero_and_huge_repeats_and_raises_limits(tmp_p
     assert r.returncode == 0 and "12003 ops" in r.stdout, r.stderr
     r = invc("check", tb, "--limit", "nodez=5")
     assert r.returncode == 2 and "malformed --limit" in r.stderr
+
+
+@pytest.mark.parametrize("name", limits.names())
+@pytest.mark.parametrize("value", [str(limits.INT_MAX), str(limits.INT_MAX + 1), "1" + "0" * 23, "9" * 5000],
+                         ids=["int64 max", "int64 max + 1", "10**23", "5000 digits"])
+def test_any_limit_value_is_taken_or_refused_in_one_line(tmp_path, capsys, name, value):
+    """Up to int64's largest a limit is raised (a spec file is never read past its size); beyond, the
+    flag is refused by name, never with an OverflowError."""
+    from compiler.cli import main
+    (tmp_path / "m.inv").write_text(MODEL.format("relu(x)"))
+    code = main(["check", str(tmp_path / "m.inv"), "--limit", f"{name}={value}"])
+    err = capsys.readouterr().err
+    if value == str(limits.INT_MAX):
+        assert (code, err) == (0, "")
+    else:
+        assert code == 2 and err.startswith(f"invc: malformed --limit '{name}=") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["compile", "verify"])
+@pytest.mark.parametrize("seed", [-2**63, 2**64 - 1, -2**63 - 1, 2**64, 10**23])
+def test_any_seed_is_taken_or_refused_before_any_work(tmp_path, capsys, command, seed):
+    """A seed in torch's range gives a model (lowering mixes it with each weight's name modulo 2**64);
+    one outside is refused by argparse, before the spec is read."""
+    from compiler import cli
+    args = [command, str(ROOT / "examples" / "deepsets.inv"), "--seed", str(seed)]
+    args += ["-o", str(tmp_path / "m.onnx")] if command == "compile" else ["--trials", "1"]
+    if -2**63 <= seed < 2**64:
+        assert cli.main(args) == 0
+        return
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 2 and "outside torch's seed range" in capsys.readouterr().err

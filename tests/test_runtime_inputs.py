@@ -155,3 +155,83 @@ def test_a_damaged_file_is_refused_and_a_foreign_one_runs_with_a_note(tmp_path, 
     assert "the file is damaged" in capsys.readouterr().err
     with pytest.raises(InputError, match="damaged"):
         Session(out)
+
+
+# -- `invc run`: every failure is one line, exit 2 -----------------------------------------------------
+def foreign(path, dtype=onnx.TensorProto.FLOAT, shape=("B", 2), op="Relu", extra=()):
+    """An ONNX file invc did not write: y = op(x, *extra), x of `dtype` and `shape`."""
+    from onnx import helper
+    inputs = [helper.make_tensor_value_info("x", dtype, list(shape))]
+    inputs += [helper.make_tensor_value_info(name, dtype, list(s)) for name, s in extra]
+    graph = helper.make_graph([helper.make_node(op, [i.name for i in inputs], ["y"])], "foreign", inputs,
+                              [helper.make_tensor_value_info("y", dtype, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def claims_terabytes(path):
+    """A .npy whose header declares 2 TiB of float32, followed by 64 bytes."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2**39,)})
+        f.write(bytes(64))
+    return f"x={path}"
+
+
+def expands_to(path, shape):
+    """A model that expands a [1, 1] input to `shape`, a constant: its output may not fit in memory
+    (past the 128 TiB a process can address, whatever the kernel's overcommit)."""
+    from onnx import helper
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])], "expand",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("shape", onnx.TensorProto.INT64, [len(shape)], shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+RUN_FAILURES = {  # case: (the command's arguments, built in tmp_path; words of the one line)
+    "a .npy header claiming terabytes": (lambda t: [foreign(t / "m.onnx", shape=(2**39,)), "-i", claims_terabytes(t / "x.npy")],
+                                         "cannot read input file"),
+    "a random size past int64": (lambda t: [foreign(t / "m.onnx"), "--random", "B=" + "9" * 20], "SIZE from 1 to 2**63-1"),
+    "a random size of 5000 digits": (lambda t: [foreign(t / "m.onnx"), "--random", "B=" + "9" * 5000], "malformed --random"),
+    "a random input too large": (lambda t: [foreign(t / "m.onnx"), "--random", f"B={2**45}"], "does not fit in memory"),
+    "a 2**62 dim in the file": (lambda t: [foreign(t / "m.onnx", shape=(2**62, 2)), "--random", "B=2"], "does not fit in memory"),
+    "a bfloat16 input, random": (lambda t: [foreign(t / "m.onnx", onnx.TensorProto.BFLOAT16, op="Identity"), "--random", "B=2"],
+                                 "its element type is none of those --random draws"),
+    "a bfloat16 input, given": (lambda t: [foreign(t / "m.onnx", onnx.TensorProto.BFLOAT16, op="Identity"), "-i", given(t)],
+                                "expected: (tensor(bfloat16))"),
+    "dims that disagree at run time": (lambda t: [foreign(t / "m.onnx", shape=("N",), op="Add", extra=[("z", ("M",))]),
+                                                  "--random", "N=2,M=3"], "could not run the model (at its Add node)"),
+    "onnxruntime out of memory": (lambda t: [expands_to(t / "m.onnx", [2**24, 2**24]), "--random", "B=1"],
+                                  "Failed to allocate memory"),
+    "an unnamed dim": (lambda t: [foreign(t / "m.onnx", shape=(None, 2)), "--random", "B=2"],
+                       "dim 0 of input 'x' has neither a name nor a size"),
+    "-o in a missing folder": (lambda t: [foreign(t / "m.onnx", shape=(2**62, 2)), "--random", "B=2", "-o",
+                                          str(t / "no" / "y.npz")], "no such directory"),
+}
+
+
+def given(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((2, 2), np.float32))
+    return f"x={tmp_path / 'x.npy'}"
+
+
+@pytest.mark.parametrize("case", RUN_FAILURES)
+def test_every_run_failure_is_one_line(tmp_path, capsys, case):
+    args, words = RUN_FAILURES[case]
+    assert main(["run", *args(tmp_path)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("invc: ") and words in lines[0], lines
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 3])
+def test_random_ids_stay_inside_what_they_index(tmp_path, capsys, vocab):
+    """--random draws ids below the table's rows and the indexed dim's size, however small."""
+    spec = tmp_path / "ids.inv"
+    spec.write_text("model ids(vocab: int) {\n  input t: i64[B, S]\n  input x: f32[N, 2]\n  input e: i64[E]\n"
+                    "  h = embedding(t, num=vocab, dim=2)\n  g = gather(x, e, axis=0)\n  output h\n  output g\n}\n")
+    compiler.compile(spec, out=tmp_path / "ids.onnx", params={"vocab": vocab})
+    session = Session(tmp_path / "ids.onnx")
+    assert session.id_bounds() == {"t": [str(vocab)], "e": ["N"]}
+    assert main(["run", str(tmp_path / "ids.onnx"), "--random", f"B=3,S=4,N={vocab},E=5"]) == 0, capsys.readouterr().err

@@ -100,7 +100,7 @@ def test_onnx_that_fails_its_check_is_not_written(tmp_path, monkeypatch):
     from passes.slicegpt import onnx_export
 
     model = tiny_model("llama")
-    with pytest.raises(InvcError, match="no such file or directory|No such file"):
+    with pytest.raises(InvcError, match="no such directory"):
         export_onnx(model, tmp_path / "missing" / "m.onnx")
     real = onnx_export.check_onnx
     monkeypatch.setattr(onnx_export, "check_onnx", lambda model, tmp, _tol, **k: real(model, tmp, -1.0, **k))

@@ -2,10 +2,14 @@
 zero counts are refused with invc's own message, before any work and without running anything."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from compiler.cli import main
 from common.errors import InvcError
@@ -82,3 +86,61 @@ def test_a_non_finite_weight_is_named_before_calibration(tmp_path, capsys, value
     err = capsys.readouterr().err
     assert code == 2 and "weight model.layers.1.mlp.up_proj.weight holds" in err and "[2, 3]" in err, err
     assert "overflow" not in err and not (tmp_path / "out").exists()
+
+
+# -- damaged checkpoints: every tensor the config asks for, none other, each of its shape -------------
+DAMAGE = ["missing", "unexpected", "misshapen", "more layers"]
+
+
+def damage(folder: Path, kind: str, rng: np.random.Generator) -> str:
+    """Damage one drawn tensor (or the layer count) of a saved model; the name the refusal must give."""
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    keys = sorted(k for k in state if not k.startswith("invc_slice."))
+    key = keys[rng.integers(len(keys))]
+    if kind == "missing":
+        del state[key]
+    elif kind == "unexpected":
+        key = f"model.layers.0.mlp.extra_{rng.integers(100)}.weight"
+        state[key] = torch.randn(3, 2)
+    elif kind == "misshapen":
+        shape = list(state[key].shape)
+        shape[rng.integers(len(shape))] += int(rng.integers(1, 4))  # larger than any slice of it
+        state[key] = torch.randn(shape)
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        config["num_hidden_layers"] += 1
+        (folder / "config.json").write_text(json.dumps(config))
+        return f"model.layers.{config['num_hidden_layers'] - 1}."
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return key
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory):
+    """A sliced directory with its plan (shortcut mode is not a plain model of its family)."""
+    from passes.slicegpt import save_sliced, slice_model
+    from test_slicegpt_models import structure_of, token_batches
+
+    model = tiny_model("llama")
+    slice_model(model, token_batches(1), 0.25, mode="shortcut", structure=structure_of("llama"))
+    return save_sliced(model, tmp_path_factory.mktemp("sliced") / "llama")
+
+
+COMMANDS = {"slice": ["--calib", "c.txt", "-o", "out"], "eval-ppl": ["--text", "c.txt"], "export": ["-o", "m.onnx"]}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("source", ["dense", "sliced"])
+def test_a_damaged_checkpoint_is_refused_by_name(request, tmp_path, monkeypatch, capsys, kind, command, source):
+    monkeypatch.chdir(tmp_path)
+    model = copy_of(request.getfixturevalue(source), tmp_path)
+    name = damage(model, kind, np.random.default_rng(list(f"{kind} {command} {source}".encode())))
+    (tmp_path / "c.txt").write_text("not read: the weights are refused first\n")
+    capsys.readouterr()  # the fixtures' progress bars
+    assert main([command, "m", *COMMANDS[command]]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after transformers' progress bar
+    assert "the checkpoint is damaged" in last and name in last and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "m"]

@@ -1,7 +1,6 @@
 """ONNX export of dense or sliced models (input_ids -> logits), checked against onnxruntime."""
 from __future__ import annotations
 
-import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from torch import nn
 
 from common.errors import CheckFailed, InvcError
 from common.files import atomic_path
+from common.logs import quiet
 from runtime.session import VOCAB_KEY
 from runtime.stamp import stamp_file
 
@@ -52,17 +52,6 @@ def export_onnx(model: nn.Module, path: Path | str, seq_len: int = 16, check: bo
 
 # Logs one line per torchvision op it skips when torchvision is absent, which a language model never uses.
 EXPORTER_REGISTRY_LOG = "torch.onnx._internal.exporter._registration"
-
-
-@contextmanager
-def quiet(logger_name: str):
-    log = logging.getLogger(logger_name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 @contextmanager
