@@ -166,6 +166,7 @@ def _run_cmd(sub) -> None:
 
 def _run(args) -> int:
     import numpy as np
+    from runtime import native
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
     if args.out:
@@ -174,6 +175,8 @@ def _run(args) -> int:
     session = Session(args.model, args.provider)
     if session.note:
         print(session.note, file=sys.stderr)
+    if session.frames and session.kernels.startswith(native.BODIES):  # fell back: say why, once
+        print(f"note: {session.kernels}", file=sys.stderr)
     feeds = random_inputs(session.inputs, dims) if args.random else load_inputs(args.input)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
@@ -251,6 +254,8 @@ def _demo(args) -> int:
             ("compile time", f"{result.seconds['total'] * 1000:.0f} ms"),
             ("provider", report.provider), ("inputs", report.shapes),
             ("max abs error", f"{report.max_error:.2e} (tolerance {args.tol:g})")]
+    if report.kernels:
+        rows.insert(-2, ("frame kernels", report.kernels.removeprefix("frame kernels: ")))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     if not report.max_error <= args.tol:  # NaN fails
