@@ -352,3 +352,14 @@ def test_run_and_verify_say_why_the_kernels_fell_back(empty_cache, monkeypatch, 
     assert notes == [f"note: {native.BODIES} (/bin/true exited 0 but wrote no library)"]
     report = compare_with_torch("examples/pointcloud_classifier.inv", path, {"B": 2, "N": 5})
     assert report.kernels == notes[0].removeprefix("note: ") and report.max_error <= 1e-4
+
+
+def test_verify_notes_why_the_kernels_fell_back(empty_cache, monkeypatch):
+    """A fallback with a reason is the bodies, measured once under their own name, with the reason."""
+    from compiler.lower import lower
+    from compiler.verify import _backends
+    monkeypatch.setenv("CC", "/bin/true")
+    checked = compiler.check("examples/pointcloud_classifier.inv")
+    backends, notes = _backends(lower(checked), checked, None)
+    assert [b[0] for b in backends if b[0].startswith("onnx")] == ["onnx fp32, frame bodies"]
+    assert notes == [f"{native.BODIES} (/bin/true exited 0 but wrote no library)"]
