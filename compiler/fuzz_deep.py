@@ -7,7 +7,7 @@ onnxruntime cannot load, two runtimes that disagree, or a bad index that runs si
 fails when:
   - anything other than a SpecError escapes parse, check, lowering or emit;
   - the written file is invalid (onnx.checker, or onnxruntime cannot load it);
-  - on valid inputs, torch and onnxruntime disagree beyond the dtype's tolerance (NaN or inf on one
+  - on valid inputs (now and then a NaN or an infinity among them), torch and onnxruntime disagree beyond the dtype's tolerance (NaN or inf on one
     side only, another shape or dtype included), or one refuses what the other runs;
   - an empty batch (a symbolic dim of 0) or an out-of-range input (an id outside what it indexes,
     CSR offsets that do not start at 0, decrease, or miss the row count) is not refused by the
@@ -25,6 +25,7 @@ runs 10,000 and more; tests/test_fuzz_deep.py a CI-sized batch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 import tempfile
@@ -371,7 +372,10 @@ def valid_inputs(case: DeepCase, rng: random.Random) -> tuple[dict, dict]:
                 mask[0] = False  # an empty set
             feeds[t.name] = mask
         else:
-            feeds[t.name] = gen.standard_normal(shape).astype({"f16": np.float16, "f32": np.float32, "f64": np.float64}[t.dtype])
+            x = gen.standard_normal(shape)
+            if x.size and rng.random() < 0.15:  # NaN must stay where it is in both, masked out or not
+                x.flat[rng.randrange(x.size)] = rng.choice([math.nan, math.inf, -math.inf])
+            feeds[t.name] = x.astype({"f16": np.float16, "f32": np.float32, "f64": np.float64}[t.dtype])
     return feeds, sizes
 
 
