@@ -4,6 +4,7 @@ Targets: 0 crashes, 0 invalid files, 0 disagreements, 0 valid inputs refused, 0 
 
     python benchmarks/fuzz_deep.py                        # 10,000 specs, seed 0, every dtype
     python benchmarks/fuzz_deep.py --cases 2000 --narrow  # f32 floats and i64 ids only
+    python benchmarks/fuzz_deep.py --seeds 17,4242        # these cases again, each shrunk
 
 Failures are grouped by kind (status and message, names and numbers dropped), each with the class of
 issue 22 it belongs to and its first case shrunk to the fewest statements that still fail that way.
@@ -38,6 +39,8 @@ def main() -> int:
     p.add_argument("--cases", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--narrow", action="store_true", help="f32 floats and i64 ids only: past the dtype failures")
+    p.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")],
+                   help="run these seeds only (comma-separated), e.g. the first of a kind of failure")
     p.add_argument("--hang", type=int, default=60, help="seconds after which a case counts as hung")
     args = p.parse_args()
     signal.signal(signal.SIGALRM, _alarm)
@@ -47,7 +50,9 @@ def main() -> int:
     onnxruntime.set_default_logger_severity(4)  # the refused runs are expected; their log lines are noise
     torch.set_num_threads(1)  # tiny tensors: a second thread only waits, and slows a loaded machine
     counts, kinds, t0 = collections.Counter(), {}, time.perf_counter()
-    for seed in range(args.seed, args.seed + args.cases):
+    seeds = args.seeds or range(args.seed, args.seed + args.cases)
+    args.cases = len(seeds)
+    for seed in seeds:
         case = fuzz_deep.draw(random.Random(seed), *dtypes)
         signal.alarm(args.hang)
         try:
@@ -59,12 +64,14 @@ def main() -> int:
         if result.failed:
             kinds.setdefault(fuzz_deep.signature(result), []).append((seed, case, result))
     wall = time.perf_counter() - t0
-    _report(args, counts, kinds, wall)
+    _report(args, counts, kinds, wall, every=bool(args.seeds))
     return 1 if any(counts[f] for f in fuzz_deep.FAILURES) else 0
 
 
-def _report(args, counts, kinds, wall) -> None:
-    print(f"## deep fuzz: {args.cases:,} specs from seed {args.seed}{', narrow dtypes' if args.narrow else ''}, "
+def _report(args, counts, kinds, wall, every: bool) -> None:
+    """Counts, then each kind of failure by class with its first case shrunk (with `every`, all)."""
+    start = f"seeds {args.seeds}" if every else f"from seed {args.seed}"
+    print(f"## deep fuzz: {args.cases:,} specs {start}{', narrow dtypes' if args.narrow else ''}, "
           f"{wall:.0f} s wall ({wall / args.cases * 1000:.0f} ms/spec), load {os.getloadavg()[0]:.2f} at the end")
     print(f"ran and agreed {counts['ok']:,}, refused by the checker {counts['refused']:,}; failures: "
           + ", ".join(f"{f} {counts[f]:,}" for f in fuzz_deep.FAILURES))
@@ -74,11 +81,11 @@ def _report(args, counts, kinds, wall) -> None:
     for name, groups in sorted(by_class.items()):
         print(f"\n### class {name}: {sum(len(c) for _, c in groups):,} specs, {len(groups)} kinds")
         for kind, cases in sorted(groups, key=lambda g: -len(g[1])):
-            seed, case, result = cases[0]
-            shrunk = fuzz_deep.shrink(case, result, seed)
-            print(f"- {len(cases):,} x {kind}\n  first: seed {seed}, shrunk:")
-            print("    " + shrunk.text.strip().replace("\n", "\n    "))
-            print(f"    -> {(shrunk.detail.strip().splitlines() or [''])[-1][:300]}")
+            print(f"- {len(cases):,} x {kind}")
+            for seed, case, result in cases if every else cases[:1]:
+                shrunk = fuzz_deep.shrink(case, result, seed)
+                print(f"  seed {seed}, shrunk:\n    " + shrunk.text.strip().replace("\n", "\n    "))
+                print(f"    -> {(shrunk.detail.strip().splitlines() or [''])[-1][:300]}")
 
 
 if __name__ == "__main__":

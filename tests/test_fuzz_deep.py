@@ -94,3 +94,13 @@ def test_each_kind_of_failure_is_caught(monkeypatch, plant, status, says):
         monkeypatch.setattr(random.Random, "choice", lambda self, seq: seq[0])  # the id -1
     results = [fuzz_deep.run(small_case(), seed) for seed in range(3)]
     assert all(r.status == status and says in r.detail for r in results), results
+
+
+def test_a_failure_shrinks_to_the_statement_that_fails(monkeypatch):
+    from ops.elementwise import onnx_unary
+    plant_emitter(monkeypatch, onnx_unary("Sigmoid"))
+    case = small_case()
+    case.lines.append("  t3 = relu(feat)")
+    shrunk = fuzz_deep.shrink(case, fuzz_deep.run(case, 0), 0)
+    assert shrunk.status == "disagree" and "picks" not in shrunk.text and "relu" not in shrunk.text, shrunk.text
+    assert "t1 = tanh(feat)" in shrunk.text
