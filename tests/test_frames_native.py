@@ -335,7 +335,9 @@ def test_eight_threads_on_an_empty_cache_all_load_whole_kernels(empty_cache, mon
 def test_processes_on_an_empty_cache_all_load_whole_kernels(empty_cache, monkeypatch):
     monkeypatch.setenv("CC", slow_compiler(empty_cache))
     script = "import onnxruntime as ort; from runtime import native; print(native.register(ort.SessionOptions()))"
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    root = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root)
+             for _ in range(3)]
     lines = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(line.startswith("frame kernels: native") for line in lines), lines
 
