@@ -12,6 +12,7 @@ load) falls back to the bodies, with the reason in the line `register` returns.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -97,7 +98,8 @@ def _compile(command: list[str]) -> subprocess.CompletedProcess:
         raise BuildError(f"{command[0]} did not finish building {SOURCE.name} in {BUILD_SECONDS:g} s") from None
     finally:
         if proc.returncode is None:  # timed out or interrupted: stop the build and reap it
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
