@@ -560,14 +560,19 @@ def _agree(name: str, got, want) -> None:
 
 
 def _refused(session, feeds: dict, what: str) -> None:
-    """The Session refuses these inputs with a one-line InputError."""
+    """The Session's checks refuse these inputs with a one-line InputError, before onnxruntime runs:
+    an onnxruntime error is no refusal, however the Session words it."""
     from runtime.inputs import InputError
     try:
-        session.run(feeds)
+        session.check(feeds)
     except InputError as e:
         if "\n" in str(e):
             raise _Finding("ran invalid", f"{what}: refused, but not in one line: {e}") from None
         return
+    except Exception:  # noqa: BLE001
+        raise _Finding("crash", f"{what}: " + _last_lines()) from None
+    try:
+        session.run(feeds)
     except Exception:  # noqa: BLE001
         raise _Finding("crash", f"{what}: " + _last_lines()) from None
     raise _Finding("ran invalid", f"{what}: ran without a refusal")
