@@ -217,3 +217,17 @@ def test_a_nan_anywhere_in_a_max_or_min_reaches_its_result(kind, dtype):
         got, want = session.run({"x": x})["y"], run_torch(gm, {"x": torch.from_numpy(x)})["y"].numpy()
         assert np.array_equal(np.isnan(got), np.isnan(want)), (axis, keepdim)
         np.testing.assert_array_equal(got, want)  # equal_nan: the NaN places were compared above
+
+
+@pytest.mark.parametrize("act", elementwise.ACTIVATIONS)
+def test_activations_agree_at_infinities_and_nan(act):
+    """Each activation's torch form and ONNX give the same value, NaN included, at ±inf, NaN and
+    far out (torch's gelu alone gave NaN at +inf)."""
+    gm = one(getattr(TARGETS, act), ["x"], inputs={"x": (("B", 6), "f32")})
+    rng = np.random.default_rng(7)
+    x = np.concatenate([[[-np.inf, np.inf, np.nan, -88.0, 88.0, 0.0]],
+                        rng.standard_normal((3, 6)) * 10.0 ** rng.integers(-3, 3, (3, 6))]).astype(np.float32)
+    got = Session(to_onnx(gm)).run({"x": x})["y"]
+    want = run_torch(gm, {"x": torch.from_numpy(x)})["y"].numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got[0], want[0])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
