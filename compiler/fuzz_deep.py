@@ -407,7 +407,7 @@ def out_of_range(case: DeepCase, rng: random.Random, feeds: dict, sizes: dict) -
     return {**feeds, name: bad}, f"offsets {name} ({how}: {bad.tolist()}, {rows} rows)"
 
 
-def empty_inputs(case: DeepCase, sizes: dict, feeds: dict, rng: random.Random) -> tuple[dict, str] | None:
+def empty_inputs(case: DeepCase, rng: random.Random, feeds: dict, sizes: dict) -> tuple[dict, str] | None:
     """Valid inputs again with one symbolic dim of an input 0: an empty batch, refused by both."""
     import numpy as np
     symbols = sorted({d for t in case.inputs for d in t.dims if isinstance(d, str)})
@@ -455,7 +455,7 @@ def run(case: DeepCase, seed: int = 0) -> Result:
         feeds, sizes = valid_inputs(case, rng)
         _compare(session, module, feeds)
         ran.append("valid")
-        for kind, bad in (("empty", empty_inputs(case, sizes, feeds, rng)),
+        for kind, bad in (("empty", empty_inputs(case, rng, feeds, sizes)),
                           ("out of range", out_of_range(case, rng, feeds, sizes))):
             if bad is not None:
                 _refused(session, *bad)
