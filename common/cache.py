@@ -18,8 +18,12 @@ def private_cache(kind: str) -> Path:
     one else can write."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     cache = base / "invc" / kind
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = cache.lstat()
+    try:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = cache.lstat()
+    except OSError as e:  # XDG_CACHE_HOME a file, a folder without write permission, a full disk
+        raise CacheError(f"cannot create build cache {cache}: {e.strerror or e}; "
+                         f"set XDG_CACHE_HOME to a writable folder") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise CacheError(f"build cache {cache} is not a private directory of this user "
                          f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); "

@@ -183,6 +183,7 @@ def _run_cmd(sub) -> None:
 
 def _run(args) -> int:
     import numpy as np
+    from runtime import native
     from runtime.session import Session, load_inputs, random_inputs
     dims = _dims(args.random) if args.random else None  # a malformed flag is refused before loading
     if args.out:  # refused before the model runs: a missing folder, or an input in its place
@@ -191,6 +192,8 @@ def _run(args) -> int:
     session = Session(args.model, args.provider)
     if session.note:
         print(session.note, file=sys.stderr)
+    if session.frames and session.kernels.startswith(native.BODIES):  # fell back: say why, once
+        print(f"note: {session.kernels}", file=sys.stderr)
     # Random ids stay below what they index: a table's rows, a dim's size (a vocabulary of 1 included).
     feeds = random_inputs(session.inputs, dims, bounds=session.id_bounds()) if args.random else \
         load_inputs(args.input)
@@ -272,6 +275,8 @@ def _demo(args) -> int:
             ("compile time", f"{result.seconds['total'] * 1000:.0f} ms"),
             ("provider", report.provider), ("inputs", report.shapes),
             ("max abs error", f"{report.max_error:.2e} (tolerance {args.tol:g})")]
+    if report.kernels:
+        rows.insert(-2, ("frame kernels", report.kernels.removeprefix("frame kernels: ")))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     if not report.max_error <= args.tol:  # NaN fails

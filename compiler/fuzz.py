@@ -9,6 +9,9 @@ a benchmark-sized one.
 
 A case is a dict of file name -> text with the root spec under ROOT, so import cycles and diamonds
 can be built; texts may hold any unicode, including lone surrogates and NUL.
+
+Its deep stage, compiler/fuzz_deep.py, goes past the checker: well-typed models compiled to ONNX
+and run in torch and onnxruntime on valid, empty and out-of-range inputs.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ class Agreement:
     provider: str
     shapes: str
     max_error: float
+    kernels: str | None = None  # which frame kernels ran, and why, for a model with frames
 
 
 def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed: int = 0,
@@ -37,7 +38,7 @@ def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed
     want = want if isinstance(want, tuple) else (want,)
     error = worst(float(np.max(np.abs(g - w.numpy()), initial=0.0)) for g, w in zip(got.values(), want))
     shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-    return Agreement(session.provider, shapes, error)
+    return Agreement(session.provider, shapes, error, session.kernels if session.frames else None)
 
 
 # -- equivariance ----------------------------------------------------------------------------
@@ -250,8 +251,8 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
     """Measure every declared symmetry of a spec's outputs on its torch module (fp32 and fp64) and
     on its ONNX file (compiled in memory when not given). The spec's claims are measured even when
     the static proof refuses them, so both halves can be compared."""
-    checked, gm, inputs, backends = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
-    rows, notes, gen = [], [], torch.Generator().manual_seed(seed)
+    checked, gm, inputs, backends, notes = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
+    rows, gen = [], torch.Generator().manual_seed(seed)
     for group in checked.groups:
         ins, outs = _facts(checked, group)
         orbit = elements(group, {**SIZES, **(sizes or {})}, trials, gen)
@@ -270,7 +271,8 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
 
 
 def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
-    """The checked model (claims not enforced), its torch module, sampled inputs and backends."""
+    """The checked model (claims not enforced), its torch module, sampled inputs, backends and notes
+    on the backends."""
     from common.errors import InvcError
     from compiler.lower import lower
     from ops.registry import check
@@ -282,7 +284,7 @@ def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
                         "(add `symmetry S(N)` or `symmetry E(3)` and claims such as `output y is invariant`)")
     gm = lower(checked, seed)
     inputs = sample_inputs(checked, {**SIZES, **(sizes or {})}, seed)
-    return checked, gm, inputs, _backends(gm, checked, onnx)
+    return checked, gm, inputs, *_backends(gm, checked, onnx)
 
 
 def _facts(checked, group) -> tuple[list, list]:
@@ -375,8 +377,9 @@ def _cast(x: torch.Tensor, dtype) -> torch.Tensor:
     return x.to(dtype) if x.is_floating_point() else x
 
 
-def _backends(gm, checked, onnx) -> list:
-    """(name, fn, dtype): the torch module in fp32 and fp64, and the ONNX model in onnxruntime."""
+def _backends(gm, checked, onnx) -> tuple[list, list]:
+    """[(name, fn, dtype)]: the torch module in fp32 and fp64, and the ONNX model in onnxruntime;
+    and the notes on them (why the native frame kernels fell back)."""
     import copy
 
     from compiler.onnx_backend import to_onnx
@@ -396,12 +399,12 @@ def _backends(gm, checked, onnx) -> list:
     backends = [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
                 ("torch fp64, random weights", redrawn(gm), torch.float64)]
     if not session.frames:
-        return backends + [("onnx fp32", runner(session), torch.float32)]
+        return backends + [("onnx fp32", runner(session), torch.float32)], []
     # Frames run as native kernels where they are registered; the portable bodies are measured too.
     bodies = ("onnx fp32, frame bodies", runner(Session(onnx, native_frames=False)), torch.float32)
-    if session.kernels == native.BODIES:
-        return backends + [bodies]
-    return backends + [("onnx fp32, native frame kernels", runner(session), torch.float32), bodies]
+    if session.kernels.startswith(native.BODIES):  # the kernels fell back: say why
+        return backends + [bodies], [session.kernels]
+    return backends + [("onnx fp32, native frame kernels", runner(session), torch.float32), bodies], []
 
 
 def redrawn(gm, seed: int = 1):
@@ -508,7 +511,7 @@ def plot_orbits(spec: str | Path, path: str | Path, model: str | None = None, on
     from dsl.groups import Euclidean
 
     image = plot_format(path)
-    checked, _, inputs, backends = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
+    checked, _, inputs, backends, _ = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
     groups, gen = list(checked.groups), torch.Generator().manual_seed(seed)
     fig, panels = plt.subplots(1, len(groups), subplot_kw={"projection": "polar"},
                                figsize=(5 * len(groups), 5), squeeze=False)

@@ -147,7 +147,8 @@ def relu(x):
 
 
 def gelu(x):
-    return F.gelu(x)
+    # torch's gelu is NaN at +inf, where the erf form (and onnxruntime, its ONNX) gives +inf
+    return torch.where(torch.isposinf(x), x, F.gelu(x))
 
 
 def silu(x):

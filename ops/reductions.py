@@ -1,5 +1,6 @@
 """Reductions over one axis: sum, mean, max and min (reduce_sum, ... in graphs). Over a set they
 forget its order; over the coordinates only a sum or mean of coordinate products is invariant."""
+from common.dtypes import FLOATS
 from dsl.groups import Fact
 from dsl.rules import Axis, Tensor, numeric
 from dsl.symmetry_rules import Call, reduced
@@ -44,9 +45,19 @@ def reduce_min(x, axis, keepdim=False):
 def onnx_reduce(op_type):
     # Opset 18 takes the axes of every Reduce* as an int64 input tensor.
     def emit(g, node, x, axis, keepdim):
-        axes = list(axis) if isinstance(axis, (tuple, list)) else [axis]
-        return g.op(op_type, g.value(x), g.ints(axes), keepdims=int(keepdim))
+        axes = g.ints(list(axis) if isinstance(axis, (tuple, list)) else [axis])
+        out = g.op(op_type, g.value(x), axes, keepdims=int(keepdim))
+        if op_type in ("ReduceMax", "ReduceMin") and x.meta["dtype"] in FLOATS:
+            return g.op("Add", out, nan_term(g, g.value(x), axes, x.meta["dtype"], int(keepdim)))
+        return out
     return emit
+
+
+def nan_term(g, x: str, axes: str, dtype: str, keepdims: int = 0) -> str:
+    """0 where the reduced entries hold no NaN, NaN where they do: a sum of the NaN entries only.
+    onnxruntime's ReduceMax and ReduceMin (and ScatterND's max and min) drop a NaN that is not the
+    first entry, where torch keeps it; adding this term keeps NaN in, NaN out."""
+    return g.op("ReduceSum", g.op("Where", g.op("IsNaN", x), x, g.scalar(0.0, dtype)), axes, keepdims=keepdims)
 
 
 def triton_reduction(method: str):

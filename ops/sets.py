@@ -44,7 +44,7 @@ from dsl.rules import Axis, Tensor, float_input, weighted_input
 from dsl.symmetry_rules import COORD_HINT, COORDINATES, Call, Operand, axes_of, merged, moved, reduced, what
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
-from ops.reductions import KINDS
+from ops.reductions import KINDS, nan_term
 
 torch, np, helper = Lazy("torch"), Lazy("numpy"), Lazy("onnx.helper")
 
@@ -319,16 +319,11 @@ def _trailing(g, t: str, start: int, rank: int) -> str:
     return t if start >= rank else g.op("Unsqueeze", t, g.ints(range(start, rank)))
 
 
-def _nan_term(g, x: str, axes: str, dtype: str) -> str:
-    """0 where the reduced entries hold no NaN, NaN where they do: a sum of the NaN entries only."""
-    return g.op("ReduceSum", g.op("Where", g.op("IsNaN", x), x, g.scalar(0.0, dtype)), axes, keepdims=0)
-
-
 def _masked(g, x: str, mask: str | None, axis: int, kind: str, rank: int, dtype: str) -> str:
     axes = g.ints([axis])
     if mask is None:
         out = g.op(REDUCE[kind], x, axes, keepdims=0)
-        return out if kind in ("sum", "mean") else g.op("Add", out, _nan_term(g, x, axes, dtype))
+        return out if kind in ("sum", "mean") else g.op("Add", out, nan_term(g, x, axes, dtype))
     keep = _trailing(g, mask, axis + 1, rank)
     real = g.op("Where", keep, x, g.scalar(0.0, dtype))
     if kind == "sum":  # no count: onnxruntime runs nodes whose results nobody reads
@@ -338,7 +333,7 @@ def _masked(g, x: str, mask: str | None, axis: int, kind: str, rank: int, dtype:
     if kind == "mean":
         return g.op("Div", g.op("ReduceSum", real, axes, keepdims=0), g.op("Max", count, g.scalar(1.0, dtype)))
     out = g.op(REDUCE[kind], g.op("Where", keep, x, g.scalar(IDENTITY[kind], dtype)), axes, keepdims=0)
-    out = g.op("Add", out, _nan_term(g, real, axes, dtype))
+    out = g.op("Add", out, nan_term(g, real, axes, dtype))
     return g.op("Where", g.op("Greater", count, g.scalar(0.0, dtype)), out, g.scalar(0.0, dtype))
 
 

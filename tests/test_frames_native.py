@@ -3,7 +3,13 @@ function bodies, on drawn clouds: generic, tied, collinear, planar, coincident, 
 rounding, tiny, masked (all
 masked too), NaN-padded, in float32 and float64, for every group and mode. Then whole models, the
 portable file, the fallbacks, and the kernels' own refusals."""
+import concurrent.futures
 import functools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -232,3 +238,138 @@ def test_names_match_the_kernels_registered():
         except Exception as e:  # noqa: BLE001 - a known kernel fails on its arity or types, never its name
             assert "is not a registered function/op" not in str(e), name
     assert len(names) == 30
+
+
+# -- every failure on the way to the kernels falls back to the bodies, with its reason -----------
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """A fresh, empty build cache and no remembered build, for this test only."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    native.library.cache_clear()
+    native.rebuilt.cache_clear()
+    yield tmp_path
+    native.library.cache_clear()
+    native.rebuilt.cache_clear()
+
+
+def compiler_script(folder, name: str, body: str) -> str:
+    """A stand-in C compiler: a shell script; "$out" is the file after -o."""
+    path = folder / name
+    path.write_text('#!/bin/sh\nout=\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done\n' + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def kernels_line(**options) -> str:
+    return Session(frame_graph_model(), **options).kernels
+
+
+def assert_falls_back(reason: str):
+    """The session falls back to the bodies, says why, and still computes what the kernels do."""
+    session = Session(frame_graph_model())
+    assert session.kernels.startswith(native.BODIES + " (") and reason in session.kernels, session.kernels
+    feeds = batch(["generic", "generic"], 7, True, np.float32, np.random.default_rng(5))
+    got, want = session.run(feeds), Session(frame_graph_model(), native_frames=False).run(feeds)
+    for name in want:
+        assert np.array_equal(got[name], want[name], equal_nan=True), name
+
+
+def test_a_compiler_that_writes_nothing_falls_back(empty_cache, monkeypatch):
+    monkeypatch.setenv("CC", "/bin/true")
+    assert_falls_back("wrote no library")
+    assert not list((empty_cache / "cache" / "invc" / "native").iterdir())  # no empty library left
+
+
+def test_a_cache_that_cannot_be_made_falls_back(empty_cache, monkeypatch):
+    (empty_cache / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty_cache / "file"))  # a file: mkdir says "not a directory"
+    assert_falls_back("cannot create build cache")
+    native.library.cache_clear()
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/invc-cache")  # a folder no one, root included, can make
+    assert_falls_back("cannot create build cache")
+
+
+def test_a_cached_library_path_that_is_a_folder_falls_back(empty_cache):
+    native.cached_path(os.environ.get("CC") or "cc").mkdir(parents=True)
+    assert_falls_back("is not a regular file")
+
+
+def test_a_compiler_that_hangs_is_stopped(empty_cache, monkeypatch):
+    """The script's `sleep` is its child, holding the output pipes: only stopping the whole
+    process group ends the build."""
+    monkeypatch.setenv("CC", compiler_script(empty_cache, "hang", "sleep 60"))
+    monkeypatch.setattr(native, "BUILD_SECONDS", 0.5)
+    t0 = time.monotonic()
+    assert_falls_back("did not finish building frames.c in 0.5 s")
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_library_that_does_not_load_is_rebuilt_once(empty_cache, monkeypatch):
+    path = native.cached_path(os.environ.get("CC") or "cc")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x7fELF truncated")  # a build cut short, or a library from another machine
+    assert kernels_line().startswith("frame kernels: native")
+    assert path.stat().st_size > 10_000
+    # A compiler that writes a library that never loads: rebuilt once, then the bodies run.
+    monkeypatch.setenv("CC", compiler_script(empty_cache, "junk", 'echo junk > "$out"'))
+    native.library.cache_clear()
+    calls = []
+    monkeypatch.setattr(native, "build", lambda *a, _build=native.build: calls.append(a) or _build(*a))
+    native.cached_path(os.environ["CC"]).write_bytes(b"junk")
+    assert_falls_back("even rebuilt")
+    assert_falls_back("even rebuilt")
+    assert len(calls) == 1
+
+
+def slow_compiler(folder) -> str:
+    """Writes the real library in two steps, 0.3 s apart: a reader of its output in between sees
+    half a library, and two builds sharing one temporary name collide. The cache then holds no
+    build of it and no remembered one."""
+    built = native.library()[0]
+    assert built is not None
+    native.library.cache_clear()
+    return compiler_script(folder, "slow", f'head -c 4096 {built} > "$out"\nsleep 0.3\ncat {built} > "$out"')
+
+
+def test_eight_threads_on_an_empty_cache_all_load_whole_kernels(empty_cache, monkeypatch):
+    monkeypatch.setenv("CC", slow_compiler(empty_cache))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        lines = list(pool.map(lambda _: kernels_line(), range(8)))
+    assert all(line.startswith("frame kernels: native") for line in lines), lines
+    folder = native.cached_path(os.environ["CC"]).parent
+    assert not [p.name for p in folder.iterdir() if p.suffix == ".tmp"]  # no temporaries left
+
+
+def test_processes_on_an_empty_cache_all_load_whole_kernels(empty_cache, monkeypatch):
+    monkeypatch.setenv("CC", slow_compiler(empty_cache))
+    script = "import onnxruntime as ort; from runtime import native; print(native.register(ort.SessionOptions()))"
+    root = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root)
+             for _ in range(2)]
+    lines = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(line.startswith("frame kernels: native") for line in lines), lines
+
+
+def test_run_and_verify_say_why_the_kernels_fell_back(empty_cache, monkeypatch, tmp_path, capsys):
+    from compiler import cli
+    from compiler.verify import compare_with_torch
+    monkeypatch.setenv("CC", "/bin/true")
+    path = tmp_path / "pc.onnx"
+    assert cli.main(["compile", "examples/pointcloud_classifier.inv", "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", str(path), "--random", "B=2,N=5"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "frame kernels" in line]
+    assert notes == [f"note: {native.BODIES} (/bin/true exited 0 but wrote no library)"]
+    report = compare_with_torch("examples/pointcloud_classifier.inv", path, {"B": 2, "N": 5})
+    assert report.kernels == notes[0].removeprefix("note: ") and report.max_error <= 1e-4
+
+
+def test_verify_notes_why_the_kernels_fell_back(empty_cache, monkeypatch):
+    """A fallback with a reason is the bodies, measured once under their own name, with the reason."""
+    from compiler.lower import lower
+    from compiler.verify import _backends
+    monkeypatch.setenv("CC", "/bin/true")
+    checked = compiler.check("examples/pointcloud_classifier.inv")
+    backends, notes = _backends(lower(checked), checked, None)
+    assert [b[0] for b in backends if b[0].startswith("onnx")] == ["onnx fp32, frame bodies"]
+    assert notes == [f"{native.BODIES} (/bin/true exited 0 but wrote no library)"]

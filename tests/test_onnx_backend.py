@@ -200,3 +200,35 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(InvcError, match=f"{target}: Permission denied"):
         save_onnx(to_onnx(CASES["relu"]()), target)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_a_nan_anywhere_in_a_max_or_min_reaches_its_result(kind, dtype):
+    """onnxruntime's ReduceMax and ReduceMin drop a NaN that is not the first entry reduced, torch
+    keeps it: NaN and infinities at drawn places, every axis, with and without keepdim."""
+    rng = np.random.default_rng(22)
+    target = getattr(TARGETS, f"reduce_{kind}")
+    for axis, keepdim in [(a, k) for a in range(3) for k in (False, True)]:
+        gm = one(target, ["x"], inputs={"x": (("B", "N", 3), dtype)}, axis=axis, keepdim=keepdim)
+        session = Session(to_onnx(gm))
+        x = rng.standard_normal((4, 5, 3)).astype(np.float32 if dtype == "f32" else np.float64)
+        spots = rng.choice(x.size, 6, replace=False)
+        x.flat[spots] = [np.nan, np.nan, np.nan, np.inf, -np.inf, np.nan]
+        got, want = session.run({"x": x})["y"], run_torch(gm, {"x": torch.from_numpy(x)})["y"].numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(want)), (axis, keepdim)
+        np.testing.assert_array_equal(got, want)  # equal_nan: the NaN places were compared above
+
+
+@pytest.mark.parametrize("act", elementwise.ACTIVATIONS)
+def test_activations_agree_at_infinities_and_nan(act):
+    """Each activation's torch form and ONNX give the same value, NaN included, at ±inf, NaN and
+    far out (torch's gelu alone gave NaN at +inf)."""
+    gm = one(getattr(TARGETS, act), ["x"], inputs={"x": (("B", 6), "f32")})
+    rng = np.random.default_rng(7)
+    x = np.concatenate([[[-np.inf, np.inf, np.nan, -88.0, 88.0, 0.0]],
+                        rng.standard_normal((3, 6)) * 10.0 ** rng.integers(-3, 3, (3, 6))]).astype(np.float32)
+    got = Session(to_onnx(gm)).run({"x": x})["y"]
+    want = run_torch(gm, {"x": torch.from_numpy(x)})["y"].numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got[0], want[0])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

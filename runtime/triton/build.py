@@ -9,10 +9,10 @@ import ast
 import hashlib
 import importlib.util
 import math
-import os
 from pathlib import Path
 
 from common.cache import private_cache
+from common.files import atomic_path
 
 PRELUDE = Path(__file__).with_name("prelude.py")
 IMPORTS = {"math": "import math", "os": "import os", "torch": "import torch",
@@ -76,9 +76,8 @@ def load(source: str, name: str = "invc_triton"):
     digest = hashlib.sha256(source.encode()).hexdigest()
     path = private_cache("triton") / f"{name}_{digest[:16]}.py"
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source, encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path, "Triton module") as tmp:  # a temporary of its own: threads share a pid
+            tmp.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(f"{name}_{digest[:16]}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
