@@ -19,12 +19,17 @@ accept more than it should:
               `rel in (Rotated(k), Translated(k))`, `isinstance(f, Permuted)` -> `(Permuted, Relabeled)`)
     pass      a refusal that returns its first operand's fact instead
 
-Each mutant runs the kill suite (KILL_SUITE: the symmetry, soundness and verify tests, fastest
-first, `-x`, `--timeout` seconds each; a timeout counts as killed) in a copy of the working tree
-per job: the mutated file is written there (for tests that start `invc` in a subprocess) and the
-mutated function's code is swapped in a forked worker that imported torch once. It prints the score
-and every survivor with its place; a survivor is a missing test, a missing draw of
+The kill suite (KILL_SUITE: the symmetry, soundness and verify tests) first runs once unmutated,
+with every rule probed: it must pass, and it tells which test reaches which rule and how long each
+takes. Each mutant then runs only the tests that reach its function, fastest first, up to the first
+failure (`-x`; `--timeout` seconds each; a timeout counts as a survivor, so the score errs low), in a
+copy of the working tree
+per job: the mutated file is written there, and the mutated function's code is swapped in a child
+forked from a worker that imported torch and collected the suite once. (Tests that reach a rule only
+through an `invc` subprocess are not seen by the probe, so the score errs low, never high.) It
+prints the score and every survivor with its place; a survivor is a missing test, a missing draw of
 tests/soundness.py, or an equivalent mutant (BENCHMARKS.md lists those with their reasons).
+`--rerun RESULTS.json` runs only the survivors of an earlier `--json` run, after tests were added.
 """
 from __future__ import annotations
 
@@ -35,19 +40,21 @@ import importlib
 import inspect
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KILL_SUITE = ("tests/test_symmetry.py", "tests/test_groups.py", "tests/test_sets.py", "tests/test_frames.py",
-              "tests/test_verify.py", "tests/test_soundness.py")
+KILL_SUITE = ("tests/test_symmetry.py", "tests/test_rule_edges.py", "tests/test_groups.py", "tests/test_sets.py",
+              "tests/test_frames.py", "tests/test_verify.py", "tests/test_soundness.py")
 KIT = ("dsl.symmetry_rules",)  # modules besides ops/ whose helpers count as rules
 # A confusable fact kind for each: a permissive rule mistakes one for the other.
 CONFUSABLE = {"Rotated": ("Translated", "Squared"), "Translated": ("Rotated",), "Squared": ("Rotated",),
@@ -343,11 +350,20 @@ def _pytest(args: list, plugin) -> int:
     return int(pytest.main([*args, "-q", "-p", "no:cacheprovider"], plugins=[plugin]))
 
 
+_CHILD = [None]  # the forked child running now, which a stopped worker takes down with it
+
+
+def _stop(*_) -> None:
+    if _CHILD[0]:
+        os.killpg(_CHILD[0], signal.SIGKILL)
+    os._exit(1)
+
+
 def _forked(work, timeout: float) -> tuple[int | None, float]:
     """Run work() in a forked child in its own process group (so a timeout also ends the
     subprocesses it started): its exit status, None on a timeout, and the seconds it took."""
     start = time.monotonic()
-    pid = os.fork()
+    pid = _CHILD[0] = os.fork()
     if pid == 0:
         try:
             os.setpgid(0, 0)
@@ -410,7 +426,7 @@ def serve(shard: Path, timeout: float) -> None:
     runs the tests reaching the mutated rule, fastest first, up to the first failure."""
     plan = json.loads(shard.read_text())
     _warm(sorted({t.split("::")[0] for ts in plan["tests"].values() for t in ts}))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    signal.signal(signal.SIGTERM, _stop)
     for m in map(lambda d: Mutant(**d), plan["mutants"]):
         path = Path(m.file)
         original = path.read_text()
@@ -444,8 +460,8 @@ def _run_mutant(m: Mutant, tests: list, timeout: float) -> dict:
     code, seconds = _forked(work, timeout)
     failed = json.loads(report.read_text() or "[]")
     report.unlink()
-    if code is None:
-        return {"killed": True, "by": [f"timeout after {timeout:.0f} s"], "seconds": seconds}
+    if code is None:  # on a loaded machine a slow suite looks like a hang: count it as a survivor
+        return {"killed": False, "by": [f"timeout after {timeout:.0f} s"], "seconds": seconds}
     return {"killed": code != 0, "by": failed[:1] or [f"exit {code}"], "seconds": seconds}
 
 
@@ -454,14 +470,15 @@ def _worker(tree: Path, args: list, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(tree / "benchmarks/mutants.py"), *args], cwd=tree, env=env, **popen)
 
 
-def run(mutants: list[Mutant], jobs: int, tests: list, timeout: float):
+def run(mutants: list[Mutant], jobs: int, tests: list, timeout: float, reached: Path | None):
     """Yield each mutant's outcome as the workers report it."""
     with tempfile.TemporaryDirectory(prefix="invc-mutants-") as tmp:
         trees = [Path(tmp) / f"tree{j}" for j in range(jobs)]
         for tree in trees:
             copy_tree(tree)
-        reached = Path(tmp) / "reached.json"
-        _worker(trees[0], ["--baseline", str(reached), "--tests", *tests]).wait()
+        if reached is None or not reached.exists():
+            reached = reached or Path(tmp) / "reached.json"
+            _worker(trees[0], ["--baseline", str(reached.resolve()), "--tests", *tests]).wait()
         found = json.loads(reached.read_text()) if reached.exists() else {"status": "no report"}
         if found["status"] != 0:
             sys.exit(f"the unmutated kill suite does not pass (pytest status {found['status']}): fix that first\n"
@@ -476,13 +493,28 @@ def run(mutants: list[Mutant], jobs: int, tests: list, timeout: float):
                 shard.write_text(json.dumps({"mutants": [asdict(m) for m in mutants[j::jobs]], "tests": per_rule}))
                 workers.append(_worker(tree, ["--serve", str(shard), "--timeout", str(timeout)],
                                        stdout=subprocess.PIPE, text=True))
-            for w in workers:
-                for line in w.stdout:
-                    yield json.loads(line)
-                w.wait()
+            yield from _lines(workers)
         finally:
             for w in workers:
                 w.terminate()
+
+
+def _lines(workers: list):
+    """Each worker's JSON lines as they come, whichever worker writes first."""
+    lines = queue.Queue()
+
+    def read(w):
+        for line in w.stdout:
+            lines.put(json.loads(line))
+        lines.put(None)
+    for w in workers:
+        threading.Thread(target=read, args=(w,), daemon=True).start()
+    done = 0
+    while done < len(workers):
+        item = lines.get()
+        done += item is None
+        if item is not None:
+            yield item
 
 
 def summary(results: list) -> str:
@@ -490,11 +522,12 @@ def summary(results: list) -> str:
     by_op = Counter((r["mutant"]["operator"], r["killed"]) for r in results)
     ops = sorted({r["mutant"]["operator"] for r in results})
     rows = [f"  {op:9} {by_op[op, True]:4} killed of {by_op[op, True] + by_op[op, False]:4}" for op in ops]
-    survivors = [r["mutant"] for r in results if not r["killed"]]
+    alive = [r for r in results if not r["killed"]]
     score = 100 * len(killed) / max(len(results), 1)
     return "\n".join([f"mutation score: {len(killed)} of {len(results)} permissive mutants killed ({score:.1f}%)",
-                      *rows, f"survivors ({len(survivors)}):",
-                      *(f"  {Mutant(**m).where()}" for m in sorted(survivors, key=lambda m: (m['file'], m['line'])))])
+                      *rows, f"survivors ({len(alive)}):",
+                      *(f"  {Mutant(**r['mutant']).where()}" + (f"  ({r['by'][0]})" if "timeout" in r["by"][0] else "")
+                        for r in sorted(alive, key=lambda r: (r["mutant"]["file"], r["mutant"]["line"])))])
 
 
 def main(argv=None) -> int:
@@ -504,9 +537,11 @@ def main(argv=None) -> int:
     p.add_argument("--function", action="append", help="only this function (repeatable)")
     p.add_argument("--operator", action="append", help="only this operator (repeatable)")
     p.add_argument("--tests", nargs="+", default=list(KILL_SUITE), help="the kill suite, fastest first")
-    p.add_argument("--timeout", type=float, default=240, help="seconds per mutant; a timeout counts as killed")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per mutant; a timeout counts as a survivor")
     p.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     p.add_argument("--json", type=Path, help="write every outcome here")
+    p.add_argument("--rerun", type=Path, help="only the survivors of this earlier --json run")
+    p.add_argument("--reached", type=Path, help="the unmutated run's report: reused if it exists, else written")
     p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--baseline", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -520,16 +555,25 @@ def main(argv=None) -> int:
     mutants = [m for f in rule_functions() for m in mutants_of(f)
                if (not args.file or m.file in args.file) and (not args.function or m.function in args.function)
                and (not args.operator or m.operator in args.operator)]
+    if args.file:  # in the order given: the files that matter most first
+        mutants.sort(key=lambda m: args.file.index(m.file))
+    earlier = []  # with --rerun: the mutants killed before, which added tests cannot revive
+    if args.rerun:
+        before = json.loads(args.rerun.read_text())
+        earlier = [r for r in before if r["killed"]]
+        alive = {Mutant(**r["mutant"]).where() for r in before if not r["killed"]}
+        mutants = [m for m in mutants if m.where() in alive]
     if args.list:
         print("\n".join(m.where() for m in mutants) + f"\n{len(mutants)} mutants")
         return 0
     print(f"{len(mutants)} mutants, {args.jobs} jobs, kill suite: {' '.join(args.tests)}", flush=True)
     results = []
-    for r in run(mutants, args.jobs, args.tests, args.timeout):
+    for r in run(mutants, args.jobs, args.tests, args.timeout, args.reached):
         results.append(r)
         state = "killed  " if r["killed"] else "SURVIVED"
         print(f"[{len(results)}/{len(mutants)}] {state} {r['seconds']:5.1f} s  {Mutant(**r['mutant']).where()}"
               + (f"  by {r['by'][0]}" if r["killed"] else ""), flush=True)
+    results = earlier + results
     print(summary(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
