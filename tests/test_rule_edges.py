@@ -22,12 +22,6 @@ REFUSED = {  # lines, words of the refusal
     "a position given the vector role": ([E3, POS, "input pos2: f32[B, N, 3] is position", Q,
                                           f"y = frame_average(mixing, [pos, pos2, q], {ROLES})", "output y is invariant"],
                                          "frame_in of a position"),
-    # softmax weights along the coordinate axis sum to one over the coordinates, not over points:
-    # their product with positions is no convex combination.
-    "weights along the coordinates times positions": ([E3, POS, VEL, X, "w = softmax(linear(x, 3), axis=-1)",
-                                                       "s = sum(w * pos, axis=-1, keepdim=true)", "y = s + vel",
-                                                       "output y is position"],
-                                                      "positions and weights that do not sum to one"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
