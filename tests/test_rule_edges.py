@@ -22,6 +22,19 @@ REFUSED = {  # lines, words of the refusal
     "a position given the vector role": ([E3, POS, "input pos2: f32[B, N, 3] is position", Q,
                                           f"y = frame_average(mixing, [pos, pos2, q], {ROLES})", "output y is invariant"],
                                          "frame_in of a position"),
+    # a mask permuted by S(N) over rows that S(N) leaves in place (sets fixed by ids that do not
+    # relabel): the mask picks other rows after a permutation.
+    "a permuted mask over fixed rows": ([SN, "input x: f32[R, 4]", "input ids: i64[R]", "input like: f32[N, 1]",
+                                         "input mask: bool[2, N]", "t = unsqueeze(scatter_pool(x, ids, like=like), 0)",
+                                         "t = concat(t, t, axis=0)",  # verify's first set is all padding
+                                         'y = pool(t, axis=1, kind="sum", mask=mask)', "output y is invariant"],
+                                        "with a mask not permuted like its input"),
+    # rows permuted by S(N) (axis 0) against set elements it leaves in place (axis 1), masked by a
+    # mask it permutes on both: attention_pool's weights then follow the mask, not the elements.
+    "an attention pool whose mask moves more than its input": (
+        [SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]", "input m: bool[N, N]",
+         "u = scatter_pool(x, ids, like=h)", "v = unsqueeze(h, 1) + unsqueeze(u, 0)",
+         "y = attention_pool(v, axis=1, mask=m)", "output y is scalar"], "with a mask not permuted like its input"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
@@ -40,6 +53,17 @@ PROVED = {  # true claims a rule must not refuse, next to the edges above
     # softmax weights are invariants: they scale a vector like any other invariant does.
     "softmax weights scale vectors": [E3, VEL, X, "w = softmax(linear(x, 1), axis=N)", "y = sum(w * vel, axis=N)",
                                       "output y is vector"],
+    # rows in fixed sets (ids S(N) does not move) carry their other axes' facts into the sets.
+    "fixed sets of rows permuted along another axis": [SN, "input x: f32[R, N]", "input ids: i64[R]",
+                                                       "input like: f32[S, 1]", "y = scatter_pool(x, ids, like=like)",
+                                                       "output y is scalar"],
+    # rows into relabelled sets, permuted along another axis by the same group.
+    "relabelled sets of rows permuted along another axis": ["symmetry S(S)", "input x: f32[R, S]",
+                                                            "input ids: i64[R] is index(S)", "input like: f32[S, 1]",
+                                                            "y = scatter_pool(x, ids, like=like)", "output y is scalar"],
+    # a mask over x's dims up to the pooled set axis says nothing of a set axis after it.
+    "pairs pooled over one set axis with its mask": [SN, X, "input mask: bool[B, N]", "d = unsqueeze(x, 2) - unsqueeze(x, 1)",
+                                                     'y = pool(d, axis=1, kind="sum", mask=mask)', "output y is scalar"],
 }
 
 
@@ -48,3 +72,10 @@ def test_a_true_claim_at_the_edge_is_proved_and_measured(lines):
     m = checked(*lines)
     assert all(v.holds for v in verdicts(m))
     measure(m)
+
+
+def test_csr_offsets_that_a_group_permutes_are_refused():
+    """A permutation of CSR offsets is no valid offsets, so no input measures it: refused outright."""
+    with pytest.raises(SpecError, match="segment_pool of rows permuted across sets"):
+        checked("symmetry S(K)", "input x: f32[R, 4]", "input offsets: i64[K]", "y = segment_pool(x, offsets)",
+                "output y is invariant")
