@@ -35,6 +35,16 @@ REFUSED = {  # lines, words of the refusal
         [SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]", "input m: bool[N, N]",
          "u = scatter_pool(x, ids, like=h)", "v = unsqueeze(h, 1) + unsqueeze(u, 0)",
          "y = attention_pool(v, axis=1, mask=m)", "output y is scalar"], "with a mask not permuted like its input"),
+    # rows that S(N) leaves in place (pooled from fixed sets) split by ids that it permutes, or by
+    # ids that it relabels: either way the rows meet other ids after a permutation.
+    "fixed rows split by permuted ids": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                          "input sid: i64[N]", "input like: f32[S, 1]", "u = scatter_pool(x, ids, like=h)",
+                                          "y = scatter_pool(u, sid, like=like)", "output y is invariant"],
+                                         "with segment ids not permuted like its rows"),
+    "fixed rows split by relabelled ids": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                            "input next: i64[N] is index(N)", "u = scatter_pool(x, ids, like=h)",
+                                            "y = scatter_pool(u, next, like=h)", "output y is scalar"],
+                                           "with rows not permuted like the ids"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
@@ -79,3 +89,10 @@ def test_csr_offsets_that_a_group_permutes_are_refused():
     with pytest.raises(SpecError, match="segment_pool of rows permuted across sets"):
         checked("symmetry S(K)", "input x: f32[R, 4]", "input offsets: i64[K]", "y = segment_pool(x, offsets)",
                 "output y is invariant")
+
+
+def test_relabelled_ids_pooled_into_sets_of_another_dim_are_refused():
+    """Ids that S(N) relabels may leave the range of another dim's sets, so no input measures it."""
+    with pytest.raises(SpecError, match="into sets S that are not N"):
+        checked(SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input s: i64[R] is index(N)", "input like: f32[S, 1]",
+                'y = sum(scatter_pool(x, s, like=like, kind="max"), axis=0)', "output y is invariant")
