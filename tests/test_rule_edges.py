@@ -71,6 +71,10 @@ PROVED = {  # true claims a rule must not refuse, next to the edges above
     "relabelled sets of rows permuted along another axis": ["symmetry S(S)", "input x: f32[R, S]",
                                                             "input ids: i64[R] is index(S)", "input like: f32[S, 1]",
                                                             "y = scatter_pool(x, ids, like=like)", "output y is scalar"],
+    # a relabelled index permutes the gathered axis, beside a set axis the tensor keeps.
+    "pairs gathered by a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
+                                                      "d = unsqueeze(h, 1) - unsqueeze(h, 0)",
+                                                      "y = gather(d, next, axis=0)", "output y is scalar"],
     # a mask over x's dims up to the pooled set axis says nothing of a set axis after it.
     "pairs pooled over one set axis with its mask": [SN, X, "input mask: bool[B, N]", "d = unsqueeze(x, 2) - unsqueeze(x, 1)",
                                                      'y = pool(d, axis=1, kind="sum", mask=mask)', "output y is scalar"],
