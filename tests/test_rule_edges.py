@@ -45,6 +45,17 @@ REFUSED = {  # lines, words of the refusal
                                             "input next: i64[N] is index(N)", "u = scatter_pool(x, ids, like=h)",
                                             "y = scatter_pool(u, next, like=h)", "output y is scalar"],
                                            "with rows not permuted like the ids"),
+    # a linear map across points, the coordinates kept on another axis: its weights need not sum to
+    # one, so positions come out as no position; and a gather that picks coordinates.
+    "linear across the points of positions": ([E3, "input pos: f32[B, 4, 3] is position", "t = transpose(pos, 1, 2)",
+                                               "y = transpose(linear(t, 5, bias=false), 1, 2)", "output y is position"],
+                                              "linear of positions"),
+    "gather over the coordinates": ([E3, VEL, "input c: i64[3]", "y = gather(vel, c, axis=2)", "output y is vector"],
+                                    "gather over the coordinates of a vector"),
+    # a set axis contracted against rows S(N) leaves in place: a fixed weighting of the elements.
+    "matmul of a set against fixed rows": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                            "u = scatter_pool(x, ids, like=h)", "y = transpose(h, 0, 1) @ u",
+                                            "output y is invariant"], "matmul contracts N of a permuted tensor with a fixed one"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
@@ -75,6 +86,9 @@ PROVED = {  # true claims a rule must not refuse, next to the edges above
     "pairs gathered by a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
                                                       "d = unsqueeze(h, 1) - unsqueeze(h, 0)",
                                                       "y = gather(d, next, axis=0)", "output y is scalar"],
+    # a gather along a feature axis keeps the set axis beside it.
+    "a gather along features of a set": [SN, "input h: f32[N, 4]", "input c: i64[E]", "y = gather(h, c, axis=1)",
+                                         "output y is scalar"],
     # a mask over x's dims up to the pooled set axis says nothing of a set axis after it.
     "pairs pooled over one set axis with its mask": [SN, X, "input mask: bool[B, N]", "d = unsqueeze(x, 2) - unsqueeze(x, 1)",
                                                      'y = pool(d, axis=1, kind="sum", mask=mask)', "output y is scalar"],
