@@ -56,6 +56,12 @@ REFUSED = {  # lines, words of the refusal
     "matmul of a set against fixed rows": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
                                             "u = scatter_pool(x, ids, like=h)", "y = transpose(h, 0, 1) @ u",
                                             "output y is invariant"], "matmul contracts N of a permuted tensor with a fixed one"),
+    # only two vectors dot to an invariant: a position moves with a translation, coordinate products
+    # turn twice.
+    "a position dotted with a vector": ([E3, POS, VEL, "y = pos @ transpose(vel, 1, 2)", "output y is invariant"],
+                                        "matmul of a position and a vector"),
+    "coordinate products dotted with a vector": ([E3, VEL, "s = vel * vel", "y = s @ transpose(vel, 1, 2)",
+                                                  "output y is invariant"], "matmul of coordinate products and a vector"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
