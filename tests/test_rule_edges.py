@@ -62,6 +62,13 @@ REFUSED = {  # lines, words of the refusal
                                         "matmul of a position and a vector"),
     "coordinate products dotted with a vector": ([E3, VEL, "s = vel * vel", "y = s @ transpose(vel, 1, 2)",
                                                   "output y is invariant"], "matmul of coordinate products and a vector"),
+    "a vector dotted with a position": ([E3, POS, VEL, "y = vel @ transpose(pos, 1, 2)", "output y is invariant"],
+                                        "matmul of a vector and a position"),
+    "a vector dotted with coordinate products": ([E3, VEL, "s = vel * vel", "y = vel @ transpose(s, 1, 2)",
+                                                  "output y is invariant"], "matmul of a vector and coordinate products"),
+    # invariant weights that need not sum to one, summing positions.
+    "positions weighted by a plain matrix": ([E3, POS, X, "a = x @ transpose(x, 1, 2)", "y = a @ pos",
+                                              "output y is position"], "matmul of positions"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
