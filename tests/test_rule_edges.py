@@ -2,12 +2,18 @@
 reason of the branch that must refuse it, and measured false, so the refusal is no false alarm.
 Each entry kills mutants of benchmarks/mutants.py that make that branch accept (BENCHMARKS.md,
 "Mutation testing of the symmetry rules"); the two planted bugs of issue 21 come first."""
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from dsl.errors import SpecError
 from dsl.symmetry import verdicts
+from ops.registry import VOCABULARY
 from test_symmetry import E3, POS, SN, VECS, VEL, X, assert_refused_claim_is_false, checked, measure
 
+ROOT = Path(__file__).resolve().parent.parent
 Q = "input q: f32[B, N, 1] is scalar"
 ROLES = 'roles=["position", "vector", "scalar"]'
 
@@ -127,3 +133,17 @@ def test_relabelled_ids_pooled_into_sets_of_another_dim_are_refused():
     with pytest.raises(SpecError, match="into sets S that are not N"):
         checked(SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input s: i64[R] is index(N)", "input like: f32[S, 1]",
                 'y = sum(scatter_pool(x, s, like=like, kind="max"), axis=0)', "output y is invariant")
+
+
+def test_the_mutant_generator_finds_every_rule_and_the_planted_bugs(monkeypatch):
+    """benchmarks/mutants.py reaches every graph op's rule, and its operators make the two planted bugs."""
+    spec = importlib.util.spec_from_file_location("mutants", ROOT / "benchmarks" / "mutants.py")
+    mutants = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "mutants", mutants)  # its dataclasses look their module up
+    spec.loader.exec_module(mutants)
+    rules = mutants.rule_functions()
+    assert {op.symmetry for op in VOCABULARY.graph.values()} <= set(rules)
+    made = {(m.function, m.after) for f in rules if f.__name__ in ("symmetry_gather", "symmetry_frame_in")
+            for m in mutants.mutants_of(f)}
+    assert ("symmetry_gather", "along == relabels") in made
+    assert ("symmetry_frame_in", "rel in (Rotated(len(x.shape) - 1), Translated(len(x.shape) - 1))") in made
