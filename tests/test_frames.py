@@ -269,7 +269,7 @@ def test_examples_match_torch_in_onnxruntime(name):
         with torch.no_grad():
             want = result.module(*inputs).numpy()
         got = session.run({i.name: x.numpy() for i, x in zip(session.inputs, inputs)})
-        np.testing.assert_allclose(next(iter(got.values())), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(next(iter(got.values())), want, rtol=1e-4, atol=1e-5, equal_nan=False)
 
 
 @pytest.mark.parametrize("proper, canonical", [(False, False), (True, False), (False, True), (True, True)])
@@ -294,10 +294,10 @@ def test_every_frame_op_matches_torch_in_onnxruntime(proper, canonical):
             want = gm(*inputs.values())
         got = session.run({k: v.numpy() for k, v in inputs.items()})
         for (name, *_), w in zip(rows, want):
-            np.testing.assert_allclose(got[name], w.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(got[name], w.numpy(), rtol=1e-4, atol=1e-5, err_msg=name, equal_nan=False)
         # frame_out undoes frame_in: positions and vectors come back
-        np.testing.assert_allclose(got["o"], inputs["pos"].numpy(), atol=1e-5)
-        np.testing.assert_allclose(got["w"], inputs["vel"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(got["o"], inputs["pos"].numpy(), atol=1e-5, equal_nan=False)
+        np.testing.assert_allclose(got["w"], inputs["vel"].numpy(), atol=1e-5, equal_nan=False)
 
 
 def test_sign_margin_matches_an_eigh_computation():

@@ -110,7 +110,7 @@ def test_initialization_is_deterministic_per_seed_and_name():
     b = build("  input x: f32[B, 4]\n  z = relu(x)\n  y = linear(x, 3)\n  output y", seed=1)
     c = build("  input x: f32[B, 4]\n  y = linear(x, 3)\n  output y", seed=2)
     assert torch.equal(P(a, "y.weight"), P(b, "y.weight"))
-    assert not torch.equal(P(a, "y.weight"), P(c, "y.weight"))
+    assert (P(a, "y.weight") - P(c, "y.weight")).abs().max() > 0
     assert P(a, "y.weight").abs().max() <= 1 / math.sqrt(4)
 
 

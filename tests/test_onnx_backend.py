@@ -95,7 +95,8 @@ def assert_matches_torch(gm, path, seed=0):
             assert all(not isinstance(d, int) or d == n for d, n in zip(declared, got[info.name].shape))
         for name, want in expected.items():
             assert got[name].dtype == want.numpy().dtype, name
-            np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5, err_msg=name,
+                                       equal_nan=False)
 
 
 def test_every_op_has_a_case():
@@ -120,7 +121,7 @@ def test_fully_masked_row_stays_finite_and_matches():
     inputs["mask"][1] = False
     got, want = session.run(inputs)["y"], run_torch(gm, inputs)["y"].numpy()
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=False)
 
 
 def test_names_dims_initializers_and_metadata():
@@ -217,7 +218,7 @@ def test_a_nan_anywhere_in_a_max_or_min_reaches_its_result(kind, dtype):
         x.flat[spots] = [np.nan, np.nan, np.nan, np.inf, -np.inf, np.nan]
         got, want = session.run({"x": x})["y"], run_torch(gm, {"x": torch.from_numpy(x)})["y"].numpy()
         assert np.array_equal(np.isnan(got), np.isnan(want)), (axis, keepdim)
-        np.testing.assert_array_equal(got, want)  # equal_nan: the NaN places were compared above
+        np.testing.assert_allclose(got, want, rtol=0, atol=0, equal_nan=True)  # NaN places compared above
 
 
 @pytest.mark.parametrize("act", elementwise.ACTIVATIONS)
@@ -231,4 +232,4 @@ def test_activations_agree_at_infinities_and_nan(act):
     got = Session(to_onnx(gm)).run({"x": x})["y"]
     want = run_torch(gm, {"x": torch.from_numpy(x)})["y"].numpy()
     assert np.array_equal(np.isnan(got), np.isnan(want)), (got[0], want[0])
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)  # NaN places compared above

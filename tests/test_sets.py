@@ -28,11 +28,10 @@ def run_both(gm, session, feeds: dict):
     return want, session.run(feeds)["y"]
 
 
-def assert_same(want, got, kind):
-    if kind in ("max", "min"):  # selections are exact
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+def assert_same(want, got, kind, equal_nan=False):
+    """Selections are exact, sums and means close; NaN passes only where the caller checked it is due."""
+    tol = 0 if kind in ("max", "min") else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=equal_nan)
 
 
 def dense_feeds(rng, b, n, empty_row=True):
@@ -54,7 +53,7 @@ def test_masked_pool_matches_reference_and_onnx(tmp_path, kind):
         for i in range(b):
             real = feeds["x"][i][feeds["mask"][i]]
             expect = REFERENCE[kind](real, axis=0) if len(real) else np.zeros(4)  # empty set -> 0
-            np.testing.assert_allclose(want[i], expect, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(want[i], expect, rtol=1e-5, atol=1e-6, equal_nan=False)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -65,7 +64,7 @@ def test_unmasked_pool_and_nan_propagation(tmp_path, kind):
     want, got = run_both(gm, session, {"x": x})
     assert np.isnan(want[0, 1]) and np.isnan(got[0, 1])
     assert np.isfinite(got[1]).all() and np.isfinite(np.delete(got[0], 1)).all()
-    assert_same(want, got, kind)
+    assert_same(want, got, kind, equal_nan=True)
 
 
 @pytest.mark.parametrize("kind", ["sum", "max"])
@@ -89,15 +88,15 @@ def test_attention_pool_is_a_masked_softmax_average(tmp_path):
     for b, n in [(3, 5), (2, 8)]:
         feeds = dense_feeds(rng, b, n)
         want, got = run_both(gm, session, feeds)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(want[0], 0.0)  # the empty set
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=False)
+        np.testing.assert_allclose(want[0], 0.0, rtol=0, atol=0, equal_nan=False)  # the empty set
         for i in range(1, b):
             real = feeds["x"][i][feeds["mask"][i]]
             w = np.exp(real @ query / 2.0)
-            np.testing.assert_allclose(want[i], (w / w.sum()) @ real, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(want[i], (w / w.sum()) @ real, rtol=1e-4, atol=1e-6, equal_nan=False)
         perm = rng.permutation(n)
         shuffled = {"x": feeds["x"][:, perm], "mask": feeds["mask"][:, perm]}
-        np.testing.assert_allclose(run_both(gm, session, shuffled)[0], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run_both(gm, session, shuffled)[0], want, rtol=1e-5, atol=1e-6, equal_nan=False)
 
 
 def ragged(rng, rows: int, sizes: list[int]):
@@ -120,7 +119,7 @@ def test_segment_pool_matches_reference_and_onnx(tmp_path, kind, deterministic):
         assert_same(want, got, kind)
         for s, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
             expect = REFERENCE[kind](x[lo:hi], axis=0) if hi > lo else np.zeros(4)
-            np.testing.assert_allclose(want[s], expect, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(want[s], expect, rtol=1e-5, atol=1e-6, equal_nan=False)
 
 
 @pytest.mark.parametrize("kind", ["max", "min", "mean"])
@@ -145,7 +144,7 @@ def test_scatter_pool_takes_ids_in_any_order(tmp_path, kind):
     assert_same(want, got, kind)
     for s in range(5):
         expect = REFERENCE[kind](x[ids == s], axis=0) if (ids == s).any() else np.zeros(4)
-        np.testing.assert_allclose(want[s], expect, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(want[s], expect, rtol=1e-5, atol=1e-6, equal_nan=False)
 
 
 def test_torch_modes_agree():
@@ -189,8 +188,8 @@ def test_unsqueeze_pairs_elements_by_broadcasting(tmp_path):
     gm, session = compiled(tmp_path, "y = unsqueeze(x, 2) - unsqueeze(x, 1)", "input x: f32[B, N, 3]")
     x = np.random.default_rng(7).standard_normal((2, 4, 3)).astype(np.float32)
     want, got = run_both(gm, session, {"x": x})
-    np.testing.assert_allclose(want, x[:, :, None] - x[:, None], rtol=0, atol=0)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(want, x[:, :, None] - x[:, None], rtol=0, atol=0, equal_nan=False)
+    np.testing.assert_allclose(got, want, rtol=0, atol=0, equal_nan=False)
 
 
 @pytest.mark.parametrize("offsets, message", [([0, 3, 2, 5], r"never decrease: offsets\[1\] = 3 > offsets\[2\] = 2"),

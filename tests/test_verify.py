@@ -172,5 +172,5 @@ def test_verify_relabels_node_ids_with_the_nodes(tmp_path):
     plain.write_text(spec.read_text().replace("i64[E] is index(N)", "i64[E]"))
     report = verify(plain, trials=2, hidden=8)
     assert report.static.startswith("refused: gather of a tensor permuted along N by indices that S(N) does not")
-    assert all(not m.error <= 1e-2 for m in report.rows if m.group == "S(N)")
+    assert all(m.error > 1e-2 for m in report.rows if m.group == "S(N)")
     assert all(m.ok for m in report.rows if m.group == "E(3)")

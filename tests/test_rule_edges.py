@@ -1,0 +1,149 @@
+"""Each symmetry rule at its edges: a claim one step past what a rule may accept is refused, with the
+reason of the branch that must refuse it, and measured false, so the refusal is no false alarm.
+Each entry kills mutants of benchmarks/mutants.py that make that branch accept (BENCHMARKS.md,
+"Mutation testing of the symmetry rules"); the two planted bugs of issue 21 come first."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsl.errors import SpecError
+from dsl.symmetry import verdicts
+from ops.registry import VOCABULARY
+from test_symmetry import E3, POS, SN, VECS, VEL, X, assert_refused_claim_is_false, checked, measure
+
+ROOT = Path(__file__).resolve().parent.parent
+Q = "input q: f32[B, N, 1] is scalar"
+ROLES = 'roles=["position", "vector", "scalar"]'
+
+REFUSED = {  # lines, words of the refusal
+    # gather's relabelling condition: ids that S(N) relabels read a tensor that is not permuted with
+    # them (a fixed table), so the rows picked change with the relabelling.
+    "relabelled ids gathering a fixed table": ([SN, "input h: f32[N, 4]", "input t: f32[12, 4]",
+                                                "input s: i64[E] is index(N)",
+                                                "y = gather(t, s, axis=0)", "output y is invariant"],
+                                               "gather of an invariant by indices that S(N) relabels"),
+    # frame_in: a position given the vector role is rotated but never centred, so it moves with t.
+    "a position given the vector role": ([E3, POS, "input pos2: f32[B, N, 3] is position", Q,
+                                          f"y = frame_average(mixing, [pos, pos2, q], {ROLES})", "output y is invariant"],
+                                         "frame_in of a position"),
+    # a mask permuted by S(N) over rows that S(N) leaves in place (sets fixed by ids that do not
+    # relabel): the mask picks other rows after a permutation.
+    "a permuted mask over fixed rows": ([SN, "input x: f32[R, 4]", "input ids: i64[R]", "input like: f32[N, 1]",
+                                         "input mask: bool[2, N]", "t = unsqueeze(scatter_pool(x, ids, like=like), 0)",
+                                         "t = concat(t, t, axis=0)",  # verify's first set is all padding
+                                         'y = pool(t, axis=1, kind="sum", mask=mask)', "output y is invariant"],
+                                        "with a mask not permuted like its input"),
+    # rows permuted by S(N) (axis 0) against set elements it leaves in place (axis 1), masked by a
+    # mask it permutes on both: attention_pool's weights then follow the mask, not the elements.
+    "an attention pool whose mask moves more than its input": (
+        [SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]", "input m: bool[N, N]",
+         "u = scatter_pool(x, ids, like=h)", "v = unsqueeze(h, 1) + unsqueeze(u, 0)",
+         "y = attention_pool(v, axis=1, mask=m)", "output y is scalar"], "with a mask not permuted like its input"),
+    # rows that S(N) leaves in place (pooled from fixed sets) split by ids that it permutes, or by
+    # ids that it relabels: either way the rows meet other ids after a permutation.
+    "fixed rows split by permuted ids": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                          "input sid: i64[N]", "input like: f32[S, 1]", "u = scatter_pool(x, ids, like=h)",
+                                          "y = scatter_pool(u, sid, like=like)", "output y is invariant"],
+                                         "with segment ids not permuted like its rows"),
+    "fixed rows split by relabelled ids": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                            "input next: i64[N] is index(N)", "u = scatter_pool(x, ids, like=h)",
+                                            "y = scatter_pool(u, next, like=h)", "output y is scalar"],
+                                           "with rows not permuted like the ids"),
+    # a linear map across points, the coordinates kept on another axis: its weights need not sum to
+    # one, so positions come out as no position; and a gather that picks coordinates.
+    "linear across the points of positions": ([E3, "input pos: f32[B, 4, 3] is position", "t = transpose(pos, 1, 2)",
+                                               "y = transpose(linear(t, 5, bias=false), 1, 2)", "output y is position"],
+                                              "linear of positions"),
+    "gather over the coordinates": ([E3, VEL, "input c: i64[3]", "y = gather(vel, c, axis=2)", "output y is vector"],
+                                    "gather over the coordinates of a vector"),
+    # a set axis contracted against rows S(N) leaves in place: a fixed weighting of the elements.
+    "matmul of a set against fixed rows": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                            "u = scatter_pool(x, ids, like=h)", "y = transpose(h, 0, 1) @ u",
+                                            "output y is invariant"], "matmul contracts N of a permuted tensor with a fixed one"),
+    # only two vectors dot to an invariant: a position moves with a translation, coordinate products
+    # turn twice.
+    "a position dotted with a vector": ([E3, POS, VEL, "y = pos @ transpose(vel, 1, 2)", "output y is invariant"],
+                                        "matmul of a position and a vector"),
+    "coordinate products dotted with a vector": ([E3, VEL, "s = vel * vel", "y = s @ transpose(vel, 1, 2)",
+                                                  "output y is invariant"], "matmul of coordinate products and a vector"),
+    "a vector dotted with a position": ([E3, POS, VEL, "y = vel @ transpose(pos, 1, 2)", "output y is invariant"],
+                                        "matmul of a vector and a position"),
+    "a vector dotted with coordinate products": ([E3, VEL, "s = vel * vel", "y = vel @ transpose(s, 1, 2)",
+                                                  "output y is invariant"], "matmul of a vector and coordinate products"),
+    # invariant weights that need not sum to one, summing positions.
+    "positions weighted by a plain matrix": ([E3, POS, X, "a = x @ transpose(x, 1, 2)", "y = a @ pos",
+                                              "output y is position"], "matmul of positions"),
+    # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
+    "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
+                                         "output y is vector"], "attention over a vector"),
+}
+
+
+@pytest.mark.parametrize("lines, message", REFUSED.values(), ids=REFUSED.keys())
+def test_a_claim_past_the_rule_is_refused_and_measured_false(lines, message):
+    with pytest.raises(SpecError) as e:
+        checked(*lines)
+    assert message in e.value.message, e.value.message
+    assert_refused_claim_is_false(lines)
+
+
+PROVED = {  # true claims a rule must not refuse, next to the edges above
+    # softmax weights are invariants: they scale a vector like any other invariant does.
+    "softmax weights scale vectors": [E3, VEL, X, "w = softmax(linear(x, 1), axis=N)", "y = sum(w * vel, axis=N)",
+                                      "output y is vector"],
+    # rows in fixed sets (ids S(N) does not move) carry their other axes' facts into the sets.
+    "fixed sets of rows permuted along another axis": [SN, "input x: f32[R, N]", "input ids: i64[R]",
+                                                       "input like: f32[S, 1]", "y = scatter_pool(x, ids, like=like)",
+                                                       "output y is scalar"],
+    # rows into relabelled sets, permuted along another axis by the same group.
+    "relabelled sets of rows permuted along another axis": ["symmetry S(S)", "input x: f32[R, S]",
+                                                            "input ids: i64[R] is index(S)", "input like: f32[S, 1]",
+                                                            "y = scatter_pool(x, ids, like=like)", "output y is scalar"],
+    # a relabelled index permutes the gathered axis, beside a set axis the tensor keeps.
+    "pairs gathered by a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
+                                                      "d = unsqueeze(h, 1) - unsqueeze(h, 0)",
+                                                      "y = gather(d, next, axis=0)", "output y is scalar"],
+    # a gather along a feature axis keeps the set axis beside it.
+    "a gather along features of a set": [SN, "input h: f32[N, 4]", "input c: i64[E]", "y = gather(h, c, axis=1)",
+                                         "output y is scalar"],
+    # a mask over x's dims up to the pooled set axis says nothing of a set axis after it.
+    "pairs pooled over one set axis with its mask": [SN, X, "input mask: bool[B, N]", "d = unsqueeze(x, 2) - unsqueeze(x, 1)",
+                                                     'y = pool(d, axis=1, kind="sum", mask=mask)', "output y is scalar"],
+}
+
+
+@pytest.mark.parametrize("lines", PROVED.values(), ids=PROVED.keys())
+def test_a_true_claim_at_the_edge_is_proved_and_measured(lines):
+    m = checked(*lines)
+    assert all(v.holds for v in verdicts(m))
+    measure(m)
+
+
+def test_csr_offsets_that_a_group_permutes_are_refused():
+    """A permutation of CSR offsets is no valid offsets, so no input measures it: refused outright."""
+    with pytest.raises(SpecError, match="segment_pool of rows permuted across sets"):
+        checked("symmetry S(K)", "input x: f32[R, 4]", "input offsets: i64[K]", "y = segment_pool(x, offsets)",
+                "output y is invariant")
+
+
+def test_relabelled_ids_pooled_into_sets_of_another_dim_are_refused():
+    """Ids that S(N) relabels may leave the range of another dim's sets, so no input measures it."""
+    with pytest.raises(SpecError, match="into sets S that are not N"):
+        checked(SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input s: i64[R] is index(N)", "input like: f32[S, 1]",
+                'y = sum(scatter_pool(x, s, like=like, kind="max"), axis=0)', "output y is invariant")
+
+
+def test_the_mutant_generator_finds_every_rule_and_the_planted_bugs(monkeypatch):
+    """benchmarks/mutants.py reaches every graph op's rule, and its operators make the two planted bugs."""
+    spec = importlib.util.spec_from_file_location("mutants", ROOT / "benchmarks" / "mutants.py")
+    mutants = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "mutants", mutants)  # its dataclasses look their module up
+    spec.loader.exec_module(mutants)
+    rules = mutants.rule_functions()
+    assert {op.symmetry for op in VOCABULARY.graph.values()} <= set(rules)
+    made = {(m.function, m.after) for f in rules if f.__name__ in ("symmetry_gather", "symmetry_frame_in")
+            for m in mutants.mutants_of(f)}
+    assert ("symmetry_gather", "along == relabels") in made
+    assert ("symmetry_frame_in", "rel in (Rotated(len(x.shape) - 1), Translated(len(x.shape) - 1))") in made
