@@ -232,7 +232,7 @@ def join(case, rng):
         return bind(case, rng, f"concat({x.name}, {y.name})", x.dims[:-1] + (x.dims[-1] + y.dims[-1],), x.dtype)
     k = rng.randrange(len(x.dims) - 1)
     a, b = x.dims[k], x.dims[k + 1]
-    merged = a * b if isinstance(a, int) and isinstance(b, int) else f"{a}*{b}"
+    merged = a * b if isinstance(a, int) and isinstance(b, int) else f"({a})*({b})"  # K-1 times 3 is not K-1*3
     return bind(case, rng, f"flatten({x.name}, start={k}, end={k + 1})", x.dims[:k] + (merged,) + x.dims[k + 2:], x.dtype)
 
 
@@ -356,6 +356,8 @@ def valid_inputs(case: DeepCase, rng: random.Random) -> tuple[dict, dict]:
     some empty sets; every symbolic dim 3 to 5, so a shifted id always has a valid value."""
     import numpy as np
     sizes = {s: rng.randint(3, 5) for s in (*SYMBOLS, "K")}
+    while any(size(rows, sizes) < 0 for rows in case.offsets.values()):  # segment_pools nested deeper than K
+        sizes = {s: n + 3 for s, n in sizes.items()}
     gen = np.random.default_rng(rng.getrandbits(32))
     feeds = {}
     for t in case.inputs:

@@ -100,20 +100,32 @@ class CheckedModel:
 
 
 def dim_product(dims) -> int | str:
-    """The product of dims, kept symbolic: 4 * N * 2 -> "8*N"."""
+    """The product of dims, kept symbolic: 4 * N * 2 -> "8*N"; a sum or difference stays one factor,
+    in parentheses: (K-1) * 3 -> "3*(K-1)", never "3*K-1"."""
     coeff, names = 1, []
     for d in dims:
         if isinstance(d, int):
             coeff *= d
-        else:
-            for factor in str(d).split("*"):
-                if factor.isdigit():
-                    coeff *= int(factor)
-                else:
-                    names.append(factor)
+            continue
+        for factor in _top_level(str(d), "*"):
+            if factor.isdigit():
+                coeff *= int(factor)
+            else:
+                names.append(f"({factor})" if len(_top_level(factor, "+-")) > 1 else factor)
     if not names:
         return coeff
     return "*".join(([str(coeff)] if coeff != 1 else []) + sorted(names))
+
+
+def _top_level(text: str, signs: str) -> list[str]:
+    """`text` cut at the characters of `signs` that stand outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c == "(") - (c == ")")
+        if c in signs and depth == 0 and i > start:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
 def broadcast(a: tuple, b: tuple) -> tuple | str:

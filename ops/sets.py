@@ -295,7 +295,7 @@ def scatter_reduce(x, segment_ids, like, kind):
             count.index_add_(0, segment_ids, torch.ones(rows, dtype=x.dtype, device=x.device))
             out = out / _mask_like(count.clamp(min=1), out)
         return out
-    index = segment_ids.reshape((rows,) + (1,) * (x.dim() - 1)).expand_as(x)
+    index = segment_ids.long().reshape((rows,) + (1,) * (x.dim() - 1)).expand_as(x)  # scatter takes i64 only
     # include_self=False: a set no row reaches keeps the 0 it started with.
     return out.scatter_reduce_(0, index, x, "amax" if kind == "max" else "amin", include_self=False)
 

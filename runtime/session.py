@@ -4,6 +4,7 @@ Nothing in runtime/ imports dsl/ or compiler/, and torch only arrives as tensors
 """
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
@@ -243,30 +244,42 @@ def _count(key: str, value: str) -> int:
     return int(value)
 
 
-_DIM = re.compile(r"[A-Za-z_]\w*|\d+")
-_DIM_EXPR = re.compile(rf"(?:{_DIM.pattern})(?:[*+-](?:{_DIM.pattern}))*")
-
-
 def _dims(key: str, value: str) -> list[str]:
-    """Comma-separated dims: sizes, symbolic names or their sums and products (N, 8*N, N+M-1)."""
+    """Comma-separated dims: sizes, symbolic names or their sums and products (N, 8*N, 3*(K-1))."""
     dims = value.split(",")
-    if not all(_DIM_EXPR.fullmatch(d) for d in dims):
+    if not all(len(d) <= 200 and _dim_tree(d) is not None for d in dims):
         raise InputError(f"metadata {key!r} = {value[:40]!r} is not a list of dims (such as N or 8*N)")
     return dims
 
 
+def _dim_tree(dim: str) -> ast.expr | None:
+    """The parsed dim expression, or None when it is not one: names, whole numbers, + - * and
+    parentheses, nothing else."""
+    try:
+        tree = ast.parse(dim, mode="eval").body
+    except SyntaxError:
+        return None
+    allowed = (ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Name, ast.Load, ast.Constant)
+    if all(isinstance(n, allowed) for n in ast.walk(tree)) and all(
+            type(n.value) is int for n in ast.walk(tree) if isinstance(n, ast.Constant)):
+        return tree
+    return None
+
+
 def dim_size(dim: str, sizes: dict[str, int]) -> int | None:
-    """The size of a dim expression (N, 8*N, N+M-1) from the symbolic dims' sizes; None when one of
-    its names has no size."""
-    total = 0
-    for sign, term in re.findall(r"([+-]?)([^+-]+)", dim):
-        product = 1
-        for factor in term.split("*"):
-            if not factor.isdecimal() and factor not in sizes:
-                return None
-            product *= int(factor) if factor.isdecimal() else sizes[factor]
-        total += -product if sign == "-" else product
-    return total
+    """The size of a dim expression (N, 8*N, 3*(K-1)) from the symbolic dims' sizes; None when one
+    of its names has no size, or it is no dim expression."""
+    def value(node) -> int | None:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return sizes.get(node.id)
+        left, right = value(node.left), value(node.right)
+        if left is None or right is None:
+            return None
+        return {ast.Add: left + right, ast.Sub: left - right, ast.Mult: left * right}[type(node.op)]
+    tree = _dim_tree(dim)
+    return None if tree is None else value(tree)
 
 
 def _outside_dims(name: str, ids: np.ndarray, dims: list[str], seen: dict) -> str | None:

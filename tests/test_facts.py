@@ -414,3 +414,28 @@ def test_invc_run_reports_the_graphs_refusal_in_one_line(tmp_path, capsys):
     assert main(["run", str(model), "-i", str(tmp_path / "in.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "gather `y` at" in err and "an index is outside [0, N)" in err, err
+
+
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_a_product_of_computed_dims_keeps_its_parentheses(tmp_path, k):
+    """segment_pool gives K-1 sets; flattened with 3 they are 3*(K-1) rows, not 3*K-1: offsets over
+    them end at 3*(K-1), in the checker's types, the file's facts and the Session's check."""
+    model, module = compiled(tmp_path, "model m() {\n input x: f32[B, 3]\n input first: i64[K]\n input cuts: i64[K]\n"
+                                       " t = flatten(segment_pool(x, first), start=0, end=1)\n"
+                                       " y = segment_pool(t, cuts, deterministic=true)\n output y\n}\n")
+    session = Session(model)
+    assert [i.offsets for i in session.inputs] == [(), ("B",), ("3*(K-1)",)]
+    n = 3 * (k - 1)
+    feeds = {"x": rows(5, 3), "first": np.array([0, *sorted(RNG.integers(0, 6, k - 2)), 5]),
+             "cuts": np.array([0, *sorted(RNG.integers(0, n + 1, k - 2)), n])}
+    assert_matches_torch(module, session, feeds)
+    with pytest.raises(InputError, match=rf"must end at the row count {n} \(dim 3\*\(K-1\)\)"):
+        session.run({**feeds, "cuts": np.array([*feeds["cuts"][:-1], 3 * k - 1])})
+
+
+def test_scatter_max_takes_i32_ids_in_torch_as_in_onnxruntime(tmp_path):
+    model, module = compiled(tmp_path, "model m() {\n input x: f32[E, 2]\n input like: f32[N, 2]\n input k: i32[E]\n"
+                                       " y = scatter_pool(x, k + 1, like=like, kind=\"max\")\n output y\n}\n")
+    session = Session(model)
+    assert_matches_torch(module, session, {"x": rows(5, 2), "like": rows(4, 2),
+                                           "k": np.array([0, 2, -1, 1, 2], np.int32)})
