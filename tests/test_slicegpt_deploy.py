@@ -108,8 +108,10 @@ def test_greedy_onnx_tokens_equal_hf_generate(kind, state, decoders):
     for _ in range(6):
         prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 12))]
         new = rng.randint(1, 10)
-        with torch.no_grad():
-            want = model.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False, pad_token_id=0)
+        ids = torch.tensor([prompt])
+        with torch.no_grad():   # the mask given: generate() would otherwise mask every id equal to pad_token_id
+            want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                                  pad_token_id=0)
         assert list(generate(decoder, prompt, new, greedy, stop)) == want[0, len(prompt):].tolist()
 
 
