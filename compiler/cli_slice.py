@@ -231,8 +231,10 @@ def _decode_torch(model_dir: Path, prompt: list[int], max_new_tokens: int, sampl
     torch.manual_seed(seed)
     options = dict(do_sample=False) if sampling is None else \
         dict(do_sample=True, temperature=sampling[0], top_p=sampling[1], top_k=0)
-    with torch.no_grad():
-        model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, streamer=_Streamer(printer), **options)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():   # the mask given: generate() would otherwise mask every id equal to pad_token_id
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                       streamer=_Streamer(printer), **options)
 
 
 class _Printer:
