@@ -38,9 +38,9 @@ def test_fit_is_the_ridge_solution_toward_the_start():
     z, t = torch.randn(2, 50, 6, generator=g), torch.randn(2, 50, 4, generator=g)
     start = torch.randn(6, 4, generator=g, dtype=torch.float64)
     mask = (torch.rand(2, 50, generator=g) > 0.2).long()
-    fit = Fit()
+    fit = Fit(0.3)
     fit.add(z, t, mask)
-    got = fit.solve(fit.c, start, 0.3)
+    got = fit.solve(fit.c, start)
     zs, ts = z.reshape(-1, 6).double()[mask.reshape(-1) > 0], t.reshape(-1, 4).double()[mask.reshape(-1) > 0]
     lam = 0.3 * float((zs ** 2).sum(0).mean())
     want = torch.linalg.lstsq(torch.cat([zs, lam ** 0.5 * torch.eye(6, dtype=torch.float64)]),
