@@ -82,21 +82,32 @@ def kept(x: torch.Tensor, dim: int) -> torch.Tensor:
 def _refit_block(model, s: Structure, block: str, data: list[Batch], dense: list[torch.Tensor], dim: int,
                  ridge: float) -> list[torch.Tensor]:
     """Refit one block's readers and writers; advance the sliced streams in `data`, return the dense ones."""
-    branches = [b for b in s.branches if b.block == block]
-    norms = [n.module for b in branches for n in b.norms]
-    writers = [w for b in branches for w in b.writers if _matrix(model, w)]
-    targets, outputs = _dense_pass(model, block, data, dense, norms, writers, dim)
-    pauses = {n.module: _readers_pause(model, n.module, n.readers, targets, data, dim, ridge)
-              for b in branches for n in b.norms}
-    pauses.update({w.module: _writer_pause(model, w, targets, data, ridge)
-                   for w in writers if all(w.module in t for t in targets)})
+    norms = [n.module for b in s.branches if b.block == block for n in b.norms]
+    targets, outputs = _dense_pass(model, block, data, dense, norms, _writers(model, s, block), dim)
+    pauses = block_pauses(model, s, block, data, targets, dim, ridge)
     for b, out in zip(data, Lockstep(model, block, data, _masks(model, norms, dim), pauses).run()):
         b.stream = kept(out, dim)
     return outputs
 
 
-def _matrix(model: nn.Module, w: Linear) -> bool:
-    return model.get_parameter(w.weight).dim() == 2
+def _writers(model: nn.Module, s: Structure, block: str) -> list[Linear]:
+    """The block's writers whose weight is a matrix (others keep their plain sliced weights)."""
+    return [w for b in s.branches if b.block == block for w in b.writers
+            if model.get_parameter(w.weight).dim() == 2]
+
+
+def block_pauses(model, s: Structure, block: str, data: list[Batch], targets: list[dict], dim: int,
+                 ridge: float) -> dict[str, Pause]:
+    """Every module of the block whose refit the batches wait for, in the order the block runs them: per
+    residual add, its norms (for their readers), then its writers that have a dense target on every batch."""
+    pauses: dict[str, Pause] = {}
+    writers = _writers(model, s, block)
+    for b in (b for b in s.branches if b.block == block):
+        pauses.update({n.module: _readers_pause(model, n.module, n.readers, targets, data, dim, ridge)
+                       for n in b.norms})
+        pauses.update({w.module: _writer_pause(model, w, targets, data, ridge) for w in b.writers
+                       if w in writers and all(w.module in t for t in targets)})
+    return pauses
 
 
 def _dense_pass(model, block: str, data: list[Batch], dense: list[torch.Tensor], norms: list[str],
