@@ -15,7 +15,13 @@ The next block is calibrated on this block's refit output, so errors are correct
 This is the reconstruction step of MoDeGPT, SVD-LLM and FLAP, on SliceGPT's single subspace.
 
 Moments are summed in float64 across batches; each batch's product runs in float32 (a 16k-token
-calibration makes the 1536-wide MLP moments about 80 GFLOP per block in float64). Solves are float64.
+calibration makes the 1536-wide MLP moments about 80 GFLOP per block in float64). Solves are float64, by
+Cholesky (A + λI is positive definite), one factor per norm for all its readers.
+
+Each block costs one dense replay (the targets) and one sliced replay, in lockstep (`Lockstep`): every
+batch pauses at each module being refit until all batches have added their moments there and the module
+is solved, then runs on with its refit weights. That is what replaying the block from its start after
+each solve computes, without the replays.
 A writer that sees only some tokens (a routed expert) cannot be paired with the dense model token by
 token, so it keeps its plain sliced weights; so does a writer whose weight is not a matrix.
 """
