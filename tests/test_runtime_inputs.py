@@ -93,8 +93,12 @@ def test_the_hf_export_records_its_vocabulary(tmp_path):
     export_onnx(tiny_model("llama"), tmp_path / "m.onnx")
     session = Session(tmp_path / "m.onnx")
     assert session.vocab == {"input_ids": VOCAB} and session.note is None
+    # One cached token (the Session refuses empty dims), two new ones: the decoder step's other inputs.
+    step = {i.name: np.zeros((1, i.shape[1], 1, i.shape[3]), np.float32)
+            for i in session.inputs if i.name.startswith("past_key_values.")}
+    step.update(attention_mask=np.ones((1, 3), np.int64), position_ids=np.array([[1, 2]], np.int64))
     with pytest.raises(InputError, match=f"id {VOCAB} at"):
-        session.run(input_ids=np.array([[1, VOCAB]], np.int64))
+        session.run(input_ids=np.array([[1, VOCAB]], np.int64), **step)
 
 
 @pytest.mark.parametrize("example, sizes", [("deepsets", [(0, 5), (2, 0), (0, 0)]),

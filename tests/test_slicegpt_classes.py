@@ -36,6 +36,9 @@ CLASSES = {
     # mixture of experts: router and grouped experts on the normalized stream, tokens gathered per expert
     "mixtral": dict(num_local_experts=4, **_MOE),
     "qwen2_moe": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32, **_MOE),
+    "qwen3_moe": dict(num_experts=4, moe_intermediate_size=32, head_dim=16, norm_topk_prob=True, **_MOE),
+    "olmoe": dict(num_experts=4, norm_topk_prob=False, eos_token_id=1, pad_token_id=0, **_MOE),
+    "granitemoe": dict(num_local_experts=4, embedding_multiplier=3.0, residual_multiplier=0.3, **_MOE),
     # LayerNorm with bias whose scale is stored as weight + 1
     "nemotron": dict(**_COMMON),
 }

@@ -1,4 +1,4 @@
-"""`invc slice`, `invc eval-ppl` and `invc export` end to end on a tiny model directory."""
+"""`invc slice`, `invc eval-ppl`, `invc export` and `invc generate` end to end on a tiny model directory."""
 from __future__ import annotations
 
 import math
@@ -77,6 +77,14 @@ def test_slice_eval_export(workdir, capfd, caplog):
     assert main(["export", str(out), "-o", str(workdir / "m.onnx")]) == 0
     assert (workdir / "m.onnx").stat().st_size > 0
     assert not [r for r in caplog.records if "torchvision" in r.getMessage()]  # exporter noise is silenced
+    capfd.readouterr()
+    texts = {}
+    for runtime in ("onnx", "torch"):   # greedy: onnxruntime's loop and HF generate() print the same text
+        assert main(["generate", str(out), "--onnx", str(workdir / "m.onnx"), "--prompt", "the king",
+                     "--max-new-tokens", "12", "--runtime", runtime]) == 0
+        texts[runtime] = capfd.readouterr().out
+    prompt = tok.decode(tok("the king")["input_ids"])   # this character tokenizer decodes with spaces between
+    assert texts["onnx"] == texts["torch"] and texts["onnx"].startswith(prompt) and len(texts["onnx"]) > len(prompt) + 1
 
 
 def test_cli_runs_as_a_module_and_refuses_with_reason(workdir):
@@ -120,6 +128,14 @@ def test_slice_with_a_schedule(workdir, capsys):
     assert "rotations" not in discovered and "adapters    2 shortcuts, head map: no" in sliced
     assert "LlamaForCausalLM, 86,336 parameters" in discovered and "59,856 parameters" in sliced
     assert [n["dim"] for n in load(out).invc_slice.plan["norms"]] == [48, 48, 48, 32, 32]
+
+
+def test_generate_without_an_onnx_file_says_how_to_write_it(workdir, capsys):
+    assert main(["generate", str(workdir / "llama"), "--prompt", "the king"]) == 2
+    err = capsys.readouterr().err
+    assert "model.onnx: no such ONNX file; write it with `invc export" in err and len(err.splitlines()) == 1
+    assert main(["generate", str(workdir / "llama"), "--prompt", "the", "--runtime", "torch", "--top-p", "1.5"]) == 2
+    assert "--top-p 1.5: must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_cli_missing_model_dir(workdir, capsys):

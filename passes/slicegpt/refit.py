@@ -15,18 +15,26 @@ The next block is calibrated on this block's refit output, so errors are correct
 This is the reconstruction step of MoDeGPT, SVD-LLM and FLAP, on SliceGPT's single subspace.
 
 Moments are summed in float64 across batches; each batch's product runs in float32 (a 16k-token
-calibration makes the 1536-wide MLP moments about 80 GFLOP per block in float64). Solves are float64.
+calibration makes the 1536-wide MLP moments about 80 GFLOP per block in float64). Solves are float64, by
+Cholesky (A + λI is positive definite), one factor per norm for all its readers.
+
+Each block costs one dense replay (the targets) and one sliced replay, in lockstep (`Lockstep`): every
+batch pauses at each module being refit until all batches have added their moments there and the module
+is solved, then runs on with its refit weights. That is what replaying the block from its start after
+each solve computes, without the replays.
 A writer that sees only some tokens (a routed expert) cannot be paired with the dense model token by
 token, so it keeps its plain sliced weights; so does a writer whose weight is not a matrix.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+from greenlet import greenlet
 from torch import nn
 
-from passes.slicegpt.calibration import _Stop
+from passes.base import PassError
 from passes.slicegpt.sequential import Batch, capture, replay
 from passes.slicegpt.structure import Linear, Structure
 
@@ -36,9 +44,11 @@ RIDGE = 1e-2
 class Fit:
     """One ridge least-squares problem, as running sums A = Σ ZᵀZ and C = Σ Zᵀ·T over unpadded tokens."""
 
-    def __init__(self):
+    def __init__(self, ridge: float):
+        self.ridge = ridge
         self.a: torch.Tensor | None = None
         self.c: torch.Tensor | None = None
+        self._factor: tuple[torch.Tensor, float] | None = None
 
     def add(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> None:
         z, t = z.reshape(-1, z.shape[-1]).float(), t.reshape(-1, t.shape[-1]).float()
@@ -47,11 +57,15 @@ class Fit:
         a, c = (z.T @ z).double(), (z.T @ t).double()
         self.a, self.c = (a, c) if self.a is None else (self.a + a, self.c + c)
 
-    def solve(self, rhs: torch.Tensor, start: torch.Tensor, ridge: float) -> torch.Tensor:
-        """argmin ‖Z·P - T‖² + λ‖P - start‖², given rhs = ZᵀT: P = (A + λI)⁻¹(ZᵀT + λ·start)."""
-        lam = ridge * float(self.a.diagonal().mean())
-        eye = torch.eye(len(self.a), dtype=self.a.dtype)
-        return torch.linalg.solve(self.a + lam * eye, rhs + lam * start)
+    def solve(self, rhs: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """argmin ‖Z·P - T‖² + λ‖P - start‖², given rhs = ZᵀT: P = (A + λI)⁻¹(ZᵀT + λ·start).
+        A + λI is positive definite, so one Cholesky factor serves every reader of a norm."""
+        if self._factor is None:
+            lam = self.ridge * float(self.a.diagonal().mean())
+            eye = torch.eye(len(self.a), dtype=self.a.dtype)
+            self._factor = torch.linalg.cholesky(self.a + lam * eye), lam
+        factor, lam = self._factor
+        return torch.cholesky_solve(rhs + lam * start, factor)
 
 
 def refit(model: nn.Module, s: Structure, batches: Iterable[dict], dim: int, ridge: float = RIDGE,
@@ -74,26 +88,32 @@ def kept(x: torch.Tensor, dim: int) -> torch.Tensor:
 def _refit_block(model, s: Structure, block: str, data: list[Batch], dense: list[torch.Tensor], dim: int,
                  ridge: float) -> list[torch.Tensor]:
     """Refit one block's readers and writers; advance the sliced streams in `data`, return the dense ones."""
-    branches = [b for b in s.branches if b.block == block]
-    norms = [n.module for b in branches for n in b.norms]
-    writers = [w for b in branches for w in b.writers if _matrix(model, w)]
-    targets, outputs = _dense_pass(model, block, data, dense, norms, writers, dim)
-    for b in branches:
-        fits = _sliced_stage(model, block, data, norms, [n.module for n in b.norms], [], targets, dim)
-        for n in b.norms:
-            for r in n.readers:
-                _refit_reader(model.get_parameter(r.weight), r.axis, fits[n.module], dim, ridge)
-        mine = [w for w in b.writers if w in writers and all(w.module in t for t in targets)]
-        fits = _sliced_stage(model, block, data, norms, [], [w.module for w in mine], targets, dim)
-        for w in mine:
-            _refit_writer(model.get_parameter(w.weight), w.axis, fits[w.module], ridge)
-    for b in data:
-        b.stream = kept(replay(model, block, b, _masks(model, norms, dim)), dim)
+    norms = [n.module for b in s.branches if b.block == block for n in b.norms]
+    targets, outputs = _dense_pass(model, block, data, dense, norms, _writers(model, s, block), dim)
+    pauses = block_pauses(model, s, block, data, targets, dim, ridge)
+    for b, out in zip(data, Lockstep(model, block, data, _masks(model, norms, dim), pauses).run()):
+        b.stream = kept(out, dim)
     return outputs
 
 
-def _matrix(model: nn.Module, w: Linear) -> bool:
-    return model.get_parameter(w.weight).dim() == 2
+def _writers(model: nn.Module, s: Structure, block: str) -> list[Linear]:
+    """The block's writers whose weight is a matrix (others keep their plain sliced weights)."""
+    return [w for b in s.branches if b.block == block for w in b.writers
+            if model.get_parameter(w.weight).dim() == 2]
+
+
+def block_pauses(model, s: Structure, block: str, data: list[Batch], targets: list[dict], dim: int,
+                 ridge: float) -> dict[str, Pause]:
+    """Every module of the block whose refit the batches wait for, in the order the block runs them: per
+    residual add, its norms (for their readers), then its writers that have a dense target on every batch."""
+    pauses: dict[str, Pause] = {}
+    writers = _writers(model, s, block)
+    for b in (b for b in s.branches if b.block == block):
+        pauses.update({n.module: _readers_pause(model, n.module, n.readers, targets, data, dim, ridge)
+                       for n in b.norms})
+        pauses.update({w.module: _writer_pause(model, w, targets, data, ridge) for w in b.writers
+                       if w in writers and all(w.module in t for t in targets)})
+    return pauses
 
 
 def _dense_pass(model, block: str, data: list[Batch], dense: list[torch.Tensor], norms: list[str],
@@ -130,35 +150,84 @@ def _dense_pass(model, block: str, data: list[Batch], dense: list[torch.Tensor],
     return targets, outputs
 
 
-def _sliced_stage(model, block: str, data: list[Batch], norms: list[str], readers_of: list[str],
-                  writers: list[str], targets: list[dict], dim: int) -> dict[str, Fit]:
-    """Run the sliced block (stream cut to `dim`) up to the given norms' outputs or writers' inputs, and
-    pair them with the dense targets: readers with the dense norm output, writers with the dense output."""
-    fits = {name: Fit() for name in readers_of + writers}
-    wanted = len(fits)
-    for b, found in zip(data, targets):
-        seen: set[str] = set()
+@dataclass
+class Pause:
+    """A module whose refit the batches wait for: each batch adds its moments where the module runs (a norm's
+    output, for its readers; a writer's input), then, once every batch has, `solve` refits the weights."""
+    moments: Callable[[int, torch.Tensor], None]   # (batch index, what the module reads or wrote)
+    solve: Callable[[], None]
+    before: bool                                   # observe the module's input (a writer) or its output (a norm)
 
-        def observe(name: str, z_of: Callable):
-            def hook(_mod, args, out):
-                fits[name].add(z_of(args, out), found[name], b.mask)
-                seen.add(name)
-                if len(seen) == wanted:
-                    raise _Stop   # the rest of the block does not change this stage's moments
-            return hook
 
-        handles = [model.get_submodule(n).register_forward_hook(observe(n, lambda _a, out: out[..., :dim]))
-                   for n in readers_of]
-        handles += [model.get_submodule(w).register_forward_hook(observe(w, lambda args, _o: args[0]))
-                    for w in writers]
+def _readers_pause(model, norm: str, readers: list[Linear], targets: list[dict], data: list[Batch], dim: int,
+                   ridge: float) -> Pause:
+    """The norm's output in the sliced model, on its kept dims, against the dense norm output."""
+    fit = Fit(ridge)
+
+    def solve() -> None:
+        for r in readers:
+            _refit_reader(model.get_parameter(r.weight), r.axis, fit, dim)
+    return Pause(lambda i, out: fit.add(out[..., :dim], targets[i][norm], data[i].mask), solve, before=False)
+
+
+def _writer_pause(model, w: Linear, targets: list[dict], data: list[Batch], ridge: float) -> Pause:
+    """The writer's input in the sliced model, against the dense writer's output on the kept dims."""
+    fit = Fit(ridge)
+    return Pause(lambda i, h: fit.add(h, targets[i][w.module], data[i].mask),
+                 lambda: _refit_writer(model.get_parameter(w.weight), w.axis, fit), before=True)
+
+
+class Lockstep:
+    """Replay one block on every batch in a single pass, each batch pausing at every module being refit until
+    all batches have added their moments there and the module is solved; then the batches go on with its
+    refit weights, exactly as if the block were replayed from its start after each solve.
+
+    A module's forward cannot be stopped and resumed, so each batch runs in its own greenlet, which keeps its
+    place in the block while the others catch up. Greenlets share one thread: a thread per batch, tried first,
+    kept its own native buffers and malloc arena (1.6 GB more peak memory at SmolLM2's widths, 8 batches).
+    They run in batch order, so the moments are summed in the same order on every run."""
+
+    def __init__(self, model: nn.Module, block: str, data: list[Batch], masks: dict[str, Callable],
+                 pauses: dict[str, Pause]):
+        self.model, self.block, self.data, self.masks, self.pauses = model, block, data, masks, pauses
+
+    def run(self) -> list[torch.Tensor]:
+        """The block's outputs on every batch, every pause solved on the way."""
+        handles = [self.model.get_submodule(n).register_forward_pre_hook(h) for n, h in self.masks.items()]
+        handles += [self._hook(name, p) for name, p in self.pauses.items()]
+        batches = [greenlet(lambda b=b: replay(self.model, self.block, b, {})) for b in self.data]
+        self.index = {g: i for i, g in enumerate(batches)}
         try:
-            replay(model, block, b, _masks(model, norms, dim))
-        except _Stop:
-            pass
+            with torch.no_grad():
+                return self._rounds(batches)
         finally:
             for h in handles:
                 h.remove()
-    return fits
+
+    def _rounds(self, batches: list[greenlet]) -> list[torch.Tensor]:
+        """Run every batch to its next pause, solve that module, and again, until every batch has its output."""
+        while True:
+            reached = [b.switch() for b in batches]
+            names = [r for r in reached if isinstance(r, str)]
+            if len(names) not in (0, len(batches)) or len(set(names)) > 1:
+                raise PassError(f"refit: block {self.block!r} runs other refit modules on some calibration batches "
+                                f"than on others ({[r if isinstance(r, str) else 'the end' for r in reached]}), "
+                                "so its refit is not defined; retry with --no-refit")
+            if not names:
+                return reached
+            self.pauses[names[0]].solve()
+
+    def _hook(self, name: str, p: Pause):
+        module = self.model.get_submodule(name)
+        if p.before:
+            return module.register_forward_pre_hook(lambda _mod, args: self._pause(name, p, args[0]))
+        return module.register_forward_hook(lambda _mod, _args, out: self._pause(name, p, out))
+
+    def _pause(self, name: str, p: Pause, seen: torch.Tensor) -> None:
+        """Add this batch's moments, then wait (hand control back) until every batch has and `name` is solved."""
+        here = greenlet.getcurrent()
+        p.moments(self.index[here], seen)
+        here.parent.switch(name)
 
 
 def _masks(model, norms: list[str], dim: int) -> dict[str, Callable]:
@@ -166,17 +235,17 @@ def _masks(model, norms: list[str], dim: int) -> dict[str, Callable]:
     return {n: (lambda _mod, args: (kept(args[0], dim),) + tuple(args[1:])) for n in norms}
 
 
-def _refit_reader(weight: nn.Parameter, axis: int, fit: Fit, dim: int, ridge: float) -> None:
+def _refit_reader(weight: nn.Parameter, axis: int, fit: Fit, dim: int) -> None:
     """Readers: Z·M'ᵀ ≈ X·Mᵀ, so ZᵀT = (ZᵀX)·Mᵀ with M the weight, stream axis last, as rows x D."""
     view = torch.movedim(weight.data, axis, -1)
     m = view.reshape(-1, view.shape[-1]).double()
-    p = fit.solve(fit.c @ m.T, m[:, :dim].T, ridge)
+    p = fit.solve(fit.c @ m.T, m[:, :dim].T)
     view[..., :dim] = p.T.reshape(view[..., :dim].shape).to(weight.dtype)
 
 
-def _refit_writer(weight: nn.Parameter, axis: int, fit: Fit, ridge: float) -> None:
+def _refit_writer(weight: nn.Parameter, axis: int, fit: Fit) -> None:
     """Writers: H·M' ≈ Y with M the weight as in x D (stream axis last); ZᵀT is the accumulated HᵀY."""
     view = torch.movedim(weight.data, axis, -1)
     dim = fit.c.shape[1]
-    p = fit.solve(fit.c, view[:, :dim].double(), ridge)
+    p = fit.solve(fit.c, view[:, :dim].double())
     view[:, :dim] = p.to(weight.dtype)

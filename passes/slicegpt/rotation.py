@@ -64,6 +64,11 @@ def _assign(model: nn.Module, name: str, value: nn.Parameter) -> None:
     for key, (pname, axis) in sizes.items():
         if hasattr(mod, key) and isinstance(getattr(mod, key), int) and attr == pname:
             setattr(mod, key, value.shape[axis])
+    # GraniteMoE's MoE block views its output as `input_size` wide: the width its experts' down projection
+    # ([experts, out, in]) writes, so that projection's cut sets it.
+    block = model.get_submodule(path.rpartition(".")[0]) if path else None
+    if attr == "down_proj" and value.dim() == 3 and isinstance(getattr(block, "input_size", None), int):
+        block.input_size = value.shape[1]
 
 
 def along(w: torch.Tensor, axis: int, q: torch.Tensor) -> torch.Tensor:
