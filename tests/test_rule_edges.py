@@ -90,6 +90,10 @@ REFUSED = {  # lines, words of the refusal
     "coordinate products stacked": ([E3, VEL, "s = vel * vel", "c = concat(s, s, axis=-1)",
                                      "y = reshape(c, [B, N, 2, 3])", "output y is vector"],
                                     "concat along the 3 coordinates"),
+    # stacked vectors split into [3, 2], not [2, 3]: each row mixes coordinates of two vectors.
+    "stacked vectors split across their coordinates": ([E3, VEL, "c = concat(vel, vel, axis=-1)",
+                                                        "y = reshape(c, [B, N, 3, 2])", "output y is invariant"],
+                                                       "reshape over the stacked coordinates"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),
