@@ -573,10 +573,9 @@ def main(argv=None) -> int:
         state = "killed  " if r["killed"] else "SURVIVED"
         print(f"[{len(results)}/{len(mutants)}] {state} {r['seconds']:5.1f} s  {Mutant(**r['mutant']).where()}"
               + (f"  by {r['by'][0]}" if r["killed"] else ""), flush=True)
-    results = earlier + results
-    print(summary(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        if args.json:  # after each mutant, so a sweep stopped part way keeps what ran for --rerun
+            args.json.write_text(json.dumps(earlier + results, indent=1))
+    print(summary(earlier + results))
     return 0
 
 

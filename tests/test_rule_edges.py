@@ -75,6 +75,25 @@ REFUSED = {  # lines, words of the refusal
     # invariant weights that need not sum to one, summing positions.
     "positions weighted by a plain matrix": ([E3, POS, X, "a = x @ transpose(x, 1, 2)", "y = a @ pos",
                                               "output y is position"], "matmul of positions"),
+    # an RMS over the 3 coordinates rescales only what turns: a position also moves with t, and
+    # coordinate products turn twice, so neither keeps its kind.
+    "rmsnorm of a position": ([E3, POS, "y = rmsnorm(pos, affine=false)", "output y is position"],
+                              "rmsnorm of a position over the 3 coordinates"),
+    "rmsnorm of coordinate products": ([E3, VEL, "s = vel * vel", "y = sum(rmsnorm(s, affine=false), axis=-1)",
+                                        "output y is invariant"], "rmsnorm of coordinate products over the 3"),
+    # a layernorm across the frames of a static batch: its per-channel scale weighs each frame
+    # differently, and a rotation reorders the frames.
+    "a per-frame scale": ([E3, "input pos: f32[2, N, 3] is position", "input vel: f32[2, N, 3] is vector",
+                           "input q: f32[2, N, 1] is scalar", f"y = frame_average(acrossframes, [pos, vel, q], {ROLES})",
+                           "output y is invariant"], "layernorm of a tensor permuted along 16 over 16"),
+    # coordinate products laid end to end are no stacked vectors: split again, they turn twice.
+    "coordinate products stacked": ([E3, VEL, "s = vel * vel", "c = concat(s, s, axis=-1)",
+                                     "y = reshape(c, [B, N, 2, 3])", "output y is vector"],
+                                    "concat along the 3 coordinates"),
+    # stacked vectors split into [3, 2], not [2, 3]: each row mixes coordinates of two vectors.
+    "stacked vectors split across their coordinates": ([E3, VEL, "c = concat(vel, vel, axis=-1)",
+                                                        "y = reshape(c, [B, N, 3, 2])", "output y is invariant"],
+                                                       "reshape over the stacked coordinates"),
     # attention with the 3 coordinates as its sequence: softmax weights between coordinates.
     "attention along the coordinates": ([E3, VECS, "t = transpose(v, 1, 2)", "y = transpose(attention(t), 1, 2)",
                                          "output y is vector"], "attention over a vector"),

@@ -28,7 +28,8 @@ VECS = "input v: f32[B, 4, 3] is vector"
 
 
 # Frame-averaging backbones, after the model so line numbers in the tests start at `model`.
-# `mixing` alone breaks E(3): its MLP mixes raw coordinates; `causal` also orders the frames.
+# `mixing` alone breaks E(3): its MLP mixes raw coordinates; `causal` also orders the frames;
+# `acrossframes` scales each frame by its own weight (a static batch makes the folded axis static).
 BACKBONES = """
 def mixing(p, v, h) {
   x = mlp(concat(p, v, h, axis=-1), widths=[16, 16])
@@ -43,6 +44,10 @@ def withglobal(p, g) { return linear(pool(relu(linear(p, 8)), axis=1), 3) + line
 def causal(p, v, h) {
   x = transpose(linear(concat(p, v, h, axis=-1), 8), 0, 1)
   return linear(pool(transpose(attention(x, causal=true), 0, 1), axis=N), 3)
+}
+def acrossframes(p, v, h) {
+  x = pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1)
+  return linear(transpose(layernorm(transpose(x, 0, 1)), 0, 1), 3)
 }
 """
 FA = ["input vel: f32[B, N, 3] is vector", "input q: f32[B, N, 1] is scalar"]
