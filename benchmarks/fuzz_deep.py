@@ -25,13 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compiler import fuzz_deep  # noqa: E402
-
-class Hang(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise Hang()
+from fuzz_specs import Hang, _alarm  # noqa: E402 - the same stop for a hung case as the first stage
 
 
 def main() -> int:
