@@ -240,10 +240,11 @@ static void principal_axes(const Cloud *c, double axes[3][3]) {
     }
 }
 
-/* ±1 per axis making the third moment along it >= 0: _third_moment_signs(). */
+/* ±1 per axis making the third moment along it >= 0, a moment within float64 rounding of the
+   cloud's scale counting as 0: _third_moment_signs(). */
 static void third_moment_signs(const Cloud *c, const double axes[3][3], int proper, double s[3]) {
     int any = any_real(c);
-    double m3[3] = {0, 0, 0};
+    double m3[3] = {0, 0, 0}, square = 0;
     for (int64_t i = 0; i < c->n; i++) {
         if (!real(c, any, i))
             continue;
@@ -252,10 +253,12 @@ static void third_moment_signs(const Cloud *c, const double axes[3][3], int prop
         for (int j = 0; j < 3; j++) {
             double y = d[0] * axes[0][j] + d[1] * axes[1][j] + d[2] * axes[2][j];
             m3[j] += y * y * y;
+            square += y * y;
         }
     }
+    double margin = square * sqrt(square) * (SPREAD_ULPS * DBL_EPSILON);
     for (int j = 0; j < 3; j++)
-        s[j] = m3[j] >= 0.0 ? 1.0 : -1.0;
+        s[j] = m3[j] + margin >= 0.0 ? 1.0 : -1.0;
     if (proper)
         s[2] = s[0] * s[1];
 }

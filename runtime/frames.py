@@ -452,11 +452,17 @@ def _reject(m, w, u):
 
 
 def _third_moment_signs(m, pos, c, mask, axes, proper):
-    """±1 per axis [B, 1, 1, 3]: the sign making Σ y³ >= 0 along it (ties count as +)."""
+    """±1 per axis [B, 1, 1, 3]: the sign making Σ y³ >= 0 along it. A third moment within float64
+    rounding of the cloud's scale, SPREAD_ULPS·eps64·(Σ |y|²)^(3/2), is a tie and counts as +: along
+    the normal of a planar cloud (3 points, or fewer live under a mask) every y is rounding, and the
+    sign of their cubes' sum would be that of whichever runtime summed it. (A moment born of the
+    input dtype's rounding, as along a 2-point cloud's line, is far above this and stays a sign.)"""
     y = m.matmul(m.cast(m.sub(pos, c), "f64"), axes)
     if mask is not None:
         y = m.where(real_points(m, pos, mask), y, 0.0)
-    positive = m.ge(m.sum(m.mul(m.mul(y, y), y), (1,), True), m.const(0.0, y))
+    square = m.sum(m.mul(y, y), (1, 2), True)                                           # [B, 1, 1]
+    margin = m.mul(m.mul(square, m.sqrt(square)), SPREAD_ULPS * float(np.finfo(np.float64).eps))
+    positive = m.ge(m.add(m.sum(m.mul(m.mul(y, y), y), (1,), True), margin), m.const(0.0, y))
     signs = m.where(positive, m.const(1.0, y), m.const(-1.0, y))                      # [B, 1, 3]
     if proper:  # the third axis follows the first two so det stays +1
         s1, s2 = m.take(signs, np.array([0]), -1), m.take(signs, np.array([1]), -1)

@@ -102,7 +102,9 @@ def test_native_kernels_match_torch_and_the_onnx_bodies(dtype, masked, proper, c
         want = dict(zip("cfpv", gm(*tensors.values())))
     mask = tensors.get("mask")
     same = decided(tensors["pos"], mask, proper, canonical)
-    tol = 2e-5 if dtype == "f32" else 1e-9
+    # f64: a fully tied spectrum (cube, octahedron) settles its axes in the fallback, whose rounding
+    # the kernel and the bodies order differently: 1.4e-9 was drawn once, hence 1e-8, not 1e-9.
+    tol = 2e-5 if dtype == "f32" else 1e-8
     scale = np.abs(np.nan_to_num(feeds["pos"])).max(axis=(1, 2))[:, None] + 1.0
 
     def close(a, b, clouds, unit, what):

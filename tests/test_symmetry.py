@@ -290,10 +290,6 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                      "y = frame_average(mixing, [c, vel, q], roles=[\"position\", \"vector\", "
                                      "\"scalar\"])", "output y is invariant"],
                                     "frame_average", "builds frames from a computed cloud"),
-    "a canonical frame of a planar cloud": ([SN, "input h: f32[B, N, 3]", *FA_SN, "c = layernorm(h, affine=false)",
-                                             "y = frame_average(mixing, [c, vel, q], canonical=true, roles=[\"position\", "
-                                             "\"vector\", \"scalar\"])", "output y is invariant"],
-                                            "frame_average", "builds frames from a computed cloud"),
     # Issue 21, class 2: no proof for a cloud that no input puts in general position. A collapse to
     # rounding is settled by the run-time guard (test_frames.py); this one is a spread of 1e-12 (all
     # points near the centroid), which a translation's rounding reshapes.
@@ -309,7 +305,7 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                  "frame_average", f"builds frames from a cloud of {n} point")
        for name, n, group, extra in [("all frames of 1 point", 1, "E(3)", ""),
                                      ("all frames of 2 points", 2, "SO(3)", ""),
-                                     ("a canonical frame of 2 points", 2, "T(3)", ", canonical=true"),
+                                     ("a canonical frame of 2 points", 2, "SO(3)", ", canonical=true"),
                                      ("a canonical frame with reflections of 3 points", 3, "SE(3)",
                                       ", canonical=true")]},
 }
