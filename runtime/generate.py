@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from common.dtypes import from_ort, numpy_dtype
 from runtime.inputs import InputError
-from runtime.session import CPU, _load
+from runtime.session import CPU, open_session
 
 PAST, PRESENT = "past_key_values.", "present."
 Cache = dict[str, np.ndarray]
@@ -26,7 +26,7 @@ class Decoder:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = _load(path, [CPU], options)
+        self.session = open_session(path, [CPU], options)
         self.cache = [i for i in self.session.get_inputs() if i.name.startswith(PAST)]
         names = {i.name for i in self.session.get_inputs()}
         if not self.cache or not {"input_ids", "attention_mask", "position_ids"} <= names:

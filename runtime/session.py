@@ -95,7 +95,7 @@ class RunFailed(Exception):
     exit_code = 2
 
 
-def _load(model, providers: list[str], options) -> ort.InferenceSession:
+def open_session(model, providers: list[str], options) -> ort.InferenceSession:
     if hasattr(model, "SerializeToString"):  # built in memory: a failure is a bug, shown in full
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     path = Path(model)
@@ -134,8 +134,8 @@ class Session:
         # Which frame kernels run, and why; without them onnxruntime runs the ONNX function bodies.
         self.frames = native.uses_frames(model)
         self.kernels = native.register(options) if native_frames and self.frames else native.BODIES
-        self._session = _load(model, providers, options)
-        self.note = _stamp_note(model)  # after _load, which names a missing or invalid file
+        self._session = open_session(model, providers, options)
+        self.note = _stamp_note(model)  # after open_session, which names a missing or invalid file
         # The provider actually bound: onnxruntime-gpu falls back to the CPU without CUDA libraries.
         self.provider: str = self._session.get_providers()[0]
         meta = self._session.get_modelmeta().custom_metadata_map
