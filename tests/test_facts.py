@@ -433,10 +433,12 @@ def test_a_product_of_computed_dims_keeps_its_parentheses(tmp_path, k):
         session.run({**feeds, "cuts": np.array([*feeds["cuts"][:-1], 3 * k - 1])})
 
 
-@pytest.mark.parametrize("seed", [3000783, 3001131])
+@pytest.mark.parametrize("seed", [3000783, 3001131, 3106367])
 def test_the_deep_fuzzers_findings_stay_fixed(seed):
     """Cases the deep stage found on the merged tree: scatter max over i32 ids crashed in torch
-    (scatter_reduce_ wants i64 there), and offsets over 3*(K-1) rows were checked against 3*K-1."""
+    (scatter_reduce_ wants i64 there); offsets over 3*(K-1) rows were checked against 3*K-1; a
+    canonical frame of a masked planar cloud took its sign from rounding, torch's and onnxruntime's
+    apart (runtime/frames.py `_third_moment_signs`)."""
     import random
     from compiler import fuzz_deep
     result = fuzz_deep.run(fuzz_deep.draw(random.Random(seed)), seed)
