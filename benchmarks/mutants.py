@@ -328,6 +328,11 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
+# pytest in this process: the probe and the swapped code are seen only here, so no xdist workers
+# (the suite's addopts ask for them).
+IN_PROCESS = ["-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+
+
 def _warm(tests: list) -> None:
     """Import torch and onnxruntime and collect the suite once, so each forked child starts warm."""
     import onnxruntime  # noqa: F401
@@ -336,7 +341,7 @@ def _warm(tests: list) -> None:
     with open(os.devnull, "w") as quiet:
         saved, sys.stdout = sys.stdout, quiet
         try:
-            pytest.main([*tests, "--collect-only", "-q", "-p", "no:cacheprovider"])
+            pytest.main([*tests, "--collect-only", *IN_PROCESS])
         finally:
             sys.stdout = saved
 
@@ -347,7 +352,7 @@ def _pytest(args: list, plugin) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    return int(pytest.main([*args, "-q", "-p", "no:cacheprovider"], plugins=[plugin]))
+    return int(pytest.main([*args, *IN_PROCESS], plugins=[plugin]))
 
 
 _CHILD = [None]  # the forked child running now, which a stopped worker takes down with it
@@ -483,6 +488,8 @@ def run(mutants: list[Mutant], jobs: int, tests: list, timeout: float, reached: 
         if found["status"] != 0:
             sys.exit(f"the unmutated kill suite does not pass (pytest status {found['status']}): fix that first\n"
                      + "\n".join(found.get("failed", [])))
+        if not found["reached"]:  # a probe that saw no rule would score every mutant a survivor
+            sys.exit("the probe saw no test reach a rule: were the tests run in another process?")
         order = sorted(found["seconds"], key=found["seconds"].get)
         per_rule = {rule: [t for t in order if rule in found["reached"].get(t, ())]
                     for rule in {r for v in found["reached"].values() for r in v}}
