@@ -329,8 +329,8 @@ def copy_tree(dest: Path) -> None:
 
 
 # pytest in this process: the probe and the swapped code are seen only here, so no xdist workers
-# (the suite's addopts ask for them).
-IN_PROCESS = ["-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+# (the suite's addopts, which ask for them, are dropped).
+IN_PROCESS = ["-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts="]
 
 
 def _warm(tests: list) -> None:
