@@ -86,6 +86,14 @@ REFUSED = {  # lines, words of the refusal
     "a per-frame scale": ([E3, "input pos: f32[2, N, 3] is position", "input vel: f32[2, N, 3] is vector",
                            "input q: f32[2, N, 1] is scalar", f"y = frame_average(acrossframes, [pos, vel, q], {ROLES})",
                            "output y is invariant"], "layernorm of a tensor permuted along 16 over 16"),
+    # frame_out averages over the frames' rows only what follows them: rows paired across frames,
+    # or a constant of each frame's own (the same for every input), meet other frames after a rotation.
+    "rows paired across frames": ([E3, POS, VEL, Q, f"y = frame_average(acrosspairs, [pos, vel, q], {ROLES})",
+                                   "output y is invariant"], "that does not follow the frames"),
+    "a constant per frame": ([E3, "input pos: f32[2, N, 3] is position", "input vel: f32[2, N, 3] is vector",
+                              "input q: f32[2, N, 1] is scalar",
+                              f'y = frame_average(perslot, [pos, vel, q], {ROLES}, out="vector")',
+                              "output y is vector"], "frame_out of an invariant that does not follow the frames"),
     # coordinate products laid end to end are no stacked vectors: split again, they turn twice.
     "coordinate products stacked": ([E3, VEL, "s = vel * vel", "c = concat(s, s, axis=-1)",
                                      "y = reshape(c, [B, N, 2, 3])", "output y is vector"],

@@ -29,7 +29,8 @@ VECS = "input v: f32[B, 4, 3] is vector"
 
 # Frame-averaging backbones, after the model so line numbers in the tests start at `model`.
 # `mixing` alone breaks E(3): its MLP mixes raw coordinates; `causal` also orders the frames;
-# `acrossframes` scales each frame by its own weight (a static batch makes the folded axis static).
+# `acrossframes` scales each frame by its own weight (a static batch makes the folded axis static);
+# `acrosspairs` pairs rows of different frames; `perslot` returns a constant of its own per frame.
 BACKBONES = """
 def mixing(p, v, h) {
   x = mlp(concat(p, v, h, axis=-1), widths=[16, 16])
@@ -48,6 +49,14 @@ def causal(p, v, h) {
 def acrossframes(p, v, h) {
   x = pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1)
   return linear(transpose(layernorm(transpose(x, 0, 1)), 0, 1), 3)
+}
+def acrosspairs(p, v, h) {
+  x = linear(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), 4)
+  return unsqueeze(x, 1) - unsqueeze(x, 0)
+}
+def perslot(p, v, h) {
+  s = sum(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), axis=0, keepdim=true)
+  return linear(transpose(linear(transpose(s, 0, 1), 16), 0, 1), 3)
 }
 """
 FA = ["input vel: f32[B, N, 3] is vector", "input q: f32[B, N, 1] is scalar"]
