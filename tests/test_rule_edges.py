@@ -3,6 +3,7 @@ reason of the branch that must refuse it, and measured false, so the refusal is 
 Each entry kills mutants of benchmarks/mutants.py that make that branch accept (BENCHMARKS.md,
 "Mutation testing of the symmetry rules"); the two planted bugs of issue 21 come first."""
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
@@ -41,6 +42,12 @@ REFUSED = {  # lines, words of the refusal
         [SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]", "input m: bool[N, N]",
          "u = scatter_pool(x, ids, like=h)", "v = unsqueeze(h, 1) + unsqueeze(u, 0)",
          "y = attention_pool(v, axis=1, mask=m)", "output y is scalar"], "with a mask not permuted like its input"),
+    # attention over rows that S(N) leaves in place, masked by a mask it permutes: other keys are
+    # hidden after a permutation (verify's first set is all padding, hence two).
+    "attention over fixed rows with a permuted mask": (
+        [SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]", "input m: bool[2, N]",
+         "u = unsqueeze(scatter_pool(x, ids, like=h), 0)", "t = concat(u, u, axis=0)", "y = attention(t, mask=m)",
+         "output y is scalar"], "attention's mask and input are not permuted alike"),
     # rows that S(N) leaves in place (pooled from fixed sets) split by ids that it permutes, or by
     # ids that it relabels: either way the rows meet other ids after a permutation.
     "fixed rows split by permuted ids": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
@@ -62,6 +69,15 @@ REFUSED = {  # lines, words of the refusal
     "matmul of a set against fixed rows": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
                                             "u = scatter_pool(x, ids, like=h)", "y = transpose(h, 0, 1) @ u",
                                             "output y is invariant"], "matmul contracts N of a permuted tensor with a fixed one"),
+    # softmax weights that sum to one along the other axis (the columns, while rows are contracted):
+    # no convex combination, so the translation adds up to more or less than one t.
+    "positions weighted by a softmax along the other axis": ([E3, POS, X, "w = softmax(x @ transpose(x, 1, 2), axis=1)",
+                                                               "y = w @ pos", "output y is position"],
+                                                              "matmul of positions"),
+    # the coordinates on a batch axis that meets a stack of 3 matrices: each coordinate gets its own map.
+    "a matrix per coordinate": ([E3, VECS, "input w: f32[3, 4, 5]", "t = permute(v, [2, 0, 1])",
+                                 "y = permute(t @ w, [1, 2, 0])", "output y is vector"],
+                                "matmul treats the 3 coordinates separately"),
     # only two vectors dot to an invariant: a position moves with a translation, coordinate products
     # turn twice.
     "a position dotted with a vector": ([E3, POS, VEL, "y = pos @ transpose(vel, 1, 2)", "output y is invariant"],
@@ -94,6 +110,9 @@ REFUSED = {  # lines, words of the refusal
                               "input q: f32[2, N, 1] is scalar",
                               f'y = frame_average(perslot, [pos, vel, q], {ROLES}, out="vector")',
                               "output y is vector"], "frame_out of an invariant that does not follow the frames"),
+    # two vectors broadcast against each other along two axes: a 3x3 sum that turns on both.
+    "vectors added along two axes": ([E3, VEL, "y = unsqueeze(vel, 3) + unsqueeze(vel, 2)", "output y is invariant"],
+                                     "`+` of a vector and a vector"),
     # coordinate products laid end to end are no stacked vectors: split again, they turn twice.
     "coordinate products stacked": ([E3, VEL, "s = vel * vel", "c = concat(s, s, axis=-1)",
                                      "y = reshape(c, [B, N, 2, 3])", "output y is vector"],
@@ -174,3 +193,46 @@ def test_the_mutant_generator_finds_every_rule_and_the_planted_bugs(monkeypatch)
             for m in mutants.mutants_of(f)}
     assert ("symmetry_gather", "along == relabels") in made
     assert ("symmetry_frame_in", "rel in (Rotated(len(x.shape) - 1), Translated(len(x.shape) - 1))") in made
+
+
+# Matmul chains: vectors, positions, coordinate products and invariants, as rows or (transposed)
+# columns, a fixed 3x3, a covariance (rank 2), a Gram matrix and its softmax along either axis;
+# every product of two and of three. Whatever the
+# rules prove of one (invariant, a vector, a position; transposed back where the coordinates are
+# the rows) must measure true: a rule of _coordinate_matmul or _rank2_matmul that accepts one
+# case too many proves a chain that measures false.
+TERMS = {"vel": ("N", "3"), "pos": ("N", "3"), "vv": ("N", "3"), "c": ("N", "3"), "m": ("3", "3"), "o": ("3", "3"),
+         "transpose(vel, 1, 2)": ("3", "N"), "transpose(pos, 1, 2)": ("3", "N"), "transpose(vv, 1, 2)": ("3", "N"),
+         "transpose(c, 1, 2)": ("3", "N"), "g": ("N", "N"), "softmax(g, axis=2)": ("N", "N"),
+         "softmax(g, axis=1)": ("N", "N")}
+CHAIN_INPUTS = [E3, VEL, POS, X, "input c: f32[B, N, 3]", "input m: f32[B, 3, 3]", "vv = vel * vel",
+                "o = transpose(vel, 1, 2) @ vel", "g = x @ transpose(x, 1, 2)"]
+
+
+def matmul_chains():
+    pairs = [(a, b) for a, b in itertools.product(TERMS, repeat=2) if TERMS[a][1] == TERMS[b][0]]
+    ones = [(f"{a} @ {b}", (TERMS[a][0], TERMS[b][1])) for a, b in pairs]
+    twos = [(f"({e}) @ {b}", (r, TERMS[b][1])) for e, (r, k) in ones for b in TERMS if TERMS[b][0] == k]
+    for expr, (rows, cols) in ones + twos:
+        yield f"y = {expr}", "invariant"
+        for kind in ("vector", "position"):
+            if cols == "3":
+                yield f"y = {expr}", kind
+            if rows == "3":
+                yield f"y = transpose({expr}, 1, 2)", kind
+
+
+def test_what_is_proved_of_a_matmul_chain_measures_true():
+    proved, false = 0, []
+    for line, kind in matmul_chains():
+        try:
+            m = checked(*CHAIN_INPUTS, line, f"output y is {kind}")
+        except SpecError:
+            continue  # refused: conservative at worst
+        proved += 1
+        try:
+            measure(m)
+        except AssertionError:
+            false.append(f"{line}: {kind}")
+    assert not false, false
+    assert proved >= 100, proved  # the chains reach the rules' accepting branches, not only refusals
