@@ -19,12 +19,11 @@ accept more than it should:
               `rel in (Rotated(k), Translated(k))`, `isinstance(f, Permuted)` -> `(Permuted, Relabeled)`)
     pass      a refusal that returns its first operand's fact instead
 
-The kill suite (KILL_SUITE: the symmetry, soundness and verify tests) first runs once unmutated,
-with every rule probed: it must pass, and it tells which test reaches which rule and how long each
-takes. Each mutant then runs only the tests that reach its function, fastest first, up to the first
-failure (`-x`; `--timeout` seconds each; a timeout counts as a survivor, so the score errs low), in a
-copy of the working tree
-per job: the mutated file is written there, and the mutated function's code is swapped in a child
+The kill suite (KILL_SUITE: every CI test file that checks specs) first runs once unmutated, in
+this process, with every rule probed: it must pass, and it tells which test reaches which rule and
+how long each takes. Each mutant then runs only the tests that reach its function, fastest first,
+up to the first failure (`-x`; `--timeout` seconds each; a timeout counts as a survivor, so the
+score errs low), in a copy of the working tree per job: the mutated file is written there, and the mutated function's code is swapped in a child
 forked from a worker that imported torch and collected the suite once. (Tests that reach a rule only
 through an `invc` subprocess are not seen by the probe, so the score errs low, never high.) It
 prints the score and every survivor with its place; a survivor is a missing test, a missing draw of
