@@ -197,10 +197,9 @@ def test_the_mutant_generator_finds_every_rule_and_the_planted_bugs(monkeypatch)
 
 # Matmul chains: vectors, positions, coordinate products and invariants, as rows or (transposed)
 # columns, a fixed 3x3, a covariance (rank 2), a Gram matrix and its softmax along either axis;
-# every product of two and of three. Whatever the
-# rules prove of one (invariant, a vector, a position; transposed back where the coordinates are
-# the rows) must measure true: a rule of _coordinate_matmul or _rank2_matmul that accepts one
-# case too many proves a chain that measures false.
+# every product of two and of three. Whatever the rules prove of one (invariant, a vector, a
+# position; transposed back where the coordinates are the rows) must measure true: a rule of
+# _coordinate_matmul or _rank2_matmul that accepts one case too many proves a chain that measures false.
 TERMS = {"vel": ("N", "3"), "pos": ("N", "3"), "vv": ("N", "3"), "c": ("N", "3"), "m": ("3", "3"), "o": ("3", "3"),
          "transpose(vel, 1, 2)": ("3", "N"), "transpose(pos, 1, 2)": ("3", "N"), "transpose(vv, 1, 2)": ("3", "N"),
          "transpose(c, 1, 2)": ("3", "N"), "g": ("N", "N"), "softmax(g, axis=2)": ("N", "N"),
