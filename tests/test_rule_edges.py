@@ -48,6 +48,10 @@ REFUSED = {  # lines, words of the refusal
         [SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]", "input m: bool[2, N]",
          "u = unsqueeze(scatter_pool(x, ids, like=h), 0)", "t = concat(u, u, axis=0)", "y = attention(t, mask=m)",
          "output y is scalar"], "attention's mask and input are not permuted alike"),
+    # rows that S(N) permutes added to rows it leaves in place: each element meets another row after.
+    "permuted rows plus fixed rows": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
+                                       "u = scatter_pool(x, ids, like=h)", "y = h + u", "output y is scalar"],
+                                      "`+` joins a tensor permuted along N with one that is not"),
     # rows that S(N) leaves in place (pooled from fixed sets) split by ids that it permutes, or by
     # ids that it relabels: either way the rows meet other ids after a permutation.
     "fixed rows split by permuted ids": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
@@ -69,6 +73,11 @@ REFUSED = {  # lines, words of the refusal
     "matmul of a set against fixed rows": ([SN, "input h: f32[N, 4]", "input x: f32[R, 4]", "input ids: i64[R]",
                                             "u = scatter_pool(x, ids, like=h)", "y = transpose(h, 0, 1) @ u",
                                             "output y is invariant"], "matmul contracts N of a permuted tensor with a fixed one"),
+    # softmax-weighted positions summed over another axis than the softmax's: the weights along it need
+    # not sum to one, so neither does the translation.
+    "weighted positions summed over the batch": ([E3, POS, X, "w = softmax(linear(x, 1), axis=N)",
+                                                  "y = sum(w * pos, axis=0)", "output y is position"],
+                                                 "sum of softmax-weighted positions over B"),
     # softmax weights that sum to one along the other axis (the columns, while rows are contracted):
     # no convex combination, so the translation adds up to more or less than one t.
     "positions weighted by a softmax along the other axis": ([E3, POS, X, "w = softmax(x @ transpose(x, 1, 2), axis=1)",
