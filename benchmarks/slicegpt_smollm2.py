@@ -203,9 +203,10 @@ def play_text(names: list[str]) -> str:
 
 
 def child(mode: str, sparsities: list[float], onnx: bool = True, refit: bool = True,
-          texts: list[str] | None = None) -> list[dict]:
+          texts: list[str] | None = None, ridge: float | None = None) -> list[dict]:
     """The dense model, or one mode at several sparsities, in this process; perplexity on the held-out plays
-    (key "ppl") and on each of `texts` (keys of EVAL_TEXTS; all of them by default).
+    (key "ppl") and on each of `texts` (keys of EVAL_TEXTS; all of them by default). `ridge`: the
+    refit's, RIDGE by default.
 
     The first sparsity is sliced from scratch and timed (wall, CPU, peak memory). Shortcut-free
     rotations do not depend on the sparsity, so its other sparsities reuse that calibration;
@@ -230,7 +231,7 @@ def child(mode: str, sparsities: list[float], onnx: bool = True, refit: bool = T
         if mode != "dense":
             cpu, load_before = _cpu_seconds(), os.getloadavg()[0]
             report = slice_model(model, batches(calib, 4), sparsity, mode, calibration=calibration,
-                                 refit=RIDGE if refit else None)
+                                 refit=(ridge or RIDGE) if refit else None)
             out.update(dim=report.dim, shortcuts=report.shortcuts, head_map=report.head_map, refit=report.refit)
             if not rows:
                 # The machine is shared: CPU seconds show the work, wall seconds also show the neighbours.
@@ -324,12 +325,13 @@ def main() -> None:
     ap.add_argument("--ppl-only", action="store_true", help="skip the ONNX exports and ORT latency")
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
     ap.add_argument("--no-refit", action="store_true", help="with --child: slice without the refit")
+    ap.add_argument("--ridge", type=float, help="with --child: the refit's ridge (default: the library's)")
     ap.add_argument("--texts", nargs="+", choices=["plays", *EVAL_TEXTS],
                     help="with --child: score only these texts (default: all)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]], not args.ppl_only,
-                               not args.no_refit, args.texts)))
+                               not args.no_refit, args.texts, args.ridge)))
         return
     fetch()
     dense_checkpoint()

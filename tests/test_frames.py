@@ -311,6 +311,9 @@ def test_sign_margin_matches_an_eigh_computation():
 
 
 def test_recommended_mode_follows_the_measured_margins():
+    # Seeded: about 1 draw in 300 of 8 skewed clouds holds one whose sign margin falls under 1e-5, where
+    # recommending all frames is right; unseeded, the draw followed whichever tests ran before on the worker.
+    torch.manual_seed(0)
     skewed = torch.distributions.Exponential(1.0).sample((8, 20, 3)).double() @ rotations(8)
     half = clouds(8, 10)
     point_symmetric = torch.cat([half, 2 * half.mean(1, keepdim=True) - half], 1)
