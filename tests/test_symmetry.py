@@ -322,19 +322,26 @@ REFUSED = {  # lines, the text where the breaking op starts, message
 
 @pytest.mark.parametrize("lines, where, message", REFUSED.values(), ids=REFUSED.keys())
 def test_false_claim_is_refused_at_the_breaking_op(lines, where, message):
-    with pytest.raises(SpecError) as e:
-        checked(*lines)
+    error = assert_refused_and_false(lines, message)
     rows = spec(*lines).splitlines()
     row = next(i for i, line in enumerate(rows) if where in line and not line.startswith("input"))
-    assert (e.value.line, e.value.column) == (row + 1, rows[row].index(where) + 1), e.value.render()
-    assert message in e.value.message and e.value.hint
-    assert_refused_claim_is_false(lines)
+    assert (error.line, error.column) == (row + 1, rows[row].index(where) + 1), error.render()
+    assert error.hint
 
 
 def assert_refused_claim_is_false(lines):
     """The refusal is no false alarm: measured, the claim fails."""
     with pytest.raises(AssertionError, match="not equivariant"):
         measure(checked(*lines, prove=False))
+
+
+def assert_refused_and_false(lines, message: str) -> SpecError:
+    """The checker refuses the spec with `message`, and measured, the claim fails; the refusal, for more checks."""
+    with pytest.raises(SpecError) as e:
+        checked(*lines)
+    assert message in e.value.message, e.value.message
+    assert_refused_claim_is_false(lines)
+    return e.value
 
 
 # Issue 21's classes 1 (masks along the coordinates) and 2 (clouds degenerate for every input).
