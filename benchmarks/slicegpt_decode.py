@@ -27,7 +27,9 @@ import slicegpt_smollm2 as smol  # noqa: E402
 NEW_TOKENS, PROMPT_TOKENS = 128, 32
 
 
-def sliced_models(calib_rows: int) -> dict:
+def sliced_models(calib_rows: int, shortcut: bool = True) -> dict:
+    """Dense; shortcut-free 25% (a map before the tied head); the same as a plain Llama; and, with
+    `shortcut`, shortcut mode at 25%."""
     from passes.slicegpt import load, slice_model, standard_model, token_sequences
     from passes.slicegpt.data import batches
 
@@ -44,8 +46,9 @@ def sliced_models(calib_rows: int) -> dict:
     if plain is None:
         raise SystemExit(f"no plain model: {why}")
     models["shortcut-free 25%, plain Llama"] = plain
-    models["shortcut 25%"] = load(smol.DENSE)
-    slice_model(models["shortcut 25%"], calib, 0.25, "shortcut")
+    if shortcut:
+        models["shortcut 25%"] = load(smol.DENSE)
+        slice_model(models["shortcut 25%"], calib, 0.25, "shortcut")
     return models
 
 
@@ -62,9 +65,11 @@ def decode_rate(model, prompt) -> float:
     return NEW_TOKENS / seconds
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=7)
+def setup(doc: str, runs: int):
+    """The decode benchmarks' command line and set-up: torch's threads, the checkpoint fetched, and the
+    prompt (the held-out plays' first PROMPT_TOKENS tokens). Returns (args, prompt)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--calib-rows", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -74,9 +79,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     smol.fetch()
     smol.dense_checkpoint()
-    models = sliced_models(args.calib_rows)
     tok = transformers.AutoTokenizer.from_pretrained(smol.DENSE)
     prompt = tok(smol.play_text(smol.HELD_OUT_PLAYS)[:2000], return_tensors="pt")["input_ids"][:, :PROMPT_TOKENS]
+    return args, prompt
+
+
+def main() -> None:
+    args, prompt = setup(__doc__, runs=7)
+    models = sliced_models(args.calib_rows)
     for model in models.values():
         decode_rate(model, prompt)   # warm-up
     rates = {name: [] for name in models}

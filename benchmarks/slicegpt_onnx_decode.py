@@ -11,7 +11,6 @@ generate()'s here. The fp32 checkpoint and texts come from benchmarks/slicegpt_s
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -23,27 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import slicegpt_smollm2 as smol  # noqa: E402
-from slicegpt_decode import NEW_TOKENS, PROMPT_TOKENS, decode_rate  # noqa: E402
-
-
-def models(calib_rows: int) -> dict:
-    import transformers
-
-    from passes.slicegpt import load, slice_model, standard_model, token_sequences
-    from passes.slicegpt.data import batches
-
-    tok = transformers.AutoTokenizer.from_pretrained(smol.DENSE)
-    calib = batches(token_sequences(tok, smol.play_text(smol.CALIB_PLAYS), smol.SEQ, calib_rows), 4)
-    out = {"dense": load(smol.DENSE), "shortcut-free 25%": load(smol.DENSE)}
-    # No refit: it changes the weights' values, not their shapes, so not the speed (and costs minutes).
-    slice_model(out["shortcut-free 25%"], calib, 0.25, "shortcut-free", refit=None)
-    untied = load(smol.DENSE)
-    slice_model(untied, calib, 0.25, "shortcut-free", untie_head=True, refit=None)
-    plain, why = standard_model(untied)
-    if plain is None:
-        raise SystemExit(f"no plain model: {why}")
-    out["shortcut-free 25%, plain Llama"] = plain
-    return out
+from slicegpt_decode import NEW_TOKENS, decode_rate, setup, sliced_models  # noqa: E402
 
 
 def onnx_tokens(decoder, prompt: list[int]) -> tuple[list[int], float]:
@@ -64,23 +43,11 @@ def hf_tokens(model, prompt) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--calib-rows", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    import torch
-    import transformers
-
+    args, prompt = setup(__doc__, runs=5)
     from passes.slicegpt import export_onnx
     from runtime.generate import Decoder
 
-    torch.set_num_threads(args.threads)
-    smol.fetch()
-    smol.dense_checkpoint()
-    tok = transformers.AutoTokenizer.from_pretrained(smol.DENSE)
-    prompt = tok(smol.play_text(smol.HELD_OUT_PLAYS)[:2000], return_tensors="pt")["input_ids"][:, :PROMPT_TOKENS]
-    built = models(args.calib_rows)
+    built = sliced_models(args.calib_rows, shortcut=False)  # the three models above
     workdir = Path(tempfile.mkdtemp(prefix="invc-decode-"))
     decoders, same = {}, {}
     for i, (name, model) in enumerate(built.items()):
