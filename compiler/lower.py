@@ -47,7 +47,7 @@ def _call(graph: fx.Graph, root: nn.Module, op: OpNode, env: dict, seed: int, op
     args = tuple(_arg(a, env) for a in op.args) + tuple(weights)
     kwargs = {k: _arg(v, env) for k, v in op.kwargs.items()}
     node = graph.create_node("call_function", ops[op.op].torch, args, kwargs, name=op.value.name)
-    _type(node, op.value, pos=str(op.pos))
+    _type(node, op.value, pos=str(op.pos), **({"origin": op.origin} if op.origin else {}))
     return node
 
 
@@ -64,6 +64,8 @@ def _type(node: fx.Node, value: Value, **extra) -> None:
 
 
 def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
+    if spec.init == "given":  # a captured model's own weight, copied so training here leaves it alone
+        return nn.Parameter(spec.value.detach().clone(), requires_grad=spec.value.is_floating_point())
     # Modulo 2**64, as torch itself reads a negative seed: any seed in torch's range gives a valid one.
     g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
     if spec.init == "ones":

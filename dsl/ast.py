@@ -113,6 +113,7 @@ class Assign:
     value: object
     repeat: object | None
     pos: Pos
+    more: tuple = ()  # further names `a, b = f(...)` binds, in order (a torch def's outputs)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,15 @@ class Def:
     name: str
     params: tuple
     body: tuple
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class TorchDef:
+    """`def name = torch("pkg.module:factory", k=v, ...)` or `torch("file.pt2")`: an existing torch model."""
+    name: str
+    source: str      # "pkg.module:factory" or a path to a saved ExportedProgram
+    kwargs: tuple    # of Kwarg: the factory's arguments
     pos: Pos
 
 

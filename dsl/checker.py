@@ -200,7 +200,23 @@ class _Elaborator:
             value = self.repeat(stmt, scope)
         else:
             value = self.eval(stmt.value, scope, stmt.name)
+        if stmt.more:
+            return self._unpack(stmt, value, scope)
+        if isinstance(value, tuple):
+            raise SpecError.at(stmt.pos, f"`{stmt.name}` is bound to {len(value)} tensors",
+                               f"unpack them: {', '.join(f'{stmt.name}{i}' for i in range(len(value)))} = ...")
         self.bind(scope, stmt.name, self._named(value, stmt.name, scope), stmt.pos)
+
+    def _unpack(self, stmt: ast.Assign, value, scope: Scope):
+        names = (stmt.name, *stmt.more)
+        if not isinstance(value, tuple) or len(value) != len(names):
+            got = f"{len(value)} tensors" if isinstance(value, tuple) else _describe(value)
+            raise SpecError.at(stmt.pos, f"{len(names)} names are bound to {got}")
+        for name, v in zip(names, value):
+            if _module_attribute(name):
+                raise SpecError.at(stmt.pos, f"`{name}` cannot name a binding: every torch module has an "
+                                             f"attribute `{name}`", f"rename it, e.g. `{name.strip('_')}_out`")
+            self.bind(scope, name, v, stmt.pos)
 
     def bind(self, scope: Scope, name: str, value, pos):
         if name in self.ops.spec or name in self.program.defs:
@@ -306,6 +322,9 @@ class _Elaborator:
         return _refuse_overflow(result, expr)
 
     def call(self, expr: ast.Call, scope: Scope, binding: str):
+        if isinstance(self.program.defs.get(expr.func), ast.TorchDef):
+            tensors = [self.eval(a, scope, binding) for a in expr.args]
+            return self.call_torch(self.program.defs[expr.func], expr, tensors, scope, binding)
         if expr.func in self.program.defs:
             return self.call_def(self.program.defs[expr.func], expr, None, scope, f"{scope.prefix}{binding}.")
         rule = self.ops.spec.get(expr.func)
@@ -349,8 +368,33 @@ class _Elaborator:
             raise SpecError.at(expr.pos, f"argument `{param.name}` expects {_kind_name(kind)}, got {_describe(v)}")
         return ok
 
+    def call_torch(self, d: ast.TorchDef, call: ast.Call, tensors: list, scope: Scope, binding: str):
+        """Capture the torch model `d` names on these tensors: its ops join the model as graph ops,
+        its weights under `binding.` (capture/ does the work; the vocabulary hands it in)."""
+        if call.kwargs:
+            raise SpecError.at(call.kwargs[0].pos, f"`{d.name}` takes the model's tensors, in order",
+                               f"factory arguments go in the def: def {d.name} = torch(\"{d.source}\", "
+                               f"{call.kwargs[0].name}=...)")
+        for a, v in zip(call.args or [call] * len(tensors), tensors):
+            if not isinstance(v, Value):
+                raise SpecError.at(a.pos, f"`{d.name}` takes tensors, got {_describe(v)}")
+        kwargs = {k.name: self.static(k.value, Scope({})) for k in d.kwargs}
+        ctx = _Ctx(self, d.name, call.pos, binding, scope)
+        if self.ops.capture is None:
+            ctx.error(f"`{d.name}` names a torch model, and this vocabulary cannot capture one")
+        return self.ops.capture(ctx, d, tensors, kwargs)
+
     def call_def(self, d: ast.Def, call: ast.Call | None, threaded, outer: Scope, prefix: str):
         """Expand def `d` called from `outer`; its parameters go under `prefix` (e.g. "stack.0.")."""
+        if isinstance(d, ast.TorchDef):
+            extra = [self.eval(a, outer, d.name) for a in (call.args[1:] if call else ())]
+            binding = prefix.removeprefix(outer.prefix).rstrip(".")
+            result = self.call_torch(d, call or ast.Call(d.name, (), (), d.pos), list(threaded) + extra,
+                                     outer, binding)
+            if isinstance(result, tuple):
+                raise SpecError.at((call or d).pos, f"`{d.name}` returns {len(result)} tensors; "
+                                                    "only a model of one output can be used here")
+            return result
         call = call or ast.Call(d.name, (), (), d.pos)
         if d.name in outer.defs_active:
             raise SpecError.at(call.pos, f"def `{d.name}` calls itself; defs cannot recurse",

@@ -254,9 +254,20 @@ class _ToAst(Transformer):
     def symmetry_decl(self, meta, groups):
         return ast.Symmetry(tuple(groups), self._pos(meta))
 
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        *names, value, repeat = children
+        if len(names) > 1 and repeat is not None:
+            raise SpecError.at(self._pos(names[0]), "`repeat` threads one tensor; it cannot unpack several")
+        return ast.Assign(str(names[0]), value, repeat, self._pos(names[0]), tuple(map(str, names[1:])))
+
     @v_args(meta=True, inline=True)
-    def assign(self, meta, name, value, repeat):
-        return ast.Assign(str(name), value, repeat, self._pos(name))
+    def torch_def(self, meta, name, call):
+        source = call.args[0] if len(call.args) == 1 else None
+        if call.func != "torch" or not isinstance(source, ast.Str):
+            raise SpecError.at(call.pos, f"`def {name} = ...` takes torch(\"pkg.module:factory\", ...) or "
+                                         f"torch(\"model.pt2\")", "write a def with a body for spec ops")
+        return ast.TorchDef(str(name), source.value, call.kwargs, self._pos(name))
 
     @v_args(meta=True, inline=True)
     def return_stmt(self, meta, value):

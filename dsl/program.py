@@ -14,7 +14,7 @@ from dsl.parser import parse, parse_file
 @dataclass
 class Program:
     root: ast.Spec
-    defs: dict = field(default_factory=dict)      # name -> ast.Def, from the root and its imports
+    defs: dict = field(default_factory=dict)      # name -> ast.Def or ast.TorchDef, from the root and its imports
     texts: dict = field(default_factory=dict)     # file -> source, for the source hash
     loaded: set = field(default_factory=set)      # resolved paths of the imported files
     size: int = 0                                 # bytes of all texts, against limits.spec_bytes
@@ -48,7 +48,7 @@ def load_text(text: str, file: str = "<spec>") -> Program:
 def _collect(program: Program, spec: ast.Spec, fence: Path, stack: list[Path]) -> None:
     program.texts[spec.file] = spec.source
     program.size += len(spec.source.encode("utf-8", "surrogatepass"))
-    for d in spec.of(ast.Def):
+    for d in spec.of(ast.Def) + spec.of(ast.TorchDef):
         if d.name in program.defs:
             first = program.defs[d.name].pos
             raise SpecError.at(d.pos, f"`{d.name}` is defined twice", f"first defined at {first}")

@@ -43,7 +43,8 @@ def infer(model: CheckedModel, group) -> dict[int, Fact]:
         weights = tuple(Operand(Invariant(), p.shape) for p in node.params.values())
         call = Call(node.op, tuple(map(operand, node.args)) + weights,
                     {k: operand(v) for k, v in node.kwargs.items()}, node.value.type.shape,
-                    node.value.name, str(node.pos), step, spelled(node.op, str(node.pos), ops.aliases))
+                    node.value.name, str(node.pos), step, spelled(node.op, str(node.pos), ops.aliases),
+                    origin=node.origin)
         facts[node.value.id] = apply(call, group, ops.graph)
     return facts
 

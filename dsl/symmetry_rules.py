@@ -36,6 +36,7 @@ class Call:
     step: int        # place in program order
     spelled: str     # the op as the spec wrote it (flatten lowers to reshape)
     group: object = None
+    origin: str = "" # a captured op's ATen overload and module, which every refusal names
 
     def arg(self, i: int, name: str | None = None, default=None):
         if name in self.kwargs:
@@ -49,7 +50,7 @@ class Call:
         return found
 
     def broken(self, reason: str, hint: str | None = None) -> Broken:
-        return Broken(reason, self.node, self.pos, hint, self.step)
+        return Broken(f"{reason} ({self.origin})" if self.origin else reason, self.node, self.pos, hint, self.step)
 
 
 GATED = (  # facts that only the ops declaring them in `reads` may take; any other op breaks them

@@ -40,7 +40,8 @@ class Value:
 @dataclass(frozen=True)
 class ParamSpec:
     shape: tuple
-    init: str  # "fan_in", "ones", "zeros" or "normal"
+    init: str  # "fan_in", "ones", "zeros", "normal", or "given" (a captured model's weight, in `value`)
+    value: object = field(default=None, compare=False, repr=False)  # the tensor when init is "given"
 
 
 @dataclass
@@ -53,6 +54,7 @@ class OpNode:
     params: dict  # short name -> ParamSpec, in call order
     param_prefix: str
     pos: object
+    origin: str = ""  # where a captured op came from: "aten.index_select.default in net.conv (GINConv)"
 
 
 @dataclass

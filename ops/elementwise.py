@@ -239,3 +239,65 @@ GRAPH = (
     GraphOp(div, symmetry_arithmetic, onnx_binary("Div"), lambda a, b: f"{a} / {b}"),
     GraphOp(neg, symmetry_pointwise, onnx_unary("Neg"), lambda a: f"-{a}"),
 )
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def lift_unary(op: str):
+    return lambda g, n, x: g.emit(op, (g.tensor(x),))
+
+
+def lift_binary(op: str):
+    def lift(g, n, a, b, alpha=1):
+        if alpha != 1:  # add(a, b, alpha=s) is a + s * b
+            b = b * alpha if isinstance(b, (int, float)) else g.emit("mul", (g.tensor(b), alpha), type_=g.type(n))
+        return g.emit(op, tuple(v if isinstance(v, (int, float)) else g.tensor(v) for v in (a, b)))
+    return lift
+
+
+def lift_gelu(g, n, x, approximate="none"):
+    if approximate != "none":
+        g.refuse(f"gelu approximate={approximate!r} has no graph op")
+    return g.emit("gelu", (g.tensor(x),))
+
+
+def lift_div(g, n, a, b, rounding_mode=None):
+    if rounding_mode is not None:
+        g.refuse(f"division with rounding_mode={rounding_mode!r}")
+    return lift_binary("div")(g, n, a, b)
+
+
+def lift_pow(g, n, x, exponent):
+    if exponent != 2:
+        g.refuse(f"pow with exponent {exponent}")  # x**2 is x*x, whose coordinate products the rules know
+    x = g.tensor(x)
+    return g.emit("mul", (x, x))
+
+
+def lift_softmax(g, n, x, dim, half_to_float=False):
+    if half_to_float:
+        g.refuse("softmax with half_to_float")
+    x = g.tensor(x)
+    return g.emit("softmax", (x,), {"axis": dim % len(x.type.shape)})
+
+
+def lift_identity(g, n, x, *rest, **kw):
+    return g.tensor(x)
+
+
+def lift_dropout(g, n, x, p, train):
+    if train:
+        g.refuse("dropout in training mode is random")
+    return g.tensor(x)
+
+
+ATEN = {
+    **{f"aten.{op}.default": lift_unary(op) for op in ("relu", "silu", "tanh", "sigmoid", "neg")},
+    "aten.gelu.default": lift_gelu,
+    **{f"aten.{op}.{kind}": lift_binary(op) for op in ("add", "sub", "mul") for kind in ("Tensor", "Scalar")},
+    "aten.div.Tensor": lift_div, "aten.div.Scalar": lift_div, "aten.div.Tensor_mode": lift_div,
+    "aten.pow.Tensor_Scalar": lift_pow,
+    "aten._softmax.default": lift_softmax, "aten.softmax.int": lambda g, n, x, dim, dtype=None: (
+        g.refuse("softmax with a dtype") if dtype is not None else lift_softmax(g, n, x, dim)),
+    **{f"aten.{op}.default": lift_identity for op in ("detach", "clone", "alias", "contiguous", "lift_fresh_copy")},
+    "aten.dropout.default": lift_dropout,
+}

@@ -172,6 +172,11 @@ def matmul(a, b):
     return torch.matmul(a, b)
 
 
+def weight(value):
+    """A captured model's weight read as a tensor (where it is not a linear's own weight)."""
+    return value
+
+
 # -- ONNX emitters ----------------------------------------------------------------------------------
 def affine(g, x, weight, bias):
     y = g.op("MatMul", x, g.transposed(weight))
@@ -180,6 +185,10 @@ def affine(g, x, weight, bias):
 
 def onnx_linear(g, node, x, weight, bias):
     return affine(g, g.value(x), weight, bias)
+
+
+def onnx_weight(g, node, value):
+    return g.value(value)
 
 
 def onnx_embedding(g, node, ids, weight):
@@ -203,4 +212,47 @@ GRAPH = (
             indices=Indices(0, lambda node: node.params["weight"].shape[0], table=True)),
     GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})",
             reads=frozenset({"outer"})),  # a rank-2 tensor, contracted with vectors
+    GraphOp(weight, lambda call: Invariant(), onnx_weight, lambda value: value),
 )
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def _given(g, w, name: str):
+    """A weight as a linear's parameter: the model's own tensor when it is one, else refused."""
+    if not hasattr(w, "tensor"):
+        g.refuse(f"its {name} is computed in forward")
+    return g.given(w.tensor)
+
+
+def lift_linear(g, n, x, w, b=None):
+    params = {"weight": _given(g, w, "weight")}
+    if b is not None:
+        params["bias"] = _given(g, b, "bias")
+    return g.emit("linear", (g.tensor(x),), params=params)
+
+
+def lift_conv1d(g, n, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+    """A kernel-1 conv1d over [B, C, L] is a linear over C at each of the L places."""
+    if tuple(w.tensor.shape[2:]) != (1,) or tuple(stride) != (1,) or tuple(padding) != (0,) or groups != 1:
+        g.refuse("a conv1d with a kernel wider than 1, a stride, padding or groups")
+    x = g.tensor(x)
+    if len(x.type.shape) != 3:
+        g.refuse("a conv1d of an unbatched input")
+    params = {"weight": g.given(w.tensor[:, :, 0])}
+    if b is not None:
+        params["bias"] = _given(g, b, "bias")
+    out = g.type(n)
+    rows = g.emit("permute", (x,), {"perm": (0, 2, 1)}, type_=x.type.__class__(x.type.dtype, (*x.type.shape[:1], x.type.shape[2], x.type.shape[1])))
+    y = g.emit("linear", (rows,), params=params, type_=out.__class__(out.dtype, (out.shape[0], out.shape[2], out.shape[1])))
+    return g.emit("permute", (y,), {"perm": (0, 2, 1)})
+
+
+def lift_matmul(g, n, a, b):
+    return g.emit("matmul", (g.tensor(a), g.tensor(b)))
+
+
+ATEN = {
+    "aten.linear.default": lift_linear,
+    "aten.conv1d.default": lift_conv1d,
+    **{f"aten.{op}.default": lift_matmul for op in ("matmul", "mm", "bmm")},
+}

@@ -90,3 +90,15 @@ GRAPH = (
             lambda x, weight, bias, eps: f"F.layer_norm({x}, {x}.shape[-1:], {weight}, {bias}, {eps})"),
     GraphOp(rmsnorm, symmetry_norm, onnx_rmsnorm, triton_rmsnorm),
 )
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def lift_layer_norm(g, n, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    x = g.tensor(x)
+    if len(normalized_shape) != 1 or (weight is None) != (bias is None):
+        g.refuse("a layer_norm over several axes, or with a weight and no bias")
+    params = {} if weight is None else {"weight": g.given(weight.tensor), "bias": g.given(bias.tensor)}
+    return g.emit("layernorm", (x,), {"eps": float(eps)}, params=params)
+
+
+ATEN = {"aten.layer_norm.default": lift_layer_norm}

@@ -60,10 +60,13 @@ class GraphOp:
 
 class Vocabulary:
     """Every family's ops, joined: what the checker calls by name or operator, the graph ops by name
-    and by target, and which spec ops lower to a graph op of another name."""
+    and by target, which spec ops lower to a graph op of another name, and the lifts of captured
+    ATen ops by overload (each family's ATEN)."""
 
-    def __init__(self, families):
+    def __init__(self, families, capture=None):
         spec = [o for f in families for o in f.SPEC]
+        self.aten = {name: lift for f in families for name, lift in getattr(f, "ATEN", {}).items()}
+        self.capture = capture  # (ctx, torch def, tensors, kwargs) -> Value(s): a torch model's ops, lifted
         self.graph = {o.name: o for f in families for o in f.GRAPH}
         self.spec = {o.name: o.rule for o in spec if o.named}
         self.operators = {o.operator: (o.name, o.rule) for o in spec if o.operator}

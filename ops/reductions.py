@@ -78,3 +78,42 @@ GRAPH = (
     GraphOp(reduce_max, symmetry_reduce, onnx_reduce("ReduceMax"), triton_reduction("amax")),
     GraphOp(reduce_min, symmetry_reduce, onnx_reduce("ReduceMin"), triton_reduction("amin")),
 )
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def _over(g, x, dims, keepdim: bool, kind: str):
+    """One reduce_<kind> per axis, the last first, so the remaining axes keep their numbers."""
+    x = g.tensor(x)
+    if x.type.dtype not in FLOATS:
+        g.refuse(f"a {kind} of integers, which torch widens to i64")
+    rank = len(x.type.shape)
+    axes = sorted({d % rank for d in (dims if dims else range(rank))}, reverse=True)
+    for k, axis in enumerate(axes):
+        shape = tuple(1 if i == axis else d for i, d in enumerate(x.type.shape)) if keepdim else \
+            x.type.shape[:axis] + x.type.shape[axis + 1:]
+        x = g.emit(f"reduce_{kind}", (x,), {"axis": axis, "keepdim": keepdim}, type_=TensorType(x.type.dtype, shape))
+    return x
+
+
+def lift_reduce(kind: str):
+    def lift(g, n, x, dims=None, keepdim=False, dtype=None):
+        if dtype is not None:
+            g.refuse(f"{kind} with a dtype")
+        return _over(g, x, [dims] if isinstance(dims, int) else dims, keepdim, kind)
+    return lift
+
+
+def lift_max_dim(kind: str):
+    """max.dim and min.dim: the values lift; the indices (an argmax) have no rule and are kept."""
+    def lift(g, n, x, dim, keepdim=False):
+        values = _over(g, x, [dim], keepdim, kind)
+        return values, g.kept_item(n, 1)
+    return lift
+
+
+ATEN = {
+    "aten.sum.dim_IntList": lift_reduce("sum"), "aten.sum.default": lift_reduce("sum"),
+    "aten.mean.dim": lift_reduce("mean"), "aten.mean.default": lift_reduce("mean"),
+    "aten.amax.default": lift_reduce("max"), "aten.amin.default": lift_reduce("min"),
+    "aten.max.dim": lift_max_dim("max"), "aten.min.dim": lift_max_dim("min"),
+}

@@ -474,3 +474,72 @@ GRAPH = (
     GraphOp(gather, symmetry_gather, onnx_gather, lambda x, index, axis: f"{x}.index_select({axis}, {index})",
             reads=INDICES, indices=Indices(1, lambda node: node.args[0].type.shape[node.kwargs["axis"]])),
 )
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def lift_index_select(g, n, x, dim, index):
+    x, index = g.tensor(x), g.tensor(index)
+    if len(index.type.shape) != 1:
+        g.refuse("an index_select by a tensor that is not 1-D")
+    return g.emit("gather", (x, index), {"axis": dim % len(x.type.shape)})
+
+
+def lift_index(g, n, x, indices):
+    """x[idx] or x[:, idx]: one 1-D integer index, the other places None, is a gather."""
+    picked = [(k, i) for k, i in enumerate(indices) if i is not None]
+    if len(picked) != 1:
+        g.refuse("advanced indexing with several index tensors")
+    axis, index = picked[0]
+    index = g.tensor(index)
+    if index.type.dtype not in INTS or len(index.type.shape) != 1:
+        g.refuse("indexing by a mask or by a tensor that is not 1-D")
+    return g.emit("gather", (g.tensor(x), index), {"axis": axis})
+
+
+def lift_zeros(g, n, *args, **options):
+    """A tensor of zeros built in forward: kept symbolic, as only a scatter into it (an aggregation)
+    reads it. new_zeros(like, size), zeros(size), new_full(like, size, 0), full(size, 0)."""
+    name = str(n.target)
+    sizes = args[1] if name.startswith("aten.new_") else args[0]
+    fill = args[2] if name == "aten.new_full.default" else args[1] if name == "aten.full.default" else 0
+    if fill != 0:
+        g.refuse(f"a tensor filled with {fill} built in forward")
+    return g.zeros(sizes)
+
+
+def lift_scatter(kind_of):
+    def lift(g, n, into, dim, index, src, *rest, **kw):
+        """A scatter (or index_add) into zeros along dim 0, by ids per row, is scatter_reduce."""
+        kind = kind_of(g, *rest, **kw)
+        src = g.tensor(src)
+        if not g.is_zeros(into, n) or dim % len(src.type.shape) != 0:
+            g.refuse("a scatter into a tensor that is not fresh zeros, or along an axis other than 0")
+        rows = src.type.shape[0]
+        ids = g.ids(n.args[2], rows, whole=str(n.target).startswith("aten.scatter"))
+        if into.type.shape[1:] != src.type.shape[1:] or into.type.dtype != src.type.dtype:
+            g.refuse("a scatter whose rows do not fill the zeros they go into")
+        return g.emit("scatter_reduce", (src, ids, g.like(into.sizes[0])), {"kind": kind})
+    return lift
+
+
+def _reduce_kind(g, reduce, include_self=True):
+    kind = {"sum": "sum", "amax": "max", "amin": "min", "mean": "mean"}.get(reduce)
+    if kind is None or (include_self and kind != "sum"):  # into zeros, include_self adds 0 to a sum only
+        g.refuse(f"scatter_reduce {reduce!r} with include_self={include_self}")
+    return kind
+
+
+def _add_kind(g, alpha=1):
+    if alpha != 1:
+        g.refuse(f"index_add with alpha={alpha}")
+    return "sum"
+
+
+ATEN = {
+    "aten.index_select.default": lift_index_select,
+    "aten.index.Tensor": lift_index,
+    **{f"aten.{op}.default": lift_zeros for op in ("new_zeros", "zeros", "new_full", "full")},
+    "aten.scatter_add_.default": lift_scatter(lambda g: "sum"), "aten.scatter_add.default": lift_scatter(lambda g: "sum"),
+    "aten.scatter_reduce_.two": lift_scatter(_reduce_kind), "aten.scatter_reduce.two": lift_scatter(_reduce_kind),
+    "aten.index_add_.default": lift_scatter(_add_kind), "aten.index_add.default": lift_scatter(_add_kind),
+}

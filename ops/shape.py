@@ -1,16 +1,18 @@
 """Shape ops: concat, reshape (and flatten, unsqueeze), permute (and transpose), and the rows
 pass's unflatten_rows. A fact survives a reshape on every axis that keeps its size and stride."""
 import ast
+from dataclasses import replace
 
+from common.dtypes import onnx_type
 from common.lazy import Lazy
-
-from dsl.groups import Fact, Invariant, Permuted, Rotated, Stacked, Translated
+from dsl.errors import SpecError
+from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Stacked, Translated
 from dsl.rules import Axis, Tensor
 from dsl.symmetry_rules import COORD_HINT, COORDINATES, POOL_HINT, Call, axes_of, axis_name, merged, moved, what
 from dsl.types import TensorType, dim_product
 from ops.op import Doc, GraphOp, SpecOp
 
-torch = Lazy("torch")
+torch, helper = Lazy("torch"), Lazy("onnx.helper")
 
 
 # -- checker rules ---------------------------------------------------------------------------------
@@ -176,7 +178,38 @@ def symmetry_permute(call: Call) -> Fact:
     return moved(x.fact, sorted(perm.index(k) for k in axes_of(x.fact)))
 
 
+def symmetry_select(call: Call) -> Fact:
+    """One element along an axis: the others' facts shift down; picking an element of a set, or
+    one coordinate, breaks them."""
+    x, axis = call.arg(0), call.arg(1, "axis")
+    if axis in axes_of(x.fact) or (isinstance(x.fact, Relabeled) and axis in x.fact.axes):
+        return call.broken(f"select of element {call.arg(2, 'index')} along {axis_name(x, axis)} of {what(x)}",
+                           POOL_HINT.format(dim=x.shape[axis]))
+    shift = [k if k < axis else k - 1 for k in (x.fact.axes if isinstance(x.fact, Relabeled) else axes_of(x.fact))]
+    return replace(x.fact, axes=tuple(shift)) if isinstance(x.fact, Relabeled) else moved(x.fact, shift)
+
+
+def symmetry_expand(call: Call) -> Fact:
+    """Copies along new leading axes, or along axes of size 1: every fact moves with its axes
+    (the size sources give only their sizes)."""
+    x = call.arg(0)
+    return moved(x.fact, [k + len(call.shape) - len(x.shape) for k in axes_of(x.fact)])
+
+
 # -- torch forms: the fx call_function targets -----------------------------------------------------
+def select(x, axis, index):
+    return x.select(axis, index)
+
+
+def expand(x, sizes, *sources):
+    """x broadcast to `sizes`: ints (-1 keeps x's dim) or (k, axis), the size of sources[k] along axis."""
+    return x.expand(*(s if isinstance(s, int) else sources[s[0]].shape[s[1]] for s in sizes))
+
+
+def full_like(x, value):
+    return torch.full_like(x, value)
+
+
 def concat(tensors, axis):
     return torch.cat(list(tensors), axis)
 
@@ -215,6 +248,21 @@ def onnx_permute(g, node, x, perm):
     return g.op("Transpose", g.value(x), perm=[p % len(perm) for p in perm])
 
 
+def onnx_select(g, node, x, axis, index):
+    return g.op("Gather", g.value(x), g.scalar(index, "i64"), axis=axis)
+
+
+def onnx_expand(g, node, x, sizes, *sources):
+    dims = [g.ints([1 if s == -1 else s]) if isinstance(s, int) else
+            g.op("Shape", g.value(sources[s[0]]), start=s[1], end=s[1] + 1) for s in sizes]
+    return g.op("Expand", g.value(x), g.op("Concat", *dims, axis=0))
+
+
+def onnx_full_like(g, node, x, value):
+    one = helper.make_tensor("value", onnx_type(node.meta["dtype"]), [1], [value])
+    return g.op("ConstantOfShape", g.op("Shape", g.value(x)), value=one)
+
+
 def triton_reshape(x, shape):
     """The checker's ONNX-style spec resolved in source: 0 copies the input's dim."""
     spec = ast.literal_eval(shape)
@@ -242,4 +290,86 @@ GRAPH = (
             lambda y, like: f"{y}.reshape(*{like}.shape[:-1], {y}.shape[-1])"),
     GraphOp(permute, symmetry_permute, onnx_permute, lambda x, perm: f"{x}.permute({perm})",
             sees_invariants=True, keeps_weights=True, reads=frozenset({"outer"})),  # transposes a rank-2 tensor
+    GraphOp(select, symmetry_select, onnx_select, lambda x, axis, index: f"{x}.select({axis}, {index})",
+            reads=frozenset({"indices"})),  # a row of an edge list
+    GraphOp(expand, symmetry_expand, onnx_expand, embed=True),
+    GraphOp(full_like, lambda call: Invariant(), onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})"),
 )
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def lift_reshape(g, n, x, *rest):
+    x, target = g.tensor(x), g.type(n)
+    if target.shape == x.type.shape:
+        return x
+    try:
+        spec = g.ctx.reshape_spec(x, target.shape)
+    except SpecError as e:
+        g.refuse(e.message)
+    return g.emit("reshape", (x,), {"shape": spec})
+
+
+def lift_permute(g, n, x, dims):
+    x = g.tensor(x)
+    perm = tuple(d % len(x.type.shape) for d in dims)
+    return x if perm == tuple(range(len(perm))) else g.emit("permute", (x,), {"perm": perm})
+
+
+def lift_transpose(g, n, x, a=0, b=1):
+    x = g.tensor(x)
+    perm = list(range(len(x.type.shape)))
+    if perm:
+        perm[a], perm[b] = perm[b], perm[a]
+    return lift_permute(g, n, x, perm)
+
+
+def lift_cat(g, n, tensors, dim=0):
+    tensors = tuple(g.tensor(t) for t in tensors)
+    return g.emit("concat", (tensors,), {"axis": dim % len(tensors[0].type.shape)})
+
+
+def lift_select(g, n, x, dim, index):
+    x = g.tensor(x)
+    if not isinstance(index, int):
+        g.refuse("a select at a computed place")
+    return g.emit("select", (x,), {"axis": dim % len(x.type.shape), "index": index})
+
+
+def lift_expand(g, n, x, sizes, implicit=False):
+    x = g.tensor(x)
+    sources, spec = [], []
+    for k, s in enumerate(sizes):
+        if isinstance(s, int):
+            spec.append(s)
+        elif getattr(s, "value", None) is not None:
+            sources.append(s.value)
+            spec.append((len(sources) - 1, s.axis))
+        else:
+            g.refuse(f"an expand to a size computed in forward ({s.dim})")
+    return g.emit("expand", (x, tuple(spec), *sources))
+
+
+def lift_expand_as(g, n, x, other):
+    other = g.tensor(other)
+    sizes = [d if isinstance(d, int) else (0, k) for k, d in enumerate(other.type.shape)]
+    return g.emit("expand", (g.tensor(x), tuple(sizes), other))
+
+
+def lift_full_like(g, n, x, value=None, **options):
+    value = {"aten.ones_like.default": 1.0, "aten.zeros_like.default": 0.0}.get(str(n.target), value)
+    x = g.tensor(x)
+    if g.type(n).dtype != x.type.dtype:
+        g.refuse("a full_like of another dtype")
+    return g.emit("full_like", (x, value))
+
+
+ATEN = {
+    **{f"aten.{op}.default": lift_reshape for op in ("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze")},
+    **{f"aten.{op}": lift_reshape for op in ("flatten.using_ints", "squeeze.dim", "squeeze.dims", "unflatten.int")},
+    "aten.permute.default": lift_permute, "aten.transpose.int": lift_transpose,
+    "aten.t.default": lambda g, n, x: lift_transpose(g, n, x, 0, 1),
+    "aten.cat.default": lift_cat, "aten.concat.default": lift_cat,
+    "aten.select.int": lift_select,
+    "aten.expand.default": lift_expand, "aten.expand_as.default": lift_expand_as,
+    "aten.ones_like.default": lift_full_like, "aten.full_like.default": lift_full_like,
+}

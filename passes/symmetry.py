@@ -28,7 +28,7 @@ def _call(node: fx.Node, facts: dict, step: int, aliases: dict) -> Call:
     op, pos = node.target.__name__, node.meta.get("pos", UNPLACED)
     return Call(op, tuple(_operand(a, facts) for a in node.args),
                 {k: _operand(v, facts) for k, v in node.kwargs.items()}, tuple(node.meta["shape"]),
-                node.name, pos, step, spelled(op, pos, aliases))
+                node.name, pos, step, spelled(op, pos, aliases), origin=node.meta.get("origin", ""))
 
 
 def annotate(gm: fx.GraphModule, group) -> dict[str, Fact]:

@@ -1,0 +1,343 @@
+"""Lifting: an ATen graph from torch.export becomes graph ops of the typed op list, as if a spec had
+called them, so proofs, lowering, verify, frame averaging and the ONNX backend see one kind of graph.
+
+Each ATen overload maps to graph ops through the lift its op family declares (`ATEN` in ops/*.py,
+keyed by the exact overload). The graph is read as exported, never decomposed. An overload with no
+lift, or a lift that refuses its arguments, is kept as it is (the graph op `aten`): it runs in torch,
+and it has no symmetry rule, so a proof that needs it breaks there, naming the ATen op, the source
+line and the module path. Nothing is proved by default.
+"""
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from common.dtypes import name_of
+from dsl import ast
+from dsl.errors import SpecError, remember_source
+from dsl.types import ParamSpec, TensorType, Value, dim_product
+from capture.load import example_inputs, export, model_source
+
+SIZE_OPS = {"aten.sym_size.int", "aten.sym_numel.default", "aten.sym_storage_offset.default"}
+CHECKS = {"aten._assert_scalar.default", "aten._assert_tensor_metadata.default", "aten.sym_constrain_range_for_size.default",
+          "aten._assert_async.msg", "aten.sym_constrain_range.default"}
+FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A parameter, buffer or constant of the captured model, by its dotted name."""
+    name: str
+    tensor: object
+
+
+@dataclass(frozen=True)
+class Size:
+    """An integer the graph computes from shapes: its dim, and where a lift can read it at run time
+    (`value`'s axis `axis`), when it is a plain size."""
+    dim: object
+    value: Value | None = None
+    axis: int | None = None
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A tensor of zeros built in `forward`, kept symbolic until an op consumes it: a scatter into it is
+    an aggregation; any other use keeps the op as it is."""
+    type: TensorType
+    sizes: tuple
+    node: object
+
+
+class Refused(Exception):
+    """A lift that cannot map these arguments; the op is kept as it is, with this reason."""
+
+
+def capture(ctx, d: ast.TorchDef, tensors: list, kwargs: dict, vocabulary):
+    """Capture `d` on `tensors` and append its ops to the model `ctx` elaborates; the outputs' Values."""
+    source = model_source(d, kwargs, ctx.el.program.root.file)
+    ep = source if isinstance(source, torch.export.ExportedProgram) else export(ctx, d, source, tensors)
+    first = len(ctx.el.out.nodes)
+    outs = Lift(ctx, d, ep, vocabulary).run(tensors)
+    replay_check(ctx, d, ep, tensors, ctx.el.out.nodes[first:], outs, vocabulary)
+    return outs
+
+
+def replay_check(ctx, d: ast.TorchDef, ep, tensors: list, nodes: list, outs, vocabulary) -> None:
+    """Run the lifted ops (their torch forms) and the captured program on the same example inputs,
+    at two sets of sizes; any difference is a SpecError, never a silently different model."""
+    results = outs if isinstance(outs, tuple) else (outs,)
+    for shift in (0, 1):
+        examples, _, _ = example_inputs(ctx, tensors, shift)
+        with torch.no_grad():
+            want = ep.module()(*examples)
+            env = {t.id: x for t, x in zip(tensors, examples)}
+            for node in nodes:
+                env[node.value.id] = vocabulary.graph[node.op].torch(
+                    *_resolve(node.args, env), *(p.value for p in node.params.values()),
+                    **{k: _resolve(v, env) for k, v in node.kwargs.items()})
+        want = want if isinstance(want, (tuple, list)) else (want,)
+        for k, (r, w) in enumerate(zip(results, want)):
+            got = env[r.id]
+            same = got.shape == w.shape and torch.allclose(got.double(), w.double(), rtol=1e-4, atol=1e-5,
+                                                           equal_nan=True)
+            if not same:
+                raise SpecError.at(ctx.pos, f"`{d.name}`: the lifted graph differs from the captured model "
+                                            f"(output {k}, sizes {examples[0].shape if examples else ()})",
+                                   "this is a bug in a lift (capture/, ops/*.py ATEN); please report it")
+
+
+def _resolve(a, env):
+    if isinstance(a, Value):
+        return env[a.id]
+    return type(a)(_resolve(x, env) for x in a) if isinstance(a, (tuple, list)) else a
+
+
+class Lift:
+    def __init__(self, ctx, d: ast.TorchDef, ep, vocabulary):
+        self.ctx, self.d, self.ep, self.ops = ctx, d, ep, vocabulary
+        self.symbols: dict = {}     # sympy symbol of an input dim -> the spec's dim
+        self.env: dict = {}
+        self.node: fx.Node | None = None
+        self.weights: dict = {}     # weight name -> its Value, made once
+
+    # -- the walk ----------------------------------------------------------------------------------
+    def run(self, tensors: list):
+        sig, state = self.ep.graph_signature, {**self.ep.state_dict, **self.ep.constants}
+        lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+        users = [n for n in self.ep.graph.nodes if n.op == "placeholder" and n.name not in lifted]
+        if len(users) != len(tensors):
+            raise SpecError.at(self.ctx.pos, f"`{self.d.name}` takes {len(users)} tensors, got {len(tensors)}")
+        for n, t in zip(users, tensors):
+            self._bind_input(n, t)
+        for n in self.ep.graph.nodes:
+            self.node = n
+            if n.op == "placeholder" and n.name in lifted:
+                self.env[n] = Weight(lifted[n.name], state[lifted[n.name]])
+            elif n.op == "call_function":
+                self.env[n] = self._call(n)
+            elif n.op == "output":
+                outs = [self.tensor(self.env[o]) if isinstance(o, fx.Node) else o for o in n.args[0]]
+        if any(not isinstance(o, Value) for o in outs):
+            raise SpecError.at(self.ctx.pos, f"`{self.d.name}` returns something other than tensors")
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _bind_input(self, n: fx.Node, t: Value):
+        val = n.meta["val"]
+        want = tuple(t.type.shape)
+        if len(val.shape) != len(want) or name_of(val.dtype) != t.type.dtype:
+            raise SpecError.at(self.ctx.pos, f"`{self.d.name}` input `{n.name}` is {name_of(val.dtype)}"
+                                             f"{list(val.shape)}, the spec passes {t.type}")
+        for s, d in zip(val.shape, want):
+            if isinstance(s, torch.SymInt):
+                self.symbols[s.node.expr] = d
+            elif s != d:
+                raise SpecError.at(self.ctx.pos, f"`{self.d.name}` input `{n.name}` has size {s} where the spec "
+                                                 f"passes {d}")
+        self.env[n] = t
+
+    def _call(self, n: fx.Node):
+        name = str(n.target)
+        if n.target is operator.getitem:
+            return self.env[n.args[0]][n.args[1]]
+        if name in SIZE_OPS or not isinstance(n.meta.get("val"), (torch.Tensor, tuple, list)):
+            return self._size(n)
+        if name in CHECKS:
+            return None
+        args = tuple(self._arg(a) for a in n.args)
+        kwargs = {k: self._arg(v) for k, v in n.kwargs.items()}
+        lift = self.ops.aten.get(name)
+        try:
+            if lift is None:
+                raise Refused("no symmetry rule for this op")
+            return lift(self, n, *args, **kwargs)
+        except Refused as why:
+            return self.kept(n, args, kwargs, str(why))
+
+    def _arg(self, a):
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._arg(x) for x in a)
+        return a
+
+    def _size(self, n: fx.Node) -> Size:
+        val = n.meta.get("val")
+        if str(n.target) == "aten.sym_size.int":
+            src = self.env[n.args[0]]
+            return Size(self.dim(val), src if isinstance(src, Value) else None, n.args[1])
+        return Size(self.dim(val) if isinstance(val, (int, torch.SymInt)) else None)
+
+    # -- what lifts use ------------------------------------------------------------------------------
+    def dim(self, s):
+        """The spec's dim for a size torch.export computed: an int, or a symbolic dim over the
+        spec's names ("N", "4*N", "(E+N)")."""
+        if isinstance(s, int):
+            return s
+        expr = s.node.expr
+        if expr.is_number:
+            return int(expr)
+        names = {}
+        for sym in expr.free_symbols:
+            names[sym] = self.symbols.get(sym) or f"{self.d.name}_{sym}"  # a size only the data knows
+        if expr in self.symbols:
+            return self.symbols[expr]
+        if expr.is_Mul and all(f.is_number or f in names for f in expr.args):
+            return dim_product([int(f) if f.is_number else names[f] for f in expr.args])
+        text = str(expr.subs({k: __import__("sympy").Symbol(str(v)) for k, v in names.items()})).replace(" ", "")
+        return f"({text})"
+
+    def type(self, node: fx.Node, item: int | None = None) -> TensorType:
+        val = node.meta["val"] if item is None else node.meta["val"][item]
+        dtype = name_of(val.dtype)
+        if dtype is None:
+            raise Refused(f"its dtype {val.dtype} is not one invc computes in")
+        return TensorType(dtype, tuple(self.dim(s) for s in val.shape))
+
+    def refuse(self, why: str):
+        """A lift's refusal: the op is kept as it is, with this reason."""
+        raise Refused(why)
+
+    def emit(self, op: str, args: tuple, kwargs: dict | None = None, params: dict | None = None,
+             type_: TensorType | None = None, item: int | None = None) -> Value:
+        """A graph op for the current ATen node, typed like its result (or `type_`)."""
+        n = self.node
+        value = self.ctx.emit(op, args, type_ or self.type(n, item), kwargs, params)
+        node = self.ctx.el.out.nodes[-1]
+        node.pos, node.origin = self.where(n)
+        return value
+
+    def tensor(self, x) -> Value:
+        """A Value for an argument: weights become `weight` ops, zeros are built."""
+        if isinstance(x, Value):
+            return x
+        if isinstance(x, Weight):
+            if x.name not in self.weights:
+                self.weights[x.name] = self._weight(x)
+            return self.weights[x.name]
+        if isinstance(x, Zeros):
+            raise Refused("it reads a tensor of zeros built in forward, which only a scatter into it may")
+        raise Refused(f"it takes {type(x).__name__} where invc needs a tensor")
+
+    def _weight(self, w: Weight) -> Value:
+        t = w.tensor.detach()
+        if name_of(t.dtype) != "f32":
+            raise Refused(f"weight `{w.name}` is {t.dtype}; captured weights must be float32")
+        return self.emit("weight", (), params={w.name: self.given(t)}, type_=TensorType("f32", tuple(t.shape)))
+
+    @staticmethod
+    def given(t) -> ParamSpec:
+        return ParamSpec(tuple(t.shape), "given", t.detach())
+
+    def kept(self, n: fx.Node, args, kwargs, why: str):
+        """The ATen op as it is: it runs in torch, and breaks any proof that needs it (`why` says why)."""
+        tensors = [self.tensor(a) for a in _flat(args) + _flat(kwargs.values()) if isinstance(a, (Value, Weight))]
+        rest = _constants(n)
+        if rest is None:
+            raise SpecError.at(self.where(n)[0], f"`{n.target}` ({self.where(n)[1]}): {why}, and its arguments "
+                                                 "cannot be kept as constants")
+        val = n.meta["val"]
+        common = {"op": str(n.target), "why": why, "layout": rest}
+        if isinstance(val, (tuple, list)):
+            return tuple(self.emit("aten", tuple(tensors), {**common, "item": k}, item=k)
+                         if isinstance(v, torch.Tensor) else None for k, v in enumerate(val))
+        return self.emit("aten", tuple(tensors), common)
+
+    def zeros(self, sizes) -> Zeros:
+        return Zeros(self.type(self.node), tuple(sizes), self.node)
+
+    def is_zeros(self, x, user: fx.Node) -> bool:
+        """`x` is fresh zeros that only `user` (an in-place scatter) reads."""
+        return isinstance(x, Zeros) and set(x.node.users) == {user}
+
+    def ids(self, index: fx.Node, rows, whole: bool) -> Value:
+        """The 1-D ids behind a scatter's index: the ids themselves, or (`whole`: a scatter's index,
+        which must cover every element of its source) the ids viewed as [rows, 1, ...] and
+        expanded to the source's shape."""
+        if whole and tuple(index.meta["val"].shape) != tuple(self.node.args[3].meta["val"].shape):
+            self.refuse("a scatter whose index does not cover its source")
+        node = index
+        while node.meta["val"].dim() > 1 and str(node.target) in (
+                "aten.expand.default", "aten.expand_as.default", "aten.view.default", "aten.reshape.default",
+                "aten.unsqueeze.default", "aten._unsafe_view.default"):
+            node = node.args[0]
+            if any(s != 1 for s in node.meta["val"].shape[1:]):
+                self.refuse("a scatter index that differs along the rows' other axes")
+        ids = self.env[node]
+        if not isinstance(ids, Value) or len(ids.type.shape) != 1 or ids.type.shape[0] != rows:
+            self.refuse("a scatter index that is not one id per row")
+        return ids
+
+    def like(self, size) -> Value:
+        """A tensor whose dim 0 is `size` (a Size or an int): what scatter_reduce reads its set count from."""
+        if isinstance(size, Size) and size.value is not None and size.axis == 0:
+            return size.value
+        dim = size.dim if isinstance(size, Size) else size
+        values = [p.value for p in self.ctx.el.out.inputs] + [o.value for o in self.ctx.el.out.nodes]
+        found = next((v for v in values if v.type.shape[:1] == (dim,)), None)
+        if found is None:
+            self.refuse(f"a scatter into {dim} sets, which no tensor has as its first dim")
+        return found
+
+    def kept_item(self, n: fx.Node, item: int) -> Value:
+        """Output `item` of the current ATen node, computed by the op as it is (no rule lifts it)."""
+        args = tuple(self._arg(a) for a in n.args)
+        kwargs = {k: self._arg(v) for k, v in n.kwargs.items()}
+        return self.kept(n, args, kwargs, "no symmetry rule for this output")[item]
+
+    def where(self, n: fx.Node) -> tuple[ast.Pos, str]:
+        """The innermost source line of `n` and its origin: the ATen op in its module path."""
+        module = ""
+        stack = n.meta.get("nn_module_stack") or {}
+        if stack:
+            path, cls = list(stack.values())[-1]
+            module = f" in {'.'.join(filter(None, (self.d.name, path)))} ({str(getattr(cls, '__name__', cls)).split('.')[-1]})"
+        origin = f"{n.target}{module or f' in {self.d.name}'}"
+        frames = FRAME.findall(n.meta.get("stack_trace") or "")
+        if not frames:
+            return self.ctx.pos, origin
+        file, line, _ = frames[-1]
+        try:
+            text = open(file, encoding="utf-8").read()
+        except OSError:
+            return self.ctx.pos, origin
+        remember_source(file, text)
+        row = text.split("\n")[int(line) - 1] if int(line) <= text.count("\n") + 1 else ""
+        return ast.Pos(file, int(line), len(row) - len(row.lstrip()) + 1), origin
+
+
+def _flat(items) -> list:
+    out = []
+    for a in items:
+        out += _flat(a) if isinstance(a, (list, tuple)) else [a]
+    return out
+
+
+def _constants(n: fx.Node):
+    """The node's arguments with each tensor replaced by its place among the tensors (a kept op's
+    torch form puts them back), or None when one is neither a tensor nor a plain constant."""
+    count = iter(range(1 << 30))
+
+    def walk(a):
+        if isinstance(a, fx.Node):
+            v = a.meta.get("val")
+            if isinstance(v, torch.Tensor):
+                return ("tensor", next(count))
+            if isinstance(v, (int, float, bool)):
+                return v
+            raise TypeError
+        if isinstance(a, (list, tuple)):
+            return tuple(walk(x) for x in a)
+        if a is None or isinstance(a, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
+                                       torch.memory_format)):
+            return a
+        raise TypeError
+
+    try:
+        return (tuple(walk(a) for a in n.args), tuple((k, walk(v)) for k, v in n.kwargs.items()))
+    except TypeError:
+        return None

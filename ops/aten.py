@@ -1,0 +1,50 @@
+"""ATen ops kept as they are: a captured model's op that no family lifts (capture/lift.py). It runs
+in torch, exactly as the model ran it; it has no symmetry rule, so any proof that needs it breaks at
+it, naming the op, its source line and its module; and it has no ONNX form, so a compile refuses it.
+"""
+from common.lazy import Lazy
+from dsl.groups import Fact
+from dsl.symmetry_rules import Call
+from ops.op import GraphOp
+
+torch = Lazy("torch")
+
+
+class NoOnnxForm(Exception):
+    exit_code = 2
+
+
+def symmetry_aten(call: Call) -> Fact:
+    return call.broken(call.kwargs["why"],
+                       "invc proves only ops it has rules for; write this step with ops it knows, or "
+                       "claim less of the output")
+
+
+def aten(*tensors, op, why, layout, item=None):
+    """The ATen op `op` ("aten.name.overload") on its arguments: `layout` holds them with each tensor
+    replaced by ("tensor", k), its place in `tensors`. An in-place op works on a copy."""
+    namespace, name, overload = op.split(".")
+    fn = getattr(getattr(getattr(torch.ops, namespace), name), overload)
+    tensors = list(tensors)
+    if name.endswith("_") and tensors:
+        tensors[0] = tensors[0].clone()
+
+    def put(a):
+        if isinstance(a, tuple) and len(a) == 2 and a[0] == "tensor":
+            return tensors[a[1]]
+        return type(a)(put(x) for x in a) if isinstance(a, (tuple, list)) else a
+
+    args, kwargs = layout
+    out = fn(*put(args), **{k: put(v) for k, v in kwargs})
+    return out if item is None else out[item]
+
+
+def onnx_aten(g, node, *tensors, op, why, layout, item=None):
+    raise NoOnnxForm(f"`{op}` at {node.meta.get('pos', '?')} ({node.meta.get('origin', node.name)}) has no "
+                     f"ONNX form: {why}")
+
+
+TABLE = "ops"
+GRAPH = (GraphOp(aten, symmetry_aten, onnx_aten, embed=True),)
+SPEC = ()
+ATEN = {}
