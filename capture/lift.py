@@ -229,6 +229,10 @@ class Lift:
             raise Refused(f"weight `{w.name}` is {t.dtype}; captured weights must be float32")
         return self.emit("weight", (), params={w.name: self.given(t)}, type_=TensorType("f32", tuple(t.shape)))
 
+    def constant(self, name: str, t) -> Value:
+        """A tensor a lift computes from the model's weights (a folded batch norm's scale), as a weight."""
+        return self.tensor(Weight(name, t))
+
     @staticmethod
     def given(t) -> ParamSpec:
         return ParamSpec(tuple(t.shape), "given", t.detach())

@@ -187,6 +187,18 @@ def neg(a):
     return -a
 
 
+def exp(x):
+    return torch.exp(x)
+
+
+def leaky_relu(x, slope=0.01):
+    return F.leaky_relu(x, slope)
+
+
+def clamp(x, low=None, high=None):
+    return torch.clamp(x, low, high)
+
+
 # -- ONNX emitters ----------------------------------------------------------------------------------
 def onnx_gelu(g, node, x):
     # Exact erf form, as torch's default F.gelu: x/2 * (1 + erf(x/sqrt 2)). Div, not Mul by
@@ -203,6 +215,16 @@ def onnx_silu(g, node, x):
 
 def onnx_softmax(g, node, x, axis):
     return g.op("Softmax", g.value(x), axis=axis)
+
+
+def onnx_leaky_relu(g, node, x, slope):
+    return g.op("LeakyRelu", g.value(x), alpha=float(slope))
+
+
+def onnx_clamp(g, node, x, low, high):
+    dt = node.meta["dtype"]
+    bounds = [g.scalar(b, dt) if b is not None else "" for b in (low, high)]
+    return g.op("Clip", g.value(x), *bounds)
 
 
 def onnx_unary(op_type):
@@ -238,6 +260,9 @@ GRAPH = (
     GraphOp(mul, symmetry_arithmetic, onnx_binary("Mul"), lambda a, b: f"{a} * {b}"),
     GraphOp(div, symmetry_arithmetic, onnx_binary("Div"), lambda a, b: f"{a} / {b}"),
     GraphOp(neg, symmetry_pointwise, onnx_unary("Neg"), lambda a: f"-{a}"),
+    GraphOp(exp, symmetry_pointwise, onnx_unary("Exp"), lambda x: f"torch.exp({x})"),
+    GraphOp(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
+    GraphOp(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
 )
 
 
@@ -291,7 +316,9 @@ def lift_dropout(g, n, x, p, train):
 
 
 ATEN = {
-    **{f"aten.{op}.default": lift_unary(op) for op in ("relu", "silu", "tanh", "sigmoid", "neg")},
+    **{f"aten.{op}.default": lift_unary(op) for op in ("relu", "silu", "tanh", "sigmoid", "neg", "exp")},
+    "aten.leaky_relu.default": lambda g, n, x, slope=0.01: g.emit("leaky_relu", (g.tensor(x), float(slope))),
+    "aten.clamp.default": lambda g, n, x, low=None, high=None: g.emit("clamp", (g.tensor(x), low, high)),
     "aten.gelu.default": lift_gelu,
     **{f"aten.{op}.{kind}": lift_binary(op) for op in ("add", "sub", "mul") for kind in ("Tensor", "Scalar")},
     "aten.div.Tensor": lift_div, "aten.div.Scalar": lift_div, "aten.div.Tensor_mode": lift_div,

@@ -335,6 +335,14 @@ def lift_select(g, n, x, dim, index):
     return g.emit("select", (x,), {"axis": dim % len(x.type.shape), "index": index})
 
 
+def lift_unbind(g, n, x, dim=0):
+    x = g.tensor(x)
+    axis = dim % len(x.type.shape)
+    if not isinstance(x.type.shape[axis], int):
+        g.refuse(f"an unbind along the symbolic dim {x.type.shape[axis]}")
+    return tuple(g.emit("select", (x,), {"axis": axis, "index": i}, item=i) for i in range(x.type.shape[axis]))
+
+
 def lift_expand(g, n, x, sizes, implicit=False):
     x = g.tensor(x)
     sources, spec = [], []
@@ -369,7 +377,7 @@ ATEN = {
     "aten.permute.default": lift_permute, "aten.transpose.int": lift_transpose,
     "aten.t.default": lambda g, n, x: lift_transpose(g, n, x, 0, 1),
     "aten.cat.default": lift_cat, "aten.concat.default": lift_cat,
-    "aten.select.int": lift_select,
+    "aten.select.int": lift_select, "aten.unbind.int": lift_unbind,
     "aten.expand.default": lift_expand, "aten.expand_as.default": lift_expand_as,
     "aten.ones_like.default": lift_full_like, "aten.full_like.default": lift_full_like,
 }
