@@ -62,6 +62,17 @@ class Simplex(Invariant):
         return f"invariant weights summing to one along axis {self.axis}"
 
 
+@dataclass(frozen=True, eq=False)
+class Uniform(Invariant):
+    """Invariant, and equal at every place along `axes` (ones, a broadcast copy, a count of rows per
+    set repeated over columns): dividing a vector by one uniform along its coordinates scales each
+    vector by one value. Each op says which axes its result keeps uniform (GraphOp.uniform)."""
+    axes: tuple = ()
+
+    def __str__(self) -> str:
+        return f"invariant, uniform along axis {', '.join(map(str, self.axes))}"
+
+
 @dataclass(frozen=True)
 class Permuted:
     """The group's permutation reorders each of these axes (the same permutation on each).

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dsl.groups import (Broken, Fact, FrameBasis, Invariant, Outer, Permuted, Relabeled, Rotated, Simplex, Squared,
-                        Stacked, Translated, Weighted)
+                        Stacked, Translated, Uniform, Weighted)
 
 COORDINATES = (Rotated, Translated, Squared)
 
@@ -79,11 +79,30 @@ def apply(call: Call, group, ops: dict) -> Fact:
         if any(isinstance(f, kind) for f in facts) and reads not in op.reads:
             return call.broken(reason.format(op=call.spelled, group=group), hint)
     if all(isinstance(f, Invariant) for f in facts) and not op.sees_invariants:
-        return Invariant()  # a function of invariants is invariant, whatever the op
+        return uniform(call, op, Invariant())  # a function of invariants is invariant, whatever the op
     fact = group.normalize(op.symmetry(replace(call, group=group)))
     if isinstance(fact, Simplex) and not op.keeps_weights:
         return Invariant()  # a rule that passes its input's fact through keeps no sum-to-one
-    return fact
+    return uniform(call, op, fact)
+
+
+def uniform(call: Call, op, fact: Fact) -> Fact:
+    """An invariant result, told which axes it is uniform along: only the op's own `uniform` says
+    (a rule that passes its input's fact through keeps no uniformity)."""
+    if type(fact) not in (Invariant, Uniform):
+        return fact
+    axes = tuple(sorted(op.uniform(call))) if op.uniform else ()
+    return Uniform(axes) if axes else Invariant()
+
+
+def uniform_axes(x, rank: int) -> set:
+    """The result axes (of `rank`, right-aligned) along which operand `x` is the same everywhere:
+    its Uniform axes and the axes it is broadcast along. A constant is uniform along all."""
+    if not isinstance(x, Operand):
+        return set(range(rank))
+    shift = rank - len(x.shape)
+    own = set(x.fact.axes) if isinstance(x.fact, Uniform) else set()
+    return set(range(shift)) | {k + shift for k, d in enumerate(x.shape) if k in own or d == 1}
 
 
 # Helpers ------------------------------------------------------------------------------------

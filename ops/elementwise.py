@@ -8,7 +8,8 @@ import math
 from common.lazy import Lazy
 from dsl.groups import Fact, Invariant, Permuted, Rotated, Simplex, Squared, Translated, Weighted
 from dsl.rules import Axis, Tensor, float_input, numeric
-from dsl.symmetry_rules import COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, what
+from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, uniform_axes,
+                                what)
 from dsl.types import INTS, TensorType, Value, broadcast
 from ops.op import Doc, GraphOp, SpecOp
 
@@ -111,12 +112,12 @@ def coordinate_arithmetic(call: Call, a, b, sym: str) -> Fact:
     kinds = tuple(type(x.fact) if isinstance(x, Operand) else Invariant for x in (a, b))
     rotates = call.group.rotates
     table = ARITHMETIC[call.op] if rotates else {**ARITHMETIC[call.op], **TRANSLATIONS_ONLY.get(call.op, {})}
-    result = table.get(kinds) or table.get(tuple(Invariant if k is Simplex else k for k in kinds))
+    result = table.get(kinds) or table.get(tuple(Invariant if issubclass(k, Invariant) else k for k in kinds))
     if result is None or len(axes) != 1:
         return call.broken(f"{sym} of {what(a)} and {what(b)}", arithmetic_hint(call.op))
     (k,) = axes
     for x in tensors:  # an invariant factor must be one value per vector, which a rotation turns
-        if rotates and isinstance(x.fact, Invariant) and placement(x, rank).get(k, (1,))[0] != 1:
+        if rotates and isinstance(x.fact, Invariant) and k not in uniform_axes(x, rank):
             return call.broken(f"{sym} treats the 3 coordinates separately",
                                "scale by one value per vector: size 1 on the coordinate axis")
     return _weighted(call, tensors, k) if result is Weighted else result(k)
@@ -139,6 +140,12 @@ def arithmetic_hint(op: str) -> str:
             "sub": "position - position is a vector, position - vector a position",
             "mul": "scale vectors by invariants; a position is scaled about a centroid: c + s * (x - c)",
             "div": "divide vectors by invariants, such as norms"}[op]
+
+
+def uniform_pointwise(call: Call) -> set:
+    """Element by element: uniform where every operand is (broadcast or uniform)."""
+    rank = len(call.shape)
+    return set.intersection(*(uniform_axes(a, rank) for a in call.args if isinstance(a, Operand)))
 
 
 # -- torch forms: the fx call_function targets -----------------------------------------------------
@@ -247,22 +254,26 @@ SPEC = (
     *(SpecOp(fn, check_arithmetic, operator=sym, named=False) for sym, fn in BINARY.items()),
     SpecOp("neg", check_neg, operator="unary -", named=False),
 )
+def _elementwise(fn, rule, onnx, triton) -> GraphOp:
+    return GraphOp(fn, rule, onnx, triton, uniform=uniform_pointwise)
+
+
 GRAPH = (
-    GraphOp(relu, symmetry_pointwise, onnx_unary("Relu"), lambda x: f"torch.relu({x})"),
-    GraphOp(gelu, symmetry_pointwise, onnx_gelu, lambda x: f"F.gelu({x})"),
-    GraphOp(silu, symmetry_pointwise, onnx_silu, lambda x: f"F.silu({x})"),
-    GraphOp(tanh, symmetry_pointwise, onnx_unary("Tanh"), lambda x: f"torch.tanh({x})"),
-    GraphOp(sigmoid, symmetry_pointwise, onnx_unary("Sigmoid"), lambda x: f"torch.sigmoid({x})"),
+    _elementwise(relu, symmetry_pointwise, onnx_unary("Relu"), lambda x: f"torch.relu({x})"),
+    _elementwise(gelu, symmetry_pointwise, onnx_gelu, lambda x: f"F.gelu({x})"),
+    _elementwise(silu, symmetry_pointwise, onnx_silu, lambda x: f"F.silu({x})"),
+    _elementwise(tanh, symmetry_pointwise, onnx_unary("Tanh"), lambda x: f"torch.tanh({x})"),
+    _elementwise(sigmoid, symmetry_pointwise, onnx_unary("Sigmoid"), lambda x: f"torch.sigmoid({x})"),
     GraphOp(softmax, symmetry_softmax, onnx_softmax, lambda x, axis: f"torch.softmax({x}, {axis})",
             sees_invariants=True, keeps_weights=True),
-    GraphOp(add, symmetry_arithmetic, onnx_binary("Add"), lambda a, b: f"{a} + {b}"),
-    GraphOp(sub, symmetry_arithmetic, onnx_binary("Sub"), lambda a, b: f"{a} - {b}"),
-    GraphOp(mul, symmetry_arithmetic, onnx_binary("Mul"), lambda a, b: f"{a} * {b}"),
-    GraphOp(div, symmetry_arithmetic, onnx_binary("Div"), lambda a, b: f"{a} / {b}"),
-    GraphOp(neg, symmetry_pointwise, onnx_unary("Neg"), lambda a: f"-{a}"),
-    GraphOp(exp, symmetry_pointwise, onnx_unary("Exp"), lambda x: f"torch.exp({x})"),
-    GraphOp(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
-    GraphOp(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
+    _elementwise(add, symmetry_arithmetic, onnx_binary("Add"), lambda a, b: f"{a} + {b}"),
+    _elementwise(sub, symmetry_arithmetic, onnx_binary("Sub"), lambda a, b: f"{a} - {b}"),
+    _elementwise(mul, symmetry_arithmetic, onnx_binary("Mul"), lambda a, b: f"{a} * {b}"),
+    _elementwise(div, symmetry_arithmetic, onnx_binary("Div"), lambda a, b: f"{a} / {b}"),
+    _elementwise(neg, symmetry_pointwise, onnx_unary("Neg"), lambda a: f"-{a}"),
+    _elementwise(exp, symmetry_pointwise, onnx_unary("Exp"), lambda x: f"torch.exp({x})"),
+    _elementwise(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
+    _elementwise(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
 )
 
 

@@ -52,6 +52,7 @@ class GraphOp:
     keeps_weights: bool = False     # its result may still sum to one (a Simplex)
     indices: Indices | None = None  # an argument that must index within a bound
     offsets: int | None = None      # the position of an argument holding CSR offsets over args[0]'s rows
+    uniform: Callable | None = None  # Call -> the axes an invariant result is uniform along (groups.Uniform)
 
     @property
     def name(self) -> str:

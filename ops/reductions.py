@@ -3,7 +3,7 @@ forget its order; over the coordinates only a sum or mean of coordinate products
 from common.dtypes import FLOATS
 from dsl.groups import Fact
 from dsl.rules import Axis, Tensor, numeric
-from dsl.symmetry_rules import Call, reduced
+from dsl.symmetry_rules import Call, reduced, uniform_axes
 from dsl.types import FLOATS, TensorType
 from ops.op import Doc, GraphOp, SpecOp
 
@@ -24,6 +24,13 @@ def check_reduction(ctx, x: Tensor, axis: Axis, keepdim: bool = False):
 def symmetry_reduce(call: Call) -> Fact:
     return reduced(call, call.arg(0), call.arg(1, "axis"), call.arg(2, "keepdim", False),
                    call.op.removeprefix("reduce_"))
+
+
+def uniform_reduced(call: Call) -> set:
+    """Uniform along the axes the input is, but for the one reduced (size 1 if kept)."""
+    x, axis, keep = call.arg(0), call.arg(1, "axis"), call.arg(2, "keepdim", False)
+    rest = uniform_axes(x, len(x.shape)) - {axis}
+    return rest | {axis} if keep else {k - (k > axis) for k in rest}
 
 
 def reduce_sum(x, axis, keepdim=False):
@@ -73,10 +80,11 @@ SPEC = (
 GRAPH = (
     GraphOp(reduce_sum, symmetry_reduce, onnx_reduce("ReduceSum"),
             lambda x, axis, keepdim: f"{x}.sum({axis}, keepdim={keepdim}, dtype={x}.dtype)",
-            reads=frozenset({"weights"})),  # softmax-weighted positions, summed over the weights' axis
-    GraphOp(reduce_mean, symmetry_reduce, onnx_reduce("ReduceMean"), triton_reduction("mean")),
-    GraphOp(reduce_max, symmetry_reduce, onnx_reduce("ReduceMax"), triton_reduction("amax")),
-    GraphOp(reduce_min, symmetry_reduce, onnx_reduce("ReduceMin"), triton_reduction("amin")),
+            reads=frozenset({"weights"}),  # softmax-weighted positions, summed over the weights' axis
+            uniform=uniform_reduced),
+    GraphOp(reduce_mean, symmetry_reduce, onnx_reduce("ReduceMean"), triton_reduction("mean"), uniform=uniform_reduced),
+    GraphOp(reduce_max, symmetry_reduce, onnx_reduce("ReduceMax"), triton_reduction("amax"), uniform=uniform_reduced),
+    GraphOp(reduce_min, symmetry_reduce, onnx_reduce("ReduceMin"), triton_reduction("amin"), uniform=uniform_reduced),
 )
 
 

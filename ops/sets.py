@@ -41,7 +41,8 @@ from common.dtypes import numpy_dtype, onnx_type
 from common.lazy import Lazy
 from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
 from dsl.rules import Axis, Tensor, float_input, weighted_input
-from dsl.symmetry_rules import COORD_HINT, COORDINATES, Call, Operand, axes_of, merged, moved, reduced, what
+from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, merged, moved, reduced, uniform_axes,
+                                what)
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
 from ops.reductions import KINDS, nan_term
@@ -470,6 +471,7 @@ GRAPH = (
     GraphOp(attention_pool, symmetry_attention_pool, onnx_attention_pool, embed=True),
     GraphOp(segment_reduce, symmetry_segment_reduce, onnx_segment_reduce, embed=True, offsets=1),
     GraphOp(scatter_reduce, symmetry_scatter_reduce, onnx_scatter_reduce, embed=True, reads=INDICES,
+            uniform=lambda call: uniform_axes(call.arg(0), len(call.shape)) - {0},  # each set reduces whole rows
             indices=Indices(1, lambda node: node.value.type.shape[0], spare_last=True)),
     GraphOp(gather, symmetry_gather, onnx_gather, lambda x, index, axis: f"{x}.index_select({axis}, {index})",
             reads=INDICES, indices=Indices(1, lambda node: node.args[0].type.shape[node.kwargs["axis"]])),

@@ -8,7 +8,8 @@ from common.lazy import Lazy
 from dsl.errors import SpecError
 from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Stacked, Translated
 from dsl.rules import Axis, Tensor
-from dsl.symmetry_rules import COORD_HINT, COORDINATES, POOL_HINT, Call, axes_of, axis_name, merged, moved, what
+from dsl.symmetry_rules import (COORD_HINT, COORDINATES, POOL_HINT, Call, axes_of, axis_name, merged, moved,
+                                uniform_axes, what)
 from dsl.types import TensorType, dim_product
 from ops.op import Doc, GraphOp, SpecOp
 
@@ -292,8 +293,10 @@ GRAPH = (
             sees_invariants=True, keeps_weights=True, reads=frozenset({"outer"})),  # transposes a rank-2 tensor
     GraphOp(select, symmetry_select, onnx_select, lambda x, axis, index: f"{x}.select({axis}, {index})",
             reads=frozenset({"indices"})),  # a row of an edge list
-    GraphOp(expand, symmetry_expand, onnx_expand, embed=True),
-    GraphOp(full_like, lambda call: Invariant(), onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})"),
+    GraphOp(expand, symmetry_expand, onnx_expand, embed=True,
+            uniform=lambda call: uniform_axes(call.arg(0), len(call.shape))),  # copies along new and size-1 axes
+    GraphOp(full_like, lambda call: Invariant(), onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})",
+            sees_invariants=True, uniform=lambda call: set(range(len(call.shape)))),
 )
 
 
