@@ -137,7 +137,8 @@ class Lift:
                 self.symbols[s.node.expr] = d
             elif s != d:
                 raise SpecError.at(self.ctx.pos, f"`{self.d.name}` input `{n.name}` has size {s} where the spec "
-                                                 f"passes {d}")
+                                                 f"passes {d}: the model fixes that dim",
+                                   f"declare it with its size {s}" if isinstance(d, str) else None)
         self.env[n] = t
 
     def _call(self, n: fx.Node):

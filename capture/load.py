@@ -65,8 +65,8 @@ def _factory(d: ast.TorchDef, module_name: str, attr: str, folder: Path):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))  # the user's own modules beside the spec
     found = importlib.util.find_spec(top)
-    origin = Path(found.origin).resolve() if found and found.origin else None
-    local = origin is not None and origin.is_relative_to(folder)
+    places = ([found.origin] if found.origin else list(found.submodule_search_locations or ())) if found else []
+    local = bool(places) and all(Path(p).resolve().is_relative_to(folder) for p in places)
     if found is None or not (local or top in LIBRARIES):
         raise SpecError.at(d.pos, f"`{d.name}`: module `{module_name}` is neither beside the spec nor a model library",
                            f"put it in {folder} (it runs its code), or use one of {', '.join(LIBRARIES)}")
@@ -94,7 +94,6 @@ def example_inputs(ctx, tensors: list, shift: int = 0) -> tuple[list, list, dict
     for name in symbolic:
         sizes[name] = n
         n += 1
-    dims = {name: torch.export.Dim(re.sub(r"\W", "_", f"d_{name}"), min=0) for name in symbolic}
     g = torch.Generator().manual_seed(shift)
     examples, shapes = [], []
     for t in tensors:
@@ -108,7 +107,8 @@ def example_inputs(ctx, tensors: list, shift: int = 0) -> tuple[list, list, dict
         else:
             x = torch.randint(0, sizes.get(indexed, 2), shape, generator=g, dtype=dtype)
         examples.append(x)
-        shapes.append({k: dims[d] for k, d in enumerate(t.type.shape) if isinstance(d, str)} or None)
+        # AUTO: export keeps a dim symbolic unless the model fixes it, which lifting then refuses by name
+        shapes.append({k: torch.export.Dim.AUTO for k, d in enumerate(t.type.shape) if isinstance(d, str)} or None)
     return examples, shapes, sizes
 
 

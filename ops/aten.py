@@ -30,7 +30,7 @@ def aten(*tensors, op, why, layout, item=None):
         tensors[0] = tensors[0].clone()
 
     def put(a):
-        if isinstance(a, tuple) and len(a) == 2 and a[0] == "tensor":
+        if isinstance(a, (tuple, list)) and len(a) == 2 and a[0] == "tensor":  # fx turns tuples into lists
             return tensors[a[1]]
         return type(a)(put(x) for x in a) if isinstance(a, (tuple, list)) else a
 

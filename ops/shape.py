@@ -190,6 +190,15 @@ def symmetry_select(call: Call) -> Fact:
     return replace(x.fact, axes=tuple(shift)) if isinstance(x.fact, Relabeled) else moved(x.fact, shift)
 
 
+def symmetry_narrow(call: Call) -> Fact:
+    """A range of places along an axis: facts of the other axes stay; a part of a set, or some of the
+    coordinates, breaks them."""
+    x, axis = call.arg(0), call.arg(1, "axis")
+    if axis in axes_of(x.fact) or (isinstance(x.fact, Relabeled) and axis in x.fact.axes):
+        return call.broken(f"a slice along {axis_name(x, axis)} of {what(x)}", POOL_HINT.format(dim=x.shape[axis]))
+    return x.fact
+
+
 def symmetry_expand(call: Call) -> Fact:
     """Copies along new leading axes, or along axes of size 1: every fact moves with its axes
     (the size sources give only their sizes)."""
@@ -200,6 +209,10 @@ def symmetry_expand(call: Call) -> Fact:
 # -- torch forms: the fx call_function targets -----------------------------------------------------
 def select(x, axis, index):
     return x.select(axis, index)
+
+
+def narrow(x, axis, start, end, step):
+    return x[(slice(None),) * axis + (slice(start, end, step),)]
 
 
 def expand(x, sizes, *sources):
@@ -253,6 +266,10 @@ def onnx_select(g, node, x, axis, index):
     return g.op("Gather", g.value(x), g.scalar(index, "i64"), axis=axis)
 
 
+def onnx_narrow(g, node, x, axis, start, end, step):
+    return g.op("Slice", g.value(x), g.ints([start]), g.ints([end]), g.ints([axis]), g.ints([step]))
+
+
 def onnx_expand(g, node, x, sizes, *sources):
     dims = [g.ints([1 if s == -1 else s]) if isinstance(s, int) else
             g.op("Shape", g.value(sources[s[0]]), start=s[1], end=s[1] + 1) for s in sizes]
@@ -293,6 +310,7 @@ GRAPH = (
             sees_invariants=True, keeps_weights=True, reads=frozenset({"outer"})),  # transposes a rank-2 tensor
     GraphOp(select, symmetry_select, onnx_select, lambda x, axis, index: f"{x}.select({axis}, {index})",
             reads=frozenset({"indices"})),  # a row of an edge list
+    GraphOp(narrow, symmetry_narrow, onnx_narrow, embed=True, reads=frozenset({"indices"})),
     GraphOp(expand, symmetry_expand, onnx_expand, embed=True,
             uniform=lambda call: uniform_axes(call.arg(0), len(call.shape))),  # copies along new and size-1 axes
     GraphOp(full_like, lambda call: Invariant(), onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})",
@@ -338,6 +356,18 @@ def lift_select(g, n, x, dim, index):
     return g.emit("select", (x,), {"axis": dim % len(x.type.shape), "index": index})
 
 
+def lift_slice(g, n, x, dim=0, start=None, end=None, step=1):
+    """x[a:b:s] along one axis: the whole axis is x itself; a part is narrow (static bounds only)."""
+    x = g.tensor(x)
+    axis = dim % len(x.type.shape)
+    start, end = 0 if start is None else start, (1 << 62) if end is None else end
+    if not all(isinstance(v, int) for v in (start, end, step)):
+        g.refuse("a slice with bounds computed in forward")
+    if start == 0 and step == 1 and (end >= (1 << 62) or end == x.type.shape[axis]):
+        return x
+    return g.emit("narrow", (x,), {"axis": axis, "start": start, "end": min(end, 1 << 62), "step": step})
+
+
 def lift_unbind(g, n, x, dim=0):
     x = g.tensor(x)
     axis = dim % len(x.type.shape)
@@ -380,7 +410,7 @@ ATEN = {
     "aten.permute.default": lift_permute, "aten.transpose.int": lift_transpose,
     "aten.t.default": lambda g, n, x: lift_transpose(g, n, x, 0, 1),
     "aten.cat.default": lift_cat, "aten.concat.default": lift_cat,
-    "aten.select.int": lift_select, "aten.unbind.int": lift_unbind,
+    "aten.select.int": lift_select, "aten.unbind.int": lift_unbind, "aten.slice.Tensor": lift_slice,
     "aten.expand.default": lift_expand, "aten.expand_as.default": lift_expand_as,
     "aten.ones_like.default": lift_full_like, "aten.full_like.default": lift_full_like,
 }

@@ -54,6 +54,14 @@ def acrosspairs(p, v, h) {
   x = linear(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), 4)
   return unsqueeze(x, 1) - unsqueeze(x, 0)
 }
+def first = torch("tests.capture_cases:First")
+def rest = torch("tests.capture_cases:Rest")
+def exp = torch("tests.capture_cases:Exp")
+def leaky = torch("tests.capture_cases:Leaky")
+def clamped = torch("tests.capture_cases:Clamped")
+def cumulative = torch("tests.capture_cases:Cumulative")
+def counted = torch("tests.capture_cases:Counted")
+def skewed = torch("tests.capture_cases:Counted", skew=true)
 def perslot(p, v, h) {
   s = sum(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), axis=0, keepdim=true)
   return linear(transpose(linear(transpose(s, 0, 1), 16), 0, 1), 3)
@@ -148,6 +156,10 @@ PROVED = {
                         "output y is scalar"],
     "edge vectors": ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS, RECEIVERS,
                      "y = gather(pos, r, axis=0) - gather(pos, s, axis=0)", "output y is vector"],
+    # Captured torch models (tests/capture_cases.py): the EGNN layer's segment mean divides vectors by
+    # counts repeated over the coordinates, which are uniform along them.
+    "a captured segment mean of edge vectors": ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS,
+                                                RECEIVERS, "y = counted(pos, s, r)", "output y is position"],
     "a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
                                     "y = scatter_pool(h, next, like=h) + gather(h, next, axis=0)", "output y is scalar"],
     "all frames of an input cloud under S(N)": [SN, "input h: f32[B, N, 3]", *FA_SN,
@@ -317,13 +329,28 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                      ("a canonical frame of 2 points", 2, "SO(3)", ", canonical=true"),
                                      ("a canonical frame with reflections of 3 points", 3, "SE(3)",
                                       ", canonical=true")]},
+    # Captured torch models (tests/capture_cases.py): refused at the model's own source line.
+    "a captured first element": ([SN, X, "y = first(x)", "output y is invariant"], "return x[:, 0]",
+                                 "select of element 0 along N of a tensor permuted along N"),
+    **{f"a captured {op} of positions": ([E3, POS, f"y = {name}(pos)", "output y is invariant"], source,
+                                         f"{op} of a position")
+       for op, name, source in [("exp", "exp", "return torch.exp(pos)"),
+                                ("leaky_relu", "leaky", "return nn.functional.leaky_relu(pos"),
+                                ("clamp", "clamped", "return pos.clamp(")]},
+    "a captured slice of a set": ([SN, X, "y = rest(x)", "output y is invariant"], "return x[:, 1:]",
+                                  "a slice along N of a tensor permuted along N"),
+    "a captured op with no rule": ([SN, X, "y = cumulative(x)", "output y is invariant"], "return x.cumsum(1)",
+                                   "no symmetry rule for this op (aten.cumsum.default in cumulative (Cumulative))"),
+    "a captured mean by counts that differ per coordinate": (
+        ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS, RECEIVERS, "y = skewed(pos, s, r)",
+         "output y is position"], "return pos + total / count", "`/` treats the 3 coordinates separately"),
 }
 
 
 @pytest.mark.parametrize("lines, where, message", REFUSED.values(), ids=REFUSED.keys())
 def test_false_claim_is_refused_at_the_breaking_op(lines, where, message):
     error = assert_refused_and_false(lines, message)
-    rows = spec(*lines).splitlines()
+    rows = (spec(*lines) if error.file == "s.inv" else Path(error.file).read_text()).splitlines()  # captured: its source
     row = next(i for i, line in enumerate(rows) if where in line and not line.startswith("input"))
     assert (error.line, error.column) == (row + 1, rows[row].index(where) + 1), error.render()
     assert error.hint
@@ -439,6 +466,9 @@ def test_check_refuses_the_broken_example_at_its_line():
 # has an entry in REFUSED that it breaks (and whose claim is measured false), and a rule that
 # granted that claim would prove it. These rules have no such entry, for the reason given.
 NEVER_REFUSE_WRONGLY = {
+    "weight": "a captured model's weight is the same whatever the input",
+    "full_like": "a tensor of one value is invariant whatever it is shaped like",
+    "expand": "it never refuses: facts move with their axes, which captured PROVED cases pin",
     "embedding": "its ids are integers, never coordinates; permuted ids give permuted rows",
     "permute": "it never refuses; PROVED pins where its axes go",
     "unflatten_rows": "the rows pass emits it after the symmetry check, never a spec",

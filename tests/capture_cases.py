@@ -1,0 +1,52 @@
+"""Small torch models for the symmetry tests of captured graphs: each exercises one lifted op, the
+way a user would write it. tests/test_symmetry.py names them in specs (`torch("tests.capture_cases:...")`)."""
+import torch
+from torch import nn
+
+
+class First(nn.Module):
+    """The first element of the set: picks an order."""
+    def forward(self, x):
+        return x[:, 0]
+
+
+class Exp(nn.Module):
+    def forward(self, pos):
+        return torch.exp(pos).mean(1)
+
+
+class Leaky(nn.Module):
+    def forward(self, pos):
+        return nn.functional.leaky_relu(pos, 0.1).mean(1)
+
+
+class Clamped(nn.Module):
+    def forward(self, pos):
+        return pos.clamp(min=-0.5, max=0.5).mean(1)
+
+
+class Cumulative(nn.Module):
+    """A running sum along the set, an op invc has no rule for."""
+    def forward(self, x):
+        return x.cumsum(1).sum(1)
+
+
+class Counted(nn.Module):
+    """Relative vectors averaged per node, divided by counts repeated over the coordinates (the EGNN
+    layer's segment mean), or, with `skew`, by counts that differ per coordinate."""
+    def __init__(self, skew: bool = False):
+        super().__init__()
+        self.skew = skew
+
+    def forward(self, pos, senders, receivers):
+        diff = pos[senders] - pos[receivers]
+        total = pos.new_zeros(pos.shape).index_add_(0, receivers, diff)
+        ones = torch.ones_like(diff) * (torch.arange(3.0) + 1 if self.skew else 1)
+        count = pos.new_zeros(pos.shape).index_add_(0, receivers, ones)
+        return pos + total / count.clamp(min=1)
+
+
+class Rest(nn.Module):
+    """All but the first element of the set."""
+    def forward(self, x):
+        return x[:, 1:].sum(1)
