@@ -100,13 +100,17 @@ class Permuted:
 @dataclass(frozen=True)
 class Relabeled:
     """Integer positions along the permuted dim `dim` (an `index(N)` input): S(N) maps each value i
-    to the new place of element i, and reorders `axes` too. Only gather and scatter_pool read it;
+    to the new place of element i, and reorders `axes` too, by the permutation `by` names as
+    Permuted's does ("" the group's own; "E+[N]" an edge list with self loops appended: fixed,
+    then permuted). Only ops that read indices take it (gather, scatter_pool, select, compare);
     an output claimed `is index(N)` is one."""
     axes: tuple = ()
     dim: str = ""
+    by: str = ""
 
     def __str__(self) -> str:
-        return "relabelled indices" + (f", permuted on axis {', '.join(map(str, self.axes))}" if self.axes else "")
+        layout = f" ({self.by})" if self.by else ""
+        return "relabelled indices" + (f", permuted on axis {', '.join(map(str, self.axes))}{layout}" if self.axes else "")
 
     def describe(self, shape: tuple) -> str:
         moved = f", permuted along {', '.join(str(shape[k]) for k in self.axes)}" if self.axes else ""

@@ -108,7 +108,7 @@ def uniform_axes(x, rank: int) -> set:
 # Helpers ------------------------------------------------------------------------------------
 
 def axes_of(fact: Fact) -> tuple:
-    if isinstance(fact, (Permuted, Outer)):
+    if isinstance(fact, (Permuted, Outer, Relabeled)):
         return fact.axes
     return (fact.axis,) if isinstance(fact, (*COORDINATES, Stacked, Simplex)) else ()
 
@@ -118,6 +118,8 @@ def moved(fact: Fact, axes) -> Fact:
     axes = tuple(axes)
     if isinstance(fact, Permuted):
         return replace(fact, axes=axes) if axes else Invariant()
+    if isinstance(fact, Relabeled):  # indices stay indices, permuted or not
+        return replace(fact, axes=axes, by=fact.by if axes else "")
     if isinstance(fact, Invariant):
         return Simplex(axes[0]) if isinstance(fact, Simplex) and axes[0] is not None else Invariant()
     if isinstance(fact, Outer):

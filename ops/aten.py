@@ -39,7 +39,7 @@ def aten(*tensors, op, why, layout, item=None):
     return out if item is None else out[item]
 
 
-def onnx_aten(g, node, *tensors, op, why, layout, item=None):
+def onnx_aten(g, node, tensors, op, why, layout, item=None):
     raise NoOnnxForm(f"`{op}` at {node.meta.get('pos', '?')} ({node.meta.get('origin', node.name)}) has no "
                      f"ONNX form: {why}")
 

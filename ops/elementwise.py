@@ -6,7 +6,7 @@ ARITHMETIC (a position plus a vector is a position, a vector times an invariant 
 import math
 
 from common.lazy import Lazy
-from dsl.groups import Fact, Invariant, Permuted, Rotated, Simplex, Squared, Translated, Weighted
+from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Simplex, Squared, Translated, Weighted
 from dsl.rules import Axis, Tensor, float_input, numeric
 from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, uniform_axes,
                                 what)
@@ -94,6 +94,22 @@ ARITHMETIC = {  # (left kind, right kind) -> result kind, on one shared coordina
 # (x + t) + c = (x + c) + t, coordinate by coordinate; under rotations c would have to rotate too.
 TRANSLATIONS_ONLY = {"add": {(Translated, Invariant): Translated, (Invariant, Translated): Translated},
                      "sub": {(Translated, Invariant): Translated}}
+
+
+def symmetry_compare(call: Call) -> Fact:
+    """Elementwise comparisons commute with permutations; == and != of two id lists relabelled alike
+    commute with the relabelling (a bijection), which no order comparison does."""
+    a, b, how = call.arg(0), call.arg(1), call.arg(2, "how")
+    tensors = [x for x in (a, b) if isinstance(x, Operand)]
+    ids = [x for x in tensors if isinstance(x.fact, Relabeled)]
+    if ids:
+        if how not in ("eq", "ne") or len(ids) != 2 or a.fact != b.fact or a.shape != b.shape:
+            return call.broken(f"`{how}` of {what(a)} and {what(b)}",
+                               "compare only ids relabelled alike, and only for equality")
+        return Permuted(a.fact.axes, a.fact.by) if a.fact.axes else Invariant()
+    if all(isinstance(x.fact, (Invariant, Permuted)) for x in tensors):
+        return join_permuted(call, [(x.fact, placement(x, len(call.shape))) for x in tensors], f"`{how}`")
+    return call.broken(f"`{how}` of {what(a)} and {what(b)}", COORD_HINT)
 
 
 def symmetry_arithmetic(call: Call) -> Fact:
@@ -194,6 +210,10 @@ def neg(a):
     return -a
 
 
+def compare(a, b, how):
+    return getattr(torch, how)(a, b)
+
+
 def exp(x):
     return torch.exp(x)
 
@@ -234,6 +254,15 @@ def onnx_clamp(g, node, x, low, high):
     return g.op("Clip", g.value(x), *bounds)
 
 
+COMPARISONS = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}
+
+
+def onnx_compare(g, node, a, b, how):
+    dt = next(x.meta["dtype"] for x in (a, b) if hasattr(x, "meta"))
+    equal = g.op(COMPARISONS["eq" if how == "ne" else how], g.operand(a, dt), g.operand(b, dt))
+    return g.op("Not", equal) if how == "ne" else equal
+
+
 def onnx_unary(op_type):
     return lambda g, node, x: g.op(op_type, g.value(x))
 
@@ -271,6 +300,8 @@ GRAPH = (
     _elementwise(mul, symmetry_arithmetic, onnx_binary("Mul"), lambda a, b: f"{a} * {b}"),
     _elementwise(div, symmetry_arithmetic, onnx_binary("Div"), lambda a, b: f"{a} / {b}"),
     _elementwise(neg, symmetry_pointwise, onnx_unary("Neg"), lambda a: f"-{a}"),
+    GraphOp(compare, symmetry_compare, onnx_compare, lambda a, b, how: f"torch.{how}({a}, {b})",
+            reads=frozenset({"indices"}), uniform=uniform_pointwise),
     _elementwise(exp, symmetry_pointwise, onnx_unary("Exp"), lambda x: f"torch.exp({x})"),
     _elementwise(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
     _elementwise(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
@@ -320,8 +351,13 @@ def lift_identity(g, n, x, *rest, **kw):
     return g.tensor(x)
 
 
+def lift_compare(g, n, a, b):
+    how = str(n.target).split(".")[1]
+    return g.emit("compare", tuple(v if isinstance(v, (int, float)) else g.tensor(v) for v in (a, b)) + (how,))
+
+
 def lift_dropout(g, n, x, p, train):
-    if train:
+    if train and p != 0:
         g.refuse("dropout in training mode is random")
     return g.tensor(x)
 
@@ -338,4 +374,5 @@ ATEN = {
         g.refuse("softmax with a dtype") if dtype is not None else lift_softmax(g, n, x, dim)),
     **{f"aten.{op}.default": lift_identity for op in ("detach", "clone", "alias", "contiguous", "lift_fresh_copy")},
     "aten.dropout.default": lift_dropout,
+    **{f"aten.{how}.{kind}": lift_compare for how in ("eq", "ne", "lt", "le", "gt", "ge") for kind in ("Tensor", "Scalar")},
 }

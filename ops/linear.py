@@ -159,6 +159,11 @@ def _rank2_matmul(call: Call, a: Operand, b: Operand) -> Fact | None:
     return None
 
 
+def symmetry_weight(call: Call) -> Fact:
+    """A captured model's weight is the same whatever the input."""
+    return Invariant()
+
+
 # -- torch forms: the fx call_function targets -----------------------------------------------------
 def linear(x, weight, bias=None):
     return F.linear(x, weight, bias)
@@ -212,7 +217,7 @@ GRAPH = (
             indices=Indices(0, lambda node: node.params["weight"].shape[0], table=True)),
     GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})",
             reads=frozenset({"outer"})),  # a rank-2 tensor, contracted with vectors
-    GraphOp(weight, lambda call: Invariant(), onnx_weight, lambda value: value),
+    GraphOp(weight, symmetry_weight, onnx_weight, lambda value: value),
 )
 
 

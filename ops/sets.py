@@ -41,8 +41,8 @@ from common.dtypes import numpy_dtype, onnx_type
 from common.lazy import Lazy
 from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
 from dsl.rules import Axis, Tensor, float_input, weighted_input
-from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, merged, moved, reduced, uniform_axes,
-                                what)
+from dsl.symmetry_rules import (COORD_HINT, COORDINATES, POOL_HINT, Call, Operand, axes_of, merged, moved, reduced,
+                                uniform_axes, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
 from ops.reductions import KINDS, nan_term
@@ -196,18 +196,19 @@ def symmetry_scatter_reduce(call: Call) -> Fact:
 def _into_relabelled_sets(call: Call, x: Operand, ids: Operand) -> Fact:
     rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
     other_sets = call.shape[0] != call.group.dim
-    if other_sets or rows_permuted != (0 in ids.fact.axes):
+    unlike = rows_permuted != (0 in ids.fact.axes) or (rows_permuted and x.fact.by != ids.fact.by)
+    if other_sets or unlike:
         why = f"into sets {call.shape[0]} that are not {call.group.dim}" if other_sets else "with rows not permuted like the ids"
         return call.broken(f"{call.spelled} by ids that {call.group} relabels, {why}",
                            f"pool into `like` with dim 0 {call.group.dim}, the dim the ids index")
     return _permuted_at(call, reduced(call, x, 0, True, call.arg(3, "kind"), subsets=True), 0)
 
 
-def _permuted_at(call: Call, fact: Fact, axis: int) -> Fact:
-    """`fact`, with the group's permutation on `axis` as well."""
+def _permuted_at(call: Call, fact: Fact, axis: int, by: str = "") -> Fact:
+    """`fact`, with the group's permutation (or the one `by` names) on `axis` as well."""
     if isinstance(fact, Invariant):
-        return Permuted((axis,))
-    if isinstance(fact, Permuted) and not fact.by and axis not in fact.axes:
+        return Permuted((axis,), by)
+    if isinstance(fact, Permuted) and not fact.by and not by and axis not in fact.axes:
         return Permuted(tuple(sorted((*fact.axes, axis))))
     return fact if isinstance(fact, Broken) else call.broken(
         f"{call.spelled}: its index permutes axis {axis} of a result that is {fact}")
@@ -230,10 +231,39 @@ def symmetry_gather(call: Call) -> Fact:
         return call.broken(f"gather over the coordinates of {what(x)}", COORD_HINT)
     rest = moved(x.fact, [k for k in x.fact.axes if k != axis]) if along else x.fact
     moves = index.fact.axes if isinstance(index.fact, (Relabeled, Permuted)) else ()
-    return _permuted_at(call, rest, axis) if moves else rest
+    return _permuted_at(call, rest, axis, index.fact.by) if moves else rest
+
+
+def symmetry_mask_select(call: Call) -> Fact:
+    """The places along `axis` that a mask keeps, in order: facts of the other axes carry over
+    (ids stay ids); a mask that moves, or a kept part of a set, breaks them."""
+    x, mask, axis = call.arg(0), call.arg(1, "mask"), call.arg(2, "axis")
+    if not isinstance(mask.fact, Invariant) or axis in axes_of(x.fact):
+        return call.broken(f"a mask selection along {x.shape[axis]} of {what(x)} by {what(mask)}",
+                           POOL_HINT.format(dim=x.shape[axis]))
+    return x.fact
+
+
+def symmetry_arange(call: Call) -> Fact:
+    """0, 1, ..., n-1 along a set the group permutes are that set's own ids: S(N) relabels them as it
+    moves them (the self loops of a graph). Along any other axis, plain integers."""
+    like, axis = call.arg(0), call.arg(1, "axis")
+    if isinstance(like.fact, Permuted) and axis in like.fact.axes and not like.fact.by:
+        return Relabeled((0,), call.group.dim)
+    if axis in axes_of(like.fact):
+        return call.broken(f"arange over {like.shape[axis]}, which {call.group} permutes blockwise")
+    return Invariant()
 
 
 # -- torch forms: the fx call_function targets -----------------------------------------------------
+def mask_select(x, mask, axis):
+    return x[(slice(None),) * axis + (mask,)]
+
+
+def arange(like, axis):
+    return torch.arange(like.shape[axis], device=like.device)
+
+
 def _mask_like(mask, x):
     """Mask over x's leading dims, given trailing singleton dims so it broadcasts against x."""
     return mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
@@ -437,6 +467,15 @@ def onnx_scatter_reduce(g, node, x, segment_ids, like, kind):
     return _scatter(g, g.value(x), ids, count, kind, len(x.meta["shape"]), x.meta["dtype"])
 
 
+def onnx_mask_select(g, node, x, mask, axis):
+    return g.op("Compress", g.value(x), g.value(mask), axis=axis)
+
+
+def onnx_arange(g, node, like, axis):
+    size = g.op("Squeeze", g.op("Shape", g.value(like), start=axis, end=axis + 1), g.ints([0]))
+    return g.op("Range", g.scalar(0, "i64"), size, g.scalar(1, "i64"))
+
+
 def onnx_gather(g, node, x, index, axis):
     xv = g.value(x)
     checked = g.indices(g.value(index), index.meta["dtype"], lambda: g.op("Shape", xv, start=axis, end=axis + 1),
@@ -473,6 +512,8 @@ GRAPH = (
     GraphOp(scatter_reduce, symmetry_scatter_reduce, onnx_scatter_reduce, embed=True, reads=INDICES,
             uniform=lambda call: uniform_axes(call.arg(0), len(call.shape)) - {0},  # each set reduces whole rows
             indices=Indices(1, lambda node: node.value.type.shape[0], spare_last=True)),
+    GraphOp(mask_select, symmetry_mask_select, onnx_mask_select, embed=True, reads=INDICES),
+    GraphOp(arange, symmetry_arange, onnx_arange, embed=True, reads=INDICES),
     GraphOp(gather, symmetry_gather, onnx_gather, lambda x, index, axis: f"{x}.index_select({axis}, {index})",
             reads=INDICES, indices=Indices(1, lambda node: node.args[0].type.shape[node.kwargs["axis"]])),
 )
@@ -493,9 +534,19 @@ def lift_index(g, n, x, indices):
         g.refuse("advanced indexing with several index tensors")
     axis, index = picked[0]
     index = g.tensor(index)
+    if index.type.dtype == "bool" and len(index.type.shape) == 1:
+        return g.emit("mask_select", (g.tensor(x), index), {"axis": axis})
     if index.type.dtype not in INTS or len(index.type.shape) != 1:
         g.refuse("indexing by a mask or by a tensor that is not 1-D")
     return g.emit("gather", (g.tensor(x), index), {"axis": axis})
+
+
+def lift_arange(g, n, *args, dtype=None, **options):
+    """arange(n) over a tensor's size: the ids of that axis."""
+    start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    if start != 0 or step != 1 or getattr(end, "value", None) is None or dtype not in (None, torch.int64):
+        g.refuse("an arange that does not count the places of an axis")
+    return g.emit("arange", (end.value, end.axis))
 
 
 def lift_zeros(g, n, *args, **options):
@@ -540,6 +591,7 @@ def _add_kind(g, alpha=1):
 ATEN = {
     "aten.index_select.default": lift_index_select,
     "aten.index.Tensor": lift_index,
+    "aten.arange.start": lift_arange, "aten.arange.default": lift_arange, "aten.arange.start_step": lift_arange,
     **{f"aten.{op}.default": lift_zeros for op in ("new_zeros", "zeros", "new_full", "full")},
     "aten.scatter_add_.default": lift_scatter(lambda g: "sum"), "aten.scatter_add.default": lift_scatter(lambda g: "sum"),
     "aten.scatter_reduce_.two": lift_scatter(_reduce_kind), "aten.scatter_reduce.two": lift_scatter(_reduce_kind),

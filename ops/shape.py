@@ -86,6 +86,9 @@ def check_unsqueeze(ctx, x: Tensor, axis: int):
 # -- symmetry rules --------------------------------------------------------------------------------
 def symmetry_concat(call: Call) -> Fact:
     parts, axis = call.arg(0), call.arg(1, "axis")
+    fact = _with_fixed_rows(parts, axis)
+    if fact is not None:
+        return fact
     fact = merged(p.fact for p in parts)
     if fact is None:
         a = parts[0]
@@ -107,6 +110,23 @@ def _union(call: Call, parts, fact: Permuted, axis: int) -> Fact:
         return call.broken(f"concat along {axis_name(parts[0], axis)}",
                            "concat along a feature axis, or concat sets with no other set axis")
     return Permuted((axis,), "+".join(f"[{p.shape[axis]}]" for p in parts))
+
+
+def _with_fixed_rows(parts, axis: int) -> Fact | None:
+    """Sets joined with rows that stay put (an edge list with self loops appended: node ids that
+    S(N) relabels and moves, after ids it only relabels): the result is permuted blockwise, the
+    fixed blocks by the identity, which `by` names ("E+[N]"). None: not such a join."""
+    moving = [isinstance(p.fact, (Permuted, Relabeled)) and p.fact.axes == (axis,) and not p.fact.by for p in parts]
+    indices = {isinstance(p.fact, Relabeled) for p in parts}
+    fixed = [isinstance(p.fact, Invariant) or (isinstance(p.fact, Relabeled) and not p.fact.axes) for p in parts]
+    if not any(moving) or len(indices) > 1 or not all(m or f for m, f in zip(moving, fixed)) or \
+            (all(moving) and indices == {False}):  # sets only: _union's block permutation
+        return None
+    dims = {p.fact.dim for p in parts if isinstance(p.fact, Relabeled)}
+    if len(dims) > 1:
+        return None
+    layout = "+".join(f"[{p.shape[axis]}]" if m else str(p.shape[axis]) for p, m in zip(parts, moving))
+    return Relabeled((axis,), dims.pop(), layout) if dims else Permuted((axis,), layout)
 
 
 def _stacked(call: Call, parts, fact: Fact, axis: int) -> Fact:
@@ -183,20 +203,34 @@ def symmetry_select(call: Call) -> Fact:
     """One element along an axis: the others' facts shift down; picking an element of a set, or
     one coordinate, breaks them."""
     x, axis = call.arg(0), call.arg(1, "axis")
-    if axis in axes_of(x.fact) or (isinstance(x.fact, Relabeled) and axis in x.fact.axes):
+    if axis in axes_of(x.fact):
         return call.broken(f"select of element {call.arg(2, 'index')} along {axis_name(x, axis)} of {what(x)}",
                            POOL_HINT.format(dim=x.shape[axis]))
-    shift = [k if k < axis else k - 1 for k in (x.fact.axes if isinstance(x.fact, Relabeled) else axes_of(x.fact))]
-    return replace(x.fact, axes=tuple(shift)) if isinstance(x.fact, Relabeled) else moved(x.fact, shift)
+    return moved(x.fact, [k if k < axis else k - 1 for k in axes_of(x.fact)])
 
 
 def symmetry_narrow(call: Call) -> Fact:
     """A range of places along an axis: facts of the other axes stay; a part of a set, or some of the
     coordinates, breaks them."""
     x, axis = call.arg(0), call.arg(1, "axis")
-    if axis in axes_of(x.fact) or (isinstance(x.fact, Relabeled) and axis in x.fact.axes):
+    if axis in axes_of(x.fact):
         return call.broken(f"a slice along {axis_name(x, axis)} of {what(x)}", POOL_HINT.format(dim=x.shape[axis]))
     return x.fact
+
+
+def symmetry_tile(call: Call) -> Fact:
+    """Copies of x laid end to end along some axes: facts of the axes copied once stay."""
+    x, reps = call.arg(0), call.arg(1, "reps")
+    copied = [k for k in axes_of(x.fact) if reps[k] != 1]
+    if copied:
+        return call.broken(f"a repeat along {axis_name(x, copied[0])} of {what(x)}",
+                           "repeat along axes that no group moves")
+    return x.fact
+
+
+def symmetry_full_like(call: Call) -> Fact:
+    """One value everywhere, whatever the tensor it is shaped like."""
+    return Invariant()
 
 
 def symmetry_expand(call: Call) -> Fact:
@@ -213,6 +247,10 @@ def select(x, axis, index):
 
 def narrow(x, axis, start, end, step):
     return x[(slice(None),) * axis + (slice(start, end, step),)]
+
+
+def tile(x, reps):
+    return x.repeat(*reps)
 
 
 def expand(x, sizes, *sources):
@@ -270,7 +308,11 @@ def onnx_narrow(g, node, x, axis, start, end, step):
     return g.op("Slice", g.value(x), g.ints([start]), g.ints([end]), g.ints([axis]), g.ints([step]))
 
 
-def onnx_expand(g, node, x, sizes, *sources):
+def onnx_tile(g, node, x, reps):
+    return g.op("Tile", g.value(x), g.ints(reps))
+
+
+def onnx_expand(g, node, x, sizes, sources):
     dims = [g.ints([1 if s == -1 else s]) if isinstance(s, int) else
             g.op("Shape", g.value(sources[s[0]]), start=s[1], end=s[1] + 1) for s in sizes]
     return g.op("Expand", g.value(x), g.op("Concat", *dims, axis=0))
@@ -301,9 +343,10 @@ SPEC = (
     SpecOp("transpose", check_transpose, emits=("permute",)),
 )
 GRAPH = (
-    GraphOp(concat, symmetry_concat, onnx_concat, lambda tensors, axis: f"torch.cat({tensors}, {axis})"),
+    GraphOp(concat, symmetry_concat, onnx_concat, lambda tensors, axis: f"torch.cat({tensors}, {axis})",
+            reads=frozenset({"indices"})),  # edge lists joined
     GraphOp(reshape, symmetry_reshape, onnx_reshape, triton_reshape, sees_invariants=True, keeps_weights=True,
-            reads=frozenset({"stacked"})),  # vectors stacked along the coordinates, split again
+            reads=frozenset({"stacked", "indices"})),  # vectors stacked along the coordinates, split again; ids
     GraphOp(unflatten_rows, symmetry_unflatten_rows, onnx_unflatten_rows,
             lambda y, like: f"{y}.reshape(*{like}.shape[:-1], {y}.shape[-1])"),
     GraphOp(permute, symmetry_permute, onnx_permute, lambda x, perm: f"{x}.permute({perm})",
@@ -311,9 +354,10 @@ GRAPH = (
     GraphOp(select, symmetry_select, onnx_select, lambda x, axis, index: f"{x}.select({axis}, {index})",
             reads=frozenset({"indices"})),  # a row of an edge list
     GraphOp(narrow, symmetry_narrow, onnx_narrow, embed=True, reads=frozenset({"indices"})),
+    GraphOp(tile, symmetry_tile, onnx_tile, lambda x, reps: f"{x}.repeat(*{reps})", reads=frozenset({"indices"})),
     GraphOp(expand, symmetry_expand, onnx_expand, embed=True,
             uniform=lambda call: uniform_axes(call.arg(0), len(call.shape))),  # copies along new and size-1 axes
-    GraphOp(full_like, lambda call: Invariant(), onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})",
+    GraphOp(full_like, symmetry_full_like, onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})",
             sees_invariants=True, uniform=lambda call: set(range(len(call.shape)))),
 )
 
@@ -390,6 +434,13 @@ def lift_expand(g, n, x, sizes, implicit=False):
     return g.emit("expand", (x, tuple(spec), *sources))
 
 
+def lift_repeat(g, n, x, repeats):
+    x = g.tensor(x)
+    if len(repeats) != len(x.type.shape) or not all(isinstance(r, int) for r in repeats):
+        g.refuse("a repeat that adds axes, or by counts computed in forward")
+    return g.emit("tile", (x, tuple(repeats)))
+
+
 def lift_expand_as(g, n, x, other):
     other = g.tensor(other)
     sizes = [d if isinstance(d, int) else (0, k) for k, d in enumerate(other.type.shape)]
@@ -411,6 +462,6 @@ ATEN = {
     "aten.t.default": lambda g, n, x: lift_transpose(g, n, x, 0, 1),
     "aten.cat.default": lift_cat, "aten.concat.default": lift_cat,
     "aten.select.int": lift_select, "aten.unbind.int": lift_unbind, "aten.slice.Tensor": lift_slice,
-    "aten.expand.default": lift_expand, "aten.expand_as.default": lift_expand_as,
+    "aten.expand.default": lift_expand, "aten.repeat.default": lift_repeat, "aten.expand_as.default": lift_expand_as,
     "aten.ones_like.default": lift_full_like, "aten.full_like.default": lift_full_like,
 }

@@ -50,3 +50,27 @@ class Rest(nn.Module):
     """All but the first element of the set."""
     def forward(self, x):
         return x[:, 1:].sum(1)
+
+
+class Positive(nn.Module):
+    """How many coordinates of each point are positive: depends on the axes."""
+    def forward(self, pos):
+        return (pos > 0).sum(-1, dtype=torch.float32)
+
+
+class Ordered(nn.Module):
+    """Edges whose sender id is below the receiver id: node ids have no order under relabelling."""
+    def forward(self, h, senders, receivers):
+        return (senders < receivers).unsqueeze(1) * h[senders]
+
+
+class Doubled(nn.Module):
+    """Each position's coordinates written twice, summed."""
+    def forward(self, pos):
+        return pos.repeat(1, 2).sum(-1)
+
+
+class Chosen(nn.Module):
+    """Some of the coordinates, chosen by a mask."""
+    def forward(self, pos, keep):
+        return pos[:, keep].sum(-1)

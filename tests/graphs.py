@@ -28,7 +28,9 @@ def build(inputs: dict, rows: list, outputs: dict, params: dict | None = None) -
         env[name] = graph.get_attr(name)
 
     def ref(a):
-        return env[a] if isinstance(a, str) else [ref(x) for x in a] if isinstance(a, list) else a
+        if isinstance(a, str):  # a name; a string that names nothing is a constant ("gt")
+            return env.get(a, a)
+        return [ref(x) for x in a] if isinstance(a, list) else a
 
     for name, target, args, *kwargs in rows:
         kw = {k: ref(v) for k, v in (kwargs[0] if kwargs else {}).items()}

@@ -77,10 +77,29 @@ CASES = {
     "reduce_mean": lambda: one(TARGETS.reduce_mean, ["x", (1, 2)], keepdim=True),
     "reduce_max": lambda: one(TARGETS.reduce_max, ["x", 1]),
     "reduce_min": lambda: one(TARGETS.reduce_min, ["x", (0,)], keepdim=True),
+    # Ops that captured torch models lift to (capture/)
+    "weight": lambda: build(X, [("w", TARGETS.weight, ["v"]), ("y", TARGETS.add, ["x", "w"])], {"y": "y"},
+                            {"v": p(D)}),
+    "exp": lambda: one(TARGETS.exp, ["x"]),
+    "leaky_relu": lambda: one(TARGETS.leaky_relu, ["x", 0.2]),
+    "clamp": lambda: one(TARGETS.clamp, ["x", -0.5, 1.0]),
+    "clamp_low": lambda: one(TARGETS.clamp, ["x", 0.25, None]),
+    "compare": lambda: one(TARGETS.compare, ["x", 0.1], how="gt"),
+    "compare_ne": lambda: one(TARGETS.compare, ["ids", "jds"], {"ids": (("N",), "i64"), "jds": (("N",), "i64")},
+                              how="ne"),
+    "select": lambda: one(TARGETS.select, ["x", 2, -3]),
+    "narrow": lambda: one(TARGETS.narrow, ["x", 2, 1, 7, 2]),
+    "tile": lambda: one(TARGETS.tile, ["x", (1, 2, 3)]),
+    "expand": lambda: one(TARGETS.expand, ["x", (2, -1, -1, -1)]),
+    "expand_by_size": lambda: one(TARGETS.expand, ["s", ((0, 0), -1, 4), "x"], {**X, "s": ((1, "N", 1), "f32")}),
+    "full_like": lambda: one(TARGETS.full_like, ["x", 1.5]),
+    "arange": lambda: build(X, [("i", TARGETS.arange, ["x", 1]), ("y", TARGETS.gather, ["x", "i", 1])], {"y": "y"}),
 }
 
-# The set and frame ops (ops/sets.py, ops/frames.py) are covered by their own tests.
-OPS = {o.torch for f in (linear, norms, elementwise, attention, shape, reductions) for o in f.GRAPH}
+# The set and frame ops (ops/sets.py, ops/frames.py) are covered by their own tests (arange here, which
+# only captured models use; mask_select, whose size only the data knows, by tests/test_capture.py).
+OPS = {o.torch for f in (linear, norms, elementwise, attention, shape, reductions) for o in f.GRAPH} | {
+    TARGETS.arange, TARGETS.gather}
 
 
 def assert_matches_torch(gm, path, seed=0):
@@ -95,8 +114,11 @@ def assert_matches_torch(gm, path, seed=0):
             assert all(not isinstance(d, int) or d == n for d, n in zip(declared, got[info.name].shape))
         for name, want in expected.items():
             assert got[name].dtype == want.numpy().dtype, name
-            np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5, err_msg=name,
-                                       equal_nan=False)
+            if want.dtype == torch.bool:
+                np.testing.assert_array_equal(got[name], want.numpy(), err_msg=name)
+            else:
+                np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5, err_msg=name,
+                                           equal_nan=False)
 
 
 def test_every_op_has_a_case():

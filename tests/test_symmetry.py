@@ -56,6 +56,10 @@ def acrosspairs(p, v, h) {
 }
 def first = torch("tests.capture_cases:First")
 def rest = torch("tests.capture_cases:Rest")
+def positive = torch("tests.capture_cases:Positive")
+def ordered = torch("tests.capture_cases:Ordered")
+def doubled = torch("tests.capture_cases:Doubled")
+def chosen = torch("tests.capture_cases:Chosen")
 def exp = torch("tests.capture_cases:Exp")
 def leaky = torch("tests.capture_cases:Leaky")
 def clamped = torch("tests.capture_cases:Clamped")
@@ -339,6 +343,17 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                 ("clamp", "clamped", "return pos.clamp(")]},
     "a captured slice of a set": ([SN, X, "y = rest(x)", "output y is invariant"], "return x[:, 1:]",
                                   "a slice along N of a tensor permuted along N"),
+    "a captured comparison of coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "y = positive(pos)",
+                                              "output y is invariant"], "return (pos > 0)", "`gt` of a position"),
+    "a captured order of node ids": ([SN, "input h: f32[N, 4]", SENDERS, RECEIVERS, "y = ordered(h, s, r)",
+                                      "output y is invariant"], "return (senders < receivers)",
+                                     "`lt` of indices of N and indices of N"),
+    "a captured repeat of coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "y = doubled(pos)",
+                                          "output y is invariant"], "return pos.repeat(1, 2)",
+                                         "a repeat along the 3 coordinates of a position"),
+    "a captured mask over coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "input keep: bool[3]",
+                                          "y = chosen(pos, keep)", "output y is invariant"], "return pos[:, keep]",
+                                         "a mask selection along 3 of a position"),
     "a captured op with no rule": ([SN, X, "y = cumulative(x)", "output y is invariant"], "return x.cumsum(1)",
                                    "no symmetry rule for this op (aten.cumsum.default in cumulative (Cumulative))"),
     "a captured mean by counts that differ per coordinate": (
@@ -469,6 +484,8 @@ NEVER_REFUSE_WRONGLY = {
     "weight": "a captured model's weight is the same whatever the input",
     "full_like": "a tensor of one value is invariant whatever it is shaped like",
     "expand": "it never refuses: facts move with their axes, which captured PROVED cases pin",
+    "arange": "its one refusal, an arange over a set joined blockwise, guards ids no graph library computes; "
+              "every op that reads such ids refuses them too",
     "embedding": "its ids are integers, never coordinates; permuted ids give permuted rows",
     "permute": "it never refuses; PROVED pins where its axes go",
     "unflatten_rows": "the rows pass emits it after the symmetry check, never a spec",
