@@ -240,11 +240,28 @@ class Lift:
 
     def kept(self, n: fx.Node, args, kwargs, why: str):
         """The ATen op as it is: it runs in torch, and breaks any proof that needs it (`why` says why)."""
-        tensors = [self.tensor(a) for a in _flat(args) + _flat(kwargs.values()) if isinstance(a, (Value, Weight))]
-        rest = _constants(n)
-        if rest is None:
-            raise SpecError.at(self.where(n)[0], f"`{n.target}` ({self.where(n)[1]}): {why}, and its arguments "
-                                                 "cannot be kept as constants")
+        tensors = []
+
+        def layout(a):  # each tensor as ("tensor", k), each size as ("size", k, axis) of tensors[k]
+            if isinstance(a, (Value, Weight)):
+                tensors.append(self.tensor(a))
+                return ("tensor", len(tensors) - 1)
+            if isinstance(a, Size) and self.readable(a).value is not None:
+                a = self.readable(a)
+                tensors.append(a.value)
+                return ("size", len(tensors) - 1, a.axis)
+            if isinstance(a, (list, tuple)):
+                return tuple(layout(x) for x in a)
+            if a is None or isinstance(a, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
+                                           torch.memory_format)):
+                return a
+            raise Refused(f"it takes {type(a).__name__}")
+
+        try:
+            rest = (layout(args), tuple((k, layout(v)) for k, v in kwargs.items()))
+        except Refused as e:
+            where, origin = self.where(n)
+            raise SpecError.at(where, f"`{n.target}` ({origin}): {why}, and it cannot be kept as it is: {e}") from None
         val = n.meta["val"]
         common = {"op": str(n.target), "why": why, "layout": rest}
         if isinstance(val, (tuple, list)):
@@ -276,6 +293,14 @@ class Lift:
         if not isinstance(ids, Value) or len(ids.type.shape) != 1 or ids.type.shape[0] != rows:
             self.refuse("a scatter index that is not one id per row")
         return ids
+
+    def readable(self, size: Size) -> Size:
+        """`size` with a tensor to read it from at run time: its own, else any tensor so far that has
+        that dim (N+1 is the length of the class token joined to N patches)."""
+        if size.value is not None or size.dim is None:
+            return size
+        values = [p.value for p in self.ctx.el.out.inputs] + [o.value for o in self.ctx.el.out.nodes]
+        return next((Size(size.dim, v, k) for v in values for k, d in enumerate(v.type.shape) if d == size.dim), size)
 
     def like(self, size) -> Value:
         """A tensor whose dim 0 is `size` (a Size or an int): what scatter_reduce reads its set count from."""
@@ -313,36 +338,3 @@ class Lift:
         remember_source(file, text)
         row = text.split("\n")[int(line) - 1] if int(line) <= text.count("\n") + 1 else ""
         return ast.Pos(file, int(line), len(row) - len(row.lstrip()) + 1), origin
-
-
-def _flat(items) -> list:
-    out = []
-    for a in items:
-        out += _flat(a) if isinstance(a, (list, tuple)) else [a]
-    return out
-
-
-def _constants(n: fx.Node):
-    """The node's arguments with each tensor replaced by its place among the tensors (a kept op's
-    torch form puts them back), or None when one is neither a tensor nor a plain constant."""
-    count = iter(range(1 << 30))
-
-    def walk(a):
-        if isinstance(a, fx.Node):
-            v = a.meta.get("val")
-            if isinstance(v, torch.Tensor):
-                return ("tensor", next(count))
-            if isinstance(v, (int, float, bool)):
-                return v
-            raise TypeError
-        if isinstance(a, (list, tuple)):
-            return tuple(walk(x) for x in a)
-        if a is None or isinstance(a, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
-                                       torch.memory_format)):
-            return a
-        raise TypeError
-
-    try:
-        return (tuple(walk(a) for a in n.args), tuple((k, walk(v)) for k, v in n.kwargs.items()))
-    except TypeError:
-        return None

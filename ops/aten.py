@@ -3,7 +3,7 @@ in torch, exactly as the model ran it; it has no symmetry rule, so any proof tha
 it, naming the op, its source line and its module; and it has no ONNX form, so a compile refuses it.
 """
 from common.lazy import Lazy
-from dsl.groups import Fact
+from dsl.groups import Fact, Invariant
 from dsl.symmetry_rules import Call
 from ops.op import GraphOp
 
@@ -15,6 +15,20 @@ class NoOnnxForm(Exception):
 
 
 def symmetry_aten(call: Call) -> Fact:
+    """Invariant when every tensor it reads by value is: a function of invariants (the tensors it
+    reads only sizes from may move, sizes never change). Else broken: no rule says more."""
+    read = set()
+
+    def walk(a):
+        if isinstance(a, (tuple, list)) and len(a) == 2 and a[0] == "tensor":
+            read.add(a[1])
+        elif isinstance(a, (tuple, list)):
+            for x in a:
+                walk(x)
+
+    walk(call.kwargs["layout"])
+    if all(isinstance(t.fact, Invariant) for k, t in enumerate(call.args) if k in read):
+        return Invariant()
     return call.broken(call.kwargs["why"],
                        "invc proves only ops it has rules for; write this step with ops it knows, or "
                        "claim less of the output")
@@ -22,16 +36,19 @@ def symmetry_aten(call: Call) -> Fact:
 
 def aten(*tensors, op, why, layout, item=None):
     """The ATen op `op` ("aten.name.overload") on its arguments: `layout` holds them with each tensor
-    replaced by ("tensor", k), its place in `tensors`. An in-place op works on a copy."""
+    replaced by ("tensor", k), its place in `tensors`, and each size read at run time by ("size", k,
+    axis), that tensor's size. An in-place op works on a copy."""
     namespace, name, overload = op.split(".")
     fn = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     tensors = list(tensors)
     if name.endswith("_") and tensors:
         tensors[0] = tensors[0].clone()
 
-    def put(a):
-        if isinstance(a, (tuple, list)) and len(a) == 2 and a[0] == "tensor":  # fx turns tuples into lists
+    def put(a):  # fx turns the layout's tuples into lists
+        if isinstance(a, (tuple, list)) and len(a) == 2 and a[0] == "tensor":
             return tensors[a[1]]
+        if isinstance(a, (tuple, list)) and len(a) == 3 and a[0] == "size":
+            return tensors[a[1]].shape[a[2]]
         return type(a)(put(x) for x in a) if isinstance(a, (tuple, list)) else a
 
     args, kwargs = layout

@@ -236,20 +236,24 @@ def lift_linear(g, n, x, w, b=None):
     return g.emit("linear", (g.tensor(x),), params=params)
 
 
-def lift_conv1d(g, n, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
-    """A kernel-1 conv1d over [B, C, L] is a linear over C at each of the L places."""
-    if tuple(w.tensor.shape[2:]) != (1,) or tuple(stride) != (1,) or tuple(padding) != (0,) or groups != 1:
-        g.refuse("a conv1d with a kernel wider than 1, a stride, padding or groups")
+def lift_conv(g, n, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """A convolution with a 1-wide kernel, no stride, padding or groups is a linear over the
+    channels (axis 1) at every place: channels moved last, the linear, channels moved back."""
     x = g.tensor(x)
-    if len(x.type.shape) != 3:
-        g.refuse("a conv1d of an unbatched input")
-    params = {"weight": g.given(w.tensor[:, :, 0])}
+    places = len(x.type.shape) - 2
+    if not hasattr(w, "tensor") or set(w.tensor.shape[2:]) != {1} or groups != 1 or places < 1 or any(
+            v not in (1, [1] * places, (1,) * places) for v in (stride,)) or any(
+            v not in (0, [0] * places, (0,) * places) for v in (padding,)):
+        g.refuse("a convolution with a kernel wider than 1, a stride, padding or groups")
+    params = {"weight": g.given(w.tensor.reshape(w.tensor.shape[:2]))}
     if b is not None:
         params["bias"] = _given(g, b, "bias")
+    last = (0, *range(2, places + 2), 1)
+    rows = g.emit("permute", (x,), {"perm": last}, type_=TensorType(x.type.dtype, tuple(x.type.shape[k] for k in last)))
     out = g.type(n)
-    rows = g.emit("permute", (x,), {"perm": (0, 2, 1)}, type_=x.type.__class__(x.type.dtype, (*x.type.shape[:1], x.type.shape[2], x.type.shape[1])))
-    y = g.emit("linear", (rows,), params=params, type_=out.__class__(out.dtype, (out.shape[0], out.shape[2], out.shape[1])))
-    return g.emit("permute", (y,), {"perm": (0, 2, 1)})
+    y = g.emit("linear", (rows,), params=params, type_=TensorType(out.dtype, tuple(out.shape[k] for k in last)))
+    back = (0, places + 1, *range(1, places + 1))
+    return g.emit("permute", (y,), {"perm": back})
 
 
 def lift_matmul(g, n, a, b):
@@ -258,6 +262,6 @@ def lift_matmul(g, n, a, b):
 
 ATEN = {
     "aten.linear.default": lift_linear,
-    "aten.conv1d.default": lift_conv1d,
+    **{f"aten.conv{d}d.default": lift_conv for d in (1, 2, 3)},
     **{f"aten.{op}.default": lift_matmul for op in ("matmul", "mm", "bmm")},
 }

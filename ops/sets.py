@@ -544,6 +544,7 @@ def lift_index(g, n, x, indices):
 def lift_arange(g, n, *args, dtype=None, **options):
     """arange(n) over a tensor's size: the ids of that axis."""
     start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    end = g.readable(end) if hasattr(end, "dim") else end
     if start != 0 or step != 1 or getattr(end, "value", None) is None or dtype not in (None, torch.int64):
         g.refuse("an arange that does not count the places of an axis")
     return g.emit("arange", (end.value, end.axis))

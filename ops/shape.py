@@ -426,7 +426,8 @@ def lift_expand(g, n, x, sizes, implicit=False):
     for k, s in enumerate(sizes):
         if isinstance(s, int):
             spec.append(s)
-        elif getattr(s, "value", None) is not None:
+        elif g.readable(s).value is not None:
+            s = g.readable(s)
             sources.append(s.value)
             spec.append((len(sources) - 1, s.axis))
         else:
