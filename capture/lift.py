@@ -221,8 +221,25 @@ class Lift:
                 self.weights[x.name] = self._weight(x)
             return self.weights[x.name]
         if isinstance(x, Zeros):
-            raise Refused("it reads a tensor of zeros built in forward, which only a scatter into it may")
+            return self.filled(x.sizes, 0.0, x.type)
         raise Refused(f"it takes {type(x).__name__} where invc needs a tensor")
+
+    def filled(self, sizes, value: float, type_: TensorType | None = None) -> Value:
+        """A tensor of one value built in forward: a one-element weight expanded to `sizes`, each an
+        int or a size read at run time."""
+        type_ = type_ or self.type(self.node)
+        if type_.dtype != "f32":
+            raise Refused(f"a {type_.dtype} tensor built in forward")
+        sources, spec = [], []
+        for s in sizes:
+            s = self.readable(s) if isinstance(s, Size) else s
+            if isinstance(s, Size) and s.value is None:
+                raise Refused(f"a tensor built in forward of a size computed there ({s.dim})")
+            if isinstance(s, Size):
+                sources.append(s.value)
+            spec.append((len(sources) - 1, s.axis) if isinstance(s, Size) else s)
+        one = self.constant(f"fill_{value:g}_{len(sizes)}", torch.full((1,) * len(sizes), float(value)))
+        return self.emit("expand", (one, tuple(spec), *sources), type_=type_)
 
     def _weight(self, w: Weight) -> Value:
         t = w.tensor.detach()

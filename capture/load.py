@@ -65,8 +65,8 @@ def _factory(d: ast.TorchDef, module_name: str, attr: str, folder: Path):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))  # the user's own modules beside the spec
     found = importlib.util.find_spec(top)
-    places = ([found.origin] if found.origin else list(found.submodule_search_locations or ())) if found else []
-    local = bool(places) and all(Path(p).resolve().is_relative_to(folder) for p in places)
+    places = ([found.origin] if found.has_location else list(found.submodule_search_locations or ())) if found else []
+    local = bool(places) and all(_users_own(p, folder) for p in places)
     if found is None or not (local or top in LIBRARIES):
         raise SpecError.at(d.pos, f"`{d.name}`: module `{module_name}` is neither beside the spec nor a model library",
                            f"put it in {folder} (it runs its code), or use one of {', '.join(LIBRARIES)}")
@@ -81,6 +81,18 @@ def _factory(d: ast.TorchDef, module_name: str, attr: str, folder: Path):
         raise SpecError.at(d.pos, f"`{d.name}`: `{attr}` in {module_name} is not "
                                   f"{'a callable' if local else 'a torch.nn.Module class'}")
     return factory
+
+
+def _users_own(place: str, folder: Path) -> bool:
+    """A file or package of the user's project: under the spec's folder, and not an installed
+    package (a virtual environment inside the project, site-packages) or Python's own."""
+    path = Path(place)
+    if not path.is_absolute() or not path.exists():  # "frozen", "built-in"
+        return False
+    path = path.resolve()
+    installed = {"site-packages", "dist-packages"} & set(path.parts) or any(
+        path.is_relative_to(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    return path.is_relative_to(folder) and not installed
 
 
 def example_inputs(ctx, tensors: list, shift: int = 0) -> tuple[list, list, dict]:

@@ -550,15 +550,14 @@ def lift_arange(g, n, *args, dtype=None, **options):
     return g.emit("arange", (end.value, end.axis))
 
 
-def lift_zeros(g, n, *args, **options):
-    """A tensor of zeros built in forward: kept symbolic, as only a scatter into it (an aggregation)
-    reads it. new_zeros(like, size), zeros(size), new_full(like, size, 0), full(size, 0)."""
+def lift_filled(g, n, *args, **options):
+    """A tensor of one value built in forward: new_zeros(like, size), zeros(size), new_ones, ones,
+    new_full(like, size, v), full(size, v). Zeros stay symbolic until read: a scatter into them is
+    an aggregation (scatter_reduce); any other op reads them built."""
     name = str(n.target)
     sizes = args[1] if name.startswith("aten.new_") else args[0]
-    fill = args[2] if name == "aten.new_full.default" else args[1] if name == "aten.full.default" else 0
-    if fill != 0:
-        g.refuse(f"a tensor filled with {fill} built in forward")
-    return g.zeros(sizes)
+    fill = {"aten.new_full.default": args[-1], "aten.full.default": args[-1]}.get(name, "ones" in name)
+    return g.zeros(sizes) if fill == 0 else g.filled(sizes, fill)
 
 
 def lift_scatter(kind_of):
@@ -593,7 +592,7 @@ ATEN = {
     "aten.index_select.default": lift_index_select,
     "aten.index.Tensor": lift_index,
     "aten.arange.start": lift_arange, "aten.arange.default": lift_arange, "aten.arange.start_step": lift_arange,
-    **{f"aten.{op}.default": lift_zeros for op in ("new_zeros", "zeros", "new_full", "full")},
+    **{f"aten.{op}.default": lift_filled for op in ("new_zeros", "zeros", "new_full", "full", "new_ones", "ones")},
     "aten.scatter_add_.default": lift_scatter(lambda g: "sum"), "aten.scatter_add.default": lift_scatter(lambda g: "sum"),
     "aten.scatter_reduce_.two": lift_scatter(_reduce_kind), "aten.scatter_reduce.two": lift_scatter(_reduce_kind),
     "aten.index_add_.default": lift_scatter(_add_kind), "aten.index_add.default": lift_scatter(_add_kind),

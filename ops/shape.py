@@ -355,7 +355,7 @@ GRAPH = (
             reads=frozenset({"indices"})),  # a row of an edge list
     GraphOp(narrow, symmetry_narrow, onnx_narrow, embed=True, reads=frozenset({"indices"})),
     GraphOp(tile, symmetry_tile, onnx_tile, lambda x, reps: f"{x}.repeat(*{reps})", reads=frozenset({"indices"})),
-    GraphOp(expand, symmetry_expand, onnx_expand, embed=True,
+    GraphOp(expand, symmetry_expand, onnx_expand, embed=True, reads=frozenset({"indices"}),
             uniform=lambda call: uniform_axes(call.arg(0), len(call.shape))),  # copies along new and size-1 axes
     GraphOp(full_like, symmetry_full_like, onnx_full_like, lambda x, value: f"torch.full_like({x}, {value})",
             sees_invariants=True, uniform=lambda call: set(range(len(call.shape)))),
