@@ -82,17 +82,32 @@ def steps(target: str = "onnx", passes=None, out=None, model=None, params=None, 
 
 
 def _parse(spec, out, target: str) -> Program:
-    """The spec and its imports, after refusing an output that would replace one of them (or that
-    cannot be written), before any work on the model."""
-    program = load(spec)
+    """The spec (a path, or a Program already loaded) and its imports, after refusing an output that
+    would replace one of them or a torch model they name (or that cannot be written), before any work."""
+    program = spec if isinstance(spec, Program) else load(spec)
     if out is not None:
         from common.files import check_output
+        inputs = [*program.texts, *torch_sources(program)]
         if target == "triton":
             from compiler.triton_backend import MARKER
-            check_output(out, program.texts, "Triton module", MARKER)
+            check_output(out, inputs, "Triton module", MARKER)
         else:
-            check_output(out, program.texts, "output")
+            check_output(out, inputs, "output")
     return program
+
+
+def torch_sources(program: Program) -> list[Path]:
+    """The files behind the spec's torch defs, found without importing anything: saved programs,
+    and the user's modules beside the spec (a file or a package folder), so no output replaces them."""
+    from dsl.ast import TorchDef
+    found = []
+    for d in program.defs.values():
+        if isinstance(d, TorchDef):
+            folder = Path(d.pos.file).resolve().parent
+            top = d.source.partition(":")[0].split(".")[0]
+            candidates = [folder / d.source] if d.source.endswith(".pt2") else [folder / f"{top}.py", folder / top]
+            found += [p for p in candidates if p.exists()]
+    return found
 
 
 def _program_text(program: Program) -> str:

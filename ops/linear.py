@@ -238,13 +238,17 @@ def lift_linear(g, n, x, w, b=None):
 
 def lift_conv(g, n, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """A convolution with a 1-wide kernel, no stride, padding or groups is a linear over the
-    channels (axis 1) at every place: channels moved last, the linear, channels moved back."""
+    channels (axis 1) at every place: W @ x over [B, C, L]; else channels moved last, the linear,
+    channels moved back."""
     x = g.tensor(x)
     places = len(x.type.shape) - 2
     if not hasattr(w, "tensor") or set(w.tensor.shape[2:]) != {1} or groups != 1 or places < 1 or any(
             v not in (1, [1] * places, (1,) * places) for v in (stride,)) or any(
             v not in (0, [0] * places, (0,) * places) for v in (padding,)):
         g.refuse("a convolution with a kernel wider than 1, a stride, padding or groups")
+    if places == 1:  # [B, C, L]: W @ x + b, one MatMul, no transposes
+        y = g.emit("matmul", (g.constant(f"{w.name}.matrix", w.tensor.reshape(w.tensor.shape[:2])), x))
+        return y if b is None else g.emit("add", (y, g.constant(f"{b.name}.column", b.tensor.reshape(-1, 1))))
     params = {"weight": g.given(w.tensor.reshape(w.tensor.shape[:2]))}
     if b is not None:
         params["bias"] = _given(g, b, "bias")

@@ -1,5 +1,5 @@
 """Existing torch models, captured with torch.export (capture/): real PyG layers, an EGNN layer, a
-PointNet and a Hugging Face ViT as their users write them (tests/capture_cases.py). Each claim the
+PointNet and a Hugging Face ViT as their users write them (tests/torch_models.py). Each claim the
 checker proves is measured in float64 with redrawn weights; each refusal names the ATen op, the
 model's source line and its module path; each capture failure is one clear error."""
 import subprocess
@@ -19,8 +19,8 @@ from tests.test_symmetry import measure
 
 pytest.importorskip("torch_geometric")
 ROOT = Path(__file__).resolve().parent.parent
-CASES = "tests.capture_cases"
-GRAPH = ["symmetry S(N)", "input x: f32[N, 5]", "input edge_index: i64[2, E] is index(N)"]
+MODELS = "tests.torch_models"
+GRAPH = ["symmetry S(N)", "input x: f32[N, 8]", "input edge_index: i64[2, E] is index(N)"]
 
 
 def captured(lines: list, defs: str = "", prove: bool = True):
@@ -35,10 +35,10 @@ def refusal(lines: list, defs: str) -> SpecError:
 
 
 PYG = {
-    "GIN": f'def net = torch("{CASES}:gin")',
-    "GraphSAGE (max)": 'def net = torch("torch_geometric.nn:SAGEConv", in_channels=5, out_channels=16, aggr="max")',
-    "GAT (self loops added)": 'def net = torch("torch_geometric.nn:GATConv", in_channels=5, out_channels=8, heads=2)',
-    "GraphSAGE (mean)": 'def net = torch("torch_geometric.nn:SAGEConv", in_channels=5, out_channels=16, aggr="mean")',
+    "GIN": f'def net = torch("{MODELS}:gin")',
+    "GraphSAGE (max)": 'def net = torch("torch_geometric.nn:SAGEConv", in_channels=8, out_channels=16, aggr="max")',
+    "GAT (self loops added)": 'def net = torch("torch_geometric.nn:GATConv", in_channels=8, out_channels=8, heads=2)',
+    "GraphSAGE (mean)": 'def net = torch("torch_geometric.nn:SAGEConv", in_channels=8, out_channels=16, aggr="mean")',
 }
 
 
@@ -51,19 +51,19 @@ def test_pyg_layers_are_proved_permutation_equivariant_and_measured(layer):
 
 def test_an_egnn_layer_is_proved_e3_and_sn_equivariant():
     lines = ["symmetry E(3), S(N)", "input h: f32[N, 8]", "input x: f32[N, 3] is position",
-             "input edge_index: i64[2, E] is index(N)", "h2, x2 = egnn(h, x, edge_index)",
+             "input edge_index: i64[2, E] is index(N)", "h2, x2 = egnn(h, edge_index, x)",
              "output h2 is invariant", "output x2 is position"]
-    measure(captured(lines, f'def egnn = torch("{CASES}:EGCL")'))
+    measure(captured(lines, f'def egnn = torch("{MODELS}:egnn")'))
 
 
 def test_a_pointnet_classifier_is_proved_invariant_in_its_own_axis_order():
     measure(captured(["symmetry S(N)", "input points: f32[B, 3, N]", "y = pointnet(points)",
-                      "output y is invariant"], f'def pointnet = torch("{CASES}:PointNet")'))
+                      "output y is invariant"], f'def pointnet = torch("{MODELS}:pointnet")'))
 
 
 def test_a_hf_vit_is_refused_at_its_position_embedding_add():
     e = refusal(["symmetry S(N)", "input tokens: f32[B, 8, N, 1]", "h = vit(tokens)", "output h is scalar"],
-                f'def vit = torch("{CASES}:TokenViT")')
+                f'def vit = torch("{MODELS}:TokenViT")')
     assert e.file.endswith("transformers/models/vit/modeling_vit.py"), e.render()
     assert "embeddings + self.interpolate_pos_encoding" in e.render()
     assert "aten.add.Tensor in vit.vit.embeddings (ViTEmbeddings)" in e.message
@@ -72,7 +72,7 @@ def test_a_hf_vit_is_refused_at_its_position_embedding_add():
 
 def test_a_refusal_names_the_aten_op_the_source_line_and_the_module():
     """Node ids not declared `is index(N)`: gathering permuted rows by them picks other rows."""
-    e = refusal(["symmetry S(N)", "input x: f32[N, 5]", "input edge_index: i64[2, E]", "h = net(x, edge_index)",
+    e = refusal(["symmetry S(N)", "input x: f32[N, 8]", "input edge_index: i64[2, E]", "h = net(x, edge_index)",
                  "output h is scalar"], PYG["GraphSAGE (max)"])
     assert "(aten.index_select.default in net (SAGEConv))" in e.message, e.message
     assert e.file.endswith("torch_geometric/nn/conv/sage_conv.py") and e.line > 0
@@ -80,7 +80,7 @@ def test_a_refusal_names_the_aten_op_the_source_line_and_the_module():
 
 
 def test_frame_averaging_makes_a_captured_model_exact_in_onnxruntime(tmp_path):
-    (tmp_path / "cloud.py").write_text((ROOT / "tests/capture_cases.py").read_text())
+    (tmp_path / "cloud.py").write_text((ROOT / "tests/torch_models.py").read_text())
     spec = tmp_path / "fa.inv"
     spec.write_text('def net = torch("cloud:PlainCloud")\nmodel fa() {\n  symmetry E(3), S(N)\n'
                     '  input pos: f32[B, N, 3] is position\n  input q: f32[B, N, 1] is scalar\n'
@@ -97,7 +97,7 @@ def test_frame_averaging_makes_a_captured_model_exact_in_onnxruntime(tmp_path):
     err = np.abs(moved - y @ rotation.numpy().T).max()
     assert err <= 1e-5, err
     e = refusal(["symmetry E(3)", "input pos: f32[B, N, 3] is position", "input q: f32[B, N, 1] is scalar",
-                 "y = net(pos, q)", "output y is vector"], f'def net = torch("{CASES}:PlainCloud")')
+                 "y = net(pos, q)", "output y is vector"], f'def net = torch("{MODELS}:PlainCloud")')
     assert "breaks E(3) equivariance of output `y`" in e.message  # the backbone alone is not equivariant
 
 
@@ -109,8 +109,8 @@ def test_a_lift_that_computes_something_else_is_caught_by_the_replay(monkeypatch
 
 def test_a_saved_exported_program_is_read_and_a_dim_it_fixed_is_named(tmp_path):
     from torch_geometric.nn import SAGEConv
-    layer = SAGEConv(5, 16, aggr="max").eval()
-    args = (torch.randn(7, 5), torch.randint(0, 7, (2, 11)))
+    layer = SAGEConv(8, 16, aggr="max").eval()
+    args = (torch.randn(7, 8), torch.randint(0, 7, (2, 11)))
     dims = ({0: torch.export.Dim("n")}, {1: torch.export.Dim("e")})
     torch.export.save(torch.export.export(layer, args, dynamic_shapes=dims, strict=False), tmp_path / "sage.pt2")
     torch.export.save(torch.export.export(layer, args, strict=False), tmp_path / "fixed.pt2")
@@ -132,8 +132,8 @@ def invc(*args):
 
 
 BAD = {  # the def, the call, what the one-line error says
-    "a size computed from the data": (f'def net = torch("{CASES}:SizedByData")',
-                                      ["input x: f32[N, 5]", "input batch: i64[N]", "y = net(x, batch)", "output y"],
+    "a size computed from the data": (f'def net = torch("{MODELS}:SizedByData")',
+                                      ["input x: f32[N, 8]", "input batch: i64[N]", "y = net(x, batch)", "output y"],
                                       "cannot capture `net`", "a size computed from data"),
     "a module that is not beside the spec": ('def net = torch("os:system", command="true")',
                                              ["input x: f32[N, 5]", "y = net(x)", "output y"],
@@ -141,13 +141,13 @@ BAD = {  # the def, the call, what the one-line error says
     "a library function, not a module class": ('def net = torch("torch_geometric.nn:global_add_pool")',
                                                ["input x: f32[N, 5]", "y = net(x)", "output y"],
                                                "is not a torch.nn.Module class", None),
-    "a factory that raises": (f'def net = torch("{CASES}:EGCL", features=-1)',
+    "a factory that raises": (f'def net = torch("{MODELS}:EGCL", features=-1)',
                               ["input x: f32[N, 5]", "y = net(x)", "output y"], "raised RuntimeError", None),
-    "too few tensors": (f'def net = torch("{CASES}:EGCL")', ["input x: f32[N, 8]", "y = net(x)", "output y"],
+    "too few tensors": (f'def net = torch("{MODELS}:egnn")', ["input x: f32[N, 8]", "y = net(x)", "output y"],
                         "cannot capture `net`", None),
-    "two outputs bound to one name": (f'def net = torch("{CASES}:EGCL")',
+    "two outputs bound to one name": (f'def net = torch("{MODELS}:egnn")',
                                       ["input h: f32[N, 8]", "input x: f32[N, 3]", "input e: i64[2, E]",
-                                       "y = net(h, x, e)", "output y"], "is bound to 2 tensors", "unpack them"),
+                                       "y = net(h, e, x)", "output y"], "is bound to 2 tensors", "unpack them"),
 }
 
 

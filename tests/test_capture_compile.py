@@ -1,10 +1,7 @@
 """Torch models captured through torch.export (tests/torch_models.py, named by tests/torch_models.inv)
 compile to ONNX files that match the torch modules in onnxruntime: on random graphs, with a NaN in one
 node's features (torch keeps a NaN in a max, and the file must put NaN at exactly torch's places), with
-nodes no edge reaches (empty segments), with no edges at all (E = 0) and with a single node.
-
-GATConv is captured without self loops, and the EGNN layer's moved positions are not claimed
-`is position`: tests/torch_models.py and the spec say why."""
+nodes no edge reaches (empty segments), with no edges at all (E = 0) and with a single node."""
 from pathlib import Path
 
 import numpy as np

@@ -44,9 +44,8 @@ def sage(seed: int = 0):
 
 
 def gat(seed: int = 0):
-    # Without self loops: PyG's add_self_loops builds torch.arange(N) in forward, which invc's capture
-    # refuses (aten.arange.start with a symbolic end has no lift and is no constant).
-    return randomized(lambda: gnn.GATConv(FEATURES, HIDDEN // 4, heads=4, add_self_loops=False), seed)
+    """With PyG's default self loops: edges kept by a mask, then arange(N) appended."""
+    return randomized(lambda: gnn.GATConv(FEATURES, HIDDEN // 4, heads=4), seed)
 
 
 def unsorted_segment_sum(data, segment_ids, num_segments):
@@ -118,3 +117,34 @@ class PointNet(nn.Module):
 
 def pointnet(seed: int = 0):
     return randomized(PointNet, seed)
+
+
+class TokenViT(nn.Module):
+    """A Hugging Face ViT over a set of tokens: with patches of one pixel, the image [B, C, N, 1] is N
+    tokens of C features, each projected on its own; its position table is interpolated to N."""
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        from transformers import ViTConfig, ViTModel
+        config = ViTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                           image_size=(16, 1), patch_size=1, num_channels=FEATURES)
+        self.vit = ViTModel(config, add_pooling_layer=False)
+
+    def forward(self, tokens):
+        return self.vit(pixel_values=tokens, interpolate_pos_encoding=True).last_hidden_state
+
+
+class PlainCloud(nn.Module):
+    """A point-cloud regressor that knows nothing of rotations: what frame averaging is for."""
+    def __init__(self, hidden: int = HIDDEN):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.head = nn.Linear(hidden, 3)
+
+    def forward(self, pos, q):
+        return self.head(self.net(torch.cat([pos, q], dim=-1)).mean(1))
+
+
+class SizedByData(nn.Module):
+    """A readout that sizes its output from the data (PyG's global_add_pool without size)."""
+    def forward(self, x, batch):
+        return gnn.global_add_pool(x, batch)
