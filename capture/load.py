@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from common.dtypes import torch_dtype
-from dsl import ast
+from dsl import ast, limits
 from dsl.errors import SpecError
 from dsl.groups import indexed_dim
 
@@ -51,6 +51,7 @@ def model_source(d: ast.TorchDef, kwargs: dict, spec_file: str):
     if not sep or not all(p.isidentifier() for p in module_name.split(".")) or not attr.isidentifier():
         raise SpecError.at(d.pos, f"`{d.name}`: expected \"pkg.module:factory\" or \"file.pt2\", got {d.source!r}")
     factory = _factory(d, module_name, attr, Path(spec_file).resolve().parent)
+    _refuse_oversized(d, factory, kwargs)
     try:
         model = factory(**kwargs)
     except Exception as e:
@@ -58,6 +59,19 @@ def model_source(d: ast.TorchDef, kwargs: dict, spec_file: str):
     if not isinstance(model, torch.nn.Module):
         raise SpecError.at(d.pos, f"`{d.name}`: {d.source} gave {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
+
+
+def _refuse_oversized(d: ast.TorchDef, factory, kwargs: dict) -> None:
+    """Refuse a model past the parameter limit before its weights are allocated: it is first built
+    on the meta device, which allocates nothing (a factory that cannot be is built as it is)."""
+    try:
+        with torch.device("meta"):
+            probe = factory(**kwargs)
+        count = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    except Exception:  # noqa: BLE001 - the real build reports the factory's own errors
+        return
+    if count > limits.current().parameters:
+        raise SpecError.at(d.pos, *limits.exceeded(f"`{d.name}`'s parameter count ({count:,})", "parameters"))
 
 
 def _factory(d: ast.TorchDef, module_name: str, attr: str, folder: Path):

@@ -254,20 +254,26 @@ class _ToAst(Transformer):
     def symmetry_decl(self, meta, groups):
         return ast.Symmetry(tuple(groups), self._pos(meta))
 
-    @v_args(meta=True)
-    def assign(self, meta, children):
-        *names, value, repeat = children
-        if len(names) > 1 and repeat is not None:
-            raise SpecError.at(self._pos(names[0]), "`repeat` threads one tensor; it cannot unpack several")
-        return ast.Assign(str(names[0]), value, repeat, self._pos(names[0]), tuple(map(str, names[1:])))
-
     @v_args(meta=True, inline=True)
-    def torch_def(self, meta, name, call):
-        source = call.args[0] if len(call.args) == 1 else None
-        if call.func != "torch" or not isinstance(source, ast.Str):
-            raise SpecError.at(call.pos, f"`def {name} = ...` takes torch(\"pkg.module:factory\", ...) or "
-                                         f"torch(\"model.pt2\")", "write a def with a body for spec ops")
-        return ast.TorchDef(str(name), source.value, call.kwargs, self._pos(name))
+    def assign(self, meta, name, value, repeat):
+        return ast.Assign(str(name), value, repeat, self._pos(name))
+
+    @v_args(meta=True)
+    def unpack(self, meta, children):
+        *names, value = children
+        return ast.Assign(str(names[0]), value, None, self._pos(names[0]), tuple(map(str, names[1:])))
+
+    @v_args(meta=True)
+    def torch_def(self, meta, children):
+        name, source, *kwargs = children
+        seen = set()
+        for k in kwargs:
+            if k.name in seen:
+                raise SpecError.at(k.pos, f"`{k.name}` is given twice", "keep one of the two")
+            seen.add(k.name)
+        return ast.TorchDef(str(name), str(source)[1:-1], tuple(kwargs), self._pos(name))
+
+    kwarg_arg = kwarg
 
     @v_args(meta=True, inline=True)
     def return_stmt(self, meta, value):

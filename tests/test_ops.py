@@ -16,6 +16,7 @@ from compiler.onnx_backend import to_onnx
 from compiler.verify import SIZES, redrawn, relative_error, verify, worst
 from ops import doc
 from ops.registry import VOCABULARY
+from tests.graphs import CAPTURED_ONLY
 from passes.cleanup import default_pipeline, for_target
 from runtime.session import Session, random_inputs
 
@@ -53,7 +54,9 @@ ROWS = {  # name: (spec lines, defs)
                       "def net(p, v, q) { return linear(concat(p, v, q, axis=-1), 3) }\n"
                       "def masked(p, v, q, mask) { return net(p, v, q) - mean(net(p, v, q), axis=N, keepdim=true) }"),
 }
-NOT_FROM_SPECS = {"frame_conditioning"}  # read by `invc verify`; tests/test_frames.py runs its forms
+# frame_conditioning: read by `invc verify` (tests/test_frames.py runs its forms); the rest only captured
+# torch models reach (tests/test_onnx_backend.py and tests/test_capture*.py run them)
+NOT_FROM_SPECS = {"frame_conditioning", *CAPTURED_ONLY}
 
 
 def spec_file(name: str, tmp_path) -> Path:

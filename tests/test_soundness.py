@@ -6,6 +6,7 @@ from dataclasses import replace
 from soundness import drawn_graph_ops, harness
 
 from ops.registry import VOCABULARY
+from tests.graphs import CAPTURED_ONLY
 
 SEEDS = range(500)  # about 20 s on 2 cores
 
@@ -32,8 +33,6 @@ def test_the_harness_catches_a_rule_made_too_permissive_and_shrinks_it(monkeypat
 
 
 # Graph ops no spec op emits, so no drawn spec can hold them; each says why.
-CAPTURED_ONLY = ("arange", "aten", "clamp", "compare", "exp", "expand", "full_like", "leaky_relu", "mask_select",
-                 "narrow", "select", "tile", "weight")
 NOT_IN_SPECS = {"unflatten_rows": "made by the rows pass, which runs after the symmetry pass",
                 "frame_conditioning": "invc verify's probe of the frames; no spec op emits it",
                 # Ops only captured torch models lift to (capture/): the capture harness draws them.
