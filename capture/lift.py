@@ -27,6 +27,7 @@ SIZE_OPS = {"aten.sym_size.int", "aten.sym_numel.default", "aten.sym_storage_off
 CHECKS = {"aten._assert_scalar.default", "aten._assert_tensor_metadata.default", "aten.sym_constrain_range_for_size.default",
           "aten._assert_async.msg", "aten.sym_constrain_range.default"}
 FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+TORCH = Path(torch.__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Lift:
         self.env: dict = {}
         self.node: fx.Node | None = None
         self.weights: dict = {}     # weight name -> its Value, made once
+        self.folded: dict = {}      # ATen node -> the Value a lift before it already computed for it
 
     # -- the walk ----------------------------------------------------------------------------------
     def run(self, tensors: list):
@@ -178,6 +180,8 @@ class Lift:
         self.env[n] = t
 
     def _call(self, n: fx.Node):
+        if n in self.folded:  # an op a lift before it folded into its own (a batch norm into its conv)
+            return self.folded.pop(n)
         name = str(n.target)
         if n.target is operator.getitem:
             return self.env[n.args[0]][n.args[1]]
@@ -234,6 +238,20 @@ class Lift:
         if dtype is None:
             raise Refused(f"its dtype {val.dtype} is not one invc computes in")
         return TensorType(dtype, tuple(self.dim(s) for s in val.shape))
+
+    def followed_by(self, n: fx.Node, target: str) -> fx.Node | None:
+        """The one user of `n` when it is a `target` op, which n's lift may fold into its own."""
+        users = list(n.users)
+        return users[0] if len(users) == 1 and str(users[0].target) == target else None
+
+    def args_of(self, n: fx.Node) -> tuple:
+        """A later node's arguments, as far as they are lifted already (None for the rest)."""
+        return tuple(self._arg(a) if not isinstance(a, fx.Node) or a in self.env else None for a in n.args)
+
+    def fold(self, node: fx.Node, value: Value) -> Value:
+        """`value`, which also stands for `node`, a later op the current lift computed with its own."""
+        self.folded[node] = value
+        return value
 
     def refuse(self, why: str):
         """A lift's refusal: the op is kept as it is, with this reason."""
@@ -383,7 +401,8 @@ class Lift:
         frames = FRAME.findall(n.meta.get("stack_trace") or "")
         if not frames:
             return self.ctx.pos, origin
-        file, line, _ = frames[-1]
+        # The innermost line outside torch itself: the model's code (PyG's included), not nn.Conv1d's.
+        file, line, _ = next((f for f in reversed(frames) if not Path(f[0]).resolve().is_relative_to(TORCH)), frames[-1])
         try:
             text = open(file, encoding="utf-8").read()
         except OSError:

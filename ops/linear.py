@@ -10,6 +10,7 @@ from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, a
                                 placement, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
 from ops.elementwise import ACTIVATIONS, onnx_binary
+from ops.norms import batch_norm_affine
 from ops.op import Doc, GraphOp, Indices, SpecOp
 
 torch, F = Lazy("torch"), Lazy("torch.nn.functional")
@@ -69,9 +70,18 @@ def check_matmul(ctx, a: Tensor, b: Tensor):
 def symmetry_linear(call: Call) -> Fact:
     """A linear map on the last axis commutes with anything acting on the other axes; a bias
     breaks rotations, and no weights keep a translation (they would need to sum to one)."""
+    return _linear_over(call, len(call.arg(0).shape) - 1)
+
+
+def symmetry_channel_linear(call: Call) -> Fact:
+    """The same map on the channels, axis 1, of a [B, C, ...] tensor."""
+    return _linear_over(call, 1)
+
+
+def _linear_over(call: Call, last: int) -> Fact:
     x, bias = call.arg(0), call.arg(2, "bias")
     refused = moving_weights(call, (call.arg(1), bias))
-    last, fact = len(x.shape) - 1, x.fact
+    fact = x.fact
     if refused or last in axes_of(fact):
         return refused or call.broken(f"{call.spelled} over {axis_name(x, last)}",
                                       POOL_HINT.format(dim=x.shape[last]) if isinstance(fact, Permuted) else COORD_HINT)
@@ -177,6 +187,12 @@ def matmul(a, b):
     return torch.matmul(a, b)
 
 
+def channel_linear(x, weight, bias=None):
+    """A linear map on axis 1 of [B, C, ...] at every place: a convolution with a kernel of 1s."""
+    places = x.dim() - 2
+    return (F.conv1d, F.conv2d, F.conv3d)[places - 1](x, weight.reshape(*weight.shape, *[1] * places), bias)
+
+
 def weight(value):
     """A captured model's weight read as a tensor (where it is not a linear's own weight)."""
     return value
@@ -190,6 +206,12 @@ def affine(g, x, weight, bias):
 
 def onnx_linear(g, node, x, weight, bias):
     return affine(g, g.value(x), weight, bias)
+
+
+def onnx_channel_linear(g, node, x, weight, bias):
+    places = len(x.meta["shape"]) - 2
+    kernel = g.const(g.tensor(weight).reshape(*weight.meta["shape"], *[1] * places), f"{weight.target}.kernel")
+    return g.op("Conv", g.value(x), kernel, *([g.value(bias)] if bias is not None else []), kernel_shape=[1] * places)
 
 
 def onnx_weight(g, node, value):
@@ -217,6 +239,7 @@ GRAPH = (
             indices=Indices(0, lambda node: node.params["weight"].shape[0], table=True)),
     GraphOp(matmul, symmetry_matmul, onnx_binary("MatMul"), lambda a, b: f"torch.matmul({a}, {b})",
             reads=frozenset({"outer"})),  # a rank-2 tensor, contracted with vectors
+    GraphOp(channel_linear, symmetry_channel_linear, onnx_channel_linear, embed=True),
     GraphOp(weight, symmetry_weight, onnx_weight, lambda value: value),
 )
 
@@ -230,34 +253,44 @@ def _given(g, w, name: str):
 
 
 def lift_linear(g, n, x, w, b=None):
+    x = g.tensor(x)
     params = {"weight": _given(g, w, "weight")}
     if b is not None:
         params["bias"] = _given(g, b, "bias")
-    return g.emit("linear", (g.tensor(x),), params=params)
+    norm = g.followed_by(n, "aten.batch_norm.default") if len(x.type.shape) == 2 else None  # channels last = axis 1
+    affine = norm and batch_norm_affine(*g.args_of(norm)[1:6], g.args_of(norm)[7])
+    if affine:
+        scale, shift = affine
+        bias = shift + (scale * b.tensor.double() if b is not None else 0)
+        params = {"weight": g.given((scale[:, None] * w.tensor.double()).float()), "bias": g.given(bias.float())}
+    y = g.emit("linear", (x,), params=params)
+    return g.fold(norm, y) if affine else y
 
 
 def lift_conv(g, n, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """A convolution with a 1-wide kernel, no stride, padding or groups is a linear over the
-    channels (axis 1) at every place: W @ x over [B, C, L]; else channels moved last, the linear,
-    channels moved back."""
+    channels (axis 1) at every place; a batch norm right after it is folded in, as exporters fold
+    Conv+BatchNorm."""
     x = g.tensor(x)
     places = len(x.type.shape) - 2
-    if not hasattr(w, "tensor") or set(w.tensor.shape[2:]) != {1} or groups != 1 or places < 1 or any(
+    if not hasattr(w, "tensor") or set(w.tensor.shape[2:]) != {1} or groups != 1 or places not in (1, 2, 3) or any(
             v not in (1, [1] * places, (1,) * places) for v in (stride,)) or any(
             v not in (0, [0] * places, (0,) * places) for v in (padding,)):
         g.refuse("a convolution with a kernel wider than 1, a stride, padding or groups")
-    if places == 1:  # [B, C, L]: W @ x + b, one MatMul, no transposes
-        y = g.emit("matmul", (g.constant(f"{w.name}.matrix", w.tensor.reshape(w.tensor.shape[:2])), x))
-        return y if b is None else g.emit("add", (y, g.constant(f"{b.name}.column", b.tensor.reshape(-1, 1))))
-    params = {"weight": g.given(w.tensor.reshape(w.tensor.shape[:2]))}
-    if b is not None:
-        params["bias"] = _given(g, b, "bias")
-    last = (0, *range(2, places + 2), 1)
-    rows = g.emit("permute", (x,), {"perm": last}, type_=TensorType(x.type.dtype, tuple(x.type.shape[k] for k in last)))
-    out = g.type(n)
-    y = g.emit("linear", (rows,), params=params, type_=TensorType(out.dtype, tuple(out.shape[k] for k in last)))
-    back = (0, places + 1, *range(1, places + 1))
-    return g.emit("permute", (y,), {"perm": back})
+    if b is not None and not hasattr(b, "tensor"):
+        g.refuse("a convolution whose bias is computed in forward")
+    matrix = w.tensor.double().reshape(w.tensor.shape[:2])
+    bias = b.tensor.double() if b is not None else None
+    norm = g.followed_by(n, "aten.batch_norm.default")
+    affine = norm and batch_norm_affine(*g.args_of(norm)[1:6], g.args_of(norm)[7])
+    if affine:
+        scale, shift = affine
+        matrix, bias = scale[:, None] * matrix, shift + (scale * bias if bias is not None else 0)
+    params = {"weight": g.given(matrix.float())}
+    if bias is not None:
+        params["bias"] = g.given(bias.float())
+    y = g.emit("channel_linear", (x,), params=params)
+    return g.fold(norm, y) if affine else y
 
 
 def lift_matmul(g, n, a, b):

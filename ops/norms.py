@@ -104,19 +104,26 @@ def lift_layer_norm(g, n, x, normalized_shape, weight=None, bias=None, eps=1e-5,
 ATEN = {"aten.layer_norm.default": lift_layer_norm}
 
 
-def lift_batch_norm(g, n, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True):
-    """Batch norm in eval mode is a fixed per-channel affine map on axis 1: x * scale + shift."""
-    x = g.tensor(x)
+def batch_norm_affine(weight, bias, mean, var, training, eps):
+    """(scale, shift) per channel, in float64, of a batch norm in eval mode: x * scale + shift; None in
+    training mode or without running statistics."""
     if training or not all(hasattr(t, "tensor") for t in (mean, var)):
-        g.refuse("batch norm in training mode, or without running statistics")
+        return None
     scale = 1 / torch.sqrt(var.tensor.double() + eps)
     if weight is not None:
         scale = scale * weight.tensor.double()
-    shift = -mean.tensor.double() * scale + (0 if bias is None else bias.tensor.double())
+    return scale, -mean.tensor.double() * scale + (0 if bias is None else bias.tensor.double())
+
+
+def lift_batch_norm(g, n, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True):
+    """Batch norm in eval mode is a fixed per-channel affine map on axis 1: x * scale + shift."""
+    x = g.tensor(x)
+    affine = batch_norm_affine(weight, bias, mean, var, training, eps)
+    if affine is None:
+        g.refuse("batch norm in training mode, or without running statistics")
     channels = (-1,) + (1,) * (len(x.type.shape) - 2)
     name = mean.name.rsplit(".", 1)[0]
-    scale = g.constant(f"{name}.scale", scale.float().reshape(channels))
-    shift = g.constant(f"{name}.shift", shift.float().reshape(channels))
+    scale, shift = (g.constant(f"{name}.{k}", t.float().reshape(channels)) for k, t in zip(("scale", "shift"), affine))
     return g.emit("add", (g.emit("mul", (x, scale)), shift))
 
 

@@ -74,3 +74,13 @@ class Chosen(nn.Module):
     """Some of the coordinates, chosen by a mask."""
     def forward(self, pos, keep):
         return pos[:, keep].sum(-1)
+
+
+class Mixed(nn.Module):
+    """A kernel-1 convolution whose channels are the 3 coordinates: it mixes them."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 1)
+
+    def forward(self, pos):
+        return self.conv(pos.transpose(1, 2)).mean(-1)

@@ -80,6 +80,10 @@ CASES = {
     # Ops that captured torch models lift to (capture/)
     "weight": lambda: build(X, [("w", TARGETS.weight, ["v"]), ("y", TARGETS.add, ["x", "w"])], {"y": "y"},
                             {"v": p(D)}),
+    "channel_linear": lambda: build({"x": (("B", 4, "N"), "f32")}, [("y", TARGETS.channel_linear, ["x", "w", "b"])],
+                                    {"y": "y"}, {"w": p(6, 4), "b": p(6)}),
+    "channel_linear_2d": lambda: build({"x": (("B", 4, "N", 2), "f32")}, [("y", TARGETS.channel_linear, ["x", "w"])],
+                                       {"y": "y"}, {"w": p(6, 4)}),
     "exp": lambda: one(TARGETS.exp, ["x"]),
     "leaky_relu": lambda: one(TARGETS.leaky_relu, ["x", 0.2]),
     "clamp": lambda: one(TARGETS.clamp, ["x", -0.5, 1.0]),

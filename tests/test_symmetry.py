@@ -60,6 +60,7 @@ def positive = torch("tests.capture_cases:Positive")
 def ordered = torch("tests.capture_cases:Ordered")
 def doubled = torch("tests.capture_cases:Doubled")
 def chosen = torch("tests.capture_cases:Chosen")
+def mixed = torch("tests.capture_cases:Mixed")
 def exp = torch("tests.capture_cases:Exp")
 def leaky = torch("tests.capture_cases:Leaky")
 def clamped = torch("tests.capture_cases:Clamped")
@@ -354,6 +355,9 @@ REFUSED = {  # lines, the text where the breaking op starts, message
     "a captured mask over coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "input keep: bool[3]",
                                           "y = chosen(pos, keep)", "output y is invariant"], "return pos[:, keep]",
                                          "a mask selection along 3 of a position"),
+    "a captured convolution over coordinates": ([E3, POS, "y = mixed(pos)", "output y is invariant"],
+                                                "return self.conv(pos.transpose(1, 2))",
+                                                "channel_linear over the 3 coordinates"),
     "a captured op with no rule": ([SN, X, "y = cumulative(x)", "output y is invariant"], "return x.cumsum(1)",
                                    "no symmetry rule for this op (aten.cumsum.default in cumulative (Cumulative))"),
     "a captured mean by counts that differ per coordinate": (
