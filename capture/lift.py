@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.fx as fx
+from torch.export.graph_signature import OutputKind
 
 from common.dtypes import name_of
 from dsl import ast
@@ -72,12 +73,30 @@ def capture(ctx, d: ast.TorchDef, tensors: list, kwargs: dict, vocabulary):
            tuple((t.type, roles.get(t.id)) for t in tensors), _stamp(d, file))
     if key not in EXPORTED:
         source = model_source(d, kwargs, file)
-        EXPORTED[key] = source if isinstance(source, torch.export.ExportedProgram) else export(ctx, d, source, tensors)
+        ep = source if isinstance(source, torch.export.ExportedProgram) else export(ctx, d, source, tensors)
+        EXPORTED[key] = functional(ep)
     ep = EXPORTED[key]
     first = len(ctx.el.out.nodes)
     outs = Lift(ctx, d, ep, vocabulary).run(tensors)
     replay_check(ctx, d, ep, tensors, ctx.el.out.nodes[first:], outs, vocabulary)
     return outs
+
+
+def functional(ep):
+    """The program with no change in place left but scatters into fresh zeros (aggregations, which
+    the lifts read whole): any other, through a view or into an input, is rewritten as the values it
+    makes (torch's functionalization, run only when needed: it costs about an export)."""
+    def harmless(n: fx.Node) -> bool:
+        into = n.args[0] if n.args else None
+        return str(n.target) in FRESH_SCATTERS and isinstance(into, fx.Node) and len(into.users) == 1 and \
+            str(into.target) in FRESH_ZEROS
+    changes = [n for n in ep.graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+               and n.target._schema.is_mutable and not harmless(n)]
+    return ep.run_decompositions({}) if changes or ep.graph_signature.user_inputs_to_mutate else ep
+
+
+FRESH_SCATTERS = {"aten.scatter_add_.default", "aten.scatter_reduce_.two", "aten.index_add_.default"}
+FRESH_ZEROS = {"aten.new_zeros.default", "aten.zeros.default", "aten.new_full.default", "aten.full.default"}
 
 
 def _stamp(d: ast.TorchDef, file: str):
@@ -107,16 +126,21 @@ def _replay(ctx, d, ep, tensors, nodes, results, vocabulary) -> None:
     for shift in (0, 1):
         examples, _, _ = example_inputs(ctx, tensors, shift)
         with torch.no_grad():
-            try:
-                want = ep.module()(*examples)
-            except Exception as e:  # a saved program whose guards refuse these sizes
+            try:  # on copies: a model that changes its inputs must not change what the lifted ops read
+                want = ep.module()(*(x.clone() for x in examples))
+            except Exception as e:  # noqa: BLE001 - a guard on a dim, an axis out of range: the model's own
                 raise SpecError.at(ctx.pos, f"`{d.name}` does not run on inputs of the spec's types: "
-                                            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+                                            f"{type(e).__name__}: {_line(e)}",
+                                   "the model fixes a dim the spec declares symbolic, or fails at these sizes") from None
             env = {t.id: x for t, x in zip(tensors, examples)}
             for node in nodes:
-                env[node.value.id] = vocabulary.graph[node.op].torch(
-                    *_resolve(node.args, env), *(p.value for p in node.params.values()),
-                    **{k: _resolve(v, env) for k, v in node.kwargs.items()})
+                try:
+                    env[node.value.id] = vocabulary.graph[node.op].torch(
+                        *_resolve(node.args, env), *(p.value for p in node.params.values()),
+                        **{k: _resolve(v, env) for k, v in node.kwargs.items()})
+                except Exception as e:  # noqa: BLE001 - where the lifted ops cannot run what the model ran
+                    raise SpecError.at(node.pos, f"`{d.name}`: {node.origin} fails on the spec's example inputs: "
+                                                 f"{type(e).__name__}: {_line(e)}") from None
         want = want if isinstance(want, (tuple, list)) else (want,)
         for k, (r, w) in enumerate(zip(results, want)):
             got = env[r.id]
@@ -125,7 +149,12 @@ def _replay(ctx, d, ep, tensors, nodes, results, vocabulary) -> None:
             if not same:
                 raise SpecError.at(ctx.pos, f"`{d.name}`: the lifted graph differs from the captured model "
                                             f"(output {k}, sizes {examples[0].shape if examples else ()})",
-                                   "this is a bug in a lift (capture/, ops/*.py ATEN); please report it")
+                                   "a random op (dropout in training mode, randn_like), or a bug in a lift "
+                                   "(capture/, the ATEN tables of ops/*.py): please report it")
+
+
+def _line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
 
 
 def _resolve(a, env):
@@ -158,8 +187,10 @@ class Lift:
                 self.env[n] = Weight(lifted[n.name], state[lifted[n.name]])
             elif n.op == "call_function":
                 self.env[n] = self._call(n)
-            elif n.op == "output":
-                outs = [self.tensor(self.env[o]) if isinstance(o, fx.Node) else o for o in n.args[0]]
+            elif n.op == "output":  # the model's own outputs, not the new values of inputs it changed
+                mine = {spec.arg.name for spec in sig.output_specs if spec.kind == OutputKind.USER_OUTPUT}
+                outs = [self.tensor(self.env[o]) if isinstance(o, fx.Node) else o for o in n.args[0]
+                        if not isinstance(o, fx.Node) or o.name in mine]
         if any(not isinstance(o, Value) for o in outs):
             raise SpecError.at(self.ctx.pos, f"`{self.d.name}` returns something other than tensors")
         return outs[0] if len(outs) == 1 else tuple(outs)

@@ -205,8 +205,12 @@ def symmetry_select(call: Call) -> Fact:
     x, axis = call.arg(0), call.arg(1, "axis")
     if axis in axes_of(x.fact):
         return call.broken(f"select of element {call.arg(2, 'index')} along {axis_name(x, axis)} of {what(x)}",
-                           POOL_HINT.format(dim=x.shape[axis]))
+                           _part_hint(x, axis))
     return moved(x.fact, [k if k < axis else k - 1 for k in axes_of(x.fact)])
+
+
+def _part_hint(x, axis: int) -> str:
+    return COORD_HINT if isinstance(x.fact, COORDINATES) else POOL_HINT.format(dim=x.shape[axis])
 
 
 def symmetry_narrow(call: Call) -> Fact:
@@ -214,7 +218,7 @@ def symmetry_narrow(call: Call) -> Fact:
     coordinates, breaks them."""
     x, axis = call.arg(0), call.arg(1, "axis")
     if axis in axes_of(x.fact):
-        return call.broken(f"a slice along {axis_name(x, axis)} of {what(x)}", POOL_HINT.format(dim=x.shape[axis]))
+        return call.broken(f"a slice along {axis_name(x, axis)} of {what(x)}", _part_hint(x, axis))
     return x.fact
 
 
