@@ -37,11 +37,11 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     print(f"\n{counts['programs']} programs in {seconds:.0f} s ({counts['programs'] / seconds:.1f}/s)")
     for label, key in (("drawn", "drawn"), ("mutants", "mutant"), ("captured and checked", "checked"),
-                       ("refused at check", "refused"), ("crashes", "crash"), ("lift bugs", "lift bug"),
-                       ("claims proved", "claims proved"), ("false proofs", "false proofs"),
-                       ("proved, error is float64 rounding", "proved, error is float64 rounding"),
-                       ("claims refused", "claims refused"), ("refused, numerically holds", "refused, numerically holds")):
+                       ("refused at check", "refused"), ("crashes", "crash"), ("lift bugs", "lift bug")):
         print(f"  {label:<36} {counts[key]}")
+    for key in ("claims proved", "false proofs", "proved, error is float64 rounding", "claims refused",
+                "refused, numerically holds"):
+        print(f"  {key:<36} {counts[key]}")
     print(f"refusals by reason ({args.refusals} most common of {len(refusals)}):")
     for why, n in refusals.most_common(args.refusals):
         print(f"  {n:>5}  {why}")

@@ -11,16 +11,18 @@ proved that the numbers contradict is a false proof; it is shrunk and printed wi
 Programs are of three kinds:
 - drawn: a forward body of 2-7 statements over the ops users write (Linear, Conv1d with kernel 1,
   activations, arithmetic, x**2, reductions with keepdim, cat, view/reshape/flatten/unsqueeze/
-  permute/transpose, gathers by an edge list and scatters into zeros, centring, norms, layer and
-  batch norm, softmax, ones_like, select/unbind, expand, softmax-weighted sums) on inputs laid out as
-  users lay them out ([N, 3], [B, N, 3], [B, 3, N], static sets of 1-3 points), with roles
-  position, vector, invariant and index(N);
+  permute/transpose, repeat, gathers by an edge list and scatters into zeros, centring, norms, cross
+  and einsum products, gates, layer and batch norm, softmax, ones_like, select/unbind/slices, expand,
+  softmax-weighted sums, edges weighted by comparisons of their ids) on inputs laid out as users lay
+  them out ([N, 3], [B, N, 3], [B, 3, N], static sets of 1-3 points), with roles position, vector,
+  invariant and index(N); edge lists as given, with self loops removed by a mask, or appended (by
+  arange, by PyG's add_self_loops, or, near misses, other integers);
 - PyG layers (GIN, SAGE and GraphConv with every aggregation, EdgeConv, LEConv, ResGatedGraphConv,
-  GAT) among those ops, when torch_geometric is installed;
+  GAT, GATv2, TransformerConv, GCN, PointNetConv) among those ops, when torch_geometric is installed;
 - mutants: correct layers (EGNN over an edge list, a dense EGNN, PointNet, a centred cloud, GIN with
   a pool) claiming what they are, with a source-level change: a reduction's axis, a dropped centring,
   sum swapped for max, a fixed element, a coordinate-dependent term, positions concatenated with
-  features, a difference made a sum.
+  features, a difference made a sum, a transpose made a reshape, the edge ids swapped.
 Claims are drawn (invariant, position, vector, or none: then the role the checker's facts match is
 measured), so many are false, and a drawn program is mutated too, a third of the time.
 """
@@ -41,7 +43,7 @@ import torch
 from compiler.lower import lower
 from compiler.verify import redrawn
 from dsl.errors import SpecError
-from dsl.groups import Broken
+from dsl.groups import Broken, Invariant, Permutations, Permuted, Rotated, Translated
 from dsl.program import load
 from dsl.symmetry import verdicts
 from ops.registry import check
@@ -49,6 +51,7 @@ from soundness import (INFERRED, SIZES, TOL, Outcome, Program, Tensor, _axis, _b
                        _joined, _prints, _record, _type, measure, rounding_only)
 
 PYG = importlib.util.find_spec("torch_geometric") is not None
+PYG_IMPORTS = ["import torch_geometric.nn as gnn", "from torch_geometric.utils import add_self_loops, scatter"]
 EUCLIDEAN = ("E(3)", "O(3)", "SO(3)", "SE(3)", "T(3)")
 FOLDER = tempfile.TemporaryDirectory(prefix="invc-capture-")  # the drawn modules and specs
 
@@ -113,7 +116,7 @@ class Drawn:
         returns = ", ".join(t.name for t, _ in self.outputs)
         return "\n".join([
             "import torch", "import torch.nn.functional as F", "from torch import nn",
-            *(["import torch_geometric.nn as gnn", "from torch_geometric.utils import add_self_loops, scatter"] if PYG else []),
+            *(PYG_IMPORTS if PYG else []),
             "", "", "class Net(nn.Module):", "    def __init__(self):", "        super().__init__()", *init, "",
             f"    def forward(self, {args}):", *body, f"        return {returns}", "", "",
             "def make():", "    torch.manual_seed(0)", "    return Net()", ""])
@@ -214,7 +217,8 @@ def reduce(d):
     k, keep = _axis(d.rng, x), d.rng.random() < 0.5
     how = d.rng.choice(["sum", "mean", "amax", "amin", "max", "torch.sum"])
     expr = {"max": f"{x.name}.max({k}, keepdim={keep})[0]",
-            "torch.sum": f"torch.sum({x.name}, dim={k}, keepdim={keep})"}.get(how, f"{x.name}.{how}({k}, keepdim={keep})")
+            "torch.sum": f"torch.sum({x.name}, dim={k}, keepdim={keep})"}.get(how)
+    expr = expr or f"{x.name}.{how}({k}, keepdim={keep})"
     return d.bind(expr, _removed(x.dims, k, keep))
 
 
@@ -283,7 +287,8 @@ def select(d):
     i = d.rng.randrange(x.dims[k]) if _static(x.dims[k]) else 0
     form = d.rng.choice(["select", "index", "unbind", "slice", "rest"])
     if form == "rest" and x.dims[k] != 1:
-        return d.bind(f"{x.name}[{':, ' * k}1:]", x.dims[:k] + (x.dims[k] - 1 if _static(x.dims[k]) else f"{x.dims[k]}-1",) + x.dims[k + 1:])
+        rest = x.dims[k] - 1 if _static(x.dims[k]) else f"{x.dims[k]}-1"
+        return d.bind(f"{x.name}[{':, ' * k}1:]", x.dims[:k] + (rest,) + x.dims[k + 1:])
     if form == "unbind" and _static(x.dims[k]):
         return d.bind(f"{x.name}.unbind({k})[{i}]", _removed(x.dims, k, False))
     if form == "slice":
@@ -300,7 +305,8 @@ def repeat(d):
         k = d.rng.randrange(len(x.dims))
         reps = [1] * len(x.dims)
         reps[k] = 2
-        return d.bind(f"{x.name}.repeat({', '.join(map(str, reps))})", x.dims[:k] + (_product(2, x.dims[k]),) + x.dims[k + 1:])
+        dims = x.dims[:k] + (_product(2, x.dims[k]),) + x.dims[k + 1:]
+        return d.bind(f"{x.name}.repeat({', '.join(map(str, reps))})", dims)
 
 
 def softmax(d):
@@ -345,7 +351,7 @@ def centre(d):
     x = d.pick(lambda t: len(t.dims) >= 2)
     if x:
         k = x.dims.index("N") if "N" in x.dims and d.rng.random() < 0.8 else _axis(d.rng, x)
-        form = "{0} - {0}.mean({1}, keepdim=True)" if d.rng.random() < 0.7 else "{0} - torch.mean({0}, dim={1}, keepdim=True)"
+        form = d.rng.choice(["{0} - {0}.mean({1}, keepdim=True)", "{0} - torch.mean({0}, dim={1}, keepdim=True)"])
         return d.bind(form.format(x.name, k), x.dims)
 
 
@@ -481,12 +487,14 @@ def edge_mask(d):
     if m:
         row, col = (e.name for e in d.edges)
         how = d.rng.choice(["!=", "==", "<"])
-        return d.bind(f"{m.name} * ({row} {how} {col}).unsqueeze(-1).to({m.name}.dtype)", m.dims)
+        cast = d.rng.choice(["", f".to({m.name}.dtype)"])
+        return d.bind(f"{m.name} * ({row} {how} {col}).unsqueeze(-1){cast}", m.dims)
 
 
 VOCABULARY = [linear, mlp, conv, norm, activation, activation, arithmetic, arithmetic, reduce, cat, reshape,
               reshape, select, softmax, ones, expand, matmul, repeat]
-MOTIFS = [centre, norms, norms, products, pairs, gate, gate, weighted, gather, scatter, scatter, pyg, edge_mask, arithmetic, reduce]
+MOTIFS = [centre, norms, norms, products, pairs, gate, gate, weighted, gather, scatter, scatter, pyg, edge_mask,
+          arithmetic, reduce]
 
 
 # -- inputs as users lay them out ---------------------------------------------------------------
@@ -632,7 +640,8 @@ def dense_egnn(d):
             ("(diff * m).mean(2)", "(diff * m).mean(1)"), ("(diff * m).mean(2)", "(diff * m).sum(2)"),
             ("(diff * m).mean(2)", "(diff * m).amax(2)"),
             ("(diff ** 2).sum(-1, keepdim=True)", "diff[..., :1] ** 2"),
-            ("h.unsqueeze(1).expand(-1, h.size(1), -1, -1)", "h[:, :1].unsqueeze(1).expand(-1, h.size(1), h.size(1), -1)"),
+            ("h.unsqueeze(1).expand(-1, h.size(1), -1, -1)",
+             "h[:, :1].unsqueeze(1).expand(-1, h.size(1), h.size(1), -1)"),
             ("m.sum(2)", "m.amax(2)"), ("m.sum(2)", "m.sum(1)"), ("pos + ", "pos[:, :1] + ")]
 
 
@@ -650,9 +659,11 @@ def pointnet(d):
                "y = self.fc(g.view(-1, 8))"]
     d.outputs = [(Tensor("y", ("B", 2)), "invariant")]
     return [("c = pos - pos.mean(1, keepdim=True)", "c = pos"), ("pos.mean(1,", "pos.mean(2,"),
-            ("(c * c).sum(-1, keepdim=True)", "c[..., :1]"), ("(c * c).sum(-1, keepdim=True)", "c.sum(-1, keepdim=True)"),
+            ("(c * c).sum(-1, keepdim=True)", "c[..., :1]"),
+            ("(c * c).sum(-1, keepdim=True)", "c.sum(-1, keepdim=True)"),
             ("torch.max(f, 2, keepdim=True)[0]", "f[:, :, :1]"), ("torch.max(f, 2,", "torch.sum(f, 2,"),
-            ("torch.max(f, 2, keepdim=True)[0]", "torch.max(f, 1, keepdim=True)[0].sum(2, keepdim=True).expand(-1, 8, -1)"),
+            ("torch.max(f, 2, keepdim=True)[0]",
+             "torch.max(f, 1, keepdim=True)[0].sum(2, keepdim=True).expand(-1, 8, -1)"),
             ("r.transpose(1, 2)", "r.transpose(1, 2) + pos[..., :1].transpose(1, 2)")]
 
 
@@ -667,7 +678,8 @@ def pointnet_raw(d):
     d.outputs = [(Tensor("y", ("B", 2)), "invariant"), (Tensor("f", ("B", 8, "N")), None)]
     return [("f.amax(2)", "f[:, :, 0]"), ("f.amax(2)", "f.mean(-1)"), ("f.amax(2)", "f.amax(1)[:, :1].expand(-1, 8)"),
             ("self.conv1(points)", "self.conv1(points - points.mean(1, keepdim=True))"),
-            ("self.conv1(points)", "self.conv1(points.softmax(2))"), ("self.conv1(points)", "self.conv1(points.softmax(1))")]
+            ("self.conv1(points)", "self.conv1(points.softmax(2))"),
+            ("self.conv1(points)", "self.conv1(points.softmax(1))")]
 
 
 def centred_cloud(d):
@@ -729,7 +741,8 @@ def mutant(rng: random.Random) -> Drawn:
 # -- generic source mutations: a regex over one forward line, and what replaces the match ------------
 
 GENERIC = (
-    ("an axis", r"\.(sum|mean|amax|amin|max|softmax)\((-?\d)", lambda m, rng: f".{m[1]}({rng.choice(['0', '1', '2', '-1'])}"),
+    ("an axis", r"\.(sum|mean|amax|amin|max|softmax)\((-?\d)",
+     lambda m, rng: f".{m[1]}({rng.choice(['0', '1', '2', '-1'])}"),
     ("a reduction", r"\.(sum|mean|amax|amin)\(", lambda m, rng: f".{rng.choice(['sum', 'mean', 'amax', 'amin'])}("),
     ("a centring dropped", r"(\w+) - \1\.mean\([^)]*\)", lambda m, rng: m[1]),
     ("a fixed element", r"\.(sum|mean|amax|amin)\((-?\d)\)", lambda m, rng: f".select({m[2]}, 0)"),
@@ -782,14 +795,15 @@ def run(d: Drawn, seed: int) -> Result:
     (folder / f"{module}.py").write_text(d.source())
     (folder / f"{module}.inv").write_text(d.spec(module))
     importlib.invalidate_caches()  # the folder's listing changed within the second
-    text = f"# {module}.py\n{d.source()}\n# {module}.inv\n{d.spec(module)}" + (f"# mutation: {d.mutation}\n" if d.mutation else "")
+    text = f"# {module}.py\n{d.source()}\n# {module}.inv\n{d.spec(module)}"
+    text += f"# mutation: {d.mutation}\n" if d.mutation else ""
     try:
         checked = check(load(folder / f"{module}.inv"), prove=False)
         table = verdicts(checked)
         _prints(checked, table)
-        out = Result(seed, text, "checked")
-        _measure(out, checked, table, seed)
-        _agrees_with_model(out, checked, sys.modules[module].make().eval(), seed)
+        out, gm = Result(seed, text, "checked"), lower(checked, seed)
+        _measure(out, checked, table, gm, seed)
+        _agrees_with_model(out, checked, gm, sys.modules[module].make().eval(), seed)
         return out
     except SpecError as e:
         lift_bug = "lifted graph differs" in e.message
@@ -806,19 +820,6 @@ def reason(message: str) -> str:
     message = message.split(" with torch.export: ")[-1] if "cannot capture" in message else message
     message = re.sub(r"`[^`]*`|'[^']*'|\[[^\]]*\]|\d+", "_", message)
     return re.sub(r" \((aten|_)[^)]*\)+", "", message)[:90]
-
-
-def lowered(checked, seed: int):
-    """compiler.lower's module, its kept ATen ops runnable: lower passes a tuple argument on as a list,
-    and ops/aten.py finds a tensor's place in its `layout` only as a tuple (finding 1 of the capture
-    harness: every kept ATen op raised when the built module ran). Measuring needs the module to run."""
-    gm = lower(checked, seed)
-    tuples = lambda a: tuple(tuples(x) for x in a) if isinstance(a, (list, tuple)) else a
-    for node in gm.graph.nodes:
-        if "layout" in node.kwargs:
-            node.kwargs = {**node.kwargs, "layout": tuples(node.kwargs["layout"])}
-    gm.recompile()
-    return gm
 
 
 def why(v) -> str:
@@ -847,24 +848,28 @@ def feeds(p: Program, gen: torch.Generator) -> list:
     return out
 
 
-def _measure(out: Result, checked, table: list, seed: int) -> None:
+def _measure(out: Result, checked, table: list, gm, seed: int) -> None:
     """Each output under each group, claimed what the spec claims (unclaimed: the role the checker's
-    facts match, as soundness.py's INFERRED): held claims are proofs, measured; the rest refusals."""
-    roles = dict(_inferred_claims(checked, [(port.name, port.role or INFERRED) for port in checked.outputs]))
-    claimed = [replace(v, claim=v.group.claim(v.shape, roles[v.output])) for v in table]
-    if not claimed:
+    facts match, as soundness.py's INFERRED): held claims are proofs, measured; the rest refusals. An
+    unclaimed output whose fact no role words is measured as that fact: coordinates on an axis before
+    the last with that axis moved last; a set permuted on some of its N axes (or none) with only those
+    axes named N."""
+    if not table:
         return
+    roles = dict(_inferred_claims(checked, [(port.name, port.role or INFERRED) for port in checked.outputs]))
     gen = torch.Generator().manual_seed(seed)
-    module, p = redrawn(lowered(checked, seed), seed), _inputs(checked)  # float64, every weight drawn again
+    module, p = redrawn(gm, seed), _inputs(checked)  # float64, every weight drawn again
     inputs = feeds(p, gen)
-    rows = [(port.name, roles[port.name], port.value.type.shape) for port in checked.outputs]
-    names = [port.name for port in checked.outputs]
-    for group in {str(v.group) for v in claimed}:
+    for group in dict.fromkeys(str(v.group) for v in table):  # in order: the draws from gen repeat
+        claims = [_claim_of(v, roles[v.output], port.role is None)
+                  for v, port in zip((v for v in table if str(v.group) == group), checked.outputs)]
+        axes = [axis for *_, axis in claims]
+        rows = [(v.output, role, dims) for v, role, dims, _ in claims]
+        measured = Moved(module, axes) if any(a is not None for a in axes) else module
         state = gen.get_state()
-        errors = measure(module, p, inputs, rows, group, gen)
-        for v in (v for v in claimed if str(v.group) == group):
-            i = names.index(v.output)
-            if v.holds and errors[i] > TOL and rounding_only(module, p, inputs, rows, group, state, i):
+        errors = measure(measured, p, inputs, rows, group, gen)
+        for i, (v, *_) in enumerate(claims):
+            if v.holds and errors[i] > TOL and rounding_only(measured, p, inputs, rows, group, state, i):
                 out.rounding.append((v.output, group, str(v.claim), errors[i]))
             else:
                 _record(out, v, errors[i])
@@ -872,13 +877,41 @@ def _measure(out: Result, checked, table: list, seed: int) -> None:
                 out.reasons.append(why(v))
 
 
-def _agrees_with_model(out: Result, checked, model, seed: int) -> None:
-    """The lowered graph, with the captured weights, against the model itself at the harness's sizes
-    (the replay check ran other sizes): a difference is a lift bug."""
+def _claim_of(v, role: str | None, unclaimed: bool) -> tuple:
+    """(the verdict with its claim, the role and dims to measure it as, the output axis to move last)."""
+    claimed = replace(v, claim=v.group.claim(v.shape, role))
+    if claimed.holds or not unclaimed:
+        return claimed, role, v.shape, None
+    fact, last = v.fact, len(v.shape) - 1
+    if isinstance(fact, (Rotated, Translated)) and fact.axis != last:
+        dims = v.shape[:fact.axis] + v.shape[fact.axis + 1:] + (v.shape[fact.axis],)
+        return replace(v, claim=fact), "vector" if isinstance(fact, Rotated) else "position", dims, fact.axis
+    if isinstance(v.group, Permutations) and (type(fact) is Permuted and not fact.by or isinstance(fact, Invariant)):
+        moving = fact.axes if isinstance(fact, Permuted) else ()
+        dims = tuple(d if k in moving else f"{d}'" for k, d in enumerate(v.shape))  # N' stays put
+        return replace(v, claim=fact), None, dims, None
+    return claimed, role, v.shape, None
+
+
+class Moved(torch.nn.Module):
+    """A module whose outputs have an axis moved last (None: as they are)."""
+    def __init__(self, module, axes: list):
+        super().__init__()
+        self.module, self.axes = module, axes
+
+    def forward(self, *inputs):
+        ys = self.module(*inputs)
+        ys = ys if isinstance(ys, (tuple, list)) else (ys,)
+        return tuple(y if a is None else y.movedim(a, -1) for y, a in zip(ys, self.axes))
+
+
+def _agrees_with_model(out: Result, checked, gm, model, seed: int) -> None:
+    """The lowered graph `gm`, with the captured weights, against the model itself at the harness's
+    sizes (the replay check ran other sizes): a difference is a lift bug."""
     p = _inputs(checked)
     inputs = [x.float() if x.is_floating_point() else x for x in feeds(p, torch.Generator().manual_seed(seed))]
     with torch.no_grad():
-        got, want = lowered(checked, seed)(*inputs), model(*inputs)
+        got, want = gm(*inputs), model(*inputs)
     got, want = [y if isinstance(y, (tuple, list)) else (y,) for y in (got, want)]
     for k, (a, b) in enumerate(zip(got, want)):
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True):
