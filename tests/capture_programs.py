@@ -553,14 +553,14 @@ def graph(d):
     if 0.1 <= roll < 0.25:  # self loops removed: the edges a mask keeps
         d.lines += ["keep = row != col", "row, col = row[keep], col[keep]"]
         edges = "K"
-    elif 0.25 <= roll < 0.45:  # self loops appended: the nodes' own ids (or, near misses, other integers)
+    elif 0.25 <= roll < 0.6:  # self loops appended: the nodes' own ids (or, near misses, other integers)
         loop = d.rng.choice(["torch.arange(x.size(0))"] * 3 + ["torch.arange(x.size(1))", "torch.zeros_like(row)"])
         d.lines += [f"loop = {loop}", "row, col = torch.cat([row, loop]), torch.cat([col, loop])"]
         edges = "E+N"
     d.edges = (Tensor("row", (edges,), "i"), Tensor("col", (edges,), "i"))
 
 
-SCENARIOS = [cloud, cloud, cloud, static_cloud, channels, graph, graph]
+SCENARIOS = [cloud, cloud, cloud, static_cloud, channels, graph, graph, graph]
 
 
 def drawn(rng: random.Random) -> Drawn:
@@ -782,9 +782,11 @@ def program(seed: int) -> Drawn:
 
 @dataclass
 class Result(Outcome):
-    """soundness.Outcome, with why the checker refused the program (status "refused") or each claim."""
+    """soundness.Outcome, with why the checker refused the program (status "refused") or each claim,
+    and the graph ops of the lifted graph."""
     reason: str = ""
     reasons: list = field(default_factory=list)
+    ops: set = field(default_factory=set)
 
 
 def run(d: Drawn, seed: int) -> Result:
@@ -801,7 +803,7 @@ def run(d: Drawn, seed: int) -> Result:
         checked = check(load(folder / f"{module}.inv"), prove=False)
         table = verdicts(checked)
         _prints(checked, table)
-        out, gm = Result(seed, text, "checked"), lower(checked, seed)
+        out, gm = Result(seed, text, "checked", ops={node.op for node in checked.nodes}), lower(checked, seed)
         _measure(out, checked, table, gm, seed)
         _agrees_with_model(out, checked, gm, sys.modules[module].make().eval(), seed)
         return out
@@ -940,9 +942,9 @@ def shrink(d: Drawn, o: Result, seed: int) -> Result:
 
 
 def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tuple[Counter, list, Counter]:
-    """Run programs `seeds`; returns the counts, the findings (false proofs, crashes, lift bugs,
-    shrunk) and the refusals by reason (programs refused, and claims refused by the rule that broke
-    them)."""
+    """Run programs `seeds`; returns the counts (with how many programs hold each graph op: "graph op
+    NAME"), the findings (false proofs, crashes, lift bugs, shrunk) and the refusals by reason
+    (programs refused, and claims refused by the rule that broke them)."""
     from tqdm import tqdm
     counts, findings, refusals = Counter(), [], Counter()
     threads = torch.get_num_threads()
@@ -957,6 +959,7 @@ def harness(seeds, shrink_failures: bool = True, progress: bool = False) -> tupl
         counts["proved, error is float64 rounding"] += len(o.rounding)
         counts["claims refused"] += len(o.refused)
         counts["refused, numerically holds"] += sum(r[3] <= TOL for r in o.refused)
+        counts.update(f"graph op {op}" for op in o.ops)
         if o.status == "refused":
             refusals[f"program: {o.reason}"] += 1
         refusals.update(f"claim: {r}" for r in o.reasons)

@@ -62,6 +62,16 @@ def test_the_harness_catches_a_rule_made_too_permissive_and_shrinks_it(monkeypat
     assert smallest.false_proofs and forward.count(" = ") == 1, smallest.text
 
 
+def test_the_two_harnesses_draw_every_graph_op_of_the_registry(ci_run):
+    """The graph ops only captured graphs hold (kept ATen ops, weights, aranges, masks...) are drawn here:
+    with the spec harness's draws, every rule of the registry is checked by the numbers."""
+    from soundness import drawn_graph_ops
+    from test_soundness import NOT_IN_SPECS, SEEDS as SPEC_SEEDS
+    captured = {key.removeprefix("graph op ") for key in ci_run[0] if key.startswith("graph op ")}
+    never = set(VOCABULARY.graph) - captured - set(drawn_graph_ops(SPEC_SEEDS)) - set(NOT_IN_SPECS)
+    assert not never, f"graph ops neither harness draws: {', '.join(sorted(never))}"
+
+
 @pytest.mark.skipif(not PYG, reason="torch_geometric is not installed")
 def test_pyg_layers_are_drawn():
     assert any("gnn." in program(s).source().split("class Net", 1)[1] for s in SEEDS)
