@@ -56,10 +56,22 @@ def test_the_harness_catches_a_rule_made_too_permissive_and_shrinks_it(monkeypat
     squared = d.bind(f"({centred.name} * {centred.name}).sum(-1)", pos.dims[:2])
     d.outputs = [(centred, None), (squared, "invariant")]
     o = run(d, 0)
-    assert [r[:3] for r in o.false_proofs] == [("o0", "E(3)", "moved like a position on axis 2")], o
+    assert ("o0", "E(3)", "moved like a position on axis 2") in [r[:3] for r in o.false_proofs], o
     smallest = shrink(d, o, 0)
     forward = smallest.text.split("def forward")[1].split("return")[0]
     assert smallest.false_proofs and forward.count(" = ") == 1, smallest.text
+
+
+@pytest.mark.xfail(strict=True, reason="capture drops an in-place change made through a view (c[:, 0].clamp_): "
+                                       "the replay check's unit examples never reach the cap, so the proof is of "
+                                       "another function than the model's")
+def test_a_change_in_place_through_a_view_is_no_false_proof():
+    d = Drawn(random.Random(0), "drawn", groups=["E(3)"])
+    pos = d.input("pos", ("N", 3), "position")
+    d.lines = ["c = pos - pos.mean(0, keepdim=True)", "c[:, 0].clamp_(max=2.5)"]
+    d.outputs = [(replace(pos, name="c"), "vector")]
+    o = run(d, 0)
+    assert o.status in ("checked", "refused") and not o.false_proofs, o
 
 
 def test_the_two_harnesses_draw_every_graph_op_of_the_registry(ci_run):
