@@ -1,9 +1,12 @@
 """The soundness harness for captured torch models: random torch programs written as Python source,
 each beside a spec that calls it (`def net = torch("drawnS:make")`) with declared roles, a symmetry
 and random claims. invc captures each one (torch.export, then the ATen lifts of capture/), proves or
-refuses its claims, and every proved claim is measured in float64 with redrawn weights by
-tests/soundness.py's measurement, code that shares nothing with the rules or the lifts. A claim
-proved that the numbers contradict is a false proof; it is shrunk and printed with its program.
+refuses its claims, and every proved claim is measured in float64 by tests/soundness.py's
+measurement, code that shares nothing with the rules or the lifts: on the lowered graph with redrawn
+weights, and on the torch model itself (a proof is about the user's model: a lift that drops what the
+model does shows there). A claim proved that the numbers contradict is a false proof; it is shrunk
+and printed with its program. A crash (any exception but a SpecError) and a checked program whose
+lowered graph differs from the model (a lift bug) are findings too.
 
     python benchmarks/capture_soundness.py --count 1000     # the full run
     tests/test_capture_soundness.py                          # the CI-sized run
@@ -13,10 +16,11 @@ Programs are of three kinds:
   activations, arithmetic, x**2, reductions with keepdim, cat, view/reshape/flatten/unsqueeze/
   permute/transpose, repeat, gathers by an edge list and scatters into zeros, centring, norms, cross
   and einsum products, gates, layer and batch norm, softmax, ones_like, select/unbind/slices, expand,
-  softmax-weighted sums, edges weighted by comparisons of their ids) on inputs laid out as users lay
-  them out ([N, 3], [B, N, 3], [B, 3, N], static sets of 1-3 points), with roles position, vector,
-  invariant and index(N); edge lists as given, with self loops removed by a mask, or appended (by
-  arange, by PyG's add_self_loops, or, near misses, other integers);
+  softmax-weighted sums, edges weighted by comparisons of their ids, changes in place through views)
+  on inputs laid out as users lay them out ([N, 3], [B, N, 3], [B, 3, N], static sets of 1-3
+  points), with roles position, vector, invariant and index(N); edge lists as given, with self loops
+  removed by a mask, or appended (by arange, by PyG's add_self_loops, or, near misses, other
+  integers);
 - PyG layers (GIN, SAGE and GraphConv with every aggregation, EdgeConv, LEConv, ResGatedGraphConv,
   GAT, GATv2, TransformerConv, GCN, PointNetConv) among those ops, when torch_geometric is installed;
 - mutants: correct layers (EGNN over an edge list, a dense EGNN, PointNet, a centred cloud, GIN with
@@ -872,10 +876,10 @@ def feeds(p: Program, gen: torch.Generator) -> list:
 def _measure(out: Result, checked, table: list, gm, model, seed: int) -> None:
     """Each output under each group, claimed what the spec claims (unclaimed: the role the checker's
     facts match, as soundness.py's INFERRED): held claims are proofs, measured on the lowered graph and
-    on the torch model itself; the rest are refusals, measured on the graph. An
-    unclaimed output whose fact no role words is measured as that fact: coordinates on an axis before
-    the last with that axis moved last; a set permuted on some of its axes (or none) with exactly those
-    axes named N (a dim the capture names otherwise, "(N**2)//N", is N where the fact says so)."""
+    on the torch model itself; the rest are refusals, measured on the graph. An unclaimed output whose
+    fact no role words is measured as that fact: coordinates on an axis before the last with that axis
+    moved last; a set permuted on some of its axes (or none) with exactly those axes named N (a dim
+    the capture names otherwise, "(N**2)//N", is N where the fact says so)."""
     if not table:
         return
     roles = dict(_inferred_claims(checked, [(port.name, port.role or INFERRED) for port in checked.outputs]))
@@ -887,7 +891,7 @@ def _measure(out: Result, checked, table: list, gm, model, seed: int) -> None:
                   for v, port in zip((v for v in table if str(v.group) == group), checked.outputs)]
         axes = [axis for *_, axis in claims]
         rows = [(v.output, role, dims) for v, role, dims, _ in claims]
-        measured = Moved(module, axes) if any(a is not None for a in axes) else module
+        measured = Moved(module, axes)
         state = gen.get_state()
         errors = measure(measured, p, inputs, rows, group, gen)
         for i, (v, *_) in enumerate(claims):
@@ -929,13 +933,14 @@ def _claim_of(v, role: str | None, unclaimed: bool) -> tuple:
 
 
 class Moved(torch.nn.Module):
-    """A module whose outputs have an axis moved last (None: as they are)."""
+    """A module whose outputs have an axis moved last (None: as they are), run on copies of its inputs
+    (a model may change an input in place, which the next run must not see)."""
     def __init__(self, module, axes: list):
         super().__init__()
         self.module, self.axes = module, axes
 
     def forward(self, *inputs):
-        ys = self.module(*inputs)
+        ys = self.module(*(x.clone() for x in inputs))
         ys = ys if isinstance(ys, (tuple, list)) else (ys,)
         return tuple(y if a is None else y.movedim(a, -1) for y, a in zip(ys, self.axes))
 
@@ -946,7 +951,7 @@ def _agrees_with_model(out: Result, checked, gm, model, seed: int) -> None:
     p = _inputs(checked)
     inputs = [x.float() if x.is_floating_point() else x for x in feeds(p, torch.Generator().manual_seed(seed))]
     with torch.no_grad():
-        got, want = gm(*inputs), model(*inputs)
+        got, want = gm(*inputs), model(*(x.clone() for x in inputs))
     got, want = [y if isinstance(y, (tuple, list)) else (y,) for y in (got, want)]
     for k, (a, b) in enumerate(zip(got, want)):
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True):
