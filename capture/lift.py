@@ -100,14 +100,15 @@ FRESH_ZEROS = {"aten.new_zeros.default", "aten.zeros.default", "aten.new_full.de
 
 
 def _stamp(d: ast.TorchDef, file: str):
-    """What makes a saved program new: its file's size and time."""
-    if not d.source.endswith(".pt2"):
-        return None
-    try:
-        stat = (Path(file).resolve().parent / d.source).stat()
-        return stat.st_size, stat.st_mtime_ns
-    except OSError:
-        return None
+    """What makes a model new: the size and time of its saved program, or of the user's module."""
+    folder, top = Path(file).resolve().parent, d.source.partition(":")[0].split(".")[0]
+    for path in ([folder / d.source] if d.source.endswith(".pt2") else [folder / f"{top}.py", folder / top]):
+        try:
+            stat = path.stat()
+            return stat.st_size, stat.st_mtime_ns
+        except OSError:
+            continue
+    return None
 
 
 def replay_check(ctx, d: ast.TorchDef, ep, tensors: list, nodes: list, outs, vocabulary) -> None:
