@@ -74,7 +74,11 @@ def capture(ctx, d: ast.TorchDef, tensors: list, kwargs: dict, vocabulary):
     if key not in EXPORTED:
         source = model_source(d, kwargs, file)
         ep = source if isinstance(source, torch.export.ExportedProgram) else export(ctx, d, source, tensors)
-        EXPORTED[key] = functional(ep)
+        try:
+            EXPORTED[key] = functional(ep)
+        except Exception as e:  # noqa: BLE001 - a change in place torch itself cannot run
+            raise SpecError.at(ctx.pos, f"cannot capture `{d.name}` ({d.source}): its changes in place cannot be "
+                                        f"made functional: {type(e).__name__}: {_line(e)}") from None
     ep = EXPORTED[key]
     first = len(ctx.el.out.nodes)
     outs = Lift(ctx, d, ep, vocabulary).run(tensors)

@@ -12,6 +12,7 @@ from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of,
                                 what)
 from dsl.types import INTS, TensorType, Value, broadcast
 from ops.op import Doc, GraphOp, SpecOp
+from ops.reductions import lift_reduce
 
 torch, F = Lazy("torch"), Lazy("torch.nn.functional")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
@@ -222,6 +223,10 @@ def leaky_relu(x, slope=0.01):
     return F.leaky_relu(x, slope)
 
 
+def sqrt(x):
+    return torch.sqrt(x)
+
+
 def clamp(x, low=None, high=None):
     return torch.clamp(x, low, high)
 
@@ -303,6 +308,7 @@ GRAPH = (
     GraphOp(compare, symmetry_compare, onnx_compare, lambda a, b, how: f"torch.{how}({a}, {b})",
             reads=frozenset({"indices"}), uniform=uniform_pointwise),
     _elementwise(exp, symmetry_pointwise, onnx_unary("Exp"), lambda x: f"torch.exp({x})"),
+    _elementwise(sqrt, symmetry_pointwise, onnx_unary("Sqrt"), lambda x: f"torch.sqrt({x})"),
     _elementwise(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
     _elementwise(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
 )
@@ -351,6 +357,21 @@ def lift_identity(g, n, x, *rest, **kw):
     return g.tensor(x)
 
 
+def lift_rsub(g, n, a, b, alpha=1):
+    """rsub(a, b) is b - alpha * a."""
+    return lift_binary("sub")(g, n, b, a if alpha == 1 else g.emit("mul", (g.tensor(a), alpha), type_=g.type(n)))
+
+
+def lift_vector_norm(g, n, x, ord=2, dim=None, keepdim=False, dtype=None):
+    """The 2-norm over some axes: the square root of a sum of squares, whose rules know coordinate
+    products (a vector's length is invariant)."""
+    if ord != 2 or dtype is not None:
+        g.refuse(f"a vector norm of order {ord}" + (" with a dtype" if dtype is not None else ""))
+    x = g.tensor(x)
+    squares = g.emit("mul", (x, x), type_=x.type)
+    return g.emit("sqrt", (lift_reduce("sum")(g, n, squares, dim, keepdim),))
+
+
 def lift_compare(g, n, a, b):
     how = str(n.target).split(".")[1]
     return g.emit("compare", tuple(v if isinstance(v, (int, float)) else g.tensor(v) for v in (a, b)) + (how,))
@@ -370,6 +391,9 @@ ATEN = {
     **{f"aten.{op}.{kind}": lift_binary(op) for op in ("add", "sub", "mul") for kind in ("Tensor", "Scalar")},
     "aten.div.Tensor": lift_div, "aten.div.Scalar": lift_div, "aten.div.Tensor_mode": lift_div,
     "aten.pow.Tensor_Scalar": lift_pow,
+    "aten.sqrt.default": lift_unary("sqrt"),
+    "aten.rsub.Scalar": lift_rsub, "aten.rsub.Tensor": lift_rsub,
+    "aten.linalg_vector_norm.default": lift_vector_norm,
     "aten._softmax.default": lift_softmax, "aten.softmax.int": lambda g, n, x, dim, dtype=None: (
         g.refuse("softmax with a dtype") if dtype is not None else lift_softmax(g, n, x, dim)),
     **{f"aten.{op}.default": lift_identity for op in ("detach", "clone", "alias", "contiguous", "lift_fresh_copy")},

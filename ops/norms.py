@@ -127,4 +127,11 @@ def lift_batch_norm(g, n, x, weight, bias, mean, var, training, momentum, eps, c
     return g.emit("add", (g.emit("mul", (x, scale)), shift))
 
 
+def lift_batch_norm_no_training(g, n, x, weight, bias, mean, var, momentum, eps):
+    """What functionalization makes of batch_norm in eval mode: (out, saved mean, saved rstd), of which
+    models read the first."""
+    return lift_batch_norm(g, n, x, weight, bias, mean, var, False, momentum, eps), None, None
+
+
 ATEN["aten.batch_norm.default"] = lift_batch_norm
+ATEN["aten._native_batch_norm_legit_no_training.default"] = lift_batch_norm_no_training

@@ -84,3 +84,15 @@ class Mixed(nn.Module):
 
     def forward(self, pos):
         return self.conv(pos.transpose(1, 2)).mean(-1)
+
+
+class Root(nn.Module):
+    """Square roots of squared coordinates: their absolute values."""
+    def forward(self, v):
+        return torch.sqrt(v * v).mean(-1)
+
+
+class Lengths(nn.Module):
+    """Vector lengths and distances to the centroid, as models compute them."""
+    def forward(self, pos, v):
+        return torch.linalg.norm(v, dim=-1) + (pos - pos.mean(1, keepdim=True)).norm(dim=-1)

@@ -85,6 +85,7 @@ CASES = {
     "channel_linear_2d": lambda: build({"x": (("B", 4, "N", 2), "f32")}, [("y", TARGETS.channel_linear, ["x", "w"])],
                                        {"y": "y"}, {"w": p(6, 4)}),
     "exp": lambda: one(TARGETS.exp, ["x"]),
+    "sqrt": lambda: build(X, [("s", TARGETS.mul, ["x", "x"]), ("y", TARGETS.sqrt, ["s"])], {"y": "y"}),
     "leaky_relu": lambda: one(TARGETS.leaky_relu, ["x", 0.2]),
     "clamp": lambda: one(TARGETS.clamp, ["x", -0.5, 1.0]),
     "clamp_low": lambda: one(TARGETS.clamp, ["x", 0.25, None]),

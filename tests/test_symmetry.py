@@ -61,6 +61,8 @@ def ordered = torch("tests.capture_cases:Ordered")
 def doubled = torch("tests.capture_cases:Doubled")
 def chosen = torch("tests.capture_cases:Chosen")
 def mixed = torch("tests.capture_cases:Mixed")
+def root = torch("tests.capture_cases:Root")
+def lengths = torch("tests.capture_cases:Lengths")
 def exp = torch("tests.capture_cases:Exp")
 def leaky = torch("tests.capture_cases:Leaky")
 def clamped = torch("tests.capture_cases:Clamped")
@@ -165,6 +167,7 @@ PROVED = {
     # counts repeated over the coordinates, which are uniform along them.
     "a captured segment mean of edge vectors": ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS,
                                                 RECEIVERS, "y = counted(pos, s, r)", "output y is position"],
+    "captured vector norms": [SN_E3, POS, VEL, "y = lengths(pos, vel)", "output y is invariant"],
     "a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
                                     "y = scatter_pool(h, next, like=h) + gather(h, next, axis=0)", "output y is scalar"],
     "all frames of an input cloud under S(N)": [SN, "input h: f32[B, N, 3]", *FA_SN,
@@ -358,6 +361,8 @@ REFUSED = {  # lines, the text where the breaking op starts, message
     "a captured convolution over coordinates": ([E3, POS, "y = mixed(pos)", "output y is invariant"],
                                                 "return self.conv(pos.transpose(1, 2))",
                                                 "channel_linear over the 3 coordinates"),
+    "a captured square root of coordinates": ([E3, VEL, "y = root(vel)", "output y is invariant"],
+                                              "return torch.sqrt(v * v)", "sqrt of coordinate products"),
     "a captured op with no rule": ([SN, X, "y = cumulative(x)", "output y is invariant"], "return x.cumsum(1)",
                                    "no symmetry rule for this op (aten.cumsum.default in cumulative (Cumulative))"),
     "a captured mean by counts that differ per coordinate": (
