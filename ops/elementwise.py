@@ -372,6 +372,16 @@ def lift_vector_norm(g, n, x, ord=2, dim=None, keepdim=False, dtype=None):
     return g.emit("sqrt", (lift_reduce("sum")(g, n, squares, dim, keepdim),))
 
 
+def lift_norm(g, n, x, ord=None, dim=None, keepdim=False, dtype=None):
+    """linalg.norm over one axis and Tensor.norm(p, dim) are vector norms (over two axes, linalg.norm
+    is a matrix norm, which has no rule)."""
+    if isinstance(dim, int):
+        dim = [dim]
+    if dim is None or len(dim) != 1:
+        g.refuse("a matrix norm, or a norm over all axes")
+    return lift_vector_norm(g, n, x, 2 if ord is None else ord, dim, keepdim, dtype)
+
+
 def lift_compare(g, n, a, b):
     how = str(n.target).split(".")[1]
     return g.emit("compare", tuple(v if isinstance(v, (int, float)) else g.tensor(v) for v in (a, b)) + (how,))
@@ -394,6 +404,7 @@ ATEN = {
     "aten.sqrt.default": lift_unary("sqrt"),
     "aten.rsub.Scalar": lift_rsub, "aten.rsub.Tensor": lift_rsub,
     "aten.linalg_vector_norm.default": lift_vector_norm,
+    "aten.linalg_norm.default": lift_norm, "aten.norm.ScalarOpt_dim": lift_norm,
     "aten._softmax.default": lift_softmax, "aten.softmax.int": lambda g, n, x, dim, dtype=None: (
         g.refuse("softmax with a dtype") if dtype is not None else lift_softmax(g, n, x, dim)),
     **{f"aten.{op}.default": lift_identity for op in ("detach", "clone", "alias", "contiguous", "lift_fresh_copy")},
