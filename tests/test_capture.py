@@ -2,6 +2,7 @@
 PointNet and a Hugging Face ViT as their users write them (tests/torch_models.py). Each claim the
 checker proves is measured in float64 with redrawn weights; each refusal names the ATen op, the
 model's source line and its module path; each capture failure is one clear error."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,19 @@ def test_a_model_that_cannot_be_captured_is_one_clear_error(case):
     e = refusal(lines, defs)
     assert message in e.message, e.render()
     assert hint is None or hint in (e.hint or ""), e.render()
+
+
+def test_invc_frame_average_wraps_a_module_and_says_what_it_compiled(tmp_path):
+    (tmp_path / "cloud.py").write_text((ROOT / "tests/torch_models.py").read_text())
+    out = tmp_path / "cloud.onnx"
+    args = ["frame-average", "cloud:PlainCloud", "-i", "pos:f32[B,N,3]:position", "-i", "q:f32[B,N,1]:scalar",
+            "--out", "vector", "-o", out, "--save-spec", tmp_path / "cloud.inv"]
+    r = subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "frame-averaged over E(3)" in r.stdout
+    assert 'y = frame_average(backbone, [pos, q], group="E(3)", out="vector")' in (tmp_path / "cloud.inv").read_text()
+    bad = subprocess.run([sys.executable, "-m", "compiler.cli", "frame-average", "cloud:PlainCloud", "-i", "pos:f32",
+                          "-o", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "expected NAME:DTYPE[DIMS]:ROLE" in bad.stderr and "Traceback" not in bad.stderr
