@@ -124,7 +124,7 @@ def lift_batch_norm(g, n, x, weight, bias, mean, var, training, momentum, eps, c
     channels = (-1,) + (1,) * (len(x.type.shape) - 2)
     name = mean.name.rsplit(".", 1)[0]
     scale, shift = (g.constant(f"{name}.{k}", t.float().reshape(channels)) for k, t in zip(("scale", "shift"), affine))
-    return g.emit("add", (g.emit("mul", (x, scale)), shift))
+    return g.emit("add", (g.emit("mul", (x, scale), type_=x.type), shift), type_=x.type)
 
 
 def lift_batch_norm_no_training(g, n, x, weight, bias, mean, var, momentum, eps):
