@@ -1,16 +1,18 @@
 """Numeric checks: a compiled model against the torch module built from the same spec
 (`compare_with_torch`, for `invc demo`), and a spec's declared symmetries measured on both
-(`verify` and `plot_orbits`, for `invc verify`; `assert_equivariant`, for the tests)."""
+(`verify` and `plot_orbits`, for `invc verify`; `assert_equivariant`, for the tests). A claim that
+fails in float64 is traced to the first op that breaks it (compiler/localize.py)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.dtypes import torch_dtype
+from compiler.measure import TOLERANCE, noise_floor, relative_error
 from runtime import native
 
 
@@ -44,9 +46,9 @@ def compare_with_torch(spec: str | Path, onnx_path: str | Path, dims: dict, seed
 # -- equivariance ----------------------------------------------------------------------------
 # A claim is measured by acting with sampled group elements on the inputs and comparing
 # f(g·x) with g·f(x): permutations; Haar rotations, with and without a reflection;
-# translations of magnitude TRANSLATION. Errors are relative to the largest |g·f(x)|.
+# translations of magnitude TRANSLATION. Errors are relative to the largest |g·f(x)|
+# (compiler/measure.py).
 
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}  # pass marks, per dtype
 TRANSLATION = 10.0
 SIZES = {"B": 2, "N": 9}  # other symbolic dims get OTHER_SIZE
 GENERIC_POINTS = 4  # real points a sampled mask keeps per set: 3 are always planar
@@ -113,24 +115,6 @@ def worst(errors) -> float:
     error is a failure, never a pass."""
     errors = list(errors)
     return float("nan") if any(e != e for e in errors) else max(errors, default=0.0)
-
-
-def relative_error(want: torch.Tensor, got: torch.Tensor, floor: float = 1e-30) -> float:
-    """max |got - want| over max |want|, or over `floor` when the output is smaller than that."""
-    want, got = want.double(), torch.as_tensor(got).double()
-    scale = want.abs().max().clamp_min(floor) if want.numel() else 1.0
-    return float((got - want).abs().max() / scale) if want.numel() else 0.0
-
-
-def noise_floor(inputs: list, dtype: torch.dtype) -> float:
-    """The output size below which rounding alone may fail the pass mark: an output that is 0 by
-    construction (the mean of a centred cloud) is compared at this scale, not at its own. Rounding
-    of inputs of size s leaves errors of about 64·eps·s; at this floor they measure a tenth of
-    the pass mark. Integers (ids an output passes on) are exact: compared at a scale of 1 at least."""
-    if not dtype.is_floating_point:
-        return 1.0
-    size = max((float(x.abs().max()) for x in inputs if x.is_floating_point() and x.numel()), default=1.0)
-    return 640 * torch.finfo(dtype).eps * size / TOLERANCE.get(dtype, TOLERANCE[torch.float32])
 
 
 def _as_tuple(y) -> tuple:
@@ -231,13 +215,15 @@ class Report:
     notes: list                        # backends that could not run
     conditioning: float | None = None  # the worst frame conditioning of the sampled clouds
     frame_mode: str | None = None      # all frames or canonical=true, from the sampled clouds
+    breaks: list = field(default_factory=list)  # the first breaking op of each claim failing in float64
 
     @property
     def ok(self) -> bool:
         return all(m.ok for m in self.rows)
 
     def __str__(self) -> str:
-        lines = [f"{self.spec}: symmetry {self.groups}", f"static: {self.static}", table(self.rows), *self.notes]
+        lines = [f"{self.spec}: symmetry {self.groups}", f"static: {self.static}", table(self.rows), *self.notes,
+                 *map(str, self.breaks)]
         if self.conditioning is not None:
             lines.append(f"frames: worst conditioning of the sampled clouds {self.conditioning:.2e} "
                          "(0: a tied spectrum, where frame averaging is only approximate)")
@@ -251,23 +237,55 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
     """Measure every declared symmetry of a spec's outputs on its torch module (fp32 and fp64) and
     on its ONNX file (compiled in memory when not given). The spec's claims are measured even when
     the static proof refuses them, so both halves can be compared."""
+    from compiler.localize import localize
+
     checked, gm, inputs, backends, notes = _prepare(spec, model, onnx, seed, sizes, {**(params or {}), **kw})
-    rows, gen = [], torch.Generator().manual_seed(seed)
+    rows, breaks, gen = [], [], torch.Generator().manual_seed(seed)
     for group in checked.groups:
         ins, outs = _facts(checked, group)
         orbit = elements(group, {**SIZES, **(sizes or {})}, trials, gen)
         claimed = [(p, f) for p, f in zip(checked.outputs, outs) if f is not None]
+        localized = set()  # outputs traced under this group, on the first float64 backend they fail on
         for backend, fn, dtype in backends:
             try:
                 errors = orbit_errors(fn, [_cast(x, dtype) for x in inputs], ins, outs, orbit)
             except RuntimeError as e:  # e.g. an op without a float64 kernel: say so, measure the rest
                 notes.append(f"{backend} under {group} not measured: {str(e).splitlines()[0]}")
                 continue
-            rows += [Measurement(p.name, str(group), str(f), backend, worst(e[i] for e in errors),
-                                 tol if dtype == torch.float32 else TOLERANCE[torch.float64])
-                     for i, (p, f) in enumerate(claimed)]
+            measured = [Measurement(p.name, str(group), str(f), backend, worst(e[i] for e in errors),
+                                    tol if dtype == torch.float32 else TOLERANCE[torch.float64])
+                        for i, (p, f) in enumerate(claimed)]
+            rows += measured
+            for i, ((p, f), m) in enumerate(zip(claimed, measured)):
+                if dtype == torch.float64 and not m.ok and p.name not in localized:
+                    localized.add(p.name)
+                    worst_g = orbit[max(range(len(orbit)), key=lambda k: _nan_first(errors[k][i]))]
+                    _add_break(breaks, localize(fn, [_cast(x, dtype) for x in inputs], ins, worst_g, group, p.name, f))
+        notes += _float32_only(rows, str(group))
     return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
-                  *_conditioning(gm, inputs))
+                  *_conditioning(gm, inputs), breaks)
+
+
+def _float32_only(rows: list, group: str) -> list[str]:
+    """Notes on claims that fail only in float32, where rounding, not the symmetry, is to blame."""
+    mine = [m for m in rows if m.group == group]
+    fp64 = {m.output for m in mine if "fp64" in m.backend}
+    return [f"{name} under {group} fails in float32 only: rounding, not a broken symmetry, so not traced"
+            for name in dict.fromkeys(m.output for m in mine if not m.ok)
+            if name in fp64 and all(m.ok for m in mine if m.output == name and "fp64" in m.backend)]
+
+
+def _nan_first(error: float) -> float:
+    return math.inf if math.isnan(error) else error
+
+
+def _add_break(breaks: list, new) -> None:
+    """One break per op: outputs that one op breaks are named together."""
+    for i, b in enumerate(breaks):
+        if b.node == new.node:
+            breaks[i] = replace(b, outputs=f"{b.outputs}; {new.outputs}")
+            return
+    breaks.append(new)
 
 
 def _prepare(spec, model, onnx, seed: int, sizes: dict | None, params: dict):
