@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import re
 import sys
 from pathlib import Path
@@ -141,6 +142,8 @@ def example_inputs(ctx, tensors: list, shift: int = 0) -> tuple[list, list, dict
 def export(ctx, d: ast.TorchDef, model, tensors: list):
     """The ExportedProgram of `model` on example tensors shaped like `tensors`."""
     examples, shapes, _ = example_inputs(ctx, tensors)
+    quiet = logging.getLogger("torch")
+    level, quiet.level = quiet.level, logging.CRITICAL  # torch logs each failed trace; the SpecError says it once
     try:
         return torch.export.export(model, tuple(examples), dynamic_shapes=tuple(shapes), strict=False)
     except Exception as e:
@@ -148,6 +151,8 @@ def export(ctx, d: ast.TorchDef, model, tensors: list):
         hint = next((h for pattern, h in HINTS if pattern.search(text)), None)
         raise SpecError.at(ctx.pos, f"cannot capture `{d.name}` ({d.source}) with torch.export: "
                                     f"{type(e).__name__}: {_first_line(e)}", hint) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _first_line(e: Exception) -> str:
