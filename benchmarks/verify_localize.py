@@ -1,18 +1,20 @@
 """Does `invc verify` name the op that breaks a symmetry? Bugs injected into correct models, one at a time.
 
-    python benchmarks/verify_localize.py                 # 120 bugs: the rate, per kind and per model, the misses
+    python benchmarks/verify_localize.py                 # 150 bugs: the rate, per kind and per model, the misses
     python benchmarks/verify_localize.py --bugs 20 --seed 3
 
-The correct models are the examples that declare a symmetry and the torch models of
-benchmarks/localize_models/, captured through torch.export: PyG's GINConv and SAGEConv, an EGNN
-layer and PointNet (pc.py), and SchNet-, PaiNN-, dense EGNN- and DeepSets-style layers (geometric.py). A bug is one edit of one source line, drawn at random from every (line, kind)
-that applies; `y` is the name the line binds, `pos` a position input of the model (in a spec's model
-body, or the torch forward's argument):
+The correct models are the examples that declare a symmetry; the torch models of tests/torch_models.py
+(PyG's GINConv, an E_GCL layer, PointNet); and SchNet-, PaiNN-, dense EGNN- and DeepSets-style layers
+(benchmarks/localize_models/geometric.py), captured through torch.export. A bug is one edit of one
+source line, drawn at random from every (line, kind) that applies; `y` is the name the line binds,
+`pos` a position input of the model (in a spec's model body, or the torch forward's argument):
 
     kind              a spec line (.inv)                      a line of a torch forward (.py)
-    coordinate term   y = y + sum(y, axis=-1, keepdim=true)   y = y + y[..., 0].unsqueeze(-1)
-    position leak     y = y + sum(pos, axis=-1, keepdim=true) y = y + pos[..., 0].unsqueeze(-1)
-    fixed element                                             y = y + y[0], y + y.select(1, 0).unsqueeze(1)
+    coordinate term   y = y + sum(y, axis=-1, keepdim=true)   y = y + y[..., :1]
+    position leak     y = y + sum(pos, axis=-1, keepdim=true) y = y + pos[..., :1]
+    fixed element                                             y = y + y[:1] (or y[:, :1])
+    position table                                            y = y + self.bug_table[:y.shape[k]] (learned)
+    running sum                                               y = y.cumsum(0) (kept as an ATen op)
     nonlinearity      y = tanh(y)                             y = torch.tanh(y)
     scale             y = y * 2                               y = y * 2
     offset            y = y + 1                               y = y + 1
@@ -21,16 +23,13 @@ body, or the torch forward's argument):
                       -> linear(v * v, 1)
     no centering      y = a - b -> y = a                      y = a - b -> y = a
 
-Each mutated copy runs verify() (as `invc verify --trials 2`). A bug counts when a claim fails in
-float64, and it is found when every first breaking op that verify names is on the injected line.
+(A spec has no slicing and no cumulative sum, so those kinds are torch-only.) Each mutated copy runs
+verify() (as `invc verify --trials 2`). A bug counts when a claim fails in float64 with the model's
+own weights, and it is found when every first breaking op that verify names is on the injected line.
 A dropped centering leaves no op on its line: verify names the first op that misuses the uncentred
 value (compiler/localize.py), so that bug is found at the first later line that reads it. Edits
 that no longer check, capture or run are counted and skipped, and so are edits that leave every
 claim standing (inside a frame-averaged backbone, or on a tensor that is invariant anyway).
-
-Not injected: a learned per-position table. A spec has no slicing, and a torch model can add one
-only for a set size fixed in advance (`self.table[:y.shape[0]]` makes torch.export fix N;
-`torch.arange(N)` is not lifted), which a model with a symbolic N cannot be.
 """
 from __future__ import annotations
 
@@ -56,14 +55,13 @@ MODELS = [  # (spec, model, the file bugs go into)
     *[(ROOT / "examples" / f"{name}.inv", None, ROOT / "examples" / f"{name}.inv")
       for name in ("deepsets", "egnn", "egnn_sparse", "nbody", "nbody_drift", "nbody_walk_near",
                    "pointcloud_classifier")],
-    (TORCH_MODELS / "graph.inv", "graph", TORCH_MODELS / "gnns.py"),
-    (TORCH_MODELS / "pc.inv", "egnn_layer", TORCH_MODELS / "pc.py"),
-    (TORCH_MODELS / "pc.inv", "classifier", TORCH_MODELS / "pc.py"),
+    *[(ROOT / "tests" / "torch_models.inv", name, ROOT / "tests" / "torch_models.py")
+      for name in ("gin", "egnn", "pointnet")],
     *[(TORCH_MODELS / "geometric.inv", name, TORCH_MODELS / "geometric.py")
       for name in ("schnet_layer", "painn_layer", "dense_egnn", "deepsets")],
 ]
 TORCH_CLASSES = {  # model -> (the classes whose forward bugs go into, the forward's position argument)
-    "graph": (("GIN", "Pooled"), None), "egnn_layer": (("EGCL",), "x"), "classifier": (("PointNet",), None),
+    "gin": (("GIN",), None), "egnn": (("EGCL",), "coord"), "pointnet": (("PointNet",), None),
     "schnet_layer": (("SchNetLite",), "pos"), "painn_layer": (("PaiNNLite",), "pos"),
     "dense_egnn": (("DenseEGNN",), "x"), "deepsets": (("DeepSets",), None)}
 
@@ -74,15 +72,20 @@ SPEC_KINDS = {  # {pos}: a position input in scope
     "scale": "{y} = {y} * 2",
     "offset": "{y} = {y} + 1",
 }
-TORCH_KINDS = {  # written with ops capture lifts: a slice (`y[:1]`) stays an ATen op, which fails in torch
-    "coordinate term": "{y} = {y} + {y}[..., 0].unsqueeze(-1)",
-    "position leak": "{y} = {y} + {pos}[..., 0].unsqueeze(-1)",
-    "fixed element": "{y} = {y} + {y}[0]",
-    "fixed element, axis 1": "{y} = {y} + {y}.select(1, 0).unsqueeze(1)",
+TORCH_KINDS = {
+    "coordinate term": "{y} = {y} + {y}[..., :1]",
+    "position leak": "{y} = {y} + {pos}[..., :1]",
+    "fixed element": "{y} = {y} + {y}[:1]",
+    "fixed element, axis 1": "{y} = {y} + {y}[:, :1]",
+    "position table": "{y} = {y} + self.bug_table[:{y}.shape[0]].view(-1, *[1] * ({y}.dim() - 1))",
+    "position table, axis 1": "{y} = {y} + self.bug_table[:{y}.shape[1]].view(-1, *[1] * ({y}.dim() - 2))",
+    "position table, last axis": "{y} = {y} + self.bug_table[:{y}.shape[-1]]",
+    "running sum": "{y} = {y}.cumsum(0)",
     "nonlinearity": "{y} = torch.tanh({y})",
     "scale": "{y} = {y} * 2",
     "offset": "{y} = {y} + 1",
 }
+TABLE = "self.bug_table = torch.nn.Parameter(torch.randn(1024))"  # longer than any set capture or verify draws
 AXES = {".inv": ("-1", "1", "2", "N"), ".py": ("-1", "0", "1", "2")}
 REDUCTION = {".inv": re.compile(r"\b(?:sum|mean|pool|max)\([^()]*(?:\([^()]*\)[^()]*)*?axis=(-?\w+)"),
              ".py": re.compile(r"(?:\.(?:sum|mean|amax)\(|torch\.(?:sum|mean)\([^,()]+(?:\([^()]*\))?, )(-?\d)")}
@@ -99,6 +102,11 @@ class Bug:
     line: int           # 1-based: the edited line
     text: str           # the edited line
     expected: int       # the line the breaking op must be named on
+    table: int = 0      # the line that gives the module its learned table (a position table), else 0
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.spec.stem}:{self.model}" if self.model else self.spec.stem
 
     def __str__(self) -> str:
         return f"{self.file.name}:{self.line} {self.kind}: {self.text.strip()}"
@@ -119,7 +127,8 @@ def bugs(spec: Path, model: str | None, file: Path) -> list[Bug]:
                 edited = f"{indent}{y} = {text.strip()[len('return '):]}{sep}{bug}{sep}return {y}"
             else:
                 edited = f"{text}{sep}{bug}"
-            found.append(Bug(spec, model, file, kind, line, edited, line))
+            found.append(Bug(spec, model, file, kind, line, edited, line,
+                             _init_line(lines, line) if kind.startswith("position table") else 0))
         for axis in _axes(text, file.suffix):
             found.append(Bug(spec, model, file, "wrong axis", line, axis, line))
         pattern, replacement = MLP_OVER_COORDINATES[file.suffix]
@@ -172,6 +181,11 @@ def _reader(lines: list[str], line: int, name: str) -> int:
     return 0
 
 
+def _init_line(lines: list[str], line: int) -> int:
+    """The `super().__init__()` line of the class that holds `line`."""
+    return max(k for k in range(1, line) if "super().__init__()" in lines[k - 1])
+
+
 def _axes(text: str, suffix: str) -> list[str]:
     """The line with its first reduction taken over each other axis."""
     m = REDUCTION[suffix].search(text)
@@ -184,12 +198,16 @@ COPIES = itertools.count()
 
 
 def inject(bug: Bug, folder: Path) -> tuple[Path, Path]:
-    """A copy of the bug's model folder in `folder` with the bug in: the spec's and the edited file's
-    paths there. A torch module gets a name of its own, so that this process imports the edited
-    copy, not one it imported before."""
-    shutil.copytree(bug.spec.parent, folder, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "nbody"))
+    """A copy of the bug's spec (with the specs it imports) and of the edited file in `folder`, the
+    bug in: their paths there. A torch module gets a name of its own, so that this process imports
+    the edited copy, not one it imported before."""
+    folder.mkdir(parents=True)
+    for spec in bug.spec.parent.glob("*.inv"):
+        shutil.copy(spec, folder)
     lines = bug.file.read_text().splitlines()
     lines[bug.line - 1] = bug.text
+    if bug.table:
+        lines[bug.table - 1] += f"; {TABLE}"
     spec, edited = folder / bug.spec.name, folder / bug.file.name
     if bug.file.suffix == ".py":
         module = f"{bug.file.stem}_bug{next(COPIES)}"
@@ -228,7 +246,7 @@ def _run(job) -> Outcome:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bugs", type=int, default=120, help="stop after this many bugs (a claim fails in float64)")
+    p.add_argument("--bugs", type=int, default=150, help="stop after this many bugs (a claim fails in float64)")
     p.add_argument("--seed", type=int, default=0, help="the draw of edits")
     p.add_argument("--jobs", type=int, default=2, help="edits verified at once, one process each")
     args = p.parse_args(argv)
@@ -258,7 +276,7 @@ def report(outcomes: list[Outcome], drawn: int, seconds: float) -> str:
              f"bugs (a claim fails in float64 with the model's weights): {len(counted)}",
              f"first breaking op named on the injected line: {found}/{len(counted)} = "
              f"{100 * found / max(len(counted), 1):.1f}%", ""]
-    for title, key in (("kind", lambda o: o.bug.kind), ("model", lambda o: o.bug.model or o.bug.spec.stem)):
+    for title, key in (("kind", lambda o: o.bug.kind), ("model", lambda o: o.bug.model_name)):
         lines += [f"| {title} | bugs | found |", "|---|---:|---:|"]
         for name in sorted({key(o) for o in counted}):
             mine = [o for o in counted if key(o) == name]

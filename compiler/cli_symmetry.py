@@ -12,7 +12,8 @@ def register(sub) -> None:
                                    "reflection; translations of about 10), run the torch module in fp32 and "
                                    "fp64 and the ONNX model in onnxruntime, and report the max relative "
                                    "equivariance error of every claimed output under every declared group. "
-                                   "Exit 1 when a claim fails.")
+                                   "A claim that fails in fp64 is traced to the first op that breaks it "
+                                   "(its source line and module). Exit 1 when a claim fails.")
     _spec_args(p)
     p.add_argument("--onnx", help="the ONNX file to check (default: compile the spec in memory)")
     p.add_argument("--trials", type=positive(int), default=4, help="group elements sampled per group (default 4)")

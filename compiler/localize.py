@@ -8,11 +8,12 @@ values alone, never from the symmetry rules (so a wrong rule cannot hide its own
     S(N)   invariant; permuted along any set of its axes of N's size; integer ids relabelled
     E(3)   invariant; rotated like a vector (or moved like a position) along an axis of size 3;
            rotated like a rank-2 tensor on two such axes; vectors stacked along an axis of size 3k;
-           permuted along an axis by a permutation of its own (the frames of frame averaging, which
-           a rotation relabels)
+           any of these with one axis reordered (frame averaging's frames, which a rotation
+           relabels, each cloud its own way)
 
-A node transforms when one action holds within the float64 pass mark. Some correct nodes fit none:
-coordinate products v * w, until a sum over the coordinates makes them invariant; a frame basis. So
+A node transforms when one action holds within the float64 pass mark, at a scale that its inputs'
+rounding cannot reach. Some correct nodes fit none: coordinate products v * w until a sum over the
+coordinates makes them invariant, softmax-weighted positions until a sum makes a position. So
 a break is traced back from the failing output: the nodes that fit no action and reach the output
 through nodes that fit none form a region, and its first node in program order whose every tensor
 input transforms is the breaking op. A v * v that a sum makes invariant is outside every region;
@@ -87,13 +88,12 @@ def localize(gm: fx.GraphModule, inputs: list, in_facts: list, g, group, output:
         error = relative_error(g.act(claim, base[node]), moved[node], floor)
         return _break(node, fits, failed, f"its output is {fits[node].action}, claimed {claim}", error)
     root = min(_region(node, fits), key=list(gm.graph.nodes).index)
-    departs = f"its output {_type(root, base[root])} fits no action of {group}"
+    nearest = _fit(_plain(group, g, base[root], moved[root]), _floor(root, moved, floor))
     summed = _fit(_summed(group, g, base[root], moved[root]), _floor(root, moved, floor))
-    if summed.ok:  # coordinate products never summed over the coordinates, say
-        departs += f": it is {summed.action}, a sum that no later op takes"
-    else:
-        departs += f" (nearest: {fits[root].action})"
-    return _break(root, fits, failed, departs, fits[root].error)
+    departs = f"its output {_type(root, base[root])} fits no action of {group}" + (
+        f": it is {summed.action}, a sum that no later op takes" if summed.ok  # coordinate products, say
+        else f" (nearest: {nearest.action})")
+    return _break(root, fits, failed, departs, nearest.error)
 
 
 def _floor(node: fx.Node, moved: dict, floor: float) -> float:
@@ -152,7 +152,19 @@ def _fit(actions, floor: float) -> Fit:
 
 def _actions(group, g, y: torch.Tensor, y_moved: torch.Tensor):
     """(label, want, got) for each action the group may take on `y`: want is the action applied to
-    y, got the matching view of y_moved."""
+    y, got the matching view of y_moved. The plain ones come first."""
+    from dsl.groups import Euclidean
+    yield from _plain(group, g, y, y_moved)
+    if isinstance(group, Euclidean) and y.is_floating_point():
+        yield from _stacked(group, g, y, y_moved)
+        plain = _euclidean(group, g, y)
+        for k in range(y.dim()):  # a rotation relabels the frames of frame averaging
+            for label, want in plain:
+                yield from _relabelled(k, label, want, y_moved)
+
+
+def _plain(group, g, y: torch.Tensor, y_moved: torch.Tensor):
+    """Invariant, and how the group moves a whole tensor: along its axes of N's size, or its size-3 axes."""
     from dsl.groups import Permutations
     if isinstance(group, Permutations):
         yield "invariant", y, y_moved
@@ -160,12 +172,7 @@ def _actions(group, g, y: torch.Tensor, y_moved: torch.Tensor):
     elif not y.is_floating_point():
         yield "invariant", y, y_moved
     else:
-        plain = _euclidean(group, g, y)
-        yield from ((label, want, y_moved) for label, want in plain)
-        yield from _stacked(group, g, y, y_moved)
-        for k in range(y.dim()):  # a rotation relabels the frames of frame averaging
-            for label, want in plain:
-                yield from _relabelled(k, label, want, y_moved)
+        yield from ((label, want, y_moved) for label, want in _euclidean(group, g, y))
 
 
 def _summed(group, g, y: torch.Tensor, y_moved: torch.Tensor):

@@ -245,7 +245,7 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
         ins, outs = _facts(checked, group)
         orbit = elements(group, {**SIZES, **(sizes or {})}, trials, gen)
         claimed = [(p, f) for p, f in zip(checked.outputs, outs) if f is not None]
-        localized = set()  # outputs traced under this group, on the first float64 backend they fail on
+        traced = set()  # outputs whose break is named: on the first float64 backend they fail on
         for backend, fn, dtype in backends:
             try:
                 errors = orbit_errors(fn, [_cast(x, dtype) for x in inputs], ins, outs, orbit)
@@ -257,20 +257,21 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
                         for i, (p, f) in enumerate(claimed)]
             rows += measured
             for i, ((p, f), m) in enumerate(zip(claimed, measured)):
-                if dtype == torch.float64 and not m.ok and p.name not in localized:
-                    localized.add(p.name)
-                    worst_g = orbit[max(range(len(orbit)), key=lambda k: _nan_first(errors[k][i]))]
-                    _add_break(breaks, localize(fn, [_cast(x, dtype) for x in inputs], ins, worst_g, group, p.name, f))
+                if dtype == torch.float64 and not m.ok and p.name not in traced:
+                    traced.add(p.name)
+                    g = orbit[max(range(len(orbit)), key=lambda k: _nan_first(errors[k][i]))]  # the worst element
+                    _add_break(breaks, localize(fn, [_cast(x, dtype) for x in inputs], ins, g, group, p.name, f))
         notes += _float32_only(rows, str(group))
     return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
                   *_conditioning(gm, inputs), breaks)
 
 
 def _float32_only(rows: list, group: str) -> list[str]:
-    """Notes on claims that fail only in float32, where rounding, not the symmetry, is to blame."""
+    """Notes on claims that fail only in float32: float64 keeps them, so no op breaks the symmetry."""
     mine = [m for m in rows if m.group == group]
     fp64 = {m.output for m in mine if "fp64" in m.backend}
-    return [f"{name} under {group} fails in float32 only: rounding, not a broken symmetry, so not traced"
+    return [f"{name} under {group} fails in float32 only: float64 keeps it, so rounding (or a backend) is to blame, "
+            "not an op that breaks the symmetry"
             for name in dict.fromkeys(m.output for m in mine if not m.ok)
             if name in fp64 and all(m.ok for m in mine if m.output == name and "fp64" in m.backend)]
 
@@ -397,16 +398,22 @@ def _cast(x: torch.Tensor, dtype) -> torch.Tensor:
 
 def _backends(gm, checked, onnx) -> tuple[list, list]:
     """[(name, fn, dtype)]: the torch module in fp32 and fp64, and the ONNX model in onnxruntime;
-    and the notes on them (why the native frame kernels fell back)."""
+    and the notes on them (why the native frame kernels fell back, or why there is no ONNX model)."""
     import copy
 
     from compiler.onnx_backend import to_onnx
+    from ops.aten import NoOnnxForm
     from passes.cleanup import CLEANUP
     from passes.base import Pipeline
     from runtime.session import Session
 
+    backends = [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
+                ("torch fp64, random weights", redrawn(gm), torch.float64)]
     if onnx is None:  # the compile pipeline, less the symmetry pass: a refused claim is measured too
-        onnx = to_onnx(Pipeline(list(CLEANUP)).run(copy.deepcopy(gm)), graph_name=checked.name)
+        try:
+            onnx = to_onnx(Pipeline(list(CLEANUP)).run(copy.deepcopy(gm)), graph_name=checked.name)
+        except NoOnnxForm as e:  # a captured ATen op that invc keeps as it is: torch alone can run it
+            return backends, [f"onnx not measured: {e}"]
     session = Session(onnx)
     names = [p.name for p in checked.inputs]
     _same_ports(onnx, session, checked)
@@ -414,8 +421,6 @@ def _backends(gm, checked, onnx) -> tuple[list, list]:
     def runner(session):
         return lambda *xs: tuple(torch.from_numpy(v) for v in session.run(dict(zip(names, xs))).values())
 
-    backends = [("torch fp32", gm, torch.float32), ("torch fp64", copy.deepcopy(gm).double(), torch.float64),
-                ("torch fp64, random weights", redrawn(gm), torch.float64)]
     if not session.frames:
         return backends + [("onnx fp32", runner(session), torch.float32)], []
     # Frames run as native kernels where they are registered; the portable bodies are measured too.
