@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import sympy
 import torch
 import torch.fx as fx
 from torch.export.graph_signature import OutputKind
@@ -265,7 +266,7 @@ class Lift:
             return self.symbols[expr]
         if expr.is_Mul and all(f.is_number or f in names for f in expr.args):
             return dim_product([int(f) if f.is_number else names[f] for f in expr.args])
-        text = str(expr.subs({k: __import__("sympy").Symbol(str(v)) for k, v in names.items()})).replace(" ", "")
+        text = str(expr.subs({k: sympy.Symbol(str(v)) for k, v in names.items()})).replace(" ", "")
         return f"({text})"
 
     def type(self, node: fx.Node, item: int | None = None) -> TensorType:
@@ -379,9 +380,11 @@ class Lift:
     def zeros(self, sizes) -> Zeros:
         return Zeros(self.type(self.node), tuple(sizes), self.node)
 
-    def is_zeros(self, x, user: fx.Node) -> bool:
-        """`x` is fresh zeros that only `user` (an in-place scatter) reads."""
-        return isinstance(x, Zeros) and set(x.node.users) == {user}
+    @staticmethod
+    def is_zeros(x) -> bool:
+        """`x` is fresh zeros. A scatter in place into zeros anything else reads was made functional
+        before lifting (`functional`), so none is left that other readers could see."""
+        return isinstance(x, Zeros)
 
     def ids(self, index: fx.Node, rows, whole: bool) -> Value:
         """The 1-D ids behind a scatter's index: the ids themselves, or (`whole`: a scatter's index,
@@ -406,16 +409,19 @@ class Lift:
         that dim (N+1 is the length of the class token joined to N patches)."""
         if size.value is not None or size.dim is None:
             return size
-        values = [p.value for p in self.ctx.el.out.inputs] + [o.value for o in self.ctx.el.out.nodes]
-        return next((Size(size.dim, v, k) for v in values for k, d in enumerate(v.type.shape) if d == size.dim), size)
+        return next((Size(size.dim, v, k) for v in self._values() for k, d in enumerate(v.type.shape)
+                     if d == size.dim), size)
+
+    def _values(self) -> list:
+        """Every tensor of the model so far: its inputs, then the ops' results."""
+        return [p.value for p in self.ctx.el.out.inputs] + [o.value for o in self.ctx.el.out.nodes]
 
     def like(self, size) -> Value:
         """A tensor whose dim 0 is `size` (a Size or an int): what scatter_reduce reads its set count from."""
         if isinstance(size, Size) and size.value is not None and size.axis == 0:
             return size.value
         dim = size.dim if isinstance(size, Size) else size
-        values = [p.value for p in self.ctx.el.out.inputs] + [o.value for o in self.ctx.el.out.nodes]
-        found = next((v for v in values if v.type.shape[:1] == (dim,)), None)
+        found = next((v for v in self._values() if v.type.shape[:1] == (dim,)), None)
         if found is None:
             self.refuse(f"a scatter into {dim} sets, which no tensor has as its first dim")
         return found

@@ -565,7 +565,7 @@ def lift_scatter(kind_of):
         """A scatter (or index_add) into zeros along dim 0, by ids per row, is scatter_reduce."""
         kind = kind_of(g, *rest, **kw)
         src = g.tensor(src)
-        if not g.is_zeros(into, n) or dim % len(src.type.shape) != 0:
+        if not g.is_zeros(into) or dim % len(src.type.shape) != 0:
             g.refuse("a scatter into a tensor that is not fresh zeros, or along an axis other than 0")
         rows = src.type.shape[0]
         ids = g.ids(n.args[2], rows, whole=str(n.target).startswith("aten.scatter"))

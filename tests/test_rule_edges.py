@@ -5,11 +5,14 @@ Each entry kills mutants of benchmarks/mutants.py that make that branch accept (
 import importlib.util
 import itertools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dsl.errors import SpecError
+from dsl.groups import Broken, Invariant, Permutations, Permuted, Relabeled
+from dsl.symmetry_rules import Call, Operand, apply
 from dsl.symmetry import verdicts
 from ops.registry import VOCABULARY
 from test_symmetry import E3, POS, SN, VECS, VEL, X, assert_refused_and_false, checked, measure
@@ -241,3 +244,34 @@ def test_what_is_proved_of_a_matmul_chain_measures_true():
             false.append(f"{line}: {kind}")
     assert not false, false
     assert proved >= 100, proved  # the chains reach the rules' accepting branches, not only refusals
+
+
+def test_sets_joined_with_fixed_rows_take_only_fixed_or_moving_parts():
+    """A concat along N of a set and a part permuted along another axis is no block layout (a part
+    counted as fixed rows while it moves would give a permutation the layout does not name)."""
+    parts = (Operand(Permuted((0,)), ("N", 4)), Operand(Permuted((1,)), (2, 4)))
+    call = Call("concat", (parts,), {"axis": 0}, ("(N+2)", 4), "c", "s.inv:1:1", 0, "concat")
+    assert isinstance(apply(call, Permutations("N"), VOCABULARY.graph), Broken)
+    fixed = (parts[0], Operand(Invariant(), (2, 4)))
+    assert apply(replace(call, args=(fixed,)), Permutations("N"), VOCABULARY.graph) == Permuted((0,), "[N]+2")
+
+
+def test_rows_and_ids_in_different_block_layouts_do_not_scatter_together():
+    """Rows permuted as an edge list with self loops (E+[N]) scattered by ids permuted as a plain list
+    go to other sets than after the group acts: broken, however alike the rest looks."""
+    for rows_by, ids_by in (("E+[N]", ""), ("", "E+[N]")):
+        rows = Operand(Permuted((0,), rows_by), ("(E+N)", 4))
+        index = Operand(Relabeled((0,), "N", ids_by), ("(E+N)",))
+        like = Operand(Permuted((0,)), ("N", 4))
+        call = Call("scatter_reduce", (rows, index, like), {"kind": "sum"}, ("N", 4), "s", "s.inv:1:1", 0,
+                    "scatter_pool")
+        assert isinstance(apply(call, Permutations("N"), VOCABULARY.graph), Broken)
+    same = (Operand(Permuted((0,), "E+[N]"), ("(E+N)", 4)), Operand(Relabeled((0,), "N", "E+[N]"), ("(E+N)",)), like)
+    assert apply(replace(call, args=same), Permutations("N"), VOCABULARY.graph) == Permuted((0,))
+
+
+def test_a_gather_by_ids_in_a_block_layout_is_permuted_in_that_layout():
+    h = Operand(Permuted((0,)), ("N", 4))
+    ids = Operand(Relabeled((0,), "N", "E+[N]"), ("(E+N)",))
+    call = Call("gather", (h, ids), {"axis": 0}, ("(E+N)", 4), "g", "s.inv:1:1", 0, "gather")
+    assert apply(call, Permutations("N"), VOCABULARY.graph) == Permuted((0,), "E+[N]")
