@@ -57,11 +57,11 @@ def aten(*tensors, op, why, layout, item=None):
 
 
 def onnx_aten(g, node, tensors, op, why, layout, item=None):
-    raise NoOnnxForm(f"`{op}` at {node.meta.get('pos', '?')} ({node.meta.get('origin', node.name)}) has no "
-                     f"ONNX form: {why}")
+    raise NoOnnxForm(f"`{op}` at {node.meta.get('pos', '?')} ({node.meta.get('origin', node.name)}) is kept as torch "
+                     "runs it, and has no ONNX form; write that step with ops invc lifts (dsl/LANGUAGE.md, Torch "
+                     "models), or run the model with `invc verify`, which measures it in torch")
 
 
-TABLE = "ops"
 # It takes every fact, so that a tensor it reads only the size of never breaks it; its rule breaks on
 # any other that is not invariant.
 GRAPH = (GraphOp(aten, symmetry_aten, onnx_aten, embed=True,

@@ -177,3 +177,14 @@ def test_invc_frame_average_wraps_a_module_and_says_what_it_compiled(tmp_path):
                           "-o", str(out)], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2 and "expected NAME:DTYPE[DIMS]:ROLE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compile_refuses_a_kept_op_by_name_and_writes_nothing(tmp_path):
+    spec = tmp_path / "kept.inv"
+    (tmp_path / "cases.py").write_text((ROOT / "tests/capture_cases.py").read_text())
+    spec.write_text('def cum = torch("cases:Cumulative")\nmodel m() {\n  input x: f32[B, N, 4]\n  y = cum(x)\n'
+                    '  output y\n}\n')
+    r = invc("compile", spec, "-o", tmp_path / "kept.onnx")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "`aten.cumsum.default` at " in r.stderr and "cases.py:" in r.stderr and "has no ONNX form" in r.stderr
+    assert not (tmp_path / "kept.onnx").exists()
