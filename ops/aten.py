@@ -62,6 +62,7 @@ def onnx_aten(g, node, tensors, op, why, layout, item=None):
                      "models), or run the model with `invc verify`, which measures it in torch")
 
 
+TABLE = "ops"
 # It takes every fact, so that a tensor it reads only the size of never breaks it; its rule breaks on
 # any other that is not invariant.
 GRAPH = (GraphOp(aten, symmetry_aten, onnx_aten, embed=True,
