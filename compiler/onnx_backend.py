@@ -105,6 +105,24 @@ class GraphBuilder:
         count = self.op("ReduceSum", self.op("Cast", flags, to=onnx_type("i64")), keepdims=0)
         return self.op("Equal", count, self.scalar(0, "i64"))
 
+    def branch(self, cond: str, then, orelse, dtype: str) -> str:
+        """ONNX If on the bool scalar `cond`: `then(self)` or `orelse(self)` writes its nodes into a subgraph
+        of its own, which reads the outer graph's values (constants stay outer initializers), and returns
+        its result, a `dtype` tensor. Only the branch taken runs, so a costly exact path can wait behind a
+        cheap test. Checked ids stay with their branch: a value defined inside one is not seen outside."""
+        graphs = []
+        for body in (then, orelse):
+            outer, checked = self.nodes, dict(self.checked)
+            self.nodes = []
+            try:
+                result = self.fresh(f"{self.scope}/branch")
+                self.nodes.append(helper.make_node("Identity", [body(self)], [result], name=result))
+                graphs.append(helper.make_graph(self.nodes, result, [], [
+                    helper.make_tensor_value_info(result, onnx_type(dtype), None)]))
+            finally:
+                self.nodes, self.checked = outer, checked
+        return self.op("If", cond, then_branch=graphs[0], else_branch=graphs[1])
+
     def scalar(self, value, dtype: str) -> str:
         return self.const(np.array(value, numpy_dtype(dtype)))
 

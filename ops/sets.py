@@ -45,7 +45,7 @@ from dsl.symmetry_rules import (COORD_HINT, COORDINATES, POOL_HINT, Call, Operan
                                 uniform_axes, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value
 from ops.op import Doc, GraphOp, Indices, SpecOp
-from ops.reductions import KINDS, nan_term
+from ops.reductions import KINDS, keep_nan, unless_nan_free
 
 torch, np, helper = Lazy("torch"), Lazy("numpy"), Lazy("onnx.helper")
 
@@ -354,7 +354,7 @@ def _masked(g, x: str, mask: str | None, axis: int, kind: str, rank: int, dtype:
     axes = g.ints([axis])
     if mask is None:
         out = g.op(REDUCE[kind], x, axes, keepdims=0)
-        return out if kind in ("sum", "mean") else g.op("Add", out, nan_term(g, x, axes, dtype))
+        return out if kind in ("sum", "mean") else keep_nan(g, out, x, axes, rank, dtype)
     keep = _trailing(g, mask, axis + 1, rank)
     real = g.op("Where", keep, x, g.scalar(0.0, dtype))
     if kind == "sum":  # no count: onnxruntime runs nodes whose results nobody reads
@@ -364,7 +364,7 @@ def _masked(g, x: str, mask: str | None, axis: int, kind: str, rank: int, dtype:
     if kind == "mean":
         return g.op("Div", g.op("ReduceSum", real, axes, keepdims=0), g.op("Max", count, g.scalar(1.0, dtype)))
     out = g.op(REDUCE[kind], g.op("Where", keep, x, g.scalar(IDENTITY[kind], dtype)), axes, keepdims=0)
-    out = g.op("Add", out, nan_term(g, real, axes, dtype))
+    out = keep_nan(g, out, real, axes, rank, dtype)
     return g.op("Where", g.op("Greater", count, g.scalar(0.0, dtype)), out, g.scalar(0.0, dtype))
 
 
@@ -419,8 +419,11 @@ def _scatter(g, x: str, ids: str, count: str, kind: str, rank: int, dtype: str) 
     count = _trailing(g, g.op("Cast", count, to=onnx_type(dtype)), 1, rank)
     if kind == "mean":
         return g.op("Div", out, g.op("Max", count, g.scalar(1.0, dtype)))
-    nans = g.op("Where", g.op("IsNaN", x), x, g.scalar(0.0, dtype))
-    out = g.op("Add", out, g.op("ScatterND", _fill(g, shape, 0.0, dtype), index, nans, reduction="add"))
+
+    def with_nan(b):  # ScatterND's max and min drop NaN too; a sum of the NaN rows puts it back
+        nans = b.op("Where", b.op("IsNaN", x), x, b.scalar(0.0, dtype))
+        return b.op("Add", out, b.op("ScatterND", _fill(b, shape, 0.0, dtype), index, nans, reduction="add"))
+    out = unless_nan_free(g, x, rank, out, with_nan, dtype)
     return g.op("Where", g.op("Greater", count, g.scalar(0.0, dtype)), out, g.scalar(0.0, dtype))
 
 
