@@ -40,7 +40,7 @@ def main(argv=None) -> int:
                        ("refused at check", "refused"), ("crashes", "crash"), ("lift bugs", "lift bug")):
         print(f"  {label:<36} {counts[key]}")
     for key in ("claims proved", "false proofs", "proved, error is float64 rounding", "claims refused",
-                "refused, numerically holds"):
+                "refused, numerically holds", "torch model runs in float32 only"):
         print(f"  {key:<36} {counts[key]}")
     print(f"refusals by reason ({args.refusals} most common of {len(refusals)}):")
     for why, n in refusals.most_common(args.refusals):

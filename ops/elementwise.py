@@ -10,6 +10,7 @@ from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Simplex, S
 from dsl.rules import Axis, Tensor, float_input, numeric
 from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, uniform_axes,
                                 what)
+from common.dtypes import FLOATS, onnx_type, torch_dtype
 from dsl.types import INTS, TensorType, Value, broadcast
 from ops.op import Doc, GraphOp, SpecOp
 from ops.reductions import lift_reduce
@@ -71,6 +72,19 @@ def symmetry_pointwise(call: Call) -> Fact:
         return x.fact
     return call.broken(f"{call.spelled} of {what(x)}",
                        "negating a position is not a position" if call.op == "neg" else COORD_HINT)
+
+
+def symmetry_cast(call: Call) -> Fact:
+    """A change of dtype commutes with permutations. What moves with the values moves with them only
+    within their kind: coordinates stay coordinates from float to float, ids stay ids from int to
+    int; a position rounded to integers is not a position, and ids read as numbers are not ids."""
+    x, dtype = call.arg(0), call.kwargs["dtype"]
+    fact = x.fact
+    if isinstance(fact, Permuted) or (isinstance(fact, Relabeled) and dtype in INTS) or \
+            (not isinstance(fact, Relabeled) and dtype in FLOATS):
+        return fact
+    return call.broken(f"a cast of {what(x)} to {dtype}",
+                       "cast ids only to another integer type, and coordinates only to another float type")
 
 
 def symmetry_softmax(call: Call) -> Fact:
@@ -227,6 +241,12 @@ def sqrt(x):
     return torch.sqrt(x)
 
 
+def cast(x, like=None, dtype="f32"):
+    """x as `dtype`; to a float, as the dtype of `like`, a 0-d weight, so that the graph cast to float64
+    (verify) casts to float64 too."""
+    return x.to(like.dtype if like is not None else torch_dtype(dtype))
+
+
 def clamp(x, low=None, high=None):
     return torch.clamp(x, low, high)
 
@@ -257,6 +277,10 @@ def onnx_clamp(g, node, x, low, high):
     dt = node.meta["dtype"]
     bounds = [g.scalar(b, dt) if b is not None else "" for b in (low, high)]
     return g.op("Clip", g.value(x), *bounds)
+
+
+def onnx_cast(g, node, x, like=None, dtype="f32"):
+    return g.op("Cast", g.value(x), to=onnx_type(dtype))
 
 
 COMPARISONS = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}
@@ -311,6 +335,9 @@ GRAPH = (
     _elementwise(sqrt, symmetry_pointwise, onnx_unary("Sqrt"), lambda x: f"torch.sqrt({x})"),
     _elementwise(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
     _elementwise(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
+    GraphOp(cast, symmetry_cast, onnx_cast,
+            lambda x, like=None, dtype="f32": f"{x}.to({like}.dtype)" if like else f"{x}.to({torch_dtype(dtype)})",
+            reads=frozenset({"indices"}), uniform=uniform_pointwise),
 )
 
 
@@ -387,6 +414,19 @@ def lift_compare(g, n, a, b):
     return g.emit("compare", tuple(v if isinstance(v, (int, float)) else g.tensor(v) for v in (a, b)) + (how,))
 
 
+def lift_to(g, n, x, *args, **kwargs):
+    """x.float(), x.long(), mask.to(x.dtype), ...: a cast, or x itself when the dtype stays. Device
+    moves and copies change no value. invc's captured graph computes in float32, so a cast to
+    another float type (a float64 island) is kept as it is."""
+    x, target = g.tensor(x), g.type(n).dtype
+    if target == x.type.dtype:
+        return x
+    if target in FLOATS and target != "f32":
+        g.refuse(f"a cast to {target} inside the model (captured graphs compute in f32)")
+    like = {"like": g.given(torch.zeros(()))} if target in FLOATS else None
+    return g.emit("cast", (x,), {"dtype": target}, params=like)
+
+
 def lift_dropout(g, n, x, p, train):
     if train and p != 0:
         g.refuse("dropout in training mode is random")
@@ -397,6 +437,10 @@ ATEN = {
     **{f"aten.{op}.default": lift_unary(op) for op in ("relu", "silu", "tanh", "sigmoid", "neg", "exp")},
     "aten.leaky_relu.default": lambda g, n, x, slope=0.01: g.emit("leaky_relu", (g.tensor(x), float(slope))),
     "aten.clamp.default": lambda g, n, x, low=None, high=None: g.emit("clamp", (g.tensor(x), low, high)),
+    "aten.clamp_min.default": lambda g, n, x, low: g.emit("clamp", (g.tensor(x), low, None)),
+    "aten.clamp_max.default": lambda g, n, x, high: g.emit("clamp", (g.tensor(x), None, high)),
+    **{f"aten.{op}": lift_to for op in ("to.dtype", "to.dtype_layout", "to.device", "_to_copy.default",
+                                        "type_as.default")},
     "aten.gelu.default": lift_gelu,
     **{f"aten.{op}.{kind}": lift_binary(op) for op in ("add", "sub", "mul") for kind in ("Tensor", "Scalar")},
     "aten.div.Tensor": lift_div, "aten.div.Scalar": lift_div, "aten.div.Tensor_mode": lift_div,

@@ -96,3 +96,25 @@ class Lengths(nn.Module):
     """Vector lengths and distances to the centroid, as models compute them."""
     def forward(self, pos, v):
         return torch.linalg.norm(v, dim=-1) + (pos - pos.mean(1, keepdim=True)).norm(dim=-1)
+
+
+class Cast(nn.Module):
+    """Casts as users write them: a mask and counts as floats, a vector kept float, ids widened."""
+    def forward(self, x, pos, senders):
+        keep = (x > 0).float()
+        count = keep.sum(1, keepdim=True).clamp_min(1.0)
+        centred = (pos - pos.mean(0, keepdim=True)).to(torch.float32)
+        pooled = (keep * x).sum(1, keepdim=True) / count
+        return pooled.to(x.dtype) + x[senders.long()].mean(0), centred.float()
+
+
+class Rounded(nn.Module):
+    """Positions rounded to integers (a voxel grid), then read as numbers again."""
+    def forward(self, pos):
+        return pos.long().float().mean(0)
+
+
+class IdsAsNumbers(nn.Module):
+    """Node ids summed as numbers: they move with the relabelling."""
+    def forward(self, x, senders):
+        return x.sum(0) + senders.float().mean()

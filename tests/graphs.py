@@ -11,7 +11,7 @@ from common.dtypes import name_of, torch_dtype
 from ops.registry import VOCABULARY
 
 # Graph ops only ATen ops of captured torch models lift to (capture/): no spec reaches them.
-CAPTURED_ONLY = ("arange", "aten", "channel_linear", "clamp", "compare", "exp", "expand", "full_like", "leaky_relu", "mask_select",
+CAPTURED_ONLY = ("arange", "aten", "cast", "channel_linear", "clamp", "compare", "exp", "expand", "full_like", "leaky_relu", "mask_select",
                  "narrow", "select", "sqrt", "tile", "weight")
 TARGETS = SimpleNamespace(**{name: op.torch for name, op in VOCABULARY.graph.items()})  # the fx targets by name
 # Shapes are found by running at these sizes; a dim of one of these sizes is read back as the

@@ -69,6 +69,9 @@ def clamped = torch("tests.capture_cases:Clamped")
 def cumulative = torch("tests.capture_cases:Cumulative")
 def counted = torch("tests.capture_cases:Counted")
 def skewed = torch("tests.capture_cases:Counted", skew=true)
+def cast = torch("tests.capture_cases:Cast")
+def rounded = torch("tests.capture_cases:Rounded")
+def idsasnumbers = torch("tests.capture_cases:IdsAsNumbers")
 def perslot(p, v, h) {
   s = sum(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), axis=0, keepdim=true)
   return linear(transpose(linear(transpose(s, 0, 1), 16), 0, 1), 3)
@@ -168,6 +171,9 @@ PROVED = {
     "a captured segment mean of edge vectors": ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS,
                                                 RECEIVERS, "y = counted(pos, s, r)", "output y is position"],
     "captured vector norms": [SN_E3, POS, VEL, "y = lengths(pos, vel)", "output y is invariant"],
+    "captured casts of masks, counts, vectors and ids": [
+        "symmetry S(N), E(3)", "input x: f32[N, 4]", "input pos: f32[N, 3] is position", SENDERS,
+        "y, c = cast(x, pos, s)", "output y is scalar", "output c is vector"],
     "a relabelled successor list": [SN, "input h: f32[N, 4]", "input next: i64[N] is index(N)",
                                     "y = scatter_pool(h, next, like=h) + gather(h, next, axis=0)", "output y is scalar"],
     "all frames of an input cloud under S(N)": [SN, "input h: f32[B, N, 3]", *FA_SN,
@@ -363,6 +369,12 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                                 "channel_linear over the 3 coordinates"),
     "a captured square root of coordinates": ([E3, VEL, "y = root(vel)", "output y is invariant"],
                                               "return torch.sqrt(v * v)", "sqrt of coordinate products"),
+    "a captured cast of positions to integers": (["symmetry E(3)", "input pos: f32[N, 3] is position",
+                                                  "y = rounded(pos)", "output y is position"],
+                                                 "return pos.long()", "a cast of a position to i64"),
+    "a captured cast of ids to numbers": (["symmetry S(N)", "input x: f32[N, 4]", SENDERS, "y = idsasnumbers(x, s)",
+                                           "output y is invariant"], "return x.sum(0) + senders.float()",
+                                          "a cast of indices of N to f32"),
     "a captured op with no rule": ([SN, X, "y = cumulative(x)", "output y is invariant"], "return x.cumsum(1)",
                                    "no symmetry rule for this op (aten.cumsum.default in cumulative (Cumulative))"),
     "a captured mean by counts that differ per coordinate": (
