@@ -18,6 +18,7 @@ import sympy
 import torch
 import torch.fx as fx
 from torch.export.graph_signature import OutputKind
+from torch.utils._pytree import tree_leaves
 
 from common.dtypes import name_of
 from dsl import ast
@@ -34,9 +35,11 @@ TORCH = Path(torch.__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Weight:
-    """A parameter, buffer or constant of the captured model, by its dotted name."""
+    """A parameter, buffer or constant of the captured model, by its dotted name; `fixed` when forward's
+    code builds it (the 1 that ones() fills), not a weight: a check that redraws weights keeps it."""
     name: str
     tensor: object
+    fixed: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ def functional(ep):
 
 
 FRESH_SCATTERS = {"aten.scatter_add_.default", "aten.scatter_reduce_.two", "aten.index_add_.default"}
-FRESH_ZEROS = {"aten.new_zeros.default", "aten.zeros.default", "aten.new_full.default", "aten.full.default"}
+FRESH_ZEROS = {"aten.new_zeros.default", "aten.zeros.default", "aten.zeros_like.default", "aten.new_full.default",
+               "aten.full.default"}
 
 
 def _stamp(d: ast.TorchDef, file: str):
@@ -147,7 +151,7 @@ def _replay(ctx, d, ep, tensors, nodes, results, vocabulary) -> None:
                 except Exception as e:  # noqa: BLE001 - where the lifted ops cannot run what the model ran
                     raise SpecError.at(node.pos, f"`{d.name}`: {node.origin} fails on the spec's example inputs: "
                                                  f"{type(e).__name__}: {_line(e)}") from None
-        want = want if isinstance(want, (tuple, list)) else (want,)
+        want = tree_leaves(want)  # a tuple, a dict (its values, in order), a model output class
         for k, (r, w) in enumerate(zip(results, want)):
             got = env[r.id]
             same = got.shape == w.shape and torch.allclose(got.double(), w.double(), rtol=1e-4, atol=1e-5,
@@ -177,9 +181,12 @@ class Lift:
         self.node: fx.Node | None = None
         self.weights: dict = {}     # weight name -> its Value, made once
         self.folded: dict = {}      # ATen node -> the Value a lift before it already computed for it
+        self.inputs: list = []      # the tensors this call reads
+        self.start = len(ctx.el.out.nodes)  # the model's ops before this call's
 
     # -- the walk ----------------------------------------------------------------------------------
     def run(self, tensors: list):
+        self.inputs = list(tensors)
         sig, state = self.ep.graph_signature, {**self.ep.state_dict, **self.ep.constants}
         lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
         users = [n for n in self.ep.graph.nodes if n.op == "placeholder" and n.name not in lifted]
@@ -329,14 +336,15 @@ class Lift:
             if isinstance(s, Size):
                 sources.append(s.value)
             spec.append((len(sources) - 1, s.axis) if isinstance(s, Size) else s)
-        one = self.constant(f"fill_{value:g}_{len(sizes)}", torch.full((1,) * len(sizes), float(value)))
+        one = self.tensor(Weight(f"fill_{value:g}_{len(sizes)}", torch.full((1,) * len(sizes), float(value)), True))
         return self.emit("expand", (one, tuple(spec), *sources), type_=type_)
 
     def _weight(self, w: Weight) -> Value:
         t = w.tensor.detach()
         if name_of(t.dtype) != "f32":
             raise Refused(f"weight `{w.name}` is {t.dtype}; captured weights must be float32")
-        return self.emit("weight", (), params={w.name: self.given(t)}, type_=TensorType("f32", tuple(t.shape)))
+        return self.emit("weight", (), params={w.name: self.fixed(t) if w.fixed else self.given(t)},
+                         type_=TensorType("f32", tuple(t.shape)))
 
     def constant(self, name: str, t) -> Value:
         """A tensor a lift computes from the model's weights (a folded batch norm's scale), as a weight."""
@@ -345,6 +353,11 @@ class Lift:
     @staticmethod
     def given(t) -> ParamSpec:
         return ParamSpec(tuple(t.shape), "given", t.detach())
+
+    @staticmethod
+    def fixed(t) -> ParamSpec:
+        """A value of forward's code, not a weight (see Weight.fixed)."""
+        return ParamSpec(tuple(t.shape), "fixed", t.detach())
 
     def kept(self, n: fx.Node, args, kwargs, why: str):
         """The ATen op as it is: it runs in torch, and breaks any proof that needs it (`why` says why)."""
@@ -376,6 +389,11 @@ class Lift:
             return tuple(self.emit("aten", tuple(tensors), {**common, "item": k}, item=k)
                          if isinstance(v, torch.Tensor) else None for k, v in enumerate(val))
         return self.emit("aten", tuple(tensors), common)
+
+    @staticmethod
+    def sizes(x: Value) -> tuple:
+        """x's sizes as zeros(...) takes them: ints, and each symbolic one read from x at run time."""
+        return tuple(Size(d, x, k) if isinstance(d, str) else d for k, d in enumerate(x.type.shape))
 
     def zeros(self, sizes) -> Zeros:
         return Zeros(self.type(self.node), tuple(sizes), self.node)
@@ -413,8 +431,9 @@ class Lift:
                      if d == size.dim), size)
 
     def _values(self) -> list:
-        """Every tensor of the model so far: its inputs, then the ops' results."""
-        return [p.value for p in self.ctx.el.out.inputs] + [o.value for o in self.ctx.el.out.nodes]
+        """Every tensor of this call so far: its inputs, then its ops' results (the replay check runs this
+        call alone, so a tensor of an earlier call of the same model, alike as it may be, is not one)."""
+        return self.inputs + [o.value for o in self.ctx.el.out.nodes[self.start:]]
 
     def like(self, size) -> Value:
         """A tensor whose dim 0 is `size` (a Size or an int): what scatter_reduce reads its set count from."""

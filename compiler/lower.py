@@ -64,8 +64,9 @@ def _type(node: fx.Node, value: Value, **extra) -> None:
 
 
 def _init(spec: ParamSpec, name: str, seed: int) -> nn.Parameter:
-    if spec.init == "given":  # a captured model's own weight, copied so training here leaves it alone
-        return nn.Parameter(spec.value.detach().clone(), requires_grad=spec.value.is_floating_point())
+    if spec.init in ("given", "fixed"):  # a captured model's own, copied so training here leaves it alone
+        trained = spec.init == "given" and spec.value.is_floating_point()
+        return nn.Parameter(spec.value.detach().clone(), requires_grad=trained)
     # Modulo 2**64, as torch itself reads a negative seed: any seed in torch's range gives a valid one.
     g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
     if spec.init == "ones":

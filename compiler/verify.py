@@ -262,8 +262,20 @@ def verify(spec: str | Path, onnx: str | Path | None = None, model: str | None =
                     g = orbit[max(range(len(orbit)), key=lambda k: _nan_first(errors[k][i]))]  # the worst element
                     _add_break(breaks, localize(fn, [_cast(x, dtype) for x in inputs], ins, g, group, p.name, f))
         notes += _float32_only(rows, str(group))
+    notes += _not_finite(checked, backends[0], inputs)
     return Report(str(spec), str(checked.groups), _static(checked), rows, notes,
                   *_conditioning(gm, inputs), breaks)
+
+
+def _not_finite(checked, backend, inputs: list) -> list[str]:
+    """Notes on outputs that are NaN or infinite on the drawn inputs (a softmax over a set masked out):
+    their errors are measured on the finite entries, and the rest must move with the group by place."""
+    name, fn, dtype = backend
+    with torch.no_grad():
+        ys = _as_tuple(fn(*[_cast(x, dtype) for x in inputs]))
+    return [f"{p.name} is NaN or infinite at {n} of {y.numel()} entries on the drawn inputs ({name}): measured on "
+            "the finite ones; the others must stand where the group moves them"
+            for p, y in zip(checked.outputs, ys) if (n := int((~torch.isfinite(y)).sum()))]
 
 
 def _float32_only(rows: list, group: str) -> list[str]:
@@ -431,13 +443,16 @@ def _backends(gm, checked, onnx) -> tuple[list, list]:
 
 
 def redrawn(gm, seed: int = 1):
-    """A float64 copy with every parameter and float buffer drawn again, Gaussian: a claim must hold
-    for all weights, and zero biases or unit norm scales at init can hide a broken one."""
+    """A float64 copy with every weight (parameter and float buffer) drawn again, Gaussian: a claim must
+    hold for all weights, and zero biases or unit norm scales at init can hide a broken one. The
+    values a captured model's code builds (its fills, not trained) stay: ones drawn negative are not
+    counts."""
     import copy
     module = copy.deepcopy(gm).double()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for t in [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]:
+        for t in [*(p for p in module.parameters() if p.requires_grad),
+                  *(b for b in module.buffers() if b.is_floating_point())]:
             t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype))
     return module
 

@@ -151,9 +151,12 @@ COORD_HINT = ("build invariants first (the squared norm sum(v * v, axis=-1), or 
 
 
 def placement(x: Operand, rank: int) -> dict:
-    """Output axis -> (dim, permuted?) for an operand broadcast right-aligned to `rank` axes."""
+    """Output axis -> (dim, permuted?) for an operand broadcast right-aligned to `rank` axes. An axis
+    the operand is the same all along (Uniform: zeros_like, a count repeated) meets any permutation
+    as a size-1 axis does."""
     shift, permuted = rank - len(x.shape), set(axes_of(x.fact))
-    return {i + shift: (d, i in permuted) for i, d in enumerate(x.shape)}
+    same = set(x.fact.axes) if isinstance(x.fact, Uniform) else set()
+    return {i + shift: (1 if i in same else d, i in permuted) for i, d in enumerate(x.shape)}
 
 
 def join_permuted(call: Call, parts: list, how: str) -> Fact:

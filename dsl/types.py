@@ -40,8 +40,10 @@ class Value:
 @dataclass(frozen=True)
 class ParamSpec:
     shape: tuple
-    init: str  # "fan_in", "ones", "zeros", "normal", or "given" (a captured model's weight, in `value`)
-    value: object = field(default=None, compare=False, repr=False)  # the tensor when init is "given"
+    # "fan_in", "ones", "zeros", "normal", "given" (a captured model's weight, in `value`) or "fixed" (a
+    # value its code builds, in `value`: not trained, not redrawn)
+    init: str
+    value: object = field(default=None, compare=False, repr=False)  # the tensor when init is "given" or "fixed"
 
 
 @dataclass

@@ -127,6 +127,15 @@ def symmetry_compare(call: Call) -> Fact:
     return call.broken(f"`{how}` of {what(a)} and {what(b)}", COORD_HINT)
 
 
+def symmetry_where(call: Call) -> Fact:
+    """An elementwise choice commutes with permutations when the condition and both sides do."""
+    tensors = [x for x in (call.arg(0), call.arg(1), call.arg(2)) if isinstance(x, Operand)]
+    if all(isinstance(x.fact, (Invariant, Permuted)) for x in tensors):
+        return join_permuted(call, [(x.fact, placement(x, len(call.shape))) for x in tensors], "`where`")
+    moving = next(x for x in tensors if not isinstance(x.fact, (Invariant, Permuted)))
+    return call.broken(f"`where` of {what(moving)}", COORD_HINT)
+
+
 def symmetry_arithmetic(call: Call) -> Fact:
     a, b = call.arg(0), call.arg(1)
     tensors = [x for x in (a, b) if isinstance(x, Operand)]
@@ -241,6 +250,14 @@ def sqrt(x):
     return torch.sqrt(x)
 
 
+def power(x, exponent):
+    return torch.pow(x, exponent)
+
+
+def where(cond, a, b):
+    return torch.where(cond, a, b)
+
+
 def cast(x, like=None, dtype="f32"):
     """x as `dtype`; to a float, as the dtype of `like`, a 0-d weight, so that the graph cast to float64
     (verify) casts to float64 too."""
@@ -277,6 +294,15 @@ def onnx_clamp(g, node, x, low, high):
     dt = node.meta["dtype"]
     bounds = [g.scalar(b, dt) if b is not None else "" for b in (low, high)]
     return g.op("Clip", g.value(x), *bounds)
+
+
+def onnx_power(g, node, x, exponent):
+    return g.op("Pow", g.value(x), g.scalar(exponent, node.meta["dtype"]))
+
+
+def onnx_where(g, node, cond, a, b):
+    dt = node.meta["dtype"]
+    return g.op("Where", g.value(cond), g.operand(a, dt), g.operand(b, dt))
 
 
 def onnx_cast(g, node, x, like=None, dtype="f32"):
@@ -335,6 +361,8 @@ GRAPH = (
     _elementwise(sqrt, symmetry_pointwise, onnx_unary("Sqrt"), lambda x: f"torch.sqrt({x})"),
     _elementwise(leaky_relu, symmetry_pointwise, onnx_leaky_relu, lambda x, slope: f"F.leaky_relu({x}, {slope})"),
     _elementwise(clamp, symmetry_pointwise, onnx_clamp, lambda x, low, high: f"torch.clamp({x}, {low}, {high})"),
+    _elementwise(power, symmetry_pointwise, onnx_power, lambda x, exponent: f"torch.pow({x}, {exponent})"),
+    GraphOp(where, symmetry_where, onnx_where, lambda c, a, b: f"torch.where({c}, {a}, {b})", uniform=uniform_pointwise),
     GraphOp(cast, symmetry_cast, onnx_cast,
             lambda x, like=None, dtype="f32": f"{x}.to({like}.dtype)" if like else f"{x}.to({torch_dtype(dtype)})",
             reads=frozenset({"indices"}), uniform=uniform_pointwise),
@@ -367,10 +395,25 @@ def lift_div(g, n, a, b, rounding_mode=None):
 
 
 def lift_pow(g, n, x, exponent):
-    if exponent != 2:
-        g.refuse(f"pow with exponent {exponent}")  # x**2 is x*x, whose coordinate products the rules know
+    """x**2 is x*x, whose coordinate products the rules know; any other power is per element."""
     x = g.tensor(x)
-    return g.emit("mul", (x, x))
+    return g.emit("mul", (x, x)) if exponent == 2 else g.emit("power", (x, float(exponent)))
+
+
+def lift_where(g, n, cond, a, b):
+    return g.emit("where", (g.tensor(cond),) + tuple(v if isinstance(v, (int, float)) else g.tensor(v) for v in (a, b)))
+
+
+def lift_masked_fill(g, n, x, mask, value):
+    return lift_where(g, n, mask, value, x)
+
+
+def lift_not(g, n, x):
+    """~mask, of a bool tensor: mask == False."""
+    x = g.tensor(x)
+    if x.type.dtype != "bool":
+        g.refuse(f"a bitwise not of {x.type.dtype}")
+    return g.emit("compare", (x, False, "eq"))
 
 
 def lift_softmax(g, n, x, dim, half_to_float=False):
@@ -423,7 +466,7 @@ def lift_to(g, n, x, *args, **kwargs):
         return x
     if target in FLOATS and target != "f32":
         g.refuse(f"a cast to {target} inside the model (captured graphs compute in f32)")
-    like = {"like": g.given(torch.zeros(()))} if target in FLOATS else None
+    like = {"like": g.fixed(torch.zeros(()))} if target in FLOATS else None
     return g.emit("cast", (x,), {"dtype": target}, params=like)
 
 
@@ -445,6 +488,9 @@ ATEN = {
     **{f"aten.{op}.{kind}": lift_binary(op) for op in ("add", "sub", "mul") for kind in ("Tensor", "Scalar")},
     "aten.div.Tensor": lift_div, "aten.div.Scalar": lift_div, "aten.div.Tensor_mode": lift_div,
     "aten.pow.Tensor_Scalar": lift_pow,
+    **{f"aten.where.{kind}": lift_where for kind in ("self", "ScalarSelf", "ScalarOther", "Scalar")},
+    **{f"aten.masked_fill{inplace}.{kind}": lift_masked_fill for inplace in ("", "_") for kind in ("Scalar", "Tensor")},
+    "aten.bitwise_not.default": lift_not, "aten.logical_not.default": lift_not,
     "aten.sqrt.default": lift_unary("sqrt"),
     "aten.rsub.Scalar": lift_rsub, "aten.rsub.Tensor": lift_rsub,
     "aten.linalg_vector_norm.default": lift_vector_norm,

@@ -39,7 +39,7 @@ from dataclasses import replace
 
 from common.dtypes import numpy_dtype, onnx_type
 from common.lazy import Lazy
-from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled
+from dsl.groups import Broken, Fact, Invariant, Permuted, Relabeled, Uniform
 from dsl.rules import Axis, Tensor, float_input, weighted_input
 from dsl.symmetry_rules import (COORD_HINT, COORDINATES, POOL_HINT, Call, Operand, axes_of, merged, moved, reduced,
                                 uniform_axes, what)
@@ -185,6 +185,8 @@ def symmetry_scatter_reduce(call: Call) -> Fact:
     x, ids = call.arg(0), call.arg(1, "segment_ids")
     if isinstance(ids.fact, Relabeled):
         return _into_relabelled_sets(call, x, ids)
+    if _equal_rows(x) and isinstance(ids.fact, (Invariant, Permuted)):
+        return Invariant()  # only how many rows land in each set counts, and moving the ids keeps that
     rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
     expected = replace(x.fact, axes=(0,)) if rows_permuted else Invariant()
     if merged((ids.fact, expected)) is None:
@@ -193,10 +195,17 @@ def symmetry_scatter_reduce(call: Call) -> Fact:
     return x.fact if isinstance(x.fact, Invariant) else reduced(call, x, 0, True, call.arg(3, "kind"), subsets=True)
 
 
+def _equal_rows(x: Operand) -> bool:
+    """Every row the same (ones to count with): moving the rows changes nothing."""
+    return isinstance(x.fact, Uniform) and 0 in x.fact.axes
+
+
 def _into_relabelled_sets(call: Call, x: Operand, ids: Operand) -> Fact:
+    """Equal rows count the ids in each set: the counts move with the relabelling, however the ids are ordered."""
     rows_permuted = isinstance(x.fact, Permuted) and 0 in x.fact.axes
     other_sets = call.shape[0] != call.group.dim
-    unlike = rows_permuted != (0 in ids.fact.axes) or (rows_permuted and x.fact.by != ids.fact.by)
+    unlike = not _equal_rows(x) and (rows_permuted != (0 in ids.fact.axes) or
+                                     (rows_permuted and x.fact.by != ids.fact.by))
     if other_sets or unlike:
         why = f"into sets {call.shape[0]} that are not {call.group.dim}" if other_sets else "with rows not permuted like the ids"
         return call.broken(f"{call.spelled} by ids that {call.group} relabels, {why}",

@@ -453,10 +453,14 @@ def lift_expand_as(g, n, x, other):
 
 
 def lift_full_like(g, n, x, value=None, **options):
+    """ones_like, full_like; zeros_like stays symbolic zeros of x's sizes, as new_zeros does, so that a
+    scatter into them is an aggregation."""
     value = {"aten.ones_like.default": 1.0, "aten.zeros_like.default": 0.0}.get(str(n.target), value)
     x = g.tensor(x)
     if g.type(n).dtype != x.type.dtype:
         g.refuse("a full_like of another dtype")
+    if value == 0:
+        return g.zeros(g.sizes(x))
     return g.emit("full_like", (x, value))
 
 
@@ -468,5 +472,5 @@ ATEN = {
     "aten.cat.default": lift_cat, "aten.concat.default": lift_cat,
     "aten.select.int": lift_select, "aten.unbind.int": lift_unbind, "aten.slice.Tensor": lift_slice,
     "aten.expand.default": lift_expand, "aten.repeat.default": lift_repeat, "aten.expand_as.default": lift_expand_as,
-    "aten.ones_like.default": lift_full_like, "aten.full_like.default": lift_full_like,
+    **{f"aten.{op}_like.default": lift_full_like for op in ("ones", "zeros", "full")},
 }

@@ -118,3 +118,50 @@ class IdsAsNumbers(nn.Module):
     """Node ids summed as numbers: they move with the relabelling."""
     def forward(self, x, senders):
         return x.sum(0) + senders.float().mean()
+
+
+class Counts(nn.Module):
+    """Each graph's node count and mean features, by a batch vector (PyG's global_mean_pool): ones
+    scattered by ids that the nodes' order moves."""
+    def forward(self, x, batch, graphs):
+        count = x.new_zeros(graphs.shape[0]).index_add_(0, batch, x.new_ones(x.shape[0]))
+        total = torch.zeros_like(graphs[:, :1].expand(-1, x.shape[1])).index_add_(0, batch, x)
+        return total / count.clamp_min(1).unsqueeze(-1), count
+
+
+class Ranks(nn.Module):
+    """Each node's place in the input order, summed per graph: not a count, it depends on the order."""
+    def forward(self, x, batch, graphs):
+        return x.new_zeros(graphs.shape[0]).index_add_(0, batch, x.new_ones(x.shape[0]).cumsum(0))
+
+
+class Degrees(nn.Module):
+    """GCN's normalisation: features scaled by each node's in-degree to the power -1/2."""
+    def forward(self, x, senders, receivers):
+        degree = x.new_zeros(x.shape[0]).index_add_(0, receivers, x.new_ones(receivers.shape[0]))
+        return x * degree.clamp_min(1).pow(-0.5).unsqueeze(-1)
+
+
+class MaskedPool(nn.Module):
+    """Attention pooling over a padded set: masked_fill, ~mask and torch.where against zeros_like."""
+    def forward(self, x, mask):
+        weights = torch.softmax(x.sum(-1).masked_fill(~mask, float("-inf")), dim=1)
+        return (weights.unsqueeze(-1) * torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x))).sum(1)
+
+
+class Kept(nn.Module):
+    """Positions of the points kept, the others at the origin: the origin does not move with the cloud."""
+    def forward(self, pos, keep):
+        return torch.where(keep.unsqueeze(-1), pos, 0.0).mean(0)
+
+
+class Cubed(nn.Module):
+    """Coordinates cubed, one by one: depends on the axes."""
+    def forward(self, pos):
+        return (pos ** 3).mean(0)
+
+
+class Named(nn.Module):
+    """Outputs returned in a dict, as many libraries do: unpacked in the dict's order."""
+    def forward(self, x):
+        return {"mean": x.mean(1), "top": x.amax(1)}

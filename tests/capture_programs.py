@@ -191,7 +191,9 @@ def norm(d):
 
 
 ACTIVATIONS = ("torch.relu({})", "F.silu({})", "torch.tanh({})", "torch.sigmoid({})", "F.gelu({})",
-               "F.leaky_relu({}, 0.1)", "torch.exp(-{0} * {0})", "{}.clamp(min=-1.0, max=1.0)", "{}.abs()", "-{}")
+               "F.leaky_relu({}, 0.1)", "torch.exp(-{0} * {0})", "{}.clamp(min=-1.0, max=1.0)", "{}.abs()", "-{}",
+               "({0} * {0} + 1.0) ** -0.5", "{}.clamp_min(0.5)", "torch.where({0} > 0, {0}, 0.1 * {0})",
+               "{0}.masked_fill(~({0} > 1.0), 0.0)", "torch.where({0} < 0, torch.zeros_like({0}), {0})")
 
 
 def activation(d):

@@ -12,7 +12,7 @@ from ops.registry import VOCABULARY
 
 # Graph ops only ATen ops of captured torch models lift to (capture/): no spec reaches them.
 CAPTURED_ONLY = ("arange", "aten", "cast", "channel_linear", "clamp", "compare", "exp", "expand", "full_like", "leaky_relu", "mask_select",
-                 "narrow", "select", "sqrt", "tile", "weight")
+                 "narrow", "power", "select", "sqrt", "tile", "weight", "where")
 TARGETS = SimpleNamespace(**{name: op.torch for name, op in VOCABULARY.graph.items()})  # the fx targets by name
 # Shapes are found by running at these sizes; a dim of one of these sizes is read back as the
 # symbol, so static dims in tests must avoid multiples of 11 and 13.

@@ -40,6 +40,7 @@ PYG = {
     "GraphSAGE (max)": 'def net = torch("torch_geometric.nn:SAGEConv", in_channels=8, out_channels=16, aggr="max")',
     "GAT (self loops added)": 'def net = torch("torch_geometric.nn:GATConv", in_channels=8, out_channels=8, heads=2)',
     "GraphSAGE (mean)": 'def net = torch("torch_geometric.nn:SAGEConv", in_channels=8, out_channels=16, aggr="mean")',
+    "GCN (normalised, self loops)": f'def net = torch("{MODELS}:gcn")',
 }
 
 
@@ -48,6 +49,14 @@ def test_pyg_layers_are_proved_permutation_equivariant_and_measured(layer):
     m = captured([*GRAPH, "h = net(x, edge_index)", "output h is scalar",
                   "g = sum(net(x, edge_index), axis=N)", "output g is invariant"], PYG[layer])
     measure(m)
+
+
+def test_a_graph_readout_by_a_batch_vector_is_proved_invariant():
+    """PyG's global_mean_pool counts each graph's nodes by scattering ones: moving the nodes moves the
+    ones with them and changes no count."""
+    lines = [*GRAPH, "input batch: i64[N]", "input graphs: f32[G, 1]", "y = net(x, edge_index, batch, graphs)",
+             "output y is invariant"]
+    measure(captured(lines, f'def net = torch("{MODELS}:readout")'))
 
 
 def test_an_egnn_layer_is_proved_e3_and_sn_equivariant():

@@ -72,6 +72,13 @@ def skewed = torch("tests.capture_cases:Counted", skew=true)
 def cast = torch("tests.capture_cases:Cast")
 def rounded = torch("tests.capture_cases:Rounded")
 def idsasnumbers = torch("tests.capture_cases:IdsAsNumbers")
+def counts = torch("tests.capture_cases:Counts")
+def ranks = torch("tests.capture_cases:Ranks")
+def degrees = torch("tests.capture_cases:Degrees")
+def maskedpool = torch("tests.capture_cases:MaskedPool")
+def kept = torch("tests.capture_cases:Kept")
+def cubed = torch("tests.capture_cases:Cubed")
+def named = torch("tests.capture_cases:Named")
 def perslot(p, v, h) {
   s = sum(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), axis=0, keepdim=true)
   return linear(transpose(linear(transpose(s, 0, 1), 16), 0, 1), 3)
@@ -171,6 +178,13 @@ PROVED = {
     "a captured segment mean of edge vectors": ["symmetry S(N), E(3)", "input pos: f32[N, 3] is position", SENDERS,
                                                 RECEIVERS, "y = counted(pos, s, r)", "output y is position"],
     "captured vector norms": [SN_E3, POS, VEL, "y = lengths(pos, vel)", "output y is invariant"],
+    "a captured count and mean per graph by a batch vector": [
+        SN, "input x: f32[N, 4]", "input batch: i64[N]", "input graphs: f32[G, 1]", "y, c = counts(x, batch, graphs)",
+        "output y is invariant", "output c is invariant"],
+    "a captured degree normalisation": [SN, "input x: f32[N, 4]", SENDERS, RECEIVERS, "y = degrees(x, s, r)",
+                                        "output y is scalar"],
+    "a captured masked attention pool": [SN, X, "input m: bool[B, N]", "y = maskedpool(x, m)", "output y is invariant"],
+    "a captured model returning a dict": [SN, X, "y, z = named(x)", "output y is invariant", "output z is invariant"],
     "captured casts of masks, counts, vectors and ids": [
         "symmetry S(N), E(3)", "input x: f32[N, 4]", "input pos: f32[N, 3] is position", SENDERS,
         "y, c = cast(x, pos, s)", "output y is scalar", "output c is vector"],
@@ -369,6 +383,15 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                                 "channel_linear over the 3 coordinates"),
     "a captured square root of coordinates": ([E3, VEL, "y = root(vel)", "output y is invariant"],
                                               "return torch.sqrt(v * v)", "sqrt of coordinate products"),
+    "a captured scatter of ranks by a batch vector": (
+        [SN, "input x: f32[N, 4]", "input batch: i64[N]", "input graphs: f32[G, 1]", "y = ranks(x, batch, graphs)",
+         "output y is invariant"], "return x.new_zeros(graphs.shape[0])",
+        "with segment ids not permuted like its rows"),
+    "a captured where on positions": (["symmetry E(3)", "input pos: f32[N, 3] is position", "input keep: bool[N]",
+                                       "y = kept(pos, keep)", "output y is position"], "return torch.where(",
+                                      "`where` of a position"),
+    "a captured power of coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "y = cubed(pos)",
+                                         "output y is invariant"], "return (pos ** 3)", "power of a position"),
     "a captured cast of positions to integers": (["symmetry E(3)", "input pos: f32[N, 3] is position",
                                                   "y = rounded(pos)", "output y is position"],
                                                  "return pos.long()", "a cast of a position to i64"),

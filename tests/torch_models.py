@@ -148,3 +148,22 @@ class SizedByData(nn.Module):
     """A readout that sizes its output from the data (PyG's global_add_pool without size)."""
     def forward(self, x, batch):
         return gnn.global_add_pool(x, batch)
+
+
+def gcn(seed: int = 0):
+    """With PyG's default normalisation: self loops, in-degrees to the power -1/2, infinities masked to 0."""
+    return randomized(lambda: gnn.GCNConv(FEATURES, HIDDEN), seed)
+
+
+class Readout(nn.Module):
+    """A GCN layer, then PyG's global_mean_pool over a batch vector: one row per graph."""
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GCNConv(FEATURES, HIDDEN)
+
+    def forward(self, x, edge_index, batch, graphs):
+        return gnn.global_mean_pool(self.conv(x, edge_index).relu(), batch, size=graphs.shape[0])
+
+
+def readout(seed: int = 0):
+    return randomized(Readout, seed)
