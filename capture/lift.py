@@ -364,7 +364,7 @@ class Lift:
         tensors = []
 
         def layout(a):  # each tensor as ("tensor", k), each size as ("size", k, axis) of tensors[k]
-            if isinstance(a, (Value, Weight)):
+            if isinstance(a, (Value, Weight, Zeros)):  # zeros built in forward are built for it
                 tensors.append(self.tensor(a))
                 return ("tensor", len(tensors) - 1)
             if isinstance(a, Size) and self.readable(a).value is not None:
@@ -376,7 +376,8 @@ class Lift:
             if a is None or isinstance(a, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
                                            torch.memory_format)):
                 return a
-            raise Refused(f"it takes {type(a).__name__}")
+            raise Refused(f"it takes a size computed in forward ({a.dim}) that no tensor has" if isinstance(a, Size)
+                          else f"it takes a {type(a).__name__}")
 
         try:
             rest = (layout(args), tuple((k, layout(v)) for k, v in kwargs.items()))

@@ -934,7 +934,7 @@ def _measure_model(out: Result, model, claims: list, p, inputs, rows, group: str
     try:
         errors = measure(model, p, inputs, rows, group, gen)
     except RuntimeError as e:  # `x.float()` in forward: the float64 weights meet a float32 tensor
-        if "dtype" not in str(e):
+        if not re.search("dtype|scalar type", str(e)):
             raise
         out.float32_model = True  # measured as the lowered graph (float64) and against it (float32)
         return
