@@ -6,6 +6,7 @@ ARITHMETIC (a position plus a vector is a position, a vector times an invariant 
 import math
 
 from common.lazy import Lazy
+from dsl.errors import SpecError
 from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Simplex, Squared, Translated, Weighted
 from dsl.rules import Axis, Tensor, float_input, numeric
 from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, uniform_axes,
@@ -442,6 +443,32 @@ def lift_vector_norm(g, n, x, ord=2, dim=None, keepdim=False, dtype=None):
     return g.emit("sqrt", (lift_reduce("sum")(g, n, squares, dim, keepdim),))
 
 
+def lift_cdist(g, n, x1, x2, p=2.0, compute_mode=None):
+    """Euclidean distances of every pair of rows, [..., P, M] and [..., R, M] -> [..., P, R], as the
+    differences and 2-norms they stand for (a difference of positions is a vector, its length
+    invariant). torch computes them otherwise for more than 25 rows (by |a|² + |b|² - 2a·b), which
+    the replay check compares."""
+    if p != 2:
+        g.refuse(f"cdist with p={p}")
+    a, b = g.tensor(x1), g.tensor(x2)
+    *lead, rows, width = a.type.shape
+    pairs = TensorType(a.type.dtype, (*lead, rows, b.type.shape[-2], width))
+    a = unsqueezed(g, a, len(lead) + 1)
+    b = unsqueezed(g, b, len(lead))
+    diff = g.emit("sub", (a, b), type_=pairs)
+    return lift_vector_norm(g, n, diff, 2, [-1])
+
+
+def unsqueezed(g, x: Value, axis: int) -> Value:
+    """x with a size-1 axis inserted before `axis` (a reshape)."""
+    shape = x.type.shape[:axis] + (1,) + x.type.shape[axis:]
+    try:
+        spec = g.ctx.reshape_spec(x, shape)
+    except SpecError as e:
+        g.refuse(e.message)
+    return g.emit("reshape", (x,), {"shape": spec}, type_=TensorType(x.type.dtype, shape))
+
+
 def lift_norm(g, n, x, ord=None, dim=None, keepdim=False, dtype=None):
     """linalg.norm over one axis and Tensor.norm(p, dim) are vector norms (over two axes, linalg.norm
     is a matrix norm, which has no rule)."""
@@ -495,6 +522,7 @@ ATEN = {
     "aten.rsub.Scalar": lift_rsub, "aten.rsub.Tensor": lift_rsub,
     "aten.linalg_vector_norm.default": lift_vector_norm,
     "aten.linalg_norm.default": lift_norm, "aten.norm.ScalarOpt_dim": lift_norm,
+    "aten.cdist.default": lift_cdist, "aten._euclidean_dist.default": lift_cdist,
     "aten._softmax.default": lift_softmax, "aten.softmax.int": lambda g, n, x, dim, dtype=None: (
         g.refuse("softmax with a dtype") if dtype is not None else lift_softmax(g, n, x, dim)),
     **{f"aten.{op}.default": lift_identity for op in ("detach", "clone", "alias", "contiguous", "lift_fresh_copy")},

@@ -9,7 +9,8 @@ from dsl.rules import Tensor, features, numeric, with_last
 from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, axis_name, join_permuted, moving_weights,
                                 placement, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
-from ops.elementwise import ACTIVATIONS, onnx_binary
+from ops.elementwise import ACTIVATIONS, onnx_binary, unsqueezed
+from ops.reductions import lift_reduce
 from ops.norms import batch_norm_affine
 from ops.op import Doc, GraphOp, Indices, SpecOp
 
@@ -297,8 +298,54 @@ def lift_matmul(g, n, a, b):
     return g.emit("matmul", (g.tensor(a), g.tensor(b)))
 
 
+def lift_einsum(g, n, equation: str, operands, path=None):
+    """An einsum of one or two operands as the products and sums it stands for: each operand's axes
+    put in one order (the output's indices, then the summed ones), with size-1 axes where it lacks an
+    index, multiplied, then summed over the indices the output drops. The rules then see coordinate
+    products and sums as they are (a dot product of vectors is invariant, `ij,jk` of coordinates an
+    outer product). An index twice in one operand (a diagonal, a trace) has no such form."""
+    terms, out = _einsum_indices(g, equation.replace(" ", ""), [g.tensor(x).type.shape for x in operands])
+    order = list(dict.fromkeys([*out, *(k for t in terms for k in t)]))
+    placed = []
+    for x, term in zip(operands, terms):
+        x = g.tensor(x)
+        if len(set(term)) != len(term):
+            g.refuse(f"einsum {equation!r} takes a diagonal")
+        perm = tuple(sorted(range(len(term)), key=lambda k: order.index(term[k])))
+        if perm != tuple(range(len(perm))):
+            x = g.emit("permute", (x,), {"perm": perm}, type_=TensorType(x.type.dtype, tuple(x.type.shape[k] for k in perm)))
+        for axis, index in enumerate(order):
+            if index not in term:
+                x = unsqueezed(g, x, axis)
+        placed.append(x)
+    y = placed[0]
+    for x in placed[1:]:
+        shape = tuple(b if a == 1 else a for a, b in zip(y.type.shape, x.type.shape))
+        y = g.emit("mul", (y, x), type_=TensorType(y.type.dtype, shape))
+    summed = list(range(len(out), len(order)))
+    return lift_reduce("sum")(g, n, y, summed) if summed else y
+
+
+def _einsum_indices(g, equation: str, shapes: list) -> tuple[list, str]:
+    """Each operand's indices and the output's, one letter per axis; `...` becomes capital letters,
+    right-aligned across the operands as broadcasting aligns them."""
+    if "->" not in equation or equation.count("->") != 1:
+        g.refuse(f"einsum {equation!r} without one explicit output")
+    ins, out = equation.split("->")
+    terms = ins.split(",")
+    if len(terms) != len(shapes) or len(shapes) > 2:
+        g.refuse(f"einsum {equation!r} of {len(shapes)} operands")
+    wide = max((len(s) - len(t.replace("...", "")) for t, s in zip(terms, shapes) if "..." in t), default=0)
+    dots = "".join(chr(ord("A") + k) for k in range(wide))
+    if any(c.isupper() for c in equation):
+        g.refuse(f"einsum {equation!r} with capital indices")
+    terms = [t.replace("...", dots[wide - (len(s) - len(t.replace("...", ""))):]) for t, s in zip(terms, shapes)]
+    return terms, out.replace("...", dots)
+
+
 ATEN = {
     "aten.linear.default": lift_linear,
+    "aten.einsum.default": lift_einsum,
     **{f"aten.conv{d}d.default": lift_conv for d in (1, 2, 3)},
     **{f"aten.{op}.default": lift_matmul for op in ("matmul", "mm", "bmm")},
 }

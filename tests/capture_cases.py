@@ -165,3 +165,33 @@ class Named(nn.Module):
     """Outputs returned in a dict, as many libraries do: unpacked in the dict's order."""
     def forward(self, x):
         return {"mean": x.mean(1), "top": x.amax(1)}
+
+
+class Contracted(nn.Module):
+    """einsum as equivariant code writes it: dot products of vectors, a batch's Gram matrix of centred
+    points, and the pairwise distances cdist gives."""
+    def forward(self, pos, vel):
+        centred = pos - pos.mean(1, keepdim=True)
+        dots = torch.einsum("...i,...i->...", vel, vel)
+        gram = torch.einsum("bnd,bmd->bnm", centred, centred)
+        return dots + gram.sum(-1) + torch.cdist(pos, pos).mean(-1)
+
+
+class Mixed3(nn.Module):
+    """A learned 3 x 3 matrix applied to each vector's coordinates: not a rotation-equivariant map."""
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, vel):
+        return torch.einsum("ij,bnj->bni", self.w, vel)
+
+
+class Anchored(nn.Module):
+    """Distances to learned anchor points: fixed places the cloud does not move with."""
+    def __init__(self):
+        super().__init__()
+        self.anchors = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, pos):
+        return torch.cdist(pos, self.anchors.expand(pos.shape[0], 4, 3)).sum(1)

@@ -413,9 +413,11 @@ def products(d):
     if not x:
         return None
     y = d.rng.choice(d.floats(lambda t: t.dims == x.dims))
-    form = d.rng.choice(["cross", "linalg.cross", "dot", "normalize"])
+    form = d.rng.choice(["cross", "linalg.cross", "dot", "normalize", "mixed"])
     if form == "dot":
         return d.bind(f'torch.einsum("...i,...i->...", {x.name}, {y.name})', x.dims[:-1])
+    if form == "mixed":  # a near miss: a fixed matrix on the coordinates
+        return d.bind(f'torch.einsum("ij,...j->...i", torch.eye(3) + 0.5, {x.name})', x.dims)
     if form == "normalize":
         return d.bind(f"F.normalize({x.name}, dim=-1)", x.dims)
     return d.bind(f"torch.{form}({x.name}, {y.name}, dim=-1)", x.dims)
@@ -429,6 +431,9 @@ def pairs(d):
             a, b = d.edges if d.rng.random() < 0.8 else d.edges[::-1]
             return d.bind(f"{x.name}[{a.name}] - {x.name}[{b.name}]", a.dims + x.dims[1:])
     x = d.pick(lambda t: len(t.dims) == 3 and t.dims[1] == "N")
+    if x and d.rng.random() < 0.3:  # the distances of every pair, or a Gram matrix (einsum)
+        form = d.rng.choice(["torch.cdist({0}, {0})", 'torch.einsum("bnd,bmd->bnm", {0}, {0})'])
+        return d.bind(form.format(x.name), x.dims[:2] + ("N",))
     if x:
         return d.bind(f"{x.name}.unsqueeze(2) - {x.name}.unsqueeze(1)", x.dims[:2] + ("N",) + x.dims[2:])
 

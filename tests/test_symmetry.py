@@ -79,6 +79,9 @@ def maskedpool = torch("tests.capture_cases:MaskedPool")
 def kept = torch("tests.capture_cases:Kept")
 def cubed = torch("tests.capture_cases:Cubed")
 def named = torch("tests.capture_cases:Named")
+def contracted = torch("tests.capture_cases:Contracted")
+def mixed3 = torch("tests.capture_cases:Mixed3")
+def anchored = torch("tests.capture_cases:Anchored")
 def perslot(p, v, h) {
   s = sum(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), axis=0, keepdim=true)
   return linear(transpose(linear(transpose(s, 0, 1), 16), 0, 1), 3)
@@ -184,6 +187,7 @@ PROVED = {
     "a captured degree normalisation": [SN, "input x: f32[N, 4]", SENDERS, RECEIVERS, "y = degrees(x, s, r)",
                                         "output y is scalar"],
     "a captured masked attention pool": [SN, X, "input m: bool[B, N]", "y = maskedpool(x, m)", "output y is invariant"],
+    "captured einsums and cdist of coordinates": [SN_E3, POS, VEL, "y = contracted(pos, vel)", "output y is scalar"],
     "a captured model returning a dict": [SN, X, "y, z = named(x)", "output y is invariant", "output z is invariant"],
     "captured casts of masks, counts, vectors and ids": [
         "symmetry S(N), E(3)", "input x: f32[N, 4]", "input pos: f32[N, 3] is position", SENDERS,
@@ -390,6 +394,10 @@ REFUSED = {  # lines, the text where the breaking op starts, message
     "a captured where on positions": (["symmetry E(3)", "input pos: f32[N, 3] is position", "input keep: bool[N]",
                                        "y = kept(pos, keep)", "output y is position"], "return torch.where(",
                                       "`where` of a position"),
+    "a captured einsum mixing coordinates": ([E3, VEL, "y = mixed3(vel)", "output y is vector"],
+                                            "return torch.einsum(", "`*` treats the 3 coordinates separately"),
+    "captured distances to fixed anchors": ([E3, POS, "y = anchored(pos)", "output y is invariant"],
+                                            "return torch.cdist(", "`-` of a position and an invariant"),
     "a captured power of coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "y = cubed(pos)",
                                          "output y is invariant"], "return (pos ** 3)", "power of a position"),
     "a captured cast of positions to integers": (["symmetry E(3)", "input pos: f32[N, 3] is position",
