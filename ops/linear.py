@@ -128,7 +128,7 @@ def _permuted_matmul(call: Call, a: Operand, b: Operand) -> Fact:
 
 
 def _coordinate_matmul(call: Call, a: Operand, b: Operand) -> Fact:
-    inner_a, inner_b = len(a.shape) - 1, len(b.shape) - 2
+    inner_a, inner_b = len(a.shape) - 1, max(len(b.shape) - 2, 0)  # a 1-D b is contracted on its only axis
     if a.fact == Rotated(inner_a) and b.fact == Rotated(inner_b):
         return Invariant()  # rows of a dotted with columns of b
     rank2 = _rank2_matmul(call, a, b)
@@ -158,6 +158,8 @@ def _rank2_matmul(call: Call, a: Operand, b: Operand) -> Fact | None:
     contracted with vectors gives vectors back: R T Rᵀ R u = R (T u). None: not such a product."""
     ra, rb, rank = len(a.shape), len(b.shape), len(call.shape)
     last_two = {"a": Outer((ra - 2, ra - 1)), "b": Outer((rb - 2, rb - 1))}
+    if rb == 1 and a.fact == last_two["a"] and b.fact == Rotated(0):
+        return Rotated(rank - 1)  # T u with a 1-D u: torch's matrix-vector product
     if a.fact == Rotated(ra - 2) and b.fact == Rotated(rb - 1):
         return Outer((rank - 2, rank - 1))
     if a.fact == last_two["a"] and b.fact in (Rotated(rb - 2), last_two["b"]):

@@ -469,6 +469,7 @@ ATEN = {
     **{f"aten.{op}": lift_reshape for op in ("flatten.using_ints", "squeeze.dim", "squeeze.dims", "unflatten.int")},
     "aten.permute.default": lift_permute, "aten.transpose.int": lift_transpose,
     "aten.t.default": lambda g, n, x: lift_transpose(g, n, x, 0, 1),
+    "aten.numpy_T.default": lambda g, n, x: lift_permute(g, n, x, tuple(reversed(range(len(g.tensor(x).type.shape))))),
     "aten.cat.default": lift_cat, "aten.concat.default": lift_cat,
     "aten.select.int": lift_select, "aten.unbind.int": lift_unbind, "aten.slice.Tensor": lift_slice,
     "aten.expand.default": lift_expand, "aten.repeat.default": lift_repeat, "aten.expand_as.default": lift_expand_as,

@@ -195,3 +195,11 @@ class Anchored(nn.Module):
 
     def forward(self, pos):
         return torch.cdist(pos, self.anchors.expand(pos.shape[0], 4, 3)).sum(1)
+
+
+class Covector(nn.Module):
+    """A cloud's covariance applied to a 1-D vector, and that vector's squared length (torch's
+    matrix-vector and vector-vector matmul)."""
+    def forward(self, pos, u):
+        centred = pos - pos.mean(0, keepdim=True)
+        return (centred.T @ centred) @ u, u @ u

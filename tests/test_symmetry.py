@@ -80,6 +80,7 @@ def kept = torch("tests.capture_cases:Kept")
 def cubed = torch("tests.capture_cases:Cubed")
 def named = torch("tests.capture_cases:Named")
 def contracted = torch("tests.capture_cases:Contracted")
+def covector = torch("tests.capture_cases:Covector")
 def mixed3 = torch("tests.capture_cases:Mixed3")
 def anchored = torch("tests.capture_cases:Anchored")
 def perslot(p, v, h) {
@@ -124,6 +125,8 @@ PROVED = {
                                      "output y is vector"],
     "gram matrix": [SN_E3, POS, "d = pos - mean(pos, axis=N, keepdim=true)", "g = relu(d @ transpose(d, 1, 2))",
                     "y = sum(sum(g, axis=-1), axis=-1)", "output y is invariant"],
+    "a captured covariance times a 1-D vector": [E3, "input p: f32[N, 3] is position", "input u: f32[3] is vector",
+                                                 "y, z = covector(p, u)", "output y is vector", "output z is invariant"],
     "matmul by a fixed matrix on channels": [SN, X, "input w: f32[4, 6]", "y = sum(x @ w, axis=N)",
                                              "output y is invariant"],
     "attention with a mask": [SN, X, "input m: bool[B, N]", "y = sum(attention(x, heads=2, mask=m), axis=N)",
