@@ -431,6 +431,11 @@ class Lift:
         return next((Size(size.dim, v, k) for v in self._values() for k, d in enumerate(v.type.shape)
                      if d == size.dim), size)
 
+    def reader(self, dim) -> tuple | None:
+        """(a tensor of this call, its axis) of size `dim`, to read that size from at run time; None."""
+        found = self.readable(Size(dim))
+        return None if found.value is None else (found.value, found.axis)
+
     def _values(self) -> list:
         """Every tensor of this call so far: its inputs, then its ops' results (the replay check runs this
         call alone, so a tensor of an earlier call of the same model, alike as it may be, is not one)."""

@@ -111,3 +111,26 @@ SPEC = (
         "multi-head self-attention over axis -2 of `[..., N, D]`; `mask: bool[..., N]` marks real keys")),
 )
 GRAPH = (GraphOp(attention, symmetry_attention, onnx_attention, embed=True),)
+
+
+# -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
+def lift_scaled_dot_product_attention(g, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                      enable_gqa=False):
+    """softmax(q kᵀ · scale) v over the last two axes, as the matmuls and softmax it stands for (whose
+    rules see keys and queries permuted alike). A mask is kept as torch runs it: torch gives 0, not
+    NaN, for a query whose keys are all masked, which a plain softmax does not."""
+    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+        g.refuse("attention with a mask, causal, dropout or grouped heads")
+    q, k, v = (g.tensor(t) for t in (q, k, v))
+    rank, dt = len(k.type.shape), q.type.dtype
+    k_t = g.emit("permute", (k,), {"perm": (*range(rank - 2), rank - 1, rank - 2)},
+                 type_=TensorType(dt, (*k.type.shape[:-2], k.type.shape[-1], k.type.shape[-2])))
+    shape = (*q.type.shape[:-1], k.type.shape[-2])
+    scores = g.emit("matmul", (q, k_t), type_=TensorType(dt, shape))
+    factor = scale if scale is not None else 1.0 / math.sqrt(q.type.shape[-1])
+    scores = g.emit("mul", (scores, float(factor)), type_=TensorType(dt, shape))
+    weights = g.emit("softmax", (scores,), {"axis": len(shape) - 1}, type_=TensorType(dt, shape))
+    return g.emit("matmul", (weights, v))
+
+
+ATEN = {"aten.scaled_dot_product_attention.default": lift_scaled_dot_product_attention}

@@ -149,7 +149,8 @@ def symmetry_reshape(call: Call) -> Fact:
     if isinstance(x.fact, Invariant):
         return moved(x.fact, axes)
     if None in axes:
-        lifted = _merged_set(x, call.shape) if isinstance(x.fact, Permuted) else _unstacked(x, call.shape)
+        lifted = (_merged_set(x, call.shape) or _split_set(x, call.shape)) if isinstance(x.fact, Permuted) else \
+            _unstacked(x, call.shape)
         if lifted is not None:
             return lifted
         k = axes_of(x.fact)[axes.index(None)]
@@ -173,6 +174,20 @@ def _merged_set(x, dst: tuple) -> Fact | None:
             if j is not None:
                 layout = "*".join(f"[{d}]" if k in permuted else str(d) for k, d in enumerate(src[s:e + 1], s))
                 return Permuted((j,), layout)
+    return None
+
+
+def _split_set(x, dst: tuple) -> Fact | None:
+    """A merged set axis (its layout in `by`: [N]*B, the N outside each B) split back into its factors
+    in that order: the bracketed factors are set axes again, plainly permuted. None: not such a split."""
+    if len(x.fact.axes) != 1 or not x.fact.by:
+        return None
+    factors = x.fact.by.split("*")
+    sizes = tuple(int(f) if f.isdigit() else f for f in (f.strip("[]") for f in factors))
+    before = dim_product(x.shape[:x.fact.axes[0]])
+    for j in range(len(dst) - len(sizes) + 1):
+        if tuple(dst[j:j + len(sizes)]) == sizes and dim_product(dst[:j]) == before:
+            return Permuted(tuple(j + i for i, f in enumerate(factors) if f.startswith("[")))
     return None
 
 
@@ -270,8 +285,15 @@ def concat(tensors, axis):
     return torch.cat(list(tensors), axis)
 
 
-def reshape(x, shape):
-    return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
+def reshape(x, shape, *sources):
+    """ONNX-style: 0 copies the input's dim at that place, -1 is inferred. A captured reshape that moves
+    several symbolic dims (lift_reshape) also reads (k,), x's axis k, and (j, k), sources[j]'s axis k."""
+    return x.reshape([_size(x, s, sources) if isinstance(s, (tuple, list)) else x.shape[i] if s == 0 else s
+                      for i, s in enumerate(shape)])
+
+
+def _size(x, s, sources):
+    return x.shape[s[0]] if len(s) == 1 else sources[s[0]].shape[s[1]]
 
 
 def unflatten_rows(y, like):
@@ -289,9 +311,14 @@ def onnx_concat(g, node, tensors, axis):
     return g.op("Concat", *(g.value(t) for t in tensors), axis=axis)
 
 
-def onnx_reshape(g, node, x, shape):
-    # ONNX Reshape reads 0 (copy the input dim) and -1 (infer) exactly as the contract's spec.
-    return g.op("Reshape", g.value(x), g.ints(shape))
+def onnx_reshape(g, node, x, shape, sources=()):
+    # ONNX Reshape reads 0 (copy the input dim) and -1 (infer) exactly as the contract's spec; an axis
+    # (k,) of x or (j, k) of a source is read from its Shape at run time.
+    if not any(isinstance(s, (tuple, list)) for s in shape):
+        return g.op("Reshape", g.value(x), g.ints(shape))
+    parts = [g.ints([s]) if not isinstance(s, (tuple, list)) else
+             g.op("Shape", g.value(x if len(s) == 1 else sources[s[0]]), start=s[-1], end=s[-1] + 1) for s in shape]
+    return g.op("Reshape", g.value(x), g.op("Concat", *parts, axis=0))
 
 
 def onnx_unflatten_rows(g, node, y, like):
@@ -327,10 +354,13 @@ def onnx_full_like(g, node, x, value):
     return g.op("ConstantOfShape", g.op("Shape", g.value(x)), value=one)
 
 
-def triton_reshape(x, shape):
-    """The checker's ONNX-style spec resolved in source: 0 copies the input's dim."""
-    spec = ast.literal_eval(shape)
-    return f"{x}.reshape({', '.join(f'{x}.shape[{i}]' if s == 0 else str(s) for i, s in enumerate(spec))})"
+def triton_reshape(x, shape, sources="()"):
+    """The spec resolved in source: 0 copies the input's dim, (k,) and (j, k) read an axis."""
+    def size(i, s):
+        if isinstance(s, (tuple, list)):
+            return f"{x}.shape[{s[0]}]" if len(s) == 1 else f"{sources}[{s[0]}].shape[{s[1]}]"
+        return f"{x}.shape[{i}]" if s == 0 else str(s)
+    return f"{x}.reshape({', '.join(size(i, s) for i, s in enumerate(ast.literal_eval(shape)))})"
 
 
 TABLE = "ops"  # the table of dsl/LANGUAGE.md that lists its spec ops
@@ -374,8 +404,31 @@ def lift_reshape(g, n, x, *rest):
     try:
         spec = g.ctx.reshape_spec(x, target.shape)
     except SpecError as e:
-        g.refuse(e.message)
+        sources = []
+        spec = _by_name(g, x, target.shape, sources) or g.refuse(e.message)
+        return g.emit("reshape", (x, spec, *sources))
     return g.emit("reshape", (x,), {"shape": spec})
+
+
+def _by_name(g, x, dst: tuple, sources: list) -> tuple | None:
+    """A spec for a reshape the model did that moves several symbolic dims (nn.MultiheadAttention's
+    unsqueeze of [N, B, 3, 8], and its split of N*B rows back into N and B): each read at run time from
+    an axis of that name, of x or of another tensor of the call (then added to `sources`), and at most
+    one inferred. A spec says how to compute sizes; the rule reads the shapes (same_axis)."""
+    src, spec = x.type.shape, []
+    for i, d in enumerate(dst):
+        if isinstance(d, int):
+            spec.append(d)
+        elif i < len(src) and src[i] == d:
+            spec.append(0)
+        elif src.count(d) == 1:
+            spec.append((src.index(d),))
+        elif (found := g.reader(d)) is not None:
+            sources.append(found[0])
+            spec.append((len(sources) - 1, found[1]))
+        else:
+            spec.append(-1)
+    return tuple(spec) if spec.count(-1) <= 1 else None
 
 
 def lift_permute(g, n, x, dims):

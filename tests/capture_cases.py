@@ -203,3 +203,16 @@ class Covector(nn.Module):
     def forward(self, pos, u):
         centred = pos - pos.mean(0, keepdim=True)
         return (centred.T @ centred) @ u, u @ u
+
+
+class Regrouped(nn.Module):
+    """A batch of sets flattened to rows and split back: in the same order (`swap` False) the set axis is
+    the set again; split the other way, rows of different sets mix."""
+    def __init__(self, swap: bool = False):
+        super().__init__()
+        self.swap = swap
+
+    def forward(self, x):
+        b, n, f = x.shape
+        rows = torch.relu(x.reshape(b * n, f))
+        return rows.reshape(n, b, f).sum(1) if self.swap else rows.reshape(b, n, f)

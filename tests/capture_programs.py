@@ -347,6 +347,21 @@ def in_place(d):
     return x
 
 
+def attention(d):
+    """torch's own attention over an axis of a [B, L, F] tensor, batch first or not (then L is the
+    first axis): seq-first inside, it merges the sequence with the batch and splits them back."""
+    x = d.pick(lambda t: len(t.dims) == 3 and _static(t.dims[-1]))
+    if x:
+        first = d.rng.random() < 0.7
+        heads = d.rng.choice([h for h in (1, 2, 3) if x.dims[-1] % h == 0])
+        if d.rng.random() < 0.5:
+            m = d.layer(f"nn.MultiheadAttention({x.dims[-1]}, {heads}, batch_first={first})")
+            return d.bind(f"{m}({x.name}, {x.name}, {x.name}, need_weights=False)[0]", x.dims)
+        m = d.layer(f"nn.TransformerEncoderLayer({x.dims[-1]}, {heads}, dim_feedforward=8, dropout=0.0, "
+                    f"batch_first={first})")
+        return d.bind(f"{m}({x.name})", x.dims)
+
+
 def softmax(d):
     x = d.pick()
     if x:
@@ -535,7 +550,7 @@ def edge_mask(d):
 
 
 VOCABULARY = [linear, mlp, conv, norm, activation, activation, arithmetic, arithmetic, reduce, cat, reshape,
-              reshape, select, softmax, ones, expand, matmul, repeat, in_place, cast, cast]
+              reshape, select, softmax, ones, expand, matmul, repeat, in_place, cast, cast, attention]
 MOTIFS = [centre, norms, norms, products, pairs, gate, gate, weighted, gather, scatter, scatter, pyg, edge_mask,
           arithmetic, reduce, cast]
 

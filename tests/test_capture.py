@@ -59,6 +59,14 @@ def test_a_graph_readout_by_a_batch_vector_is_proved_invariant():
     measure(captured(lines, f'def net = torch("{MODELS}:readout")'))
 
 
+def test_a_transformer_encoder_layer_over_a_set_is_proved_equivariant():
+    """nn.MultiheadAttention inside runs seq-first: the set is merged with the batch into rows and split
+    back, and attention is scaled_dot_product_attention."""
+    lines = ["symmetry S(N)", "input x: f32[B, N, 8]", "y = enc(x)", "output y is scalar",
+             "z = sum(enc(x), axis=N)", "output z is invariant"]
+    measure(captured(lines, f'def enc = torch("{MODELS}:encoder")'))
+
+
 def test_an_egnn_layer_is_proved_e3_and_sn_equivariant():
     lines = ["symmetry E(3), S(N)", "input h: f32[N, 8]", "input x: f32[N, 3] is position",
              "input edge_index: i64[2, E] is index(N)", "h2, x2 = egnn(h, edge_index, x)",

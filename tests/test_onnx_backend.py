@@ -70,6 +70,8 @@ CASES = {
     "concat": lambda: one(TARGETS.concat, [["x", "z"], -1], {**X, "z": (("B", "N", 3), "f32")}),
     "reshape": lambda: one(TARGETS.reshape, ["x", (0, 0, 2, 4)]),
     "reshape_infer": lambda: one(TARGETS.reshape, ["x", (0, -1)]),
+    "reshape_read": lambda: one(TARGETS.reshape, ["x", ((1,), (0,), D)]),
+    "reshape_from_source": lambda: one(TARGETS.reshape, ["x", ((0, 0), -1, 2), "z"], {**X, "z": (("N",), "f32")}),
     "unflatten_rows": lambda: build(X, [("f", TARGETS.reshape, ["x", (-1, D)]), ("y", TARGETS.unflatten_rows, ["f", "x"])],
                                     {"y": "y"}),
     "permute": lambda: one(TARGETS.permute, ["x", (-1, 0, 1)]),

@@ -81,6 +81,8 @@ def cubed = torch("tests.capture_cases:Cubed")
 def named = torch("tests.capture_cases:Named")
 def contracted = torch("tests.capture_cases:Contracted")
 def covector = torch("tests.capture_cases:Covector")
+def regrouped = torch("tests.capture_cases:Regrouped")
+def swapped = torch("tests.capture_cases:Regrouped", swap=true)
 def mixed3 = torch("tests.capture_cases:Mixed3")
 def anchored = torch("tests.capture_cases:Anchored")
 def perslot(p, v, h) {
@@ -191,6 +193,7 @@ PROVED = {
                                         "output y is scalar"],
     "a captured masked attention pool": [SN, X, "input m: bool[B, N]", "y = maskedpool(x, m)", "output y is invariant"],
     "captured einsums and cdist of coordinates": [SN_E3, POS, VEL, "y = contracted(pos, vel)", "output y is scalar"],
+    "a captured batch of sets flattened to rows and split back": [SN, X, "y = regrouped(x)", "output y is scalar"],
     "a captured model returning a dict": [SN, X, "y, z = named(x)", "output y is invariant", "output z is invariant"],
     "captured casts of masks, counts, vectors and ids": [
         "symmetry S(N), E(3)", "input x: f32[N, 4]", "input pos: f32[N, 3] is position", SENDERS,
@@ -401,6 +404,8 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                             "return torch.einsum(", "`*` treats the 3 coordinates separately"),
     "captured distances to fixed anchors": ([E3, POS, "y = anchored(pos)", "output y is invariant"],
                                             "return torch.cdist(", "`-` of a position and an invariant"),
+    "captured rows split back in the other order": ([SN, X, "y = swapped(x)", "output y is scalar"],
+                                                    "return rows.reshape(n, b, f)", "reshape over B*N"),
     "a captured power of coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "y = cubed(pos)",
                                          "output y is invariant"], "return (pos ** 3)", "power of a position"),
     "a captured cast of positions to integers": (["symmetry E(3)", "input pos: f32[N, 3] is position",

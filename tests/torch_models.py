@@ -167,3 +167,10 @@ class Readout(nn.Module):
 
 def readout(seed: int = 0):
     return randomized(Readout, seed)
+
+
+def encoder(seed: int = 0):
+    """nn.TransformerEncoderLayer over a set (no positions): nn.MultiheadAttention runs seq-first inside,
+    merging the set with the batch and splitting them back."""
+    return randomized(lambda: nn.TransformerEncoderLayer(FEATURES, 2, dim_feedforward=16, dropout=0.0,
+                                                         batch_first=True), seed)
