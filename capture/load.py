@@ -33,6 +33,9 @@ HINTS = (  # what torch.export says -> what to change in the model
      "declare it an input `edge_index: i64[2, E] is index(N)`"),
     (re.compile(r"Constraints violated|specializ|guard", re.I),
      "the model fixes a dim the spec declares symbolic; declare that dim with its size"),
+    (re.compile(r"match.*\bs\d+\b|\bs\d+\b.*match|Expected s\d+ in dimension", re.I),  # sizes s64, s56 that differ
+     "the model meets two sizes the spec names apart: pass the tensors in forward's order, and give dims the "
+     "model needs equal one name"),
 )
 
 

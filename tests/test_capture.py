@@ -166,6 +166,10 @@ BAD = {  # the def, the call, what the one-line error says
     "a model past the parameter limit": ('def net = torch("torch.nn:Linear", in_features=100000, out_features=100000)',
                                          ["input x: f32[N, 100000]", "y = net(x)", "output y"],
                                          "parameter count (10,000,100,000) exceeds the limit", "--limit parameters"),
+    "two sizes the model needs equal, named apart": ('def net = torch("torch.nn:Bilinear", in1_features=8, '
+                                                     'in2_features=8, out_features=4)',
+                                                     ["input x: f32[N, 8]", "input z: f32[M, 8]", "y = net(x, z)",
+                                                      "output y"], "cannot capture `net`", "give dims the model needs"),
     "two outputs bound to one name": (f'def net = torch("{MODELS}:egnn")',
                                       ["input h: f32[N, 8]", "input x: f32[N, 3]", "input e: i64[2, E]",
                                        "y = net(h, e, x)", "output y"], "is bound to 2 tensors", "unpack them"),
