@@ -277,6 +277,55 @@ def test_a_nan_anywhere_in_a_max_or_min_reaches_its_result(kind, dtype):
             np.testing.assert_allclose(got, want, rtol=0, atol=0, equal_nan=True)  # NaN places compared above
 
 
+def test_a_max_over_layers_of_a_bounded_input_keeps_the_nan_that_an_overflow_makes(dtype="f32"):
+    """A max over kernel-1 layers of an input decides whether NaN is possible from the input's size
+    alone (ops/reductions.py, input_bound): large entries overflow inside the layers, and infinities
+    of both signs meet in a sum (NaN), which the max must keep. (f32: the layers
+    are captured models' Conv, which onnxruntime has no f64 kernel of.)"""
+    inputs = {"x": (("B", 4, "N"), dtype)}
+    rows = [("h", TARGETS.channel_linear, ["x", "w1", "b1"]), ("r", TARGETS.relu, ["h"]),
+            ("y", TARGETS.channel_linear, ["r", "w2", "b2"]), ("s", TARGETS.relu, ["y"]),
+            ("z", TARGETS.channel_linear, ["s", "w3", "b3"]), ("m", TARGETS.reduce_max, ["z", 2])]
+    # A gain the bound must count: the second layer overflows to inf (a fused multiply-add never makes
+    # NaN there), and the third meets infinities of both signs.
+    weights = {"w1": p(8, 4), "b1": p(8), "w2": p(16, 8) * 1e4, "b2": p(16), "w3": p(5, 16), "b3": p(5)}
+    gm = build(inputs, rows, {"m": "m"}, {k: w.double() if dtype == "f64" else w for k, w in weights.items()})
+    model = to_onnx(gm)
+    assert any(n.op_type == "Abs" and n.input[0] == "x" for n in model.graph.node)  # the input's bound decides
+    session, rng = Session(model), np.random.default_rng(5)
+    # One point of many, at places where onnxruntime's vectorised ReduceMax drops a NaN (not all do).
+    for scale, point in [(s, k) for s in (1.0, 1e20, 5e35, 1e38) for k in range(1, 64, 6)]:
+        x = rng.standard_normal((3, 4, 64)).astype(np.float32)
+        x[:, :, point] *= scale  # no overflow, large, overflow inside only, overflow at once
+        got, want = session.run({"x": x})["m"], run_torch(gm, {"x": torch.from_numpy(x)})["m"].numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(want)), (scale, point)
+        if scale >= 5e35:  # below the input's own bound, 1e37: only weights that count find it
+            assert np.isnan(want).any(), "the draw must overflow to NaN, or it tests nothing"
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=0, equal_nan=True)  # NaN places compared above
+
+
+def test_the_input_bound_holds_for_every_layer_and_counts_each_weight():
+    """input_bound's gain and offset bound every entry of every layer, measured in float64 at inputs
+    of several sizes, and a layer whose weights grow makes the gain grow by their largest row sum."""
+    from compiler.onnx_backend import GraphBuilder
+    inputs = {"x": (("B", 4, "N"), "f32")}
+    rows = [("h", TARGETS.channel_linear, ["x", "w1", "b1"]), ("r", TARGETS.relu, ["h"]),
+            ("y", TARGETS.channel_linear, ["r", "w2", "b2"])]
+    weights = {"w1": p(8, 4), "b1": p(8), "w2": p(16, 8) * 1e4, "b2": p(16)}
+    gm = build(inputs, rows, {"y": "y"}, weights)
+    builder, nodes = GraphBuilder(gm, set()), {n.name: n for n in gm.graph.nodes}
+    builder.names[nodes["x"]] = "x"  # as to_onnx names the graph inputs
+    _, gain, offset, *_ = reductions.input_bound(builder, nodes["y"])
+    rows_sum = [float(w.abs().sum(1).max()) for w in (weights["w1"], weights["w2"])]
+    assert gain == pytest.approx(rows_sum[0] * rows_sum[1], rel=1e-6)
+    rng = np.random.default_rng(9)
+    for scale in (1e-3, 1.0, 1e6):
+        x = torch.from_numpy(rng.standard_normal((3, 4, 50)) * scale)
+        h = torch.nn.functional.conv1d(x, weights["w1"].double()[..., None], weights["b1"].double())
+        for layer in (h, torch.nn.functional.conv1d(h.relu(), weights["w2"].double()[..., None], weights["b2"].double())):
+            assert float(layer.abs().max()) <= gain * float(x.abs().max()) + offset
+
+
 @pytest.mark.parametrize("act", elementwise.ACTIVATIONS)
 def test_activations_agree_at_infinities_and_nan(act):
     """Each activation's torch form and ONNX give the same value, NaN included, at ±inf, NaN and
