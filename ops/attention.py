@@ -7,7 +7,7 @@ from common.lazy import Lazy
 from dsl.groups import Fact, Invariant, Permuted
 from dsl.rules import Tensor, features
 from dsl.symmetry_rules import COORD_HINT, POOL_HINT, Call, axes_of, merged, moving_weights, what
-from dsl.types import ParamSpec, TensorType
+from dsl.types import ParamSpec, TensorType, broadcast
 from ops.linear import affine
 from ops.op import Doc, GraphOp, SpecOp
 
@@ -116,11 +116,11 @@ GRAPH = (GraphOp(attention, symmetry_attention, onnx_attention, embed=True),)
 # -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
 def lift_scaled_dot_product_attention(g, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                       enable_gqa=False):
-    """softmax(q kᵀ · scale) v over the last two axes, as the matmuls and softmax it stands for (whose
-    rules see keys and queries permuted alike). A mask is kept as torch runs it: torch gives 0, not
-    NaN, for a query whose keys are all masked, which a plain softmax does not."""
-    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
-        g.refuse("attention with a mask, causal, dropout or grouped heads")
+    """softmax(q kᵀ · scale + mask) v over the last two axes, as the matmuls and softmax it stands for
+    (whose rules see keys and queries permuted alike). A bool mask hides keys by -inf, a float one is
+    added; a query whose keys are all hidden gets 0, as torch gives, not a softmax's NaN."""
+    if is_causal or dropout_p or enable_gqa:
+        g.refuse("attention that is causal, with dropout or with grouped heads")
     q, k, v = (g.tensor(t) for t in (q, k, v))
     rank, dt = len(k.type.shape), q.type.dtype
     k_t = g.emit("permute", (k,), {"perm": (*range(rank - 2), rank - 1, rank - 2)},
@@ -129,7 +129,26 @@ def lift_scaled_dot_product_attention(g, n, q, k, v, attn_mask=None, dropout_p=0
     scores = g.emit("matmul", (q, k_t), type_=TensorType(dt, shape))
     factor = scale if scale is not None else 1.0 / math.sqrt(q.type.shape[-1])
     scores = g.emit("mul", (scores, float(factor)), type_=TensorType(dt, shape))
+    kept = None
+    if attn_mask is not None:
+        mask = g.tensor(attn_mask)
+        shape = broadcast(shape, mask.type.shape)
+        if isinstance(shape, str):
+            g.refuse(f"an attention mask {mask.type} that does not broadcast with the scores")
+        if mask.type.dtype == "bool":
+            scores = g.emit("where", (mask, scores, -math.inf), type_=TensorType(dt, shape))
+            seen = g.emit("cast", (mask,), {"dtype": dt}, params={"like": g.fixed(torch.zeros(()))},
+                          type_=TensorType(dt, mask.type.shape))
+        else:
+            scores = g.emit("add", (scores, mask), type_=TensorType(dt, shape))
+            seen = mask
+        most = g.emit("reduce_max", (seen,), {"axis": len(seen.type.shape) - 1, "keepdim": True},
+                      type_=TensorType(dt, (*seen.type.shape[:-1], 1)))
+        kept = g.emit("compare", (most, 0.0 if mask.type.dtype == "bool" else -math.inf, "gt"),
+                      type_=TensorType("bool", most.type.shape))
     weights = g.emit("softmax", (scores,), {"axis": len(shape) - 1}, type_=TensorType(dt, shape))
+    if kept is not None:
+        weights = g.emit("where", (kept, weights, 0.0), type_=TensorType(dt, shape))
     return g.emit("matmul", (weights, v))
 
 

@@ -300,6 +300,17 @@ def lift_matmul(g, n, a, b):
     return g.emit("matmul", (g.tensor(a), g.tensor(b)))
 
 
+def lift_baddbmm(g, n, x, a, b, beta=1, alpha=1):
+    """beta · x + alpha · (a @ b): nn.MultiheadAttention's masked scores when it returns its weights."""
+    product = g.emit("matmul", (g.tensor(a), g.tensor(b)))
+    if alpha != 1:
+        product = g.emit("mul", (product, float(alpha)), type_=product.type)
+    x = g.tensor(x)
+    if beta != 1:
+        x = g.emit("mul", (x, float(beta)), type_=x.type)
+    return g.emit("add", (x, product))
+
+
 def lift_einsum(g, n, equation: str, operands, path=None):
     """An einsum of one or two operands as the products and sums it stands for: each operand's axes
     put in one order (the output's indices, then the summed ones), with size-1 axes where it lacks an
@@ -350,4 +361,5 @@ ATEN = {
     "aten.einsum.default": lift_einsum,
     **{f"aten.conv{d}d.default": lift_conv for d in (1, 2, 3)},
     **{f"aten.{op}.default": lift_matmul for op in ("matmul", "mm", "bmm")},
+    "aten.baddbmm.default": lift_baddbmm,
 }

@@ -510,10 +510,10 @@ def lift_full_like(g, n, x, value=None, **options):
     scatter into them is an aggregation."""
     value = {"aten.ones_like.default": 1.0, "aten.zeros_like.default": 0.0}.get(str(n.target), value)
     x = g.tensor(x)
+    if value == 0:  # of the result's dtype (a float mask made from a bool one)
+        return g.zeros(g.sizes(x))
     if g.type(n).dtype != x.type.dtype:
         g.refuse("a full_like of another dtype")
-    if value == 0:
-        return g.zeros(g.sizes(x))
     return g.emit("full_like", (x, value))
 
 

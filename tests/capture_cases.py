@@ -216,3 +216,10 @@ class Regrouped(nn.Module):
         b, n, f = x.shape
         rows = torch.relu(x.reshape(b * n, f))
         return rows.reshape(n, b, f).sum(1) if self.swap else rows.reshape(b, n, f)
+
+
+class Scores(nn.Module):
+    """Pairwise scores by baddbmm (nn.MultiheadAttention's form when it returns its weights), pooled."""
+    def forward(self, x):
+        scores = torch.baddbmm(x.new_zeros(1), x, x.transpose(1, 2), beta=0.5, alpha=0.25)
+        return torch.softmax(scores, dim=-1).sum((1, 2))

@@ -16,6 +16,7 @@ from dsl.errors import SpecError
 from dsl.program import load_text
 from ops.registry import VOCABULARY, check
 from runtime.session import Session
+from tests import torch_models
 from tests.test_symmetry import measure
 
 pytest.importorskip("torch_geometric")
@@ -65,6 +66,27 @@ def test_a_transformer_encoder_layer_over_a_set_is_proved_equivariant():
     lines = ["symmetry S(N)", "input x: f32[B, N, 8]", "y = enc(x)", "output y is scalar",
              "z = sum(enc(x), axis=N)", "output z is invariant"]
     measure(captured(lines, f'def enc = torch("{MODELS}:encoder")'))
+
+
+def test_attention_over_padded_sets_is_proved_and_a_fully_padded_set_gives_what_torch_gives():
+    """A key padding mask, added to the scores as a float mask: scaled_dot_product_attention gives 0 where
+    every key is masked, not a softmax's NaN, and the lift keeps that."""
+    lines = ["symmetry S(N)", "input x: f32[B, N, 8]", "input mask: bool[B, N]", "y = net(x, mask)",
+             "output y is scalar"]
+    m = captured(lines, f'def net = torch("{MODELS}:padded")')
+    measure(m)
+    from compiler.lower import lower
+    x, mask = torch.randn(3, 5, 8), torch.rand(3, 5) > 0.4
+    mask[1] = False  # a set with no element: torch's own NaN and zeros, place by place
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # eager's fused encoder (nested tensors) is not what export traces
+    try:
+        with torch.no_grad():
+            got, want = lower(m)(x, mask), torch_models.padded()(x, mask)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 def test_an_egnn_layer_is_proved_e3_and_sn_equivariant():

@@ -82,6 +82,7 @@ def named = torch("tests.capture_cases:Named")
 def contracted = torch("tests.capture_cases:Contracted")
 def covector = torch("tests.capture_cases:Covector")
 def regrouped = torch("tests.capture_cases:Regrouped")
+def scores = torch("tests.capture_cases:Scores")
 def swapped = torch("tests.capture_cases:Regrouped", swap=true)
 def mixed3 = torch("tests.capture_cases:Mixed3")
 def anchored = torch("tests.capture_cases:Anchored")
@@ -194,6 +195,7 @@ PROVED = {
     "a captured masked attention pool": [SN, X, "input m: bool[B, N]", "y = maskedpool(x, m)", "output y is invariant"],
     "captured einsums and cdist of coordinates": [SN_E3, POS, VEL, "y = contracted(pos, vel)", "output y is scalar"],
     "a captured batch of sets flattened to rows and split back": [SN, X, "y = regrouped(x)", "output y is scalar"],
+    "captured pairwise scores by baddbmm": [SN, X, "y = scores(x)", "output y is invariant"],
     "a captured model returning a dict": [SN, X, "y, z = named(x)", "output y is invariant", "output z is invariant"],
     "captured casts of masks, counts, vectors and ids": [
         "symmetry S(N), E(3)", "input x: f32[N, 4]", "input pos: f32[N, 3] is position", SENDERS,

@@ -174,3 +174,18 @@ def encoder(seed: int = 0):
     merging the set with the batch and splitting them back."""
     return randomized(lambda: nn.TransformerEncoderLayer(FEATURES, 2, dim_feedforward=16, dropout=0.0,
                                                          batch_first=True), seed)
+
+
+class PaddedSet(nn.Module):
+    """An encoder layer over padded sets, `mask` True at real elements: scaled_dot_product_attention
+    with the key padding mask as a float mask."""
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(FEATURES, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+
+    def forward(self, x, mask):
+        return self.layer(x, src_key_padding_mask=~mask)
+
+
+def padded(seed: int = 0):
+    return randomized(PaddedSet, seed)
