@@ -27,6 +27,15 @@ X, POS, VEL = "input x: f32[B, N, 4]", "input pos: f32[B, N, 3] is position", "i
 VECS = "input v: f32[B, 4, 3] is vector"
 
 
+CAPTURED = {  # a def of the specs below -> its torch model in tests/capture_cases.py, and arguments
+    "first": "First", "rest": "Rest", "positive": "Positive", "ordered": "Ordered", "doubled": "Doubled",
+    "chosen": "Chosen", "mixed": "Mixed", "root": "Root", "lengths": "Lengths", "exp": "Exp", "leaky": "Leaky",
+    "clamped": "Clamped", "cumulative": "Cumulative", "counted": "Counted", "skewed": "Counted, skew=true",
+    "cast": "Cast", "rounded": "Rounded", "idsasnumbers": "IdsAsNumbers", "counts": "Counts", "ranks": "Ranks",
+    "degrees": "Degrees", "maskedpool": "MaskedPool", "kept": "Kept", "cubed": "Cubed", "named": "Named",
+    "contracted": "Contracted", "covector": "Covector", "regrouped": "Regrouped", "scores": "Scores",
+    "swapped": "Regrouped, swap=true", "mixed3": "Mixed3", "anchored": "Anchored",
+}
 # Frame-averaging backbones, after the model so line numbers in the tests start at `model`.
 # `mixing` alone breaks E(3): its MLP mixes raw coordinates; `causal` also orders the frames;
 # `acrossframes` scales each frame by its own weight (a static batch makes the folded axis static);
@@ -54,43 +63,12 @@ def acrosspairs(p, v, h) {
   x = linear(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), 4)
   return unsqueeze(x, 1) - unsqueeze(x, 0)
 }
-def first = torch("tests.capture_cases:First")
-def rest = torch("tests.capture_cases:Rest")
-def positive = torch("tests.capture_cases:Positive")
-def ordered = torch("tests.capture_cases:Ordered")
-def doubled = torch("tests.capture_cases:Doubled")
-def chosen = torch("tests.capture_cases:Chosen")
-def mixed = torch("tests.capture_cases:Mixed")
-def root = torch("tests.capture_cases:Root")
-def lengths = torch("tests.capture_cases:Lengths")
-def exp = torch("tests.capture_cases:Exp")
-def leaky = torch("tests.capture_cases:Leaky")
-def clamped = torch("tests.capture_cases:Clamped")
-def cumulative = torch("tests.capture_cases:Cumulative")
-def counted = torch("tests.capture_cases:Counted")
-def skewed = torch("tests.capture_cases:Counted", skew=true)
-def cast = torch("tests.capture_cases:Cast")
-def rounded = torch("tests.capture_cases:Rounded")
-def idsasnumbers = torch("tests.capture_cases:IdsAsNumbers")
-def counts = torch("tests.capture_cases:Counts")
-def ranks = torch("tests.capture_cases:Ranks")
-def degrees = torch("tests.capture_cases:Degrees")
-def maskedpool = torch("tests.capture_cases:MaskedPool")
-def kept = torch("tests.capture_cases:Kept")
-def cubed = torch("tests.capture_cases:Cubed")
-def named = torch("tests.capture_cases:Named")
-def contracted = torch("tests.capture_cases:Contracted")
-def covector = torch("tests.capture_cases:Covector")
-def regrouped = torch("tests.capture_cases:Regrouped")
-def scores = torch("tests.capture_cases:Scores")
-def swapped = torch("tests.capture_cases:Regrouped", swap=true)
-def mixed3 = torch("tests.capture_cases:Mixed3")
-def anchored = torch("tests.capture_cases:Anchored")
 def perslot(p, v, h) {
   s = sum(pool(mlp(concat(p, v, h, axis=-1), widths=[8]), axis=1), axis=0, keepdim=true)
   return linear(transpose(linear(transpose(s, 0, 1), 16), 0, 1), 3)
 }
-"""
+""" + "".join(f'def {name} = torch("tests.capture_cases:{model.split(", ")[0]}"' +
+              "".join(f", {arg}" for arg in model.split(", ")[1:]) + ")\n" for name, model in CAPTURED.items())
 FA = ["input vel: f32[B, N, 3] is vector", "input q: f32[B, N, 1] is scalar"]
 SENDERS, RECEIVERS = "input s: i64[E] is index(N)", "input r: i64[E] is index(N)"
 FA_SN = ["input vel: f32[B, N, 3]", "input q: f32[B, N, 1]"]  # the same, with no Euclidean group
