@@ -8,6 +8,7 @@ from dsl.groups import Fact, Invariant, Permuted
 from dsl.rules import Tensor, features
 from dsl.symmetry_rules import COORD_HINT, POOL_HINT, Call, axes_of, merged, moving_weights, what
 from dsl.types import ParamSpec, TensorType, broadcast
+from ops.elementwise import as_dtype
 from ops.linear import affine
 from ops.op import Doc, GraphOp, SpecOp
 
@@ -137,8 +138,7 @@ def lift_scaled_dot_product_attention(g, n, q, k, v, attn_mask=None, dropout_p=0
             g.refuse(f"an attention mask {mask.type} that does not broadcast with the scores")
         if mask.type.dtype == "bool":
             scores = g.emit("where", (mask, scores, -math.inf), type_=TensorType(dt, shape))
-            seen = g.emit("cast", (mask,), {"dtype": dt}, params={"like": g.fixed(torch.zeros(()))},
-                          type_=TensorType(dt, mask.type.shape))
+            seen = as_dtype(g, mask, dt)
         else:
             scores = g.emit("add", (scores, mask), type_=TensorType(dt, shape))
             seen = mask

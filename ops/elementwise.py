@@ -6,7 +6,6 @@ ARITHMETIC (a position plus a vector is a position, a vector times an invariant 
 import math
 
 from common.lazy import Lazy
-from dsl.errors import SpecError
 from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Simplex, Squared, Translated, Weighted
 from dsl.rules import Axis, Tensor, float_input, numeric
 from dsl.symmetry_rules import (COORD_HINT, COORDINATES, Call, Operand, axes_of, join_permuted, placement, uniform_axes,
@@ -15,6 +14,7 @@ from common.dtypes import FLOATS, onnx_type, torch_dtype
 from dsl.types import INTS, TensorType, Value, broadcast
 from ops.op import Doc, GraphOp, SpecOp
 from ops.reductions import lift_reduce
+from ops.shape import unsqueezed
 
 torch, F = Lazy("torch"), Lazy("torch.nn.functional")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
@@ -453,20 +453,9 @@ def lift_cdist(g, n, x1, x2, p=2.0, compute_mode=None):
     a, b = g.tensor(x1), g.tensor(x2)
     *lead, rows, width = a.type.shape
     pairs = TensorType(a.type.dtype, (*lead, rows, b.type.shape[-2], width))
-    a = unsqueezed(g, a, len(lead) + 1)
-    b = unsqueezed(g, b, len(lead))
+    a, b = unsqueezed(g, a, len(lead) + 1), unsqueezed(g, b, len(lead))
     diff = g.emit("sub", (a, b), type_=pairs)
     return lift_vector_norm(g, n, diff, 2, [-1])
-
-
-def unsqueezed(g, x: Value, axis: int) -> Value:
-    """x with a size-1 axis inserted before `axis` (a reshape)."""
-    shape = x.type.shape[:axis] + (1,) + x.type.shape[axis:]
-    try:
-        spec = g.ctx.reshape_spec(x, shape)
-    except SpecError as e:
-        g.refuse(e.message)
-    return g.emit("reshape", (x,), {"shape": spec}, type_=TensorType(x.type.dtype, shape))
 
 
 def lift_norm(g, n, x, ord=None, dim=None, keepdim=False, dtype=None):
@@ -489,12 +478,18 @@ def lift_to(g, n, x, *args, **kwargs):
     moves and copies change no value. invc's captured graph computes in float32, so a cast to
     another float type (a float64 island) is kept as it is."""
     x, target = g.tensor(x), g.type(n).dtype
-    if target == x.type.dtype:
-        return x
-    if target in FLOATS and target != "f32":
+    if target in FLOATS and target not in ("f32", x.type.dtype):
         g.refuse(f"a cast to {target} inside the model (captured graphs compute in f32)")
-    like = {"like": g.fixed(torch.zeros(()))} if target in FLOATS else None
-    return g.emit("cast", (x,), {"dtype": target}, params=like)
+    return as_dtype(g, x, target)
+
+
+def as_dtype(g, x: Value, dtype: str) -> Value:
+    """x cast to `dtype` in a lift (x itself when it is that already). A float cast reads its dtype from a
+    0-d fixed weight, which the graph's cast to float64 (verify) carries along."""
+    if dtype == x.type.dtype:
+        return x
+    like = {"like": g.fixed(torch.zeros(()))} if dtype in FLOATS else None
+    return g.emit("cast", (x,), {"dtype": dtype}, params=like, type_=TensorType(dtype, x.type.shape))
 
 
 def lift_dropout(g, n, x, p, train):

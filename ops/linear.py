@@ -9,8 +9,9 @@ from dsl.rules import Tensor, features, numeric, with_last
 from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, axis_name, join_permuted, moving_weights,
                                 placement, what)
 from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
-from ops.elementwise import ACTIVATIONS, onnx_binary, unsqueezed
+from ops.elementwise import ACTIVATIONS, onnx_binary
 from ops.reductions import lift_reduce
+from ops.shape import unsqueezed
 from ops.norms import batch_norm_affine
 from ops.op import Doc, GraphOp, Indices, SpecOp
 
@@ -317,11 +318,11 @@ def lift_einsum(g, n, equation: str, operands, path=None):
     index, multiplied, then summed over the indices the output drops. The rules then see coordinate
     products and sums as they are (a dot product of vectors is invariant, `ij,jk` of coordinates an
     outer product). An index twice in one operand (a diagonal, a trace) has no such form."""
-    terms, out = _einsum_indices(g, equation.replace(" ", ""), [g.tensor(x).type.shape for x in operands])
+    operands = [g.tensor(x) for x in operands]
+    terms, out = _einsum_indices(g, equation.replace(" ", ""), [x.type.shape for x in operands])
     order = list(dict.fromkeys([*out, *(k for t in terms for k in t)]))
     placed = []
     for x, term in zip(operands, terms):
-        x = g.tensor(x)
         if len(set(term)) != len(term):
             g.refuse(f"einsum {equation!r} takes a diagonal")
         perm = tuple(sorted(range(len(term)), key=lambda k: order.index(term[k])))
@@ -333,8 +334,7 @@ def lift_einsum(g, n, equation: str, operands, path=None):
         placed.append(x)
     y = placed[0]
     for x in placed[1:]:
-        shape = tuple(b if a == 1 else a for a, b in zip(y.type.shape, x.type.shape))
-        y = g.emit("mul", (y, x), type_=TensorType(y.type.dtype, shape))
+        y = g.emit("mul", (y, x), type_=TensorType(y.type.dtype, broadcast(y.type.shape, x.type.shape)))
     summed = list(range(len(out), len(order)))
     return lift_reduce("sum")(g, n, y, summed) if summed else y
 

@@ -100,7 +100,7 @@ def _rows(g, x: str, rank: int) -> str:
 
 
 FINITE = {"f16": 1e4, "f32": 1e37, "f64": 1e300}  # far below each type's largest value, rounding included
-LIPSCHITZ = {"relu": 1.0, "reshape": 1.0, "permute": 1.0}  # |f(v)| <= |v|: no entry grows
+NOT_GROWING = {"relu", "reshape", "permute"}  # |f(v)| <= |v| entry by entry
 
 
 def input_bound(g, node) -> tuple | None:
@@ -113,11 +113,12 @@ def input_bound(g, node) -> tuple | None:
     while node.op == "call_function":
         name, args = node.target.__name__, node.args
         if name in ("linear", "channel_linear") and all(a is None or a.op == "get_attr" for a in args[1:3]):
-            w = np.abs(g.tensor(args[1])).reshape(g.tensor(args[1]).shape[0], -1)
+            weight = g.tensor(args[1])
+            w = np.abs(weight).reshape(weight.shape[0], -1)
             b = np.abs(g.tensor(args[2])).max() if len(args) > 2 and args[2] is not None else 0.0
             steps.append((float(w.sum(axis=1).max()), float(b)))
             wider *= w.shape[0] / w.shape[1]
-        elif name == "leaky_relu" and abs(args[1]) <= 1 or name in LIPSCHITZ:
+        elif name in NOT_GROWING or (name == "leaky_relu" and abs(args[1]) <= 1):
             steps.append((1.0, 0.0))
         else:
             return None

@@ -10,7 +10,7 @@ from dsl.groups import Fact, Invariant, Permuted, Relabeled, Rotated, Stacked, T
 from dsl.rules import Axis, Tensor
 from dsl.symmetry_rules import (COORD_HINT, COORDINATES, POOL_HINT, Call, axes_of, axis_name, merged, moved,
                                 uniform_axes, what)
-from dsl.types import TensorType, dim_product
+from dsl.types import TensorType, Value, dim_product
 from ops.op import Doc, GraphOp, SpecOp
 
 torch, helper = Lazy("torch"), Lazy("onnx.helper")
@@ -399,36 +399,39 @@ GRAPH = (
 # -- lifts of captured ATen ops (capture/lift.py) ------------------------------------------------
 def lift_reshape(g, n, x, *rest):
     x, target = g.tensor(x), g.type(n)
-    if target.shape == x.type.shape:
-        return x
+    return x if target.shape == x.type.shape else reshaped(g, x, target.shape)
+
+
+def reshaped(g, x: Value, shape: tuple) -> Value:
+    """x reshaped to `shape` in a lift. The checker's spec (0 keeps a dim, -1 infers one) when it has
+    one; else, for a reshape the model did that moves several symbolic dims (nn.MultiheadAttention's
+    unsqueeze of [N, B, 3, 8], its split of N*B rows back into N and B), each read at run time from an
+    axis of that name, of x or of another tensor of the call. A spec says how to compute sizes; the
+    rule reads the shapes (same_axis)."""
     try:
-        spec = g.ctx.reshape_spec(x, target.shape)
+        return g.emit("reshape", (x,), {"shape": g.ctx.reshape_spec(x, shape)}, type_=TensorType(x.type.dtype, shape))
     except SpecError as e:
-        sources = []
-        spec = _by_name(g, x, target.shape, sources) or g.refuse(e.message)
-        return g.emit("reshape", (x, spec, *sources))
-    return g.emit("reshape", (x,), {"shape": spec})
+        src, spec, sources = x.type.shape, [], []
+        for i, d in enumerate(shape):
+            if isinstance(d, int):
+                spec.append(d)
+            elif i < len(src) and src[i] == d:
+                spec.append(0)
+            elif src.count(d) == 1:
+                spec.append((src.index(d),))
+            elif (found := g.reader(d)) is not None:
+                sources.append(found[0])
+                spec.append((len(sources) - 1, found[1]))
+            else:
+                spec.append(-1)
+        if spec.count(-1) > 1:
+            g.refuse(e.message)
+        return g.emit("reshape", (x, tuple(spec), *sources), type_=TensorType(x.type.dtype, shape))
 
 
-def _by_name(g, x, dst: tuple, sources: list) -> tuple | None:
-    """A spec for a reshape the model did that moves several symbolic dims (nn.MultiheadAttention's
-    unsqueeze of [N, B, 3, 8], and its split of N*B rows back into N and B): each read at run time from
-    an axis of that name, of x or of another tensor of the call (then added to `sources`), and at most
-    one inferred. A spec says how to compute sizes; the rule reads the shapes (same_axis)."""
-    src, spec = x.type.shape, []
-    for i, d in enumerate(dst):
-        if isinstance(d, int):
-            spec.append(d)
-        elif i < len(src) and src[i] == d:
-            spec.append(0)
-        elif src.count(d) == 1:
-            spec.append((src.index(d),))
-        elif (found := g.reader(d)) is not None:
-            sources.append(found[0])
-            spec.append((len(sources) - 1, found[1]))
-        else:
-            spec.append(-1)
-    return tuple(spec) if spec.count(-1) <= 1 else None
+def unsqueezed(g, x: Value, axis: int) -> Value:
+    """x with a size-1 axis inserted before `axis`."""
+    return reshaped(g, x, x.type.shape[:axis] + (1,) + x.type.shape[axis:])
 
 
 def lift_permute(g, n, x, dims):
