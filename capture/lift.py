@@ -385,11 +385,16 @@ class Lift:
             where, origin = self.where(n)
             raise SpecError.at(where, f"`{n.target}` ({origin}): {why}, and it cannot be kept as it is: {e}") from None
         val = n.meta["val"]
-        common = {"op": str(n.target), "why": why, "layout": rest}
+        # A float32 result follows the graph's float dtype (a 0-d fixed weight's), as the lifted ops do,
+        # so that verify's float64 run meets no float32 tensor a kept op built (torch.linspace(...)).
+        follows = any(isinstance(v, torch.Tensor) and v.dtype == torch.float32
+                      for v in (val if isinstance(val, (tuple, list)) else [val]))
+        common = {"op": str(n.target), "why": why, "layout": rest, "follows": follows}
+        like = {"like": self.fixed(torch.zeros(()))} if follows else None
         if isinstance(val, (tuple, list)):
-            return tuple(self.emit("aten", tuple(tensors), {**common, "item": k}, item=k)
+            return tuple(self.emit("aten", tuple(tensors), {**common, "item": k}, params=like, item=k)
                          if isinstance(v, torch.Tensor) else None for k, v in enumerate(val))
-        return self.emit("aten", tuple(tensors), common)
+        return self.emit("aten", tuple(tensors), common, params=like)
 
     @staticmethod
     def sizes(x: Value) -> tuple:

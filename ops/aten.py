@@ -34,13 +34,15 @@ def symmetry_aten(call: Call) -> Fact:
                        "claim less of the output")
 
 
-def aten(*tensors, op, why, layout, item=None):
+def aten(*tensors, op, why, layout, item=None, follows=False):
     """The ATen op `op` ("aten.name.overload") on its arguments: `layout` holds them with each tensor
     replaced by ("tensor", k), its place in `tensors`, and each size read at run time by ("size", k,
-    axis), that tensor's size. An in-place op works on a copy."""
+    axis), that tensor's size. An in-place op works on a copy. When `follows`, the last tensor is a 0-d
+    fixed weight, and a float32 result is cast to its dtype (the graph's float dtype, Lift.kept)."""
     namespace, name, overload = op.split(".")
     fn = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     tensors = list(tensors)
+    like = tensors.pop() if follows else None
     if name.endswith("_") and tensors:
         tensors[0] = tensors[0].clone()
 
@@ -53,10 +55,11 @@ def aten(*tensors, op, why, layout, item=None):
 
     args, kwargs = layout
     out = fn(*put(args), **{k: put(v) for k, v in kwargs})
-    return out if item is None else out[item]
+    out = out if item is None else out[item]
+    return out.to(like.dtype) if like is not None and out.dtype == torch.float32 else out
 
 
-def onnx_aten(g, node, tensors, op, why, layout, item=None):
+def onnx_aten(g, node, tensors, op, why, layout, item=None, follows=False):
     raise NoOnnxForm(f"`{op}` at {node.meta.get('pos', '?')} ({node.meta.get('origin', node.name)}) is kept as torch "
                      "runs it, and has no ONNX form; write that step with ops invc lifts (dsl/LANGUAGE.md, Torch "
                      "models), or run the model with `invc verify`, which measures it in torch")

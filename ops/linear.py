@@ -11,7 +11,7 @@ from dsl.symmetry_rules import (COORD_HINT, POOL_HINT, Call, Operand, axes_of, a
 from dsl.types import INTS, ParamSpec, TensorType, Value, broadcast
 from ops.elementwise import ACTIVATIONS, onnx_binary
 from ops.reductions import lift_reduce
-from ops.shape import unsqueezed
+from ops.shape import reshaped, unsqueezed
 from ops.norms import batch_norm_affine
 from ops.op import Doc, GraphOp, Indices, SpecOp
 
@@ -129,7 +129,7 @@ def _permuted_matmul(call: Call, a: Operand, b: Operand) -> Fact:
 
 
 def _coordinate_matmul(call: Call, a: Operand, b: Operand) -> Fact:
-    inner_a, inner_b = len(a.shape) - 1, max(len(b.shape) - 2, 0)  # a 1-D b is contracted on its only axis
+    inner_a, inner_b = len(a.shape) - 1, len(b.shape) - 2
     if a.fact == Rotated(inner_a) and b.fact == Rotated(inner_b):
         return Invariant()  # rows of a dotted with columns of b
     rank2 = _rank2_matmul(call, a, b)
@@ -159,8 +159,6 @@ def _rank2_matmul(call: Call, a: Operand, b: Operand) -> Fact | None:
     contracted with vectors gives vectors back: R T Rᵀ R u = R (T u). None: not such a product."""
     ra, rb, rank = len(a.shape), len(b.shape), len(call.shape)
     last_two = {"a": Outer((ra - 2, ra - 1)), "b": Outer((rb - 2, rb - 1))}
-    if rb == 1 and a.fact == last_two["a"] and b.fact == Rotated(0):
-        return Rotated(rank - 1)  # T u with a 1-D u: torch's matrix-vector product
     if a.fact == Rotated(ra - 2) and b.fact == Rotated(rb - 1):
         return Outer((rank - 2, rank - 1))
     if a.fact == last_two["a"] and b.fact in (Rotated(rb - 2), last_two["b"]):
@@ -298,7 +296,18 @@ def lift_conv(g, n, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def lift_matmul(g, n, a, b):
-    return g.emit("matmul", (g.tensor(a), g.tensor(b)))
+    """a @ b. A 1-D side is a row (a) or a column (b) of a 2-D one, as torch reads it, dropped again after:
+    the graph op and its rules see rank >= 2 only (`x @ w` by a vector, a covariance applied to one)."""
+    a, b = g.tensor(a), g.tensor(b)
+    if len(a.type.shape) > 1 and len(b.type.shape) > 1:
+        return g.emit("matmul", (a, b))
+    a = unsqueezed(g, a, 0) if len(a.type.shape) == 1 else a
+    b = unsqueezed(g, b, 1) if len(b.type.shape) == 1 else b
+    lead = broadcast(a.type.shape[:-2], b.type.shape[:-2])
+    if isinstance(lead, str):
+        g.refuse(f"a matmul whose batch dims do not broadcast: {lead}")
+    y = g.emit("matmul", (a, b), type_=TensorType(a.type.dtype, (*lead, a.type.shape[-2], b.type.shape[-1])))
+    return reshaped(g, y, g.type(n).shape)
 
 
 def lift_baddbmm(g, n, x, a, b, beta=1, alpha=1):

@@ -392,7 +392,13 @@ def expand(d):
 
 
 def matmul(d):
+    """Pairs by x xᵀ, or (torch's matrix-vector product) each row against a 1-D vector: a fixed one, or
+    one the rows make (a sum over the set, or over the coordinates, which a near miss mixes)."""
     x = d.pick(lambda t: len(t.dims) >= 2)
+    if x and _static(x.dims[-1]) and d.rng.random() < 0.4:
+        width = x.dims[-1]
+        vector = d.rng.choice([f"torch.linspace(-1.0, 1.0, {width})", f"{x.name}.reshape(-1, {width}).sum(0)"])
+        return d.bind(f"{x.name} @ {vector}", x.dims[:-1])
     if x:
         return d.bind(f"{x.name} @ {x.name}.transpose(-1, -2)", x.dims[:-1] + (x.dims[-2],))
 
