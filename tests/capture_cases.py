@@ -223,3 +223,38 @@ class Scores(nn.Module):
     def forward(self, x):
         scores = torch.baddbmm(x.new_zeros(1), x, x.transpose(1, 2), beta=0.5, alpha=0.25)
         return torch.softmax(scores, dim=-1).sum((1, 2))
+
+
+class Ranked(nn.Module):
+    """Each node's place in the input order added to its features: fixed to the order."""
+    def forward(self, x):
+        return x + x.new_ones(x.shape[0]).cumsum(0).unsqueeze(-1)
+
+
+class Mixed1D(nn.Module):
+    """Coordinates against invariant features, then that 3 x 3 map applied to a vector: the map mixes
+    coordinates with features, not a rank-2 tensor of coordinates."""
+    def forward(self, pos, h, u):
+        return ((pos - pos.mean(0, keepdim=True)).T @ h) @ u
+
+
+class Widened(nn.Module):
+    """Positions doubled in a float64 island inside the model (about the origin: not a position)."""
+    def forward(self, pos):
+        return (pos.double() * 2).float()
+
+
+class Projected(nn.Module):
+    """Each element's features against a learned 1-D vector (a score per element), torch's matrix-vector matmul."""
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return x @ self.w
+
+
+class Spaced(nn.Module):
+    """Features against a float32 constant built in forward by an op invc keeps (linspace)."""
+    def forward(self, x):
+        return x @ torch.linspace(-1.0, 1.0, 4)

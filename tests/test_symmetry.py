@@ -34,7 +34,9 @@ CAPTURED = {  # a def of the specs below -> its torch model in tests/capture_cas
     "cast": "Cast", "rounded": "Rounded", "idsasnumbers": "IdsAsNumbers", "counts": "Counts", "ranks": "Ranks",
     "degrees": "Degrees", "maskedpool": "MaskedPool", "kept": "Kept", "cubed": "Cubed", "named": "Named",
     "contracted": "Contracted", "covector": "Covector", "regrouped": "Regrouped", "scores": "Scores",
-    "swapped": "Regrouped, swap=true", "mixed3": "Mixed3", "anchored": "Anchored",
+    "swapped": "Regrouped, swap=true", "mixed3": "Mixed3", "anchored": "Anchored", "ranked": "Ranked",
+    "mixed1d": "Mixed1D", "widened": "Widened", "projected": "Projected",
+    "spaced": "Spaced",
 }
 # Frame-averaging backbones, after the model so line numbers in the tests start at `model`.
 # `mixing` alone breaks E(3): its MLP mixes raw coordinates; `causal` also orders the frames;
@@ -174,6 +176,9 @@ PROVED = {
     "captured einsums and cdist of coordinates": [SN_E3, POS, VEL, "y = contracted(pos, vel)", "output y is scalar"],
     "a captured batch of sets flattened to rows and split back": [SN, X, "y = regrouped(x)", "output y is scalar"],
     "captured pairwise scores by baddbmm": [SN, X, "y = scores(x)", "output y is invariant"],
+    "a captured matmul by a 1-D weight": [SN, "input x: f32[N, 4]", "y = projected(x)", "output y is scalar"],
+    "a captured constant of a kept op, measured in float64": [SN, "input x: f32[N, 4]", "y = spaced(x)",
+                                                              "output y is scalar"],
     "a captured model returning a dict": [SN, X, "y, z = named(x)", "output y is invariant", "output z is invariant"],
     "captured casts of masks, counts, vectors and ids": [
         "symmetry S(N), E(3)", "input x: f32[N, 4]", "input pos: f32[N, 3] is position", SENDERS,
@@ -386,6 +391,13 @@ REFUSED = {  # lines, the text where the breaking op starts, message
                                             "return torch.cdist(", "`-` of a position and an invariant"),
     "captured rows split back in the other order": ([SN, X, "y = swapped(x)", "output y is scalar"],
                                                     "return rows.reshape(n, b, f)", "reshape over B*N"),
+    "captured ranks added to node features": ([SN, "input x: f32[N, 4]", "y = ranked(x)", "output y is scalar"],
+                                              "return x + x.new_ones", "joins a tensor permuted along N with one"),
+    "a captured map of coordinates and features applied to a 1-D vector": (
+        [E3, "input p: f32[N, 3] is position", "input h: f32[N, 3]", "input u: f32[3] is vector",
+         "y = mixed1d(p, h, u)", "output y is vector"], "return ((pos - pos.mean", "matmul"),
+    "a captured float64 island": ([E3, POS, "y = widened(pos)", "output y is position"],
+                                  "return (pos.double()", "a cast to f64 inside the model"),
     "a captured power of coordinates": (["symmetry E(3)", "input pos: f32[N, 3] is position", "y = cubed(pos)",
                                          "output y is invariant"], "return (pos ** 3)", "power of a position"),
     "a captured cast of positions to integers": (["symmetry E(3)", "input pos: f32[N, 3] is position",

@@ -1,5 +1,6 @@
 """The numeric verifier: group samplers, the assert_equivariant helper in fp32 and fp64, the
 verify() API on torch and ONNX, and `invc verify` end to end."""
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,23 @@ def test_verify_relabels_node_ids_with_the_nodes(tmp_path):
     assert report.static.startswith("refused: gather of a tensor permuted along N by indices that S(N) does not")
     assert all(m.error > 1e-2 for m in report.rows if m.group == "S(N)")
     assert all(m.ok for m in report.rows if m.group == "E(3)")
+
+
+def test_errors_are_measured_on_finite_entries_and_nan_must_stand_where_the_group_puts_it():
+    from compiler.measure import relative_error
+    nan, inf = float("nan"), float("inf")
+    want = torch.tensor([1.0, nan, inf, 2.0])
+    assert relative_error(want, want.clone()) == 0.0
+    assert relative_error(want, torch.tensor([1.0, nan, inf, 2.5])) == 0.25  # over the largest finite entry
+    for moved in ([1.0, 1.0, inf, 2.0], [nan, 1.0, inf, 2.0], [1.0, nan, -inf, 2.0], [1.0, nan, 5.0, 2.0]):
+        assert relative_error(want, torch.tensor(moved)) == inf, moved
+    assert math.isnan(relative_error(torch.tensor([nan, inf]), torch.tensor([nan, inf])))  # nothing to measure
+
+
+def test_verify_measures_an_output_infinite_in_places_and_says_so(tmp_path):
+    """x / relu(x) is 1, -inf or NaN element by element: the places move with the set, so S(N) holds."""
+    spec = tmp_path / "inf.inv"
+    spec.write_text("model m() {\n  symmetry S(N)\n  input x: f32[B, N, 3]\n  y = x / relu(x)\n  output y is scalar\n}\n")
+    report = verify(spec, trials=2)
+    assert report.ok, str(report)
+    assert any("y is NaN or infinite at" in n for n in report.notes), report.notes
