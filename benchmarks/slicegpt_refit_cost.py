@@ -25,7 +25,7 @@ OUT = bench.RESULTS / "slicegpt_refit_cost.json"
 
 def sliced(sparsity: str, refit: bool, texts: list[str] | None) -> dict:
     """One slice in a fresh process, timed, then scored."""
-    flags = ["--ppl-only", *([] if refit else ["--no-refit"]), *(["--texts", *texts] if texts else [])]
+    flags = ["--ppl-only", *(["--refit"] if refit else []), *(["--texts", *texts] if texts else [])]
     done = subprocess.run([sys.executable, bench.__file__, "--child", "shortcut-free", sparsity, *flags],
                           check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])[0]

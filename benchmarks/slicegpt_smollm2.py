@@ -202,7 +202,7 @@ def play_text(names: list[str]) -> str:
     return read_texts(CACHE / "texts" / f"{n}_gut.txt" for n in names)
 
 
-def child(mode: str, sparsities: list[float], onnx: bool = True, refit: bool = True,
+def child(mode: str, sparsities: list[float], onnx: bool = True, refit: bool = False,
           texts: list[str] | None = None, ridge: float | None = None) -> list[dict]:
     """The dense model, or one mode at several sparsities, in this process; perplexity on the held-out plays
     (key "ppl") and on each of `texts` (keys of EVAL_TEXTS; all of them by default). `ridge`: the
@@ -324,14 +324,14 @@ def main() -> None:
                          "(ORT latency is kept unless dense or shortcut-free is rerun)")
     ap.add_argument("--ppl-only", action="store_true", help="skip the ONNX exports and ORT latency")
     ap.add_argument("--child", nargs="+", metavar="MODE SPARSITY", help=argparse.SUPPRESS)
-    ap.add_argument("--no-refit", action="store_true", help="with --child: slice without the refit")
+    ap.add_argument("--refit", action="store_true", help="with --child: slice with the refit (off by default)")
     ap.add_argument("--ridge", type=float, help="with --child: the refit's ridge (default: the library's)")
     ap.add_argument("--texts", nargs="+", choices=["plays", *EVAL_TEXTS],
                     help="with --child: score only these texts (default: all)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], [float(s) for s in args.child[1:]], not args.ppl_only,
-                               not args.no_refit, args.texts, args.ridge)))
+                               args.refit, args.texts, args.ridge)))
         return
     fetch()
     dense_checkpoint()

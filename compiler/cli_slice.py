@@ -29,9 +29,10 @@ def register(sub) -> None:
     p.add_argument("--untie-head", action="store_true",
                    help="give a tied head its own table so the result stays a plain model of its family "
                         "(shortcut mode always does)")
-    p.add_argument("--no-refit", action="store_true",
-                   help="skip the refit after slicing (shortcut-free mode: every block's readers and writers "
-                        "are refit by ridge least squares to reproduce the dense block on the calibration text)")
+    p.add_argument("--refit", type=positive(float), nargs="?", const=True, default=None, metavar="RIDGE",
+                   help="shortcut-free mode: after slicing, refit every norm's readers by ridge least squares to "
+                        "reproduce the dense block on the calibration text (ridge 0.1 unless given). It helps on "
+                        "text like the calibration text and hurts on other kinds, so it is off by default")
     p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx, checked with onnxruntime")
     p.add_argument("--print-passes", action="store_true", help="print the steps slice runs with these options and exit")
     p.add_argument("--dump-after", action="append", default=[], metavar="STEP",
@@ -127,7 +128,7 @@ def _options(args):
     if args.mode not in MODES:
         raise InvcError(f"--mode {args.mode!r}: choose one of {', '.join(MODES)}")
     return Options(args.sparsity, args.mode, args.multiple, args.untie_head, _schedule(args.schedule),
-                   refit=None if args.no_refit else RIDGE, progress=_progress("calibrating"))
+                   refit=RIDGE if args.refit is True else args.refit, progress=_progress("calibrating"))
 
 
 def _print_report(args, job, report) -> None:

@@ -18,6 +18,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from compiler.cli import main
 from passes.slicegpt import load
 from passes.slicegpt.data import token_sequences
+from passes.slicegpt.refit import RIDGE
 from test_slicegpt_models import VOCAB, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,14 +154,33 @@ def test_sliced_dir_loads_without_restating_sparsity(workdir):
         assert torch.allclose(plain(ids).logits, load(out)(ids).logits, atol=1e-6)
 
 
+def test_slice_refits_only_when_asked(workdir, capsys):
+    """Off by default; `--refit` takes the library's ridge, `--refit R` that one, and either changes the weights."""
+    found = {}
+    for flags in ([], ["--refit"], ["--refit", "0.5"]):
+        out = workdir / f"refit{len(flags)}"
+        assert main(["slice", str(workdir / "llama"), "--sparsity", "0.25", "--calib", str(workdir / "calib.txt"),
+                     "-o", str(out), "--seq-len", "32", *flags]) == 0
+        found[len(flags)] = (re.search(r"refit: (.*)", capsys.readouterr().out).group(1), load(out).state_dict())
+    assert [line for line, _ in found.values()] == ["off", f"ridge {RIDGE:g}", "ridge 0.5"]
+    name = next(n for n in found[0][1] if n.endswith("q_proj.weight"))
+    for a, b in ((0, 1), (1, 2)):   # each refit moves the weights (NaN would not count as a move)
+        moved = float((found[a][1][name] - found[b][1][name]).abs().max())
+        assert moved >= 1e-6, f"{found[a][0]} and {found[b][0]} give the same {name}"
+    with pytest.raises(SystemExit) as refused:   # argparse refuses a ridge that is not above 0
+        main(["slice", str(workdir / "llama"), "--calib", str(workdir / "calib.txt"), "-o", str(workdir / "r"),
+              "--refit", "0"])
+    assert refused.value.code == 2 and "must be above 0" in capsys.readouterr().err
+
+
 SHORTCUT_FREE_STEPS = ["load", "discover", "tokenize", "calibrate", "reference", "rotate", "replace_norms",
-                       "self_check", "refit", "slice", "save"]
+                       "self_check", "slice", "save"]
 
 
 @pytest.mark.parametrize("flags, names", [
     ([], SHORTCUT_FREE_STEPS),
-    (["--no-refit", "--untie-head"], ["load", "untie_head", *SHORTCUT_FREE_STEPS[1:8], "slice", "save"]),
-    (["--mode", "shortcut"], ["load", "untie_head", *[n for n in SHORTCUT_FREE_STEPS[1:] if n != "refit"]]),
+    (["--refit", "--untie-head"], ["load", "untie_head", *SHORTCUT_FREE_STEPS[1:8], "refit", "slice", "save"]),
+    (["--mode", "shortcut", "--refit"], ["load", "untie_head", *SHORTCUT_FREE_STEPS[1:]]),
 ])
 def test_print_passes_lists_the_steps_without_a_model(capsys, flags, names):
     assert main(["slice", "--print-passes", *flags]) == 0

@@ -32,25 +32,28 @@ def random_biases(model: torch.nn.Module) -> torch.nn.Module:
 def test_rotate_only_with_refit_is_exact(family):
     dense = logits(random_biases(tiny_model(family)))
     model = random_biases(tiny_model(family))
-    report = slice_model(model, token_batches(2), 0.0, structure=structure_of(family))
-    assert report.refit is not None, "the refit is on by default in shortcut-free mode"
+    report = slice_model(model, token_batches(2), 0.0, structure=structure_of(family), refit=refitting.RIDGE)
+    assert report.refit == refitting.RIDGE
     err = relative(logits(model), dense)
     assert err <= EXACT, f"{family}: rotate-only + refit moved the logits by {err:.2e} relative"
 
 
-def test_fit_is_the_ridge_solution_toward_the_start():
-    """Against float64 lstsq of the stacked system [Z; √λ·I]·P = [T; √λ·P0]."""
+def test_fit_map_is_the_ridge_solution_toward_the_plain_slice():
+    """For a reader M, M·Kᵀ against float64 lstsq of the stacked system [Z; √λ·I]·P = [X·Mᵀ; √λ·M[:, :d]ᵀ],
+    with padded tokens left out."""
     g = torch.Generator().manual_seed(3)
-    z, t = torch.randn(2, 50, 6, generator=g), torch.randn(2, 50, 4, generator=g)
-    start = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 50, 6, generator=g)
+    z = x[..., :4] + 0.3 * torch.randn(2, 50, 4, generator=g)
+    m = torch.randn(5, 6, generator=g, dtype=torch.float64)
     mask = (torch.rand(2, 50, generator=g) > 0.2).long()
     fit = Fit(0.3)
-    fit.add(z, t, mask)
-    got = fit.solve(fit.c, start)
-    zs, ts = z.reshape(-1, 6).double()[mask.reshape(-1) > 0], t.reshape(-1, 4).double()[mask.reshape(-1) > 0]
+    fit.add(z, x, mask)
+    got = (m @ fit.map().T).T
+    keep = mask.reshape(-1) > 0
+    zs, xs = z.reshape(-1, 4).double()[keep], x.reshape(-1, 6).double()[keep]
     lam = 0.3 * float((zs ** 2).sum(0).mean())
-    want = torch.linalg.lstsq(torch.cat([zs, lam ** 0.5 * torch.eye(6, dtype=torch.float64)]),
-                              torch.cat([ts, lam ** 0.5 * start])).solution
+    want = torch.linalg.lstsq(torch.cat([zs, lam ** 0.5 * torch.eye(4, dtype=torch.float64)]),
+                              torch.cat([xs @ m.T, lam ** 0.5 * m[:, :4].T])).solution
     err = float((got - want).abs().max() / want.abs().max())
     assert err <= 1e-5, err
 
@@ -82,34 +85,34 @@ def test_refit_brings_every_block_closer_to_the_dense_one():
     batches = token_batches(8, 32)
     dense = block_outputs(tiny_model("llama"), batches)
     errors = {}
-    for ridge in (None, 1e-2):
+    for ridge in (None, refitting.RIDGE):
         model = tiny_model("llama")
         report = slice_model(model, batches, 0.25, structure=structure_of("llama"), refit=ridge)
         assert report.dim == HIDDEN * 3 // 4 and report.refit == ridge
         kept = report.calibration.rotations[0][:, :report.dim]
         errors[ridge] = [float((got - want @ kept).norm() / (want @ kept).norm())
                          for got, want in zip(block_outputs(model, batches), dense)]
-    for i, (plain, refit) in enumerate(zip(errors[None], errors[1e-2])):
+    for i, (plain, refit) in enumerate(zip(errors[None], errors[refitting.RIDGE])):
         assert refit <= 0.9 * plain, f"block {i}: refit {refit:.4f} against plain slicing {plain:.4f}"
 
 
 def staged_refit(model: torch.nn.Module, s, batches, dim: int, ridge: float = refitting.RIDGE,
                  progress=lambda it: it) -> None:
-    """The refit as first written, the reference for the lockstep replay: for each module being refit, in the
-    order the block runs them, every batch replays the block from its start up to that module, then it is solved."""
+    """The refit as first written, the reference for the lockstep replay: for each norm, in the order the block
+    runs them, every batch replays the block from its start up to that norm, then its readers are solved."""
     with torch.no_grad():
         data = capture(model, s, batches)
         dense = [b.stream for b in data]
         for b in data:
             b.stream = refitting.kept(b.stream, dim)
         for block in s.blocks:
-            norms = [n.module for b in s.branches if b.block == block for n in b.norms]
-            targets, dense = refitting._dense_pass(model, block, data, dense, norms,
-                                                   refitting._writers(model, s, block), dim)
-            masks = refitting._masks(model, norms, dim)
-            for name, pause in refitting.block_pauses(model, s, block, data, targets, dim, ridge).items():
+            norms = [n for b in s.branches if b.block == block for n in b.norms]
+            targets, dense = refitting._dense_pass(model, block, data, dense, [n.module for n in norms])
+            masks = refitting._masks([n.module for n in norms], dim)
+            for n in norms:
+                pause = refitting._readers_pause(model, n.module, n.readers, targets, data, dim, ridge)
                 for i, b in enumerate(data):
-                    _replay_to(model, block, b, masks, name, pause, lambda seen, i=i, p=pause: p.moments(i, seen))
+                    _replay_to(model, block, b, masks, n.module, lambda seen, i=i, p=pause: p.moments(i, seen))
                 pause.solve()
             for b in data:
                 b.stream = refitting.kept(replay(model, block, b, masks), dim)
@@ -119,14 +122,12 @@ class _Reached(Exception):
     pass
 
 
-def _replay_to(model, block: str, batch, masks: dict, name: str, pause, observe) -> None:
-    """Replay the block on one batch until `name` runs, observing what the pause observes there."""
+def _replay_to(model, block: str, batch, masks: dict, name: str, observe) -> None:
+    """Replay the block on one batch until `name` has run, observing its output."""
     def stop(seen):
         observe(seen)
         raise _Reached
-    module = model.get_submodule(name)
-    handle = (module.register_forward_pre_hook(lambda _m, args: stop(args[0])) if pause.before
-              else module.register_forward_hook(lambda _m, _a, out: stop(out)))
+    handle = model.get_submodule(name).register_forward_hook(lambda _m, _a, out: stop(out))
     try:
         replay(model, block, batch, masks)
     except _Reached:
@@ -148,7 +149,7 @@ def test_lockstep_refit_gives_the_weights_of_the_staged_replays(family, monkeypa
         if path == "staged":
             monkeypatch.setattr(refitting, "refit", staged_refit)
         model = make()
-        slice_model(model, batches, 0.25, structure=structure)
+        slice_model(model, batches, 0.25, structure=structure, refit=refitting.RIDGE)
         found[path] = dict(model.named_parameters())
     for name, want in found["staged"].items():
         err = relative(found["lockstep"][name].detach(), want.detach())
@@ -156,7 +157,8 @@ def test_lockstep_refit_gives_the_weights_of_the_staged_replays(family, monkeypa
 
 
 class _TwoMaps(torch.nn.Module):
-    """A toy block: tanh between two linear maps, the second run only when `skip` does not pick the batch."""
+    """A toy block: tanh between two linear maps, the second run only when `skip` does not pick the batch.
+    Each map reads a tap (an identity), where the pauses observe, as they observe a norm's output."""
 
     def __init__(self, skip=lambda x: False):
         super().__init__()
@@ -167,10 +169,11 @@ class _TwoMaps(torch.nn.Module):
             self.first.weight.copy_(torch.randn(6, 4, generator=g, dtype=torch.float64))
             self.second.weight.copy_(torch.randn(3, 6, generator=g, dtype=torch.float64))
         self.skip = skip
+        self.first_tap, self.second_tap = torch.nn.Identity(), torch.nn.Identity()
 
     def forward(self, x):
-        h = torch.tanh(self.first(x))
-        return h if self.skip(x) else self.second(h)
+        h = torch.tanh(self.first(self.first_tap(x)))
+        return h if self.skip(x) else self.second(self.second_tap(h))
 
 
 def _toy(skip=lambda x: False):
@@ -182,16 +185,15 @@ def _toy(skip=lambda x: False):
     data = [Batch(torch.randn(2, 5, 4, generator=g, dtype=torch.float64), None, {"block": BlockCall((), {})})
             for _ in range(3)]
     pauses = {}
-    for name in ("block.first", "block.second"):
+    for name in ("first", "second"):
         sums = []
-        weight = model.get_submodule(name).weight
+        weight = model.get_submodule(f"block.{name}").weight
 
         def solve(sums=sums, weight=weight):
             s = sum(sums)
             weight.data = weight.data @ (torch.eye(len(s), dtype=s.dtype) + s / s.trace())
-        pauses[name] = refitting.Pause(lambda _i, x, sums=sums: sums.append(x.reshape(-1, x.shape[-1]).T
-                                                                            @ x.reshape(-1, x.shape[-1])),
-                                       solve, before=True)
+        pauses[f"block.{name}_tap"] = refitting.Pause(
+            lambda _i, x, sums=sums: sums.append(x.reshape(-1, x.shape[-1]).T @ x.reshape(-1, x.shape[-1])), solve)
     return model, data, pauses
 
 
@@ -226,6 +228,6 @@ def test_lockstep_hands_on_a_batch_failure_without_waiting_forever():
     def check(_mod, args):
         if torch.isnan(args[0]).any():
             raise ValueError("NaN in the stream of batch 1")
-    model.block.first.register_forward_pre_hook(check)
+    model.block.first_tap.register_forward_pre_hook(check)
     with pytest.raises(ValueError, match="batch 1"):
         refitting.Lockstep(model, "block", data, {}, pauses).run()

@@ -33,7 +33,7 @@ class Options:
     untie_head: bool = False
     schedule: list[float] | None = None
     self_check: float | None = selfcheck.TOLERANCE
-    refit: float | None = refitting.RIDGE
+    refit: float | None = None
     progress: Callable[[Iterable], Iterable] = lambda it: it
 
 
@@ -200,7 +200,7 @@ def self_check(job: Job) -> Job:
     return job
 
 
-@_step("refit", "block by block, ridge least squares: sliced readers and writers reproduce the dense block")
+@_step("refit", "block by block, ridge least squares: the sliced readers reproduce the dense block")
 def refit(job: Job) -> Job:
     o = job.options
     refitting.refit(job.model, job.structure, job.batches, job.dims[0], o.refit, o.progress)
@@ -278,7 +278,7 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
                 progress: Callable[[Iterable], Iterable] = lambda it: it,
                 schedule: list[float] | None = None,
                 self_check: float | None = selfcheck.TOLERANCE,
-                refit: float | None = refitting.RIDGE) -> SliceReport:
+                refit: float | None = None) -> SliceReport:
     """Slice `model` in place. `batches` yields dicts with input_ids (and optionally attention_mask).
 
     `sparsity` (default 0.25) applies to every block; `schedule` (shortcut mode only) instead gives one
@@ -294,9 +294,11 @@ def slice_model(model: nn.Module, batches: Iterable[dict] | None = None, sparsit
     must reproduce the dense logits and block outputs on the first calibration sequence, or slicing is
     refused, naming the first block that diverges. None skips it (for models in low precision).
 
-    `refit` is the ridge of the closed-form correction after slicing (refit.py): every block's readers
-    and writers are refit on the calibration batches so that the sliced block reproduces the dense one.
-    It runs in shortcut-free mode when `batches` are given; None skips it. `report.refit` says if it ran."""
+    `refit` is the ridge of the closed-form correction after slicing (refit.py, `refitting.RIDGE` is the
+    one chosen on the dev texts): every norm's readers are refit on the calibration batches so that the
+    sliced block reproduces the dense one. It runs in shortcut-free mode when `batches` are given; None, the
+    default, skips it: it helps on text like the calibration text and hurts on other kinds. `report.refit`
+    says if it ran."""
     model.eval()
     if untie_head:
         structure = calibration = None   # both describe the tied model

@@ -124,7 +124,7 @@ class Rotation:
     groups: list[int]                    # the rotation group of each stream position
     store: ParamStore
     adapters: SliceAdapters
-    table: torch.Tensor | None           # a tied head's embedding table before rotation
+    table: torch.Tensor | None           # a tied head's embedding table before rotation, in the model's dtype
     axes: list[tuple[str, int, int]] = field(default_factory=list)  # (parameter, axis, group): what slicing narrows
     head_scale: float = 1.0              # the final norm's scale, when a tied head's map reduces to one
 
@@ -148,7 +148,9 @@ class Part:
 def start(model: nn.Module, s: Structure, rotations: list[torch.Tensor], groups: list[int]) -> Rotation:
     """The float64 store, a tied head's table before rotation, and the plan that the sliced model keeps."""
     store, token = ParamStore(model), s.embeddings[0].weight
-    table = store.get(token).clone() if s.tied else None
+    # The table as loaded, not a float64 copy: at the embeddings' part, the largest, a copy would add its size
+    # to the peak. Rotation replaces parameters rather than writing into them, so it stays as loaded.
+    table = store.params[token].detach() if s.tied else None
     plan = {"width": s.width, "dim": s.width, "shortcuts": [], "head": None, "embedding": s.embeddings[0].module,
             "norms": [{"module": n.module, "eps": n.eps, "kind": n.kind, "offset": n.offset, "dim": s.width}
                       for n in s.norms],
@@ -206,6 +208,7 @@ def _tie(p: Part) -> None:
     r, first = p.r, p.r.groups[0]
     r.head_scale = _tie_head(r.store, r.adapters, p.norms[0], p.tied, r.table, r.q[first], r.q[p.read],
                              r.s.layer_norm)
+    r.table = None   # spent; kept, it would hold a second token table through the refit
     r.axes += [("invc_slice.head_map", 0, p.read), ("invc_slice.head_map", 1, first),
                ("invc_slice.head_u", 0, p.read)]
 
@@ -247,7 +250,7 @@ def _tie_head(store, adapters, head: Norm, reader: Linear, emb, q_in, q_out, cen
     gamma = scale_of(store, head, emb.shape[1])
     beta = store.get(head.bias)
     if beta is not None:
-        _add_bias(store, reader, emb @ beta)
+        _add_bias(store, reader, emb.double() @ beta)
     amap = q_out.T @ torch.diag(gamma) @ q_in
     dtype = token_dtype(store.model)
     square = amap.shape[0] == amap.shape[1]
@@ -257,7 +260,7 @@ def _tie_head(store, adapters, head: Norm, reader: Linear, emb, q_in, q_out, cen
     adapters.head_map = nn.Parameter(amap.to(dtype))
     if centered:
         adapters.head_u = nn.Parameter((q_out.T @ gamma).to(dtype))
-        adapters.head_mean = nn.Parameter(emb.mean(dim=1).to(dtype))
+        adapters.head_mean = nn.Parameter(emb.mean(dim=1, dtype=torch.float64).to(dtype))
     return 1.0
 
 
