@@ -58,6 +58,32 @@ def test_fit_map_is_the_ridge_solution_toward_the_plain_slice():
     assert err <= 1e-5, err
 
 
+@pytest.mark.parametrize("ridge", [0.0, -1.0, float("nan")])
+def test_a_ridge_not_above_zero_is_refused_before_any_weight_changes(ridge):
+    model = tiny_model("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(PassError, match="ridge must be above 0"):
+        refitting.refit(model, structure_of("llama"), token_batches(1), HIDDEN // 2, ridge)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
+
+
+def test_a_solved_norm_drops_its_dense_targets(monkeypatch):
+    """The refit's peak is at a block's last pause, where every batch's activations are held: what a norm
+    solved no longer needs must not be held with them."""
+    made = []
+    dense_pass = refitting._dense_pass
+
+    def recorded(*args):
+        targets, outputs = dense_pass(*args)
+        made.append(targets)
+        return targets, outputs
+    monkeypatch.setattr(refitting, "_dense_pass", recorded)
+    slice_model(tiny_model("llama"), token_batches(2), 0.25, structure=structure_of("llama"), refit=refitting.RIDGE)
+    assert len(made) == len(structure_of("llama").blocks)
+    held = [name for block in made for batch in block for name in batch]
+    assert held == [], f"dense targets still held after their norms were solved: {held[:3]}"
+
+
 def block_outputs(model: torch.nn.Module, batches: list[dict]) -> list[torch.Tensor]:
     """Every decoder layer's output over the batches, run in float64."""
     model = model.double()

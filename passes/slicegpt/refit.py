@@ -73,6 +73,8 @@ class Fit:
 def refit(model: nn.Module, s: Structure, batches: Iterable[dict], dim: int, ridge: float = RIDGE,
           progress: Callable[[Iterable], Iterable] = lambda it: it) -> None:
     """Refit, in place, the readers of the rotated full-width model for a stream cut to `dim`."""
+    if not ridge > 0:   # A + λI is positive definite only with λ above 0
+        raise PassError(f"refit: the ridge must be above 0, got {ridge}")
     with torch.no_grad():
         data = capture(model, s, batches)
         dense = [b.stream for b in data]
@@ -91,10 +93,11 @@ def _refit_block(model, s: Structure, block: str, data: list[Batch], dense: list
                  ridge: float) -> list[torch.Tensor]:
     """Refit one block's readers; advance the sliced streams in `data`, return the dense ones."""
     norms = [n for b in s.branches if b.block == block for n in b.norms]
-    targets, outputs = _dense_pass(model, block, data, dense, [n.module for n in norms])
+    names = [n.module for n in norms]
+    targets, outputs = _dense_pass(model, block, data, dense, names)
     dense.clear()   # the dense inputs are spent; the caller's list would hold them through the sliced replay
     pauses = {n.module: _readers_pause(model, n.module, n.readers, targets, data, dim, ridge) for n in norms}
-    masks = _masks([n.module for n in norms], dim)
+    masks = _masks(names, dim)
     for b, out in zip(data, Lockstep(model, block, data, masks, pauses).run()):
         b.stream = kept(out, dim)
     return outputs
